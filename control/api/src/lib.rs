@@ -1,0 +1,35 @@
+//! skiff's API objects.
+//!
+//! The types are generated from `proto/skiff/v1/*.proto` (the single source
+//! of truth) and carry serde attributes that give them Kubernetes' JSON and
+//! YAML form. On top of them this crate adds what every component needs to
+//! handle objects generically: the [`Kind`] table, the [`Resource`] trait,
+//! the [`Object`] enum over all kinds, manifest parsing with unknown-field
+//! warnings, label and field selectors, quantities and validation.
+//!
+//! This crate does no I/O: it knows nothing of the store, the network or
+//! the kernel.
+
+mod kind;
+pub mod manifest;
+mod object;
+pub mod quantity;
+mod resource;
+pub mod selector;
+pub mod validation;
+pub mod wire;
+
+/// The generated protobuf types (objects, and the gRPC service).
+pub mod v1 {
+    #![expect(clippy::all, reason = "generated code")]
+    tonic::include_proto!("skiff.v1");
+}
+
+pub use kind::Kind;
+pub use object::Object;
+pub use quantity::Quantity as ParsedQuantity;
+pub use resource::Resource;
+pub use v1::{
+    ConfigMap, Deployment, EndpointSlice, Event, Lease, Namespace, Node, ObjectMeta, Pod,
+    ReplicaSet, Service,
+};
