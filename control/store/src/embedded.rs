@@ -1,0 +1,787 @@
+//! The embedded store: one redb file, fsync'd before a write is
+//! acknowledged.
+//!
+//! One writer thread owns every write. It drains all requests waiting at
+//! that moment into a single redb transaction — each request still gets its
+//! own revision and sees the ones before it — and commits once, so
+//! concurrent writers share one fsync (group commit). Only after the commit
+//! are the callers answered and the events broadcast to watchers.
+//!
+//! Tables: `kv` (key → record), `log` (revision → that revision's events,
+//! for resuming watches; trimmed by compaction), `meta` (revision,
+//! compacted revision, lease sequence), `leases` (id → TTL) and
+//! `lease_keys` (id → keys). Lease deadlines live in memory and restart
+//! with a full TTL when the store opens, as etcd does on a leader change.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use redb::{
+    Database, MultimapTableDefinition, ReadableMultimapTable, ReadableTable, ReadableTableMetadata,
+    TableDefinition,
+};
+use tokio::sync::{Notify, broadcast, oneshot};
+
+use crate::{
+    Compare, Event, EventKind, KeyValue, LeaseId, ListResult, Op, Result, Revision, Store,
+    StoreError, Txn, TxnResult, WatchStream,
+};
+
+const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
+const LOG: TableDefinition<i64, &[u8]> = TableDefinition::new("log");
+const META: TableDefinition<&str, i64> = TableDefinition::new("meta");
+const LEASES: TableDefinition<i64, i64> = TableDefinition::new("leases");
+const LEASE_KEYS: MultimapTableDefinition<i64, &str> = MultimapTableDefinition::new("lease_keys");
+
+/// How many waiting requests one commit may take.
+const MAX_BATCH: usize = 4096;
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+// ------------------------------------------------------------- encodings
+
+fn encode_record(create: Revision, modified: Revision, lease: LeaseId, value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(24 + value.len());
+    out.extend_from_slice(&create.to_le_bytes());
+    out.extend_from_slice(&modified.to_le_bytes());
+    out.extend_from_slice(&lease.to_le_bytes());
+    out.extend_from_slice(value);
+    out
+}
+
+fn decode_record(key: &str, bytes: &[u8]) -> Result<KeyValue> {
+    if bytes.len() < 24 {
+        return Err(backend(format!("corrupt record for key {key:?}")));
+    }
+    let int = |i: usize| i64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
+    Ok(KeyValue {
+        key: key.to_string(),
+        create_revision: int(0),
+        mod_revision: int(8),
+        lease: int(16),
+        value: bytes[24..].to_vec(),
+    })
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+    out.extend_from_slice(b);
+}
+
+fn encode_events(events: &[Event]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in events {
+        out.push(match e.kind {
+            EventKind::Put => 0,
+            EventKind::Delete => 1,
+        });
+        out.extend_from_slice(&e.create_revision.to_le_bytes());
+        put_bytes(&mut out, e.key.as_bytes());
+        put_bytes(&mut out, &e.value);
+        match &e.prev_value {
+            Some(p) => {
+                out.push(1);
+                put_bytes(&mut out, p);
+            }
+            None => out.push(0),
+        }
+    }
+    out
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let s = self.bytes.get(self.pos..self.pos + n)?;
+        self.pos += n;
+        Some(s)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+    fn i64(&mut self) -> Option<i64> {
+        self.take(8)
+            .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
+    }
+    fn bytes(&mut self) -> Option<&'a [u8]> {
+        let n = u32::from_le_bytes(self.take(4)?.try_into().ok()?) as usize;
+        self.take(n)
+    }
+}
+
+fn decode_events(revision: Revision, bytes: &[u8]) -> Result<Vec<Event>> {
+    let corrupt = || backend(format!("corrupt event log at revision {revision}"));
+    let mut r = Reader { bytes, pos: 0 };
+    let mut events = Vec::new();
+    while r.pos < bytes.len() {
+        let kind = match r.u8().ok_or_else(corrupt)? {
+            0 => EventKind::Put,
+            _ => EventKind::Delete,
+        };
+        let create_revision = r.i64().ok_or_else(corrupt)?;
+        let key =
+            String::from_utf8(r.bytes().ok_or_else(corrupt)?.to_vec()).map_err(|_| corrupt())?;
+        let value = r.bytes().ok_or_else(corrupt)?.to_vec();
+        let prev_value = match r.u8().ok_or_else(corrupt)? {
+            1 => Some(r.bytes().ok_or_else(corrupt)?.to_vec()),
+            _ => None,
+        };
+        events.push(Event {
+            kind,
+            key,
+            value,
+            prev_value,
+            revision,
+            create_revision,
+        });
+    }
+    Ok(events)
+}
+
+// ---------------------------------------------------------------- writer
+
+enum Request {
+    Txn(Txn, oneshot::Sender<Result<TxnResult>>),
+    Compact(Revision, oneshot::Sender<Result<()>>),
+    LeaseGrant(i64, oneshot::Sender<Result<LeaseId>>),
+    LeaseRevoke(LeaseId, oneshot::Sender<Result<()>>),
+}
+
+/// What the writer thread keeps between batches.
+struct WriterState {
+    revision: Revision,
+    compacted: Revision,
+    lease_seq: i64,
+}
+
+/// A reply that is sent only after the batch is durable.
+enum Reply {
+    Txn(oneshot::Sender<Result<TxnResult>>, Result<TxnResult>),
+    Unit(oneshot::Sender<Result<()>>, Result<()>),
+    Lease(oneshot::Sender<Result<LeaseId>>, Result<LeaseId>),
+}
+
+impl Reply {
+    fn fail(self, msg: &str) {
+        match self {
+            Reply::Txn(tx, _) => drop(tx.send(Err(backend(msg)))),
+            Reply::Unit(tx, _) => drop(tx.send(Err(backend(msg)))),
+            Reply::Lease(tx, _) => drop(tx.send(Err(backend(msg)))),
+        }
+    }
+    fn send(self) {
+        match self {
+            Reply::Txn(tx, r) => drop(tx.send(r)),
+            Reply::Unit(tx, r) => drop(tx.send(r)),
+            Reply::Lease(tx, r) => drop(tx.send(r)),
+        }
+    }
+}
+
+struct Shared {
+    db: Database,
+    path: PathBuf,
+    events: broadcast::Sender<Arc<Vec<Event>>>,
+    /// Lease id → (TTL, deadline).
+    leases: Mutex<HashMap<LeaseId, (i64, Instant)>>,
+    lease_changed: Arc<Notify>,
+    compacted: std::sync::atomic::AtomicI64,
+}
+
+fn apply_txn(
+    tx: &redb::WriteTransaction,
+    state: &mut WriterState,
+    leases: &HashMap<LeaseId, (i64, Instant)>,
+    txn: &Txn,
+    events_out: &mut Vec<Event>,
+) -> std::result::Result<Result<TxnResult>, redb::Error> {
+    let mut kv = tx.open_table(KV)?;
+    let mut current = Vec::with_capacity(txn.compares.len());
+    let mut ok = true;
+    for c in &txn.compares {
+        let kv_now = match kv.get(c.key())? {
+            Some(v) => Some(
+                decode_record(c.key(), v.value())
+                    .map_err(|e| redb::Error::Corrupted(e.to_string()))?,
+            ),
+            None => None,
+        };
+        ok &= match (c, &kv_now) {
+            (Compare::Absent(_), None) => true,
+            (Compare::ModRevision(_, rev), Some(k)) => k.mod_revision == *rev,
+            _ => false,
+        };
+        current.push(kv_now);
+    }
+    if !ok {
+        return Ok(Ok(TxnResult {
+            succeeded: false,
+            revision: state.revision,
+            current,
+        }));
+    }
+    let mut seen = BTreeSet::new();
+    for op in &txn.ops {
+        let key = match op {
+            Op::Put { key, lease, .. } => {
+                if *lease != 0 && !leases.contains_key(lease) {
+                    return Ok(Err(StoreError::LeaseNotFound(*lease)));
+                }
+                key
+            }
+            Op::Delete { key } => key,
+        };
+        if !seen.insert(key.as_str()) {
+            return Ok(Err(StoreError::InvalidTxn(format!(
+                "duplicate key {key:?} in one transaction"
+            ))));
+        }
+    }
+    let revision = state.revision + 1;
+    let mut lease_keys = tx.open_multimap_table(LEASE_KEYS)?;
+    let mut events = Vec::new();
+    for op in &txn.ops {
+        match op {
+            Op::Put { key, value, lease } => {
+                let prev = match kv.get(key.as_str())? {
+                    Some(v) => Some(
+                        decode_record(key, v.value())
+                            .map_err(|e| redb::Error::Corrupted(e.to_string()))?,
+                    ),
+                    None => None,
+                };
+                let create = prev.as_ref().map_or(revision, |p| p.create_revision);
+                if let Some(p) = &prev
+                    && p.lease != 0
+                    && p.lease != *lease
+                {
+                    lease_keys.remove(p.lease, key.as_str())?;
+                }
+                if *lease != 0 {
+                    lease_keys.insert(*lease, key.as_str())?;
+                }
+                kv.insert(
+                    key.as_str(),
+                    encode_record(create, revision, *lease, value).as_slice(),
+                )?;
+                events.push(Event {
+                    kind: EventKind::Put,
+                    key: key.clone(),
+                    value: value.clone(),
+                    prev_value: prev.map(|p| p.value),
+                    revision,
+                    create_revision: create,
+                });
+            }
+            Op::Delete { key } => {
+                let prev = match kv.remove(key.as_str())? {
+                    Some(v) => Some(
+                        decode_record(key, v.value())
+                            .map_err(|e| redb::Error::Corrupted(e.to_string()))?,
+                    ),
+                    None => None,
+                };
+                if let Some(p) = prev {
+                    if p.lease != 0 {
+                        lease_keys.remove(p.lease, key.as_str())?;
+                    }
+                    events.push(Event {
+                        kind: EventKind::Delete,
+                        key: key.clone(),
+                        value: Vec::new(),
+                        prev_value: Some(p.value),
+                        revision,
+                        create_revision: p.create_revision,
+                    });
+                }
+            }
+        }
+    }
+    if !events.is_empty() {
+        state.revision = revision;
+        tx.open_table(LOG)?
+            .insert(revision, encode_events(&events).as_slice())?;
+        events_out.extend(events);
+    }
+    Ok(Ok(TxnResult {
+        succeeded: true,
+        revision: state.revision,
+        current: Vec::new(),
+    }))
+}
+
+fn revoke_in(
+    tx: &redb::WriteTransaction,
+    state: &mut WriterState,
+    leases: &HashMap<LeaseId, (i64, Instant)>,
+    id: LeaseId,
+    events_out: &mut Vec<Event>,
+) -> std::result::Result<Result<()>, redb::Error> {
+    let keys: Vec<String> = {
+        let table = tx.open_multimap_table(LEASE_KEYS)?;
+        let mut keys = Vec::new();
+        for k in table.get(id)? {
+            keys.push(k?.value().to_string());
+        }
+        keys
+    };
+    let existed = tx.open_table(LEASES)?.remove(id)?.is_some();
+    tx.open_multimap_table(LEASE_KEYS)?.remove_all(id)?;
+    if !existed {
+        return Ok(Err(StoreError::LeaseNotFound(id)));
+    }
+    if !keys.is_empty() {
+        let txn = Txn {
+            compares: Vec::new(),
+            ops: keys.into_iter().map(|key| Op::Delete { key }).collect(),
+        };
+        if let Err(e) = apply_txn(tx, state, leases, &txn, events_out)? {
+            return Ok(Err(e));
+        }
+    }
+    Ok(Ok(()))
+}
+
+fn run_batch(shared: &Shared, state: &mut WriterState, batch: Vec<Request>) {
+    let saved = (state.revision, state.compacted, state.lease_seq);
+    let mut replies = Vec::with_capacity(batch.len());
+    let mut events = Vec::new();
+    let mut granted = Vec::new();
+    let mut revoked = Vec::new();
+    let outcome: std::result::Result<(), redb::Error> = (|| {
+        let tx = shared.db.begin_write()?;
+        {
+            let leases = shared.leases.lock().expect("lease table poisoned").clone();
+            for req in batch {
+                match req {
+                    Request::Txn(txn, reply) => {
+                        let r = apply_txn(&tx, state, &leases, &txn, &mut events)?;
+                        replies.push(Reply::Txn(reply, r));
+                    }
+                    Request::Compact(rev, reply) => {
+                        let r = if rev > state.revision {
+                            Err(StoreError::FutureRevision(rev))
+                        } else {
+                            if rev > state.compacted {
+                                let mut log = tx.open_table(LOG)?;
+                                log.retain_in(..rev, |_, _| false)?;
+                                state.compacted = rev;
+                            }
+                            Ok(())
+                        };
+                        replies.push(Reply::Unit(reply, r));
+                    }
+                    Request::LeaseGrant(ttl, reply) => {
+                        state.lease_seq += 1;
+                        let id = state.lease_seq;
+                        tx.open_table(LEASES)?.insert(id, ttl)?;
+                        granted.push((id, ttl));
+                        replies.push(Reply::Lease(reply, Ok(id)));
+                    }
+                    Request::LeaseRevoke(id, reply) => {
+                        let r = revoke_in(&tx, state, &leases, id, &mut events)?;
+                        if r.is_ok() {
+                            revoked.push(id);
+                        }
+                        replies.push(Reply::Unit(reply, r));
+                    }
+                }
+            }
+            let mut meta = tx.open_table(META)?;
+            meta.insert("revision", state.revision)?;
+            meta.insert("compacted", state.compacted)?;
+            meta.insert("lease_seq", state.lease_seq)?;
+        }
+        tx.commit()?;
+        Ok(())
+    })();
+    match outcome {
+        Ok(()) => {
+            shared
+                .compacted
+                .store(state.compacted, std::sync::atomic::Ordering::Release);
+            {
+                let mut leases = shared.leases.lock().expect("lease table poisoned");
+                let now = Instant::now();
+                for (id, ttl) in granted {
+                    leases.insert(id, (ttl, now + Duration::from_secs(ttl as u64)));
+                }
+                for id in revoked {
+                    leases.remove(&id);
+                }
+            }
+            shared.lease_changed.notify_one();
+            for r in replies {
+                r.send();
+            }
+            if !events.is_empty() {
+                // No receivers is fine: nobody watches.
+                let _ = shared.events.send(Arc::new(events));
+            }
+        }
+        Err(e) => {
+            (state.revision, state.compacted, state.lease_seq) = saved;
+            let msg = format!("write to {}: {e}", shared.path.display());
+            tracing::error!("{msg}");
+            for r in replies {
+                r.fail(&msg);
+            }
+        }
+    }
+}
+
+fn writer_loop(shared: Arc<Shared>, mut state: WriterState, rx: std_mpsc::Receiver<Request>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        run_batch(&shared, &mut state, batch);
+    }
+}
+
+// ----------------------------------------------------------------- store
+
+/// The embedded, durable single-file store. Clones share one database;
+/// when the last clone is dropped the writer finishes and the file closes.
+#[derive(Clone)]
+pub struct Embedded {
+    handle: Arc<Handle>,
+}
+
+struct Handle {
+    shared: Arc<Shared>,
+    writer: Option<std_mpsc::Sender<Request>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // Closing the channel ends the writer loop; joining it means the
+        // file is closed (absent live watches) once the store is dropped.
+        self.writer.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Embedded {
+    /// Opens (or creates) `DIR/skiff.redb`.
+    pub fn open(dir: &Path) -> Result<Embedded> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| backend(format!("create data dir {}: {e}", dir.display())))?;
+        let path = dir.join("skiff.redb");
+        let db = Database::create(&path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => backend(format!(
+                "{} is already open in another process: stop the other server or use another --data-dir",
+                path.display()
+            )),
+            e => backend(format!("open {}: {e}", path.display())),
+        })?;
+        let (state, leases) =
+            Self::load(&db).map_err(|e| backend(format!("read {}: {e}", path.display())))?;
+        let (events, _) = broadcast::channel(1024);
+        let shared = Arc::new(Shared {
+            db,
+            path,
+            events,
+            leases: Mutex::new(leases),
+            lease_changed: Arc::new(Notify::new()),
+            compacted: std::sync::atomic::AtomicI64::new(state.compacted),
+        });
+        let (tx, rx) = std_mpsc::channel();
+        let writer_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer_loop(writer_shared, state, rx))
+            .map_err(backend)?;
+        let store = Embedded {
+            handle: Arc::new(Handle {
+                shared,
+                writer: Some(tx),
+                thread: Some(thread),
+            }),
+        };
+        store.spawn_lease_expiry();
+        Ok(store)
+    }
+
+    #[expect(clippy::type_complexity, reason = "a private loader")]
+    fn load(
+        db: &Database,
+    ) -> std::result::Result<(WriterState, HashMap<LeaseId, (i64, Instant)>), redb::Error> {
+        let tx = db.begin_write()?;
+        let state;
+        let mut leases = HashMap::new();
+        {
+            // Create every table so readers never meet a missing one.
+            tx.open_table(KV)?;
+            tx.open_table(LOG)?;
+            tx.open_multimap_table(LEASE_KEYS)?;
+            let meta = tx.open_table(META)?;
+            let get = |k: &str| -> std::result::Result<i64, redb::Error> {
+                Ok(meta.get(k)?.map(|v| v.value()).unwrap_or(0))
+            };
+            state = WriterState {
+                revision: get("revision")?,
+                compacted: get("compacted")?,
+                lease_seq: get("lease_seq")?,
+            };
+            let table = tx.open_table(LEASES)?;
+            let now = Instant::now();
+            for entry in table.iter()? {
+                let (id, ttl) = entry?;
+                leases.insert(
+                    id.value(),
+                    (ttl.value(), now + Duration::from_secs(ttl.value() as u64)),
+                );
+            }
+        }
+        tx.commit()?;
+        Ok((state, leases))
+    }
+
+    /// Revokes leases as their deadlines pass: sleeps until the nearest
+    /// deadline or until the lease table changes.
+    fn spawn_lease_expiry(&self) {
+        let weak = Arc::downgrade(&self.handle);
+        let changed = self.handle.shared.lease_changed.clone();
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            loop {
+                let notified = changed.notified();
+                let next = {
+                    let Some(handle) = weak.upgrade() else { return };
+                    let now = Instant::now();
+                    let (expired, next): (Vec<LeaseId>, Option<Instant>) = {
+                        let leases = handle.shared.leases.lock().expect("lease table poisoned");
+                        let expired = leases
+                            .iter()
+                            .filter(|(_, (_, d))| *d <= now)
+                            .map(|(id, _)| *id)
+                            .collect();
+                        let next = leases.values().map(|(_, d)| *d).filter(|d| *d > now).min();
+                        (expired, next)
+                    };
+                    let store = Embedded { handle };
+                    for id in expired {
+                        if let Err(e) = store.lease_revoke(id).await {
+                            tracing::warn!("revoke expired lease {id}: {e}");
+                        }
+                    }
+                    next
+                };
+                match next {
+                    Some(d) => {
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(d.into()) => {}
+                            _ = notified => {}
+                        }
+                    }
+                    None => notified.await,
+                }
+            }
+        });
+    }
+
+    async fn request<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T>>) -> Request,
+    ) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        let writer = self.handle.writer.as_ref().ok_or(StoreError::Closed)?;
+        writer.send(make(tx)).map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&redb::ReadTransaction) -> std::result::Result<T, redb::Error>,
+    ) -> Result<T> {
+        let tx = self.handle.shared.db.begin_read().map_err(backend)?;
+        f(&tx).map_err(backend)
+    }
+
+    fn read_revision(tx: &redb::ReadTransaction) -> std::result::Result<Revision, redb::Error> {
+        Ok(tx
+            .open_table(META)?
+            .get("revision")?
+            .map(|v| v.value())
+            .unwrap_or(0))
+    }
+
+    /// Events under `prefix` in revisions `from..=to`, from the log.
+    fn read_log(shared: &Shared, prefix: &str, from: Revision, to: Revision) -> Result<Vec<Event>> {
+        let tx = shared.db.begin_read().map_err(backend)?;
+        let compacted = shared.compacted.load(std::sync::atomic::Ordering::Acquire);
+        if from < compacted {
+            return Err(StoreError::Compacted {
+                requested: from,
+                compacted,
+            });
+        }
+        let log = tx.open_table(LOG).map_err(backend)?;
+        let mut out = Vec::new();
+        for entry in log.range(from..=to).map_err(backend)? {
+            let (rev, bytes) = entry.map_err(backend)?;
+            out.extend(
+                decode_events(rev.value(), bytes.value())?
+                    .into_iter()
+                    .filter(|e| e.key.starts_with(prefix)),
+            );
+        }
+        Ok(out)
+    }
+
+    /// How many keys the store holds (for metrics and tests).
+    pub fn len(&self) -> Result<u64> {
+        self.read(|tx| Ok(tx.open_table(KV)?.len()?))
+    }
+
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for Embedded {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        let raw = self.read(|tx| Ok(tx.open_table(KV)?.get(key)?.map(|v| v.value().to_vec())))?;
+        raw.map(|r| decode_record(key, &r)).transpose()
+    }
+
+    async fn list(&self, prefix: &str) -> Result<ListResult> {
+        let shared = self.handle.shared.clone();
+        let prefix = prefix.to_string();
+        tokio::task::spawn_blocking(move || {
+            let tx = shared.db.begin_read().map_err(backend)?;
+            let revision = Self::read_revision(&tx).map_err(backend)?;
+            let table = tx.open_table(KV).map_err(backend)?;
+            let mut kvs = Vec::new();
+            for entry in table.range::<&str>(prefix.as_str()..).map_err(backend)? {
+                let (k, v) = entry.map_err(backend)?;
+                if !k.value().starts_with(prefix.as_str()) {
+                    break;
+                }
+                kvs.push(decode_record(k.value(), v.value())?);
+            }
+            Ok(ListResult { kvs, revision })
+        })
+        .await
+        .map_err(backend)?
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<TxnResult> {
+        self.request(|tx| Request::Txn(txn, tx)).await
+    }
+
+    async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream> {
+        // Subscribe before reading the log so nothing committed in between
+        // is missed; events already replayed are skipped by revision.
+        let mut live = self.handle.shared.events.subscribe();
+        let compacted = self
+            .handle
+            .shared
+            .compacted
+            .load(std::sync::atomic::Ordering::Acquire);
+        if after + 1 < compacted {
+            return Err(StoreError::Compacted {
+                requested: after + 1,
+                compacted,
+            });
+        }
+        let shared = self.handle.shared.clone();
+        let prefix = prefix.to_string();
+        Ok(Box::pin(async_stream::stream! {
+            let mut last = after;
+            loop {
+                // Catch up from the log (at start, and after lagging behind).
+                let current = match shared.db.begin_read().map_err(backend).and_then(|tx| Self::read_revision(&tx).map_err(backend)) {
+                    Ok(r) => r,
+                    Err(e) => { yield Err(e); return; }
+                };
+                if current > last {
+                    let shared2 = shared.clone();
+                    let prefix2 = prefix.clone();
+                    let from = last + 1;
+                    let backlog = tokio::task::spawn_blocking(move || Self::read_log(&shared2, &prefix2, from, current)).await;
+                    match backlog {
+                        Ok(Ok(events)) => for e in events { yield Ok(e); },
+                        Ok(Err(e)) => { yield Err(e); return; }
+                        Err(e) => { yield Err(backend(e)); return; }
+                    }
+                    last = current;
+                }
+                loop {
+                    match live.recv().await {
+                        Ok(batch) => {
+                            for e in batch.iter() {
+                                if e.revision > last && e.key.starts_with(&prefix) {
+                                    yield Ok(e.clone());
+                                }
+                            }
+                            if let Some(e) = batch.last() {
+                                last = last.max(e.revision);
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Lagged(_)) => break,
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+            }
+        }))
+    }
+
+    async fn revision(&self) -> Result<Revision> {
+        self.read(Self::read_revision)
+    }
+
+    async fn compact(&self, revision: Revision) -> Result<()> {
+        self.request(|tx| Request::Compact(revision, tx)).await
+    }
+
+    async fn lease_grant(&self, ttl_seconds: i64) -> Result<LeaseId> {
+        if ttl_seconds <= 0 {
+            return Err(StoreError::InvalidTxn(format!(
+                "lease TTL must be positive, not {ttl_seconds}"
+            )));
+        }
+        self.request(|tx| Request::LeaseGrant(ttl_seconds, tx))
+            .await
+    }
+
+    async fn lease_keep_alive(&self, id: LeaseId) -> Result<i64> {
+        let mut leases = self
+            .handle
+            .shared
+            .leases
+            .lock()
+            .expect("lease table poisoned");
+        let entry = leases.get_mut(&id).ok_or(StoreError::LeaseNotFound(id))?;
+        entry.1 = Instant::now() + Duration::from_secs(entry.0 as u64);
+        Ok(entry.0)
+    }
+
+    async fn lease_revoke(&self, id: LeaseId) -> Result<()> {
+        self.request(|tx| Request::LeaseRevoke(id, tx)).await
+    }
+
+    fn describe(&self) -> String {
+        format!("embedded:{}", self.handle.shared.path.display())
+    }
+}

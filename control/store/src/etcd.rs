@@ -1,0 +1,293 @@
+//! The etcd backend: the same semantics on an etcd cluster, every key under
+//! a prefix (`/skiff/`).
+
+use etcd_client::{
+    Client, Compare as EtcdCompare, CompareOp, EventType, GetOptions, PutOptions, TxnOp,
+    TxnOpResponse, WatchOptions,
+};
+
+use crate::{
+    Compare, Event, EventKind, KeyValue, LeaseId, ListResult, Op, Result, Revision, Store,
+    StoreError, Txn, TxnResult, WatchStream,
+};
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(format!("etcd: {e}"))
+}
+
+#[derive(Clone)]
+pub struct Etcd {
+    client: Client,
+    prefix: String,
+    endpoints: Vec<String>,
+}
+
+impl Etcd {
+    pub async fn connect(endpoints: &[String], prefix: &str) -> Result<Etcd> {
+        let opts = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(std::time::Duration::from_secs(5))
+            .with_timeout(std::time::Duration::from_secs(30));
+        let client = Client::connect(endpoints, Some(opts))
+            .await
+            .map_err(|e| backend(format!("connect to {}: {e}", endpoints.join(","))))?;
+        let store = Etcd {
+            client,
+            prefix: prefix.to_string(),
+            endpoints: endpoints.to_vec(),
+        };
+        // Fail at start, not at the first request, when etcd is unreachable.
+        store.revision().await?;
+        Ok(store)
+    }
+
+    fn full(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    fn strip(&self, key: &[u8]) -> Result<String> {
+        let key = std::str::from_utf8(key).map_err(backend)?;
+        Ok(key.strip_prefix(&self.prefix).unwrap_or(key).to_string())
+    }
+
+    fn kv(&self, kv: &etcd_client::KeyValue) -> Result<KeyValue> {
+        Ok(KeyValue {
+            key: self.strip(kv.key())?,
+            value: kv.value().to_vec(),
+            create_revision: kv.create_revision(),
+            mod_revision: kv.mod_revision(),
+            lease: kv.lease(),
+        })
+    }
+}
+
+fn header_revision(h: Option<&etcd_client::ResponseHeader>) -> Revision {
+    h.map_or(0, |h| h.revision())
+}
+
+#[async_trait::async_trait]
+impl Store for Etcd {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        let resp = self
+            .client
+            .clone()
+            .get(self.full(key), None)
+            .await
+            .map_err(backend)?;
+        resp.kvs().first().map(|kv| self.kv(kv)).transpose()
+    }
+
+    async fn list(&self, prefix: &str) -> Result<ListResult> {
+        let resp = self
+            .client
+            .clone()
+            .get(self.full(prefix), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(backend)?;
+        let kvs = resp
+            .kvs()
+            .iter()
+            .map(|kv| self.kv(kv))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ListResult {
+            kvs,
+            revision: header_revision(resp.header()),
+        })
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<TxnResult> {
+        let compares: Vec<EtcdCompare> = txn
+            .compares
+            .iter()
+            .map(|c| match c {
+                Compare::Absent(k) => EtcdCompare::version(self.full(k), CompareOp::Equal, 0),
+                Compare::ModRevision(k, r) => {
+                    EtcdCompare::mod_revision(self.full(k), CompareOp::Equal, *r)
+                }
+            })
+            .collect();
+        let ops: Vec<TxnOp> = txn
+            .ops
+            .iter()
+            .map(|op| match op {
+                Op::Put { key, value, lease } => {
+                    let opts = (*lease != 0).then(|| PutOptions::new().with_lease(*lease));
+                    TxnOp::put(self.full(key), value.clone(), opts)
+                }
+                Op::Delete { key } => TxnOp::delete(self.full(key), None),
+            })
+            .collect();
+        let failure: Vec<TxnOp> = txn
+            .compares
+            .iter()
+            .map(|c| TxnOp::get(self.full(c.key()), None))
+            .collect();
+        let resp = self
+            .client
+            .clone()
+            .txn(
+                etcd_client::Txn::new()
+                    .when(compares)
+                    .and_then(ops)
+                    .or_else(failure),
+            )
+            .await
+            .map_err(|e| match e {
+                etcd_client::Error::GRpcStatus(s) if s.message().contains("lease not found") => {
+                    StoreError::LeaseNotFound(
+                        txn.ops
+                            .iter()
+                            .find_map(|o| match o {
+                                Op::Put { lease, .. } if *lease != 0 => Some(*lease),
+                                _ => None,
+                            })
+                            .unwrap_or(0),
+                    )
+                }
+                etcd_client::Error::GRpcStatus(s) if s.message().contains("duplicate key") => {
+                    StoreError::InvalidTxn(s.message().to_string())
+                }
+                e => backend(e),
+            })?;
+        let revision = header_revision(resp.header());
+        if resp.succeeded() {
+            return Ok(TxnResult {
+                succeeded: true,
+                revision,
+                current: Vec::new(),
+            });
+        }
+        let mut current = Vec::new();
+        for r in resp.op_responses() {
+            if let TxnOpResponse::Get(g) = r {
+                current.push(g.kvs().first().map(|kv| self.kv(kv)).transpose()?);
+            }
+        }
+        Ok(TxnResult {
+            succeeded: false,
+            revision,
+            current,
+        })
+    }
+
+    async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream> {
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_prev_key()
+            .with_start_revision(after + 1);
+        let mut stream = self
+            .client
+            .clone()
+            .watch(self.full(prefix), Some(opts))
+            .await
+            .map_err(backend)?;
+        let this = self.clone();
+        Ok(Box::pin(async_stream::stream! {
+            loop {
+                let msg = match stream.message().await {
+                    Ok(Some(m)) => m,
+                    Ok(None) => { yield Err(backend("watch stream ended")); return; }
+                    Err(e) => { yield Err(backend(e)); return; }
+                };
+                if msg.compact_revision() > 0 {
+                    yield Err(StoreError::Compacted { requested: after + 1, compacted: msg.compact_revision() });
+                    return;
+                }
+                if msg.canceled() {
+                    yield Err(backend(format!("watch canceled: {}", msg.cancel_reason())));
+                    return;
+                }
+                for ev in msg.events() {
+                    let Some(kv) = ev.kv() else { continue };
+                    let key = match this.strip(kv.key()) { Ok(k) => k, Err(e) => { yield Err(e); return; } };
+                    let prev_value = ev.prev_kv().map(|p| p.value().to_vec());
+                    yield Ok(match ev.event_type() {
+                        EventType::Put => Event {
+                            kind: EventKind::Put,
+                            key,
+                            value: kv.value().to_vec(),
+                            prev_value,
+                            revision: kv.mod_revision(),
+                            create_revision: kv.create_revision(),
+                        },
+                        EventType::Delete => Event {
+                            kind: EventKind::Delete,
+                            key,
+                            value: Vec::new(),
+                            prev_value,
+                            revision: kv.mod_revision(),
+                            create_revision: ev.prev_kv().map_or(0, |p| p.create_revision()),
+                        },
+                    });
+                }
+            }
+        }))
+    }
+
+    async fn revision(&self) -> Result<Revision> {
+        // A get of one missing key is the cheapest way to read the header.
+        let resp = self
+            .client
+            .clone()
+            .get(
+                self.full("\u{0}revision-probe"),
+                Some(GetOptions::new().with_count_only()),
+            )
+            .await
+            .map_err(backend)?;
+        Ok(header_revision(resp.header()))
+    }
+
+    async fn compact(&self, revision: Revision) -> Result<()> {
+        match self.client.clone().compact(revision, None).await {
+            Ok(_) => Ok(()),
+            Err(etcd_client::Error::GRpcStatus(s)) if s.message().contains("compacted") => Ok(()),
+            Err(etcd_client::Error::GRpcStatus(s)) if s.message().contains("future rev") => {
+                Err(StoreError::FutureRevision(revision))
+            }
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn lease_grant(&self, ttl_seconds: i64) -> Result<LeaseId> {
+        if ttl_seconds <= 0 {
+            return Err(StoreError::InvalidTxn(format!(
+                "lease TTL must be positive, not {ttl_seconds}"
+            )));
+        }
+        let resp = self
+            .client
+            .clone()
+            .lease_grant(ttl_seconds, None)
+            .await
+            .map_err(backend)?;
+        Ok(resp.id())
+    }
+
+    async fn lease_keep_alive(&self, id: LeaseId) -> Result<i64> {
+        let (mut keeper, mut stream) = self
+            .client
+            .clone()
+            .lease_keep_alive(id)
+            .await
+            .map_err(backend)?;
+        keeper.keep_alive().await.map_err(backend)?;
+        match stream.message().await.map_err(backend)? {
+            Some(r) if r.ttl() > 0 => Ok(r.ttl()),
+            _ => Err(StoreError::LeaseNotFound(id)),
+        }
+    }
+
+    async fn lease_revoke(&self, id: LeaseId) -> Result<()> {
+        match self.client.clone().lease_revoke(id).await {
+            Ok(_) => Ok(()),
+            Err(etcd_client::Error::GRpcStatus(s)) if s.message().contains("lease not found") => {
+                Err(StoreError::LeaseNotFound(id))
+            }
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!("etcd:{}", self.endpoints.join(","))
+    }
+}

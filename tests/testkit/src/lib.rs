@@ -1,0 +1,126 @@
+//! Test harness pieces shared by skiff's suites: a real etcd server on
+//! loopback that is killed and removed when the test ends, free ports, and
+//! the rule for tools a test needs (in CI, a missing tool fails the test;
+//! elsewhere the test says why it skips).
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Whether this is a CI run, where nothing may be skipped.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// The path of a tool the test needs, or `None` (after saying so) when it is
+/// missing outside CI. In CI a missing tool is a failure.
+pub fn require_tool(name: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(name))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            !in_ci(),
+            "{name} is required in CI: .ci/run must install it"
+        );
+        eprintln!("skipping: {name} is not installed (apt-get install the package that has it)");
+    }
+    found
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port on loopback")
+}
+
+/// An etcd server on loopback with its own data directory; killed and
+/// removed on drop.
+pub struct EtcdServer {
+    child: Child,
+    pub endpoint: String,
+    _dir: tempfile::TempDir,
+}
+
+impl EtcdServer {
+    /// Starts etcd and waits until it answers; `None` when etcd is not
+    /// installed outside CI.
+    pub fn start() -> Option<EtcdServer> {
+        let etcd = require_tool("etcd")?;
+        for _attempt in 0..3 {
+            let dir = tempfile::tempdir().expect("temp dir for etcd");
+            let (client, peer) = (free_port(), free_port());
+            let endpoint = format!("127.0.0.1:{client}");
+            let child = Command::new(&etcd)
+                .arg("--name")
+                .arg("test")
+                .arg("--data-dir")
+                .arg(dir.path().join("data"))
+                .arg("--listen-client-urls")
+                .arg(format!("http://{endpoint}"))
+                .arg("--advertise-client-urls")
+                .arg(format!("http://{endpoint}"))
+                .arg("--listen-peer-urls")
+                .arg(format!("http://127.0.0.1:{peer}"))
+                .arg("--initial-advertise-peer-urls")
+                .arg(format!("http://127.0.0.1:{peer}"))
+                .arg("--initial-cluster")
+                .arg(format!("test=http://127.0.0.1:{peer}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start etcd");
+            let mut server = EtcdServer {
+                child,
+                endpoint,
+                _dir: dir,
+            };
+            if server.wait_ready(Duration::from_secs(20)) {
+                return Some(server);
+            }
+            // Most likely a port was taken between probing and binding.
+            let _ = server.child.kill();
+        }
+        panic!("etcd did not start on loopback after 3 attempts");
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
+            }
+            let health = Command::new("etcdctl")
+                .env("ETCDCTL_API", "3")
+                .arg("--endpoints")
+                .arg(&self.endpoint)
+                .arg("endpoint")
+                .arg("health")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            if health.is_ok_and(|s| s.success()) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+
+    /// `etcd://127.0.0.1:PORT`, the form `skiff server --store` takes.
+    pub fn url(&self) -> String {
+        format!("etcd://{}", self.endpoint)
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
