@@ -1,1 +1,53 @@
-fn main() {}
+//! `skiff`: parses the command line and hands off to the library crates.
+
+use clap::Parser;
+use skiff_cli::{Cli, Command};
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Server(args) => server(args).await,
+        Command::Client(cmd) => skiff_cli::run(&cli.global, cmd).await,
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn server(args: skiff_cli::ServerArgs) -> anyhow::Result<()> {
+    let config = skiff_apiserver::Config {
+        listen: args.listen,
+        data_dir: args.data_dir,
+        store: args.store,
+        service_cidr: args.service_cidr,
+        node_port_range: skiff_cli::args::parse_port_range(&args.service_node_port_range)?,
+    };
+    let running = skiff_apiserver::start(config).await?;
+    eprintln!(
+        "skiff server listening on http://{} (store: {})",
+        running.addr, running.store
+    );
+    if !args.no_client_config {
+        let path = skiff_cli::config::write_server_config(running.addr)?;
+        eprintln!("client configuration written to {}", path.display());
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = running.wait() => r?,
+        _ = tokio::signal::ctrl_c() => eprintln!("shutting down"),
+        _ = term.recv() => eprintln!("shutting down"),
+    }
+    Ok(())
+}

@@ -124,3 +124,45 @@ mod tests {
         }
     }
 }
+
+/// Applies a JSON merge patch (RFC 7386) to `target`: objects merge key by
+/// key, `null` removes a key, anything else replaces.
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(patch) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(serde_json::Map::new());
+    }
+    let Value::Object(map) = target else { return };
+    for (k, v) in patch {
+        if v.is_null() {
+            map.remove(k);
+        } else {
+            merge_patch(map.entry(k.clone()).or_insert(Value::Null), v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod merge_tests {
+    use super::merge_patch;
+    use serde_json::json;
+
+    #[test]
+    fn rfc7386_examples() {
+        let mut t = json!({"a": "b", "c": {"d": "e", "f": "g"}, "l": [1, 2]});
+        merge_patch(
+            &mut t,
+            &json!({"a": "z", "c": {"f": null}, "l": [3], "n": {"x": 1}}),
+        );
+        assert_eq!(
+            t,
+            json!({"a": "z", "c": {"d": "e"}, "l": [3], "n": {"x": 1}})
+        );
+        let mut s = json!("text");
+        merge_patch(&mut s, &json!({"a": 1}));
+        assert_eq!(s, json!({"a": 1}));
+    }
+}

@@ -120,11 +120,12 @@ impl Object {
 
     /// Sets `apiVersion` and `kind` from the variant.
     pub fn set_type_meta(&mut self) {
-        let kind = self.kind();
-        each!(self, o => {
-            o.api_version = kind.api_version();
-            o.kind = kind.name().to_string();
-        })
+        each!(self, o => o.set_type_meta())
+    }
+
+    /// A field selector value (`metadata.name`, `spec.nodeName`, ...).
+    pub fn field(&self, path: &str) -> Option<String> {
+        each!(self, o => o.field(path))
     }
 
     pub fn to_json(&self) -> Value {

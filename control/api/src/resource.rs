@@ -18,6 +18,8 @@ pub trait Resource:
     const KIND: Kind;
 
     fn meta_slot(&mut self) -> &mut Option<ObjectMeta>;
+    /// Sets `apiVersion` and `kind` to the kind's own.
+    fn set_type_meta(&mut self);
     fn meta_ref(&self) -> Option<&ObjectMeta>;
 
     /// Drops the status (a status-less kind has nothing to drop).
@@ -102,6 +104,10 @@ macro_rules! resource {
             }
             fn meta_ref(&self) -> Option<&ObjectMeta> {
                 self.metadata.as_ref()
+            }
+            fn set_type_meta(&mut self) {
+                self.api_version = Kind::$kind.api_version();
+                self.kind = Kind::$kind.name().to_string();
             }
             fn clear_status(&mut self) {
                 $(self.$status = None;)?

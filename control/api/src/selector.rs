@@ -231,8 +231,13 @@ impl FieldSelector {
     }
 
     pub fn matches<R: Resource>(&self, obj: &R) -> bool {
-        self.terms.iter().all(|(field, value, equal)| {
-            let actual = obj.field(field).unwrap_or_default();
+        self.matches_with(|f| obj.field(f))
+    }
+
+    /// Matches through a field accessor (for an [`crate::Object`]).
+    pub fn matches_with(&self, field: impl Fn(&str) -> Option<String>) -> bool {
+        self.terms.iter().all(|(f, value, equal)| {
+            let actual = field(f).unwrap_or_default();
             (actual == *value) == *equal
         })
     }

@@ -23,6 +23,14 @@ impl Time {
         Time::from_datetime(OffsetDateTime::now_utc())
     }
 
+    /// Now, to the second: the precision of Kubernetes' object timestamps.
+    pub fn now_seconds() -> Time {
+        Time {
+            seconds: OffsetDateTime::now_utc().unix_timestamp(),
+            nanos: 0,
+        }
+    }
+
     pub fn from_datetime(t: OffsetDateTime) -> Time {
         Time {
             seconds: t.unix_timestamp(),

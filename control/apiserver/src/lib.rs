@@ -1,1 +1,323 @@
-//! placeholder
+//! `skiff server`: the API server. It alone talks to the store; everything
+//! else — the CLI, controllers, node daemons, DNS — goes through it.
+//!
+//! One port serves gRPC (the uniform `Resources` service, for components
+//! and the CLI) and REST/JSON with Kubernetes paths (for people, scripts
+//! and the dashboard), plus `/healthz`, `/readyz` and `/metrics`.
+
+mod alloc;
+mod defaults;
+mod error;
+mod grpc;
+mod metrics;
+mod namespaces;
+mod registry;
+mod rest;
+mod service_claims;
+mod watch_cache;
+
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{any, get};
+use futures::StreamExt;
+use skiff_store::{Revision, Store, StoreError};
+use thiserror::Error;
+use tokio::sync::oneshot;
+
+pub use alloc::Cidr;
+pub use error::ApiError;
+use registry::Registry;
+use watch_cache::WatchCache;
+
+/// Events the watch cache keeps for resuming watchers.
+const WATCH_WINDOW: usize = 20_000;
+
+/// How often history older than one period is compacted away.
+const COMPACTION_PERIOD: Duration = Duration::from_secs(300);
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// `etcd://h1:2379,h2:2379`; `None` for the embedded store.
+    pub store: Option<String>,
+    pub service_cidr: String,
+    pub node_port_range: RangeInclusive<u16>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:6443".parse().expect("static address"),
+            data_dir: PathBuf::from("/var/lib/skiff/server"),
+            store: None,
+            service_cidr: "10.96.0.0/16".into(),
+            node_port_range: 30000..=32767,
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ServerError {
+    #[error("{0}")]
+    Config(String),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Api(#[from] ApiError),
+    #[error("serve: {0}")]
+    Serve(std::io::Error),
+}
+
+pub(crate) struct AppState {
+    registry: Arc<Registry>,
+    metrics: Arc<metrics::Metrics>,
+    feeding: AtomicBool,
+}
+
+/// A running server; dropping it (or calling [`Running::shutdown`]) stops it.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub store: String,
+    stop: Option<oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<Result<(), ServerError>>,
+    background: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    pub async fn shutdown(mut self) -> Result<(), ServerError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        for t in &self.background {
+            t.abort();
+        }
+        match (&mut self.done).await {
+            Ok(r) => r,
+            Err(e) => Err(ServerError::Serve(std::io::Error::other(e))),
+        }
+    }
+
+    /// Serves until the server fails.
+    pub async fn wait(mut self) -> Result<(), ServerError> {
+        match (&mut self.done).await {
+            Ok(r) => r,
+            Err(e) => Err(ServerError::Serve(std::io::Error::other(e))),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for t in &self.background {
+            t.abort();
+        }
+        self.done.abort();
+    }
+}
+
+/// Opens the store, prepares the cluster's starting state and starts
+/// serving. Returns once the port is bound.
+pub async fn start(config: Config) -> Result<Running, ServerError> {
+    let cidr = Cidr::parse(&config.service_cidr)
+        .map_err(|e| ServerError::Config(format!("--service-cidr: {e}")))?;
+    let store = skiff_store::open(config.store.as_deref(), &config.data_dir).await?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServerError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| ServerError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+
+    let start_rev = store.revision().await?;
+    let registry = Arc::new(Registry::new(
+        store.clone(),
+        alloc::Allocators::new(cidr, config.node_port_range.clone()),
+        WatchCache::new(start_rev, WATCH_WINDOW),
+    ));
+    let state = Arc::new(AppState {
+        registry: registry.clone(),
+        metrics: metrics::Metrics::new(),
+        feeding: AtomicBool::new(false),
+    });
+    let mut background = vec![tokio::spawn(feed_cache(state.clone(), start_rev))];
+    registry.load_allocations().await?;
+    registry.ensure_system_namespaces().await?;
+    background.push(tokio::spawn(compact_periodically(store.clone())));
+    background.push(tokio::spawn(namespaces::finalize_terminating(
+        registry.clone(),
+    )));
+
+    let grpc = tonic::service::Routes::new(skiff_api::v1::resources_server::ResourcesServer::new(
+        grpc::Service {
+            registry: registry.clone(),
+            metrics: state.metrics.clone(),
+        },
+    ))
+    .into_axum_router();
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/livez", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .route("/version", get(|| async { axum::Json(serde_json::json!({"gitVersion": concat!("v", env!("CARGO_PKG_VERSION")), "platform": "linux"})) }))
+        .route("/api", any(rest::handle))
+        .route("/api/{*rest}", any(rest::handle))
+        .route("/apis", any(rest::handle))
+        .route("/apis/{*rest}", any(rest::handle))
+        .layer(axum::extract::DefaultBodyLimit::max(3 * 1024 * 1024))
+        .with_state(state)
+        .merge(grpc);
+
+    let (stop, stopped) = oneshot::channel::<()>();
+    let done = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .await
+            .map_err(ServerError::Serve)
+    });
+    tracing::info!(%addr, store = %store.describe(), "API server listening");
+    Ok(Running {
+        addr,
+        store: store.describe(),
+        stop: Some(stop),
+        done,
+        background,
+    })
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, String) {
+    if !state.feeding.load(Ordering::Acquire) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "watch cache not following the store\n".into(),
+        );
+    }
+    match state.registry.store.revision().await {
+        Ok(_) => (StatusCode::OK, "ok\n".into()),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}\n")),
+    }
+}
+
+async fn metrics_text(
+    State(state): State<Arc<AppState>>,
+) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    let mut text = state.metrics.render();
+    text.push_str(&format!(
+        "# HELP skiff_apiserver_cache_watchers Watchers on the watch cache.\n# TYPE skiff_apiserver_cache_watchers gauge\nskiff_apiserver_cache_watchers {}\n",
+        state.registry.cache.watchers()
+    ));
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+}
+
+/// Follows the whole store with one watch and feeds the watch cache and
+/// the allocation hints. A gap (compaction during a disconnect) resets the
+/// cache, which ends current watches so their clients relist.
+async fn feed_cache(state: Arc<AppState>, mut after: Revision) {
+    let registry = state.registry.clone();
+    // Events of revision `after + 1` may arrive in several pieces; count
+    // what was taken of the last revision so a resume does not repeat it.
+    let mut last_rev = after;
+    let mut taken_of_last = 0usize;
+    loop {
+        let resume_from = if taken_of_last > 0 {
+            last_rev - 1
+        } else {
+            after
+        };
+        match registry.store.watch("", resume_from).await {
+            Ok(mut events) => {
+                state.feeding.store(true, Ordering::Release);
+                let mut skip = taken_of_last;
+                while let Some(ev) = events.next().await {
+                    match ev {
+                        Ok(ev) => {
+                            if ev.revision == last_rev && skip > 0 {
+                                skip -= 1;
+                                continue;
+                            }
+                            if ev.revision != last_rev {
+                                last_rev = ev.revision;
+                                taken_of_last = 0;
+                                after = ev.revision - 1;
+                            }
+                            taken_of_last += 1;
+                            if ev.key.starts_with("registry/allocations/") {
+                                registry
+                                    .alloc
+                                    .observe(&ev.key, ev.kind == skiff_store::EventKind::Put);
+                            }
+                            if let Some(ce) = registry::decode_event(&ev) {
+                                registry.cache.push(ce);
+                            }
+                        }
+                        Err(StoreError::Compacted { .. }) => {
+                            tracing::warn!("watch cache missed compacted history; resetting it");
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!("store watch ended: {e}");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("store watch: {e}"),
+        }
+        state.feeding.store(false, Ordering::Release);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if let Ok(rev) = registry.store.revision().await
+            && let Err(StoreError::Compacted { .. }) =
+                registry.store.watch("", after).await.map(|_| ())
+        {
+            registry.cache.reset(rev);
+            after = rev;
+            last_rev = rev;
+            taken_of_last = 0;
+            let _ = registry.load_allocations().await;
+        }
+    }
+}
+
+/// Every period, forgets history older than the previous period, as the
+/// Kubernetes API server does for etcd.
+async fn compact_periodically(store: Arc<dyn Store>) {
+    let mut previous: Option<Revision> = None;
+    let mut tick = tokio::time::interval(COMPACTION_PERIOD);
+    loop {
+        tick.tick().await;
+        if let Some(rev) = previous
+            && let Err(e) = store.compact(rev).await
+        {
+            tracing::warn!("compact store to revision {rev}: {e}");
+        }
+        previous = store.revision().await.ok();
+    }
+}

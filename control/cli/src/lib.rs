@@ -1,1 +1,32 @@
-//! placeholder
+//! The skiff command line: argument definitions for every subcommand (the
+//! binary's `main.rs` only parses and hands off) and the client verbs —
+//! `apply`, `get`, `describe`, `delete`, `create` — with kubectl's habits.
+//! The verbs talk to the API server only, through `skiff-client`.
+
+mod apply;
+pub mod args;
+pub mod config;
+mod describe;
+mod get;
+mod table;
+
+use anyhow::{Context, Result};
+use skiff_client::Client;
+
+pub use args::{Cli, ClientCommand, Command, ServerArgs};
+
+/// Runs one client verb. Errors carry the reason for stderr.
+pub async fn run(global: &args::Global, command: ClientCommand) -> Result<()> {
+    let server = config::server_url(global.server.as_deref())?;
+    let client = Client::connect(&server)
+        .await
+        .with_context(|| format!("connect to {server}"))?;
+    let namespace = global.namespace.clone();
+    match command {
+        ClientCommand::Apply(a) => apply::apply(&client, namespace.as_deref(), &a).await,
+        ClientCommand::Get(g) => get::get(&client, namespace.as_deref(), &g).await,
+        ClientCommand::Describe(d) => describe::describe(&client, namespace.as_deref(), &d).await,
+        ClientCommand::Delete(d) => apply::delete(&client, namespace.as_deref(), &d).await,
+        ClientCommand::Create(c) => apply::create(&client, &c).await,
+    }
+}

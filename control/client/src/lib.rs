@@ -1,1 +1,473 @@
-//! placeholder
+//! The client library every skiff component uses to talk to the API
+//! server: typed calls over gRPC ([`Client`]) and the [`informer`] that
+//! controllers, node daemons and DNS build on (list + watch + resume +
+//! relist, a local cache and change events).
+
+pub mod informer;
+
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
+use serde_json::Value;
+use skiff_api::v1::resources_client::ResourcesClient;
+use skiff_api::v1::{DeleteRequest, GetRequest, ListRequest, RawObject, WatchRequest};
+use skiff_api::{Kind, Object, Resource};
+use thiserror::Error;
+use tonic::transport::{Channel, Endpoint};
+
+pub use informer::{Cache, Informer, InformerEvent};
+
+#[derive(Debug, Error, Clone)]
+pub enum ClientError {
+    #[error(
+        "cannot reach the API server at {server}: {message} (is `skiff server` running? set --server or SKIFF_SERVER)"
+    )]
+    Connect { server: String, message: String },
+    /// The server refused: `code` is the HTTP-style status (404, 409,
+    /// 422, ...), `reason` Kubernetes' reason, `causes` the field errors.
+    #[error("{message}")]
+    Api {
+        code: u16,
+        reason: String,
+        message: String,
+        causes: Vec<String>,
+    },
+    #[error("malformed response from the server: {0}")]
+    Decode(String),
+}
+
+impl ClientError {
+    pub fn code(&self) -> u16 {
+        match self {
+            ClientError::Api { code, .. } => *code,
+            _ => 0,
+        }
+    }
+    pub fn is_not_found(&self) -> bool {
+        self.code() == 404
+    }
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, ClientError::Api { code: 409, reason, .. } if reason == "Conflict")
+    }
+    pub fn is_already_exists(&self) -> bool {
+        matches!(self, ClientError::Api { reason, .. } if reason == "AlreadyExists")
+    }
+    /// The watch's starting point is gone: relist.
+    pub fn is_gone(&self) -> bool {
+        self.code() == 410
+    }
+
+    fn from_status(s: tonic::Status) -> ClientError {
+        // The server sends its Kubernetes Status object in the details.
+        if let Ok(status) = serde_json::from_slice::<Value>(s.details()) {
+            let causes = status
+                .pointer("/details/causes")
+                .and_then(Value::as_array)
+                .map(|cs| {
+                    cs.iter()
+                        .map(|c| {
+                            format!(
+                                "{}: {}",
+                                c.get("field").and_then(Value::as_str).unwrap_or(""),
+                                c.get("message").and_then(Value::as_str).unwrap_or("")
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            return ClientError::Api {
+                code: status.get("code").and_then(Value::as_u64).unwrap_or(500) as u16,
+                reason: status
+                    .get("reason")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+                message: status
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or(s.message())
+                    .to_string(),
+                causes,
+            };
+        }
+        let (code, reason) = match s.code() {
+            tonic::Code::NotFound => (404, "NotFound"),
+            tonic::Code::AlreadyExists => (409, "AlreadyExists"),
+            tonic::Code::Aborted => (409, "Conflict"),
+            tonic::Code::InvalidArgument => (400, "BadRequest"),
+            tonic::Code::OutOfRange => (410, "Expired"),
+            tonic::Code::Unimplemented => (405, "MethodNotAllowed"),
+            tonic::Code::Unavailable => (503, "ServiceUnavailable"),
+            _ => (500, "InternalError"),
+        };
+        ClientError::Api {
+            code,
+            reason: reason.into(),
+            message: s.message().to_string(),
+            causes: Vec::new(),
+        }
+    }
+}
+
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+/// Label and field selectors for list and watch.
+#[derive(Clone, Debug, Default)]
+pub struct ListParams {
+    pub label_selector: String,
+    pub field_selector: String,
+}
+
+impl ListParams {
+    pub fn labels(mut self, selector: &str) -> Self {
+        self.label_selector = selector.to_string();
+        self
+    }
+    pub fn fields(mut self, selector: &str) -> Self {
+        self.field_selector = selector.to_string();
+        self
+    }
+}
+
+pub struct ObjectList<R> {
+    pub items: Vec<R>,
+    pub resource_version: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum WatchEvent<R> {
+    Added(R),
+    Modified(R),
+    Deleted(R),
+}
+
+impl<R> WatchEvent<R> {
+    pub fn object(&self) -> &R {
+        match self {
+            WatchEvent::Added(o) | WatchEvent::Modified(o) | WatchEvent::Deleted(o) => o,
+        }
+    }
+}
+
+pub type WatchStream<R> = Pin<Box<dyn Stream<Item = Result<WatchEvent<R>>> + Send>>;
+
+/// A connection to the API server; cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    rpc: ResourcesClient<Channel>,
+    server: String,
+}
+
+fn decode<R: Resource>(bytes: &[u8]) -> Result<R> {
+    R::decode(bytes).map_err(|e| ClientError::Decode(format!("{}: {e}", R::KIND)))
+}
+
+fn raw<R: Resource>(obj: &R) -> RawObject {
+    RawObject {
+        kind: R::KIND.name().to_string(),
+        raw: obj.encode_to_vec(),
+    }
+}
+
+impl Client {
+    /// Connects to `http://host:port` (the API server's one port).
+    pub async fn connect(server: &str) -> Result<Client> {
+        let connect_err = |message: String| ClientError::Connect {
+            server: server.to_string(),
+            message,
+        };
+        let endpoint = Endpoint::from_shared(server.to_string())
+            .map_err(|e| connect_err(e.to_string()))?
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .tcp_nodelay(true);
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| connect_err(source_chain(&e)))?;
+        Ok(Client {
+            rpc: ResourcesClient::new(channel).max_decoding_message_size(256 * 1024 * 1024),
+            server: server.to_string(),
+        })
+    }
+
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    pub async fn get<R: Resource>(&self, namespace: &str, name: &str) -> Result<R> {
+        let obj = self.get_raw(R::KIND, namespace, name).await?;
+        decode(&obj.raw)
+    }
+
+    pub async fn list<R: Resource>(
+        &self,
+        namespace: &str,
+        params: &ListParams,
+    ) -> Result<ObjectList<R>> {
+        let list = self
+            .rpc
+            .clone()
+            .list(ListRequest {
+                kind: R::KIND.name().into(),
+                namespace: namespace.into(),
+                label_selector: params.label_selector.clone(),
+                field_selector: params.field_selector.clone(),
+            })
+            .await
+            .map_err(ClientError::from_status)?
+            .into_inner();
+        Ok(ObjectList {
+            items: list
+                .items
+                .iter()
+                .map(|b| decode(b))
+                .collect::<Result<_>>()?,
+            resource_version: list.resource_version,
+        })
+    }
+
+    pub async fn create<R: Resource>(&self, obj: &R) -> Result<R> {
+        let out = self
+            .rpc
+            .clone()
+            .create(raw(obj))
+            .await
+            .map_err(ClientError::from_status)?;
+        decode(&out.into_inner().raw)
+    }
+
+    /// Replaces the object; its resourceVersion (if set) must be current.
+    pub async fn update<R: Resource>(&self, obj: &R) -> Result<R> {
+        let out = self
+            .rpc
+            .clone()
+            .update(raw(obj))
+            .await
+            .map_err(ClientError::from_status)?;
+        decode(&out.into_inner().raw)
+    }
+
+    pub async fn update_status<R: Resource>(&self, obj: &R) -> Result<R> {
+        let out = self
+            .rpc
+            .clone()
+            .update_status(raw(obj))
+            .await
+            .map_err(ClientError::from_status)?;
+        decode(&out.into_inner().raw)
+    }
+
+    /// Deletes (or starts deleting) the object; returns its last state.
+    pub async fn delete<R: Resource>(&self, namespace: &str, name: &str) -> Result<R> {
+        let obj = self.delete_raw(R::KIND, namespace, name, None).await?;
+        decode(&obj.raw)
+    }
+
+    /// Deletes a pod with an explicit grace period (0: at once).
+    pub async fn delete_with_grace<R: Resource>(
+        &self,
+        namespace: &str,
+        name: &str,
+        grace_seconds: i64,
+    ) -> Result<R> {
+        let obj = self
+            .delete_raw(R::KIND, namespace, name, Some(grace_seconds))
+            .await?;
+        decode(&obj.raw)
+    }
+
+    /// Changes after `resource_version`; `None` starts with the current
+    /// objects as `Added` events.
+    pub async fn watch<R: Resource>(
+        &self,
+        namespace: &str,
+        params: &ListParams,
+        resource_version: Option<&str>,
+    ) -> Result<WatchStream<R>> {
+        let events = self
+            .watch_raw(R::KIND, namespace, params, resource_version)
+            .await?;
+        Ok(Box::pin(events.map(|e| {
+            e.and_then(|(t, obj)| {
+                let obj = R::from_object(obj)
+                    .ok_or_else(|| ClientError::Decode("wrong kind in watch".into()))?;
+                Ok(match t {
+                    WatchType::Added => WatchEvent::Added(obj),
+                    WatchType::Modified => WatchEvent::Modified(obj),
+                    WatchType::Deleted => WatchEvent::Deleted(obj),
+                })
+            })
+        })))
+    }
+
+    // ---- untyped calls, for code that handles kinds chosen at run time
+
+    pub async fn get_object(&self, kind: Kind, namespace: &str, name: &str) -> Result<Object> {
+        let raw = self.get_raw(kind, namespace, name).await?;
+        Object::from_raw(&raw).map_err(ClientError::Decode)
+    }
+
+    pub async fn list_objects(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        params: &ListParams,
+    ) -> Result<(Vec<Object>, String)> {
+        let list = self
+            .rpc
+            .clone()
+            .list(ListRequest {
+                kind: kind.name().into(),
+                namespace: namespace.into(),
+                label_selector: params.label_selector.clone(),
+                field_selector: params.field_selector.clone(),
+            })
+            .await
+            .map_err(ClientError::from_status)?
+            .into_inner();
+        let items = list
+            .items
+            .iter()
+            .map(|b| Object::decode(kind, b).map_err(|e| ClientError::Decode(e.to_string())))
+            .collect::<Result<_>>()?;
+        Ok((items, list.resource_version))
+    }
+
+    pub async fn create_object(&self, obj: &Object) -> Result<Object> {
+        let out = self
+            .rpc
+            .clone()
+            .create(obj.to_raw())
+            .await
+            .map_err(ClientError::from_status)?;
+        Object::from_raw(&out.into_inner()).map_err(ClientError::Decode)
+    }
+
+    pub async fn update_object(&self, obj: &Object) -> Result<Object> {
+        let out = self
+            .rpc
+            .clone()
+            .update(obj.to_raw())
+            .await
+            .map_err(ClientError::from_status)?;
+        Object::from_raw(&out.into_inner()).map_err(ClientError::Decode)
+    }
+
+    pub async fn delete_object(&self, kind: Kind, namespace: &str, name: &str) -> Result<Object> {
+        let raw = self.delete_raw(kind, namespace, name, None).await?;
+        Object::from_raw(&raw).map_err(ClientError::Decode)
+    }
+
+    pub async fn watch_objects(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        params: &ListParams,
+        resource_version: Option<&str>,
+    ) -> Result<Pin<Box<dyn Stream<Item = Result<(WatchType, Object)>> + Send>>> {
+        self.watch_raw(kind, namespace, params, resource_version)
+            .await
+    }
+
+    async fn get_raw(&self, kind: Kind, namespace: &str, name: &str) -> Result<RawObject> {
+        let req = GetRequest {
+            kind: kind.name().into(),
+            namespace: namespace.into(),
+            name: name.into(),
+        };
+        Ok(self
+            .rpc
+            .clone()
+            .get(req)
+            .await
+            .map_err(ClientError::from_status)?
+            .into_inner())
+    }
+
+    async fn delete_raw(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        grace: Option<i64>,
+    ) -> Result<RawObject> {
+        let req = DeleteRequest {
+            kind: kind.name().into(),
+            namespace: namespace.into(),
+            name: name.into(),
+            resource_version: String::new(),
+            grace_period_seconds: grace,
+        };
+        Ok(self
+            .rpc
+            .clone()
+            .delete(req)
+            .await
+            .map_err(ClientError::from_status)?
+            .into_inner())
+    }
+
+    async fn watch_raw(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        params: &ListParams,
+        resource_version: Option<&str>,
+    ) -> Result<Pin<Box<dyn Stream<Item = Result<(WatchType, Object)>> + Send>>> {
+        let req = WatchRequest {
+            kind: kind.name().into(),
+            namespace: namespace.into(),
+            label_selector: params.label_selector.clone(),
+            field_selector: params.field_selector.clone(),
+            resource_version: resource_version.unwrap_or("").into(),
+        };
+        let stream = self
+            .rpc
+            .clone()
+            .watch(req)
+            .await
+            .map_err(ClientError::from_status)?
+            .into_inner();
+        Ok(Box::pin(stream.map(move |item| {
+            let ev = item.map_err(ClientError::from_status)?;
+            let t = match ev.r#type.as_str() {
+                "ADDED" => WatchType::Added,
+                "MODIFIED" => WatchType::Modified,
+                "DELETED" => WatchType::Deleted,
+                _ => {
+                    return Err(ClientError::Api {
+                        code: u16::try_from(ev.code).unwrap_or(500),
+                        reason: if ev.code == 410 {
+                            "Expired".into()
+                        } else {
+                            "InternalError".into()
+                        },
+                        message: ev.error,
+                        causes: Vec::new(),
+                    });
+                }
+            };
+            let obj =
+                Object::decode(kind, &ev.raw).map_err(|e| ClientError::Decode(e.to_string()))?;
+            Ok((t, obj))
+        })))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WatchType {
+    Added,
+    Modified,
+    Deleted,
+}
+
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}

@@ -1,0 +1,203 @@
+//! The gRPC front end: the uniform `Resources` service over the registry.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use prost::Message;
+use skiff_api::selector::{FieldSelector, Selector};
+use skiff_api::v1::resources_server::Resources;
+use skiff_api::v1::{
+    DeleteRequest, GetRequest, ListRequest, RawList, RawObject, WatchEvent, WatchRequest,
+};
+use skiff_api::{Kind, Resource, with_resource};
+use tonic::{Request, Response, Status};
+
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::registry::{DeleteOptions, ListOptions, Registry};
+use crate::watch_cache::Filter;
+
+pub struct Service {
+    pub registry: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
+}
+
+fn kind(name: &str) -> Result<Kind, Status> {
+    Kind::from_name(name).ok_or_else(|| Status::invalid_argument(format!("unknown kind {name:?}")))
+}
+
+fn decode<R: Resource>(raw: &RawObject) -> Result<R, Status> {
+    R::decode(raw.raw.as_slice())
+        .map_err(|e| Status::invalid_argument(format!("malformed {}: {e}", R::KIND)))
+}
+
+fn raw<R: Resource>(obj: &R) -> RawObject {
+    RawObject {
+        kind: R::KIND.name().to_string(),
+        raw: obj.encode_to_vec(),
+    }
+}
+
+fn selectors(labels: &str, fields: &str) -> Result<(Selector, FieldSelector), Status> {
+    let l = Selector::parse(labels)
+        .map_err(|e| Status::invalid_argument(format!("labelSelector: {e}")))?;
+    let f = FieldSelector::parse(fields)
+        .map_err(|e| Status::invalid_argument(format!("fieldSelector: {e}")))?;
+    Ok((l, f))
+}
+
+/// Namespaced kinds get the default namespace when none is given.
+fn default_namespace<R: Resource>(obj: &mut R) {
+    if R::KIND.namespaced() && obj.meta().namespace.is_empty() {
+        obj.meta_mut().namespace = "default".into();
+    }
+}
+
+impl Service {
+    fn observe<T>(&self, verb: &'static str, kind: Kind, r: &Result<T, ApiError>) {
+        let code = r.as_ref().map_or_else(|e| e.code, |_| 200);
+        self.metrics.request("grpc", verb, kind, code);
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Resources for Service {
+    async fn get(&self, req: Request<GetRequest>) -> Result<Response<RawObject>, Status> {
+        let r = req.into_inner();
+        let k = kind(&r.kind)?;
+        let out = with_resource!(k, R => self.registry.get::<R>(&r.namespace, &r.name).await.map(|o| raw(&o)));
+        self.observe("get", k, &out);
+        out.map(Response::new).map_err(|e| e.to_grpc())
+    }
+
+    async fn list(&self, req: Request<ListRequest>) -> Result<Response<RawList>, Status> {
+        let r = req.into_inner();
+        let k = kind(&r.kind)?;
+        let (labels, fields) = selectors(&r.label_selector, &r.field_selector)?;
+        let opts = ListOptions {
+            namespace: r.namespace,
+            labels,
+            fields,
+        };
+        let out = with_resource!(k, R => self.registry.list::<R>(&opts).await.map(|(items, rev)| RawList {
+            kind: k.name().to_string(),
+            items: items.iter().map(|o| o.encode_to_vec()).collect(),
+            resource_version: rev.to_string(),
+        }));
+        self.observe("list", k, &out);
+        out.map(Response::new).map_err(|e| e.to_grpc())
+    }
+
+    async fn create(&self, req: Request<RawObject>) -> Result<Response<RawObject>, Status> {
+        let r = req.into_inner();
+        let k = kind(&r.kind)?;
+        let out = with_resource!(k, R => {
+            let mut obj: R = decode(&r)?;
+            default_namespace(&mut obj);
+            self.registry.create(obj).await.map(|o| raw(&o))
+        });
+        self.observe("create", k, &out);
+        out.map(Response::new).map_err(|e| e.to_grpc())
+    }
+
+    async fn update(&self, req: Request<RawObject>) -> Result<Response<RawObject>, Status> {
+        let r = req.into_inner();
+        let k = kind(&r.kind)?;
+        let out = with_resource!(k, R => {
+            let mut obj: R = decode(&r)?;
+            default_namespace(&mut obj);
+            self.registry.update(obj, false).await.map(|o| raw(&o))
+        });
+        self.observe("update", k, &out);
+        out.map(Response::new).map_err(|e| e.to_grpc())
+    }
+
+    async fn update_status(&self, req: Request<RawObject>) -> Result<Response<RawObject>, Status> {
+        let r = req.into_inner();
+        let k = kind(&r.kind)?;
+        if !k.has_status() {
+            return Err(Status::unimplemented(format!(
+                "{k} has no status subresource"
+            )));
+        }
+        let out = with_resource!(k, R => {
+            let mut obj: R = decode(&r)?;
+            default_namespace(&mut obj);
+            self.registry.update(obj, true).await.map(|o| raw(&o))
+        });
+        self.observe("update_status", k, &out);
+        out.map(Response::new).map_err(|e| e.to_grpc())
+    }
+
+    async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<RawObject>, Status> {
+        let r = req.into_inner();
+        let k = kind(&r.kind)?;
+        let resource_version = if r.resource_version.is_empty() {
+            None
+        } else {
+            Some(
+                r.resource_version
+                    .parse()
+                    .map_err(|_| Status::invalid_argument("resourceVersion must be a number"))?,
+            )
+        };
+        let opts = DeleteOptions {
+            resource_version,
+            grace_period_seconds: r.grace_period_seconds,
+        };
+        let out = with_resource!(k, R => self.registry.delete::<R>(&r.namespace, &r.name, &opts).await.map(|(o, _)| raw(&o)));
+        self.observe("delete", k, &out);
+        out.map(Response::new).map_err(|e| e.to_grpc())
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        req: Request<WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let r = req.into_inner();
+        let k = kind(&r.kind)?;
+        let (labels, fields) = selectors(&r.label_selector, &r.field_selector)?;
+        let rv = if r.resource_version.is_empty() {
+            None
+        } else {
+            Some(
+                r.resource_version
+                    .parse()
+                    .map_err(|_| Status::invalid_argument("resourceVersion must be a number"))?,
+            )
+        };
+        let filter = Filter {
+            kind: k,
+            namespace: r.namespace,
+            labels,
+            fields,
+        };
+        let events = self.registry.watch(filter, rv).await;
+        self.observe("watch", k, &events);
+        let events = events.map_err(|e| e.to_grpc())?;
+        let guard = self.metrics.watcher();
+        let out = events.map(move |item| {
+            let _held = &guard;
+            Ok(match item {
+                Ok((t, obj)) => WatchEvent {
+                    r#type: t.as_str().to_string(),
+                    raw: obj.encode(),
+                    error: String::new(),
+                    code: 0,
+                },
+                Err(e) => WatchEvent {
+                    r#type: "ERROR".into(),
+                    raw: Vec::new(),
+                    error: e.message,
+                    code: i32::from(e.code),
+                },
+            })
+        });
+        Ok(Response::new(Box::pin(out)))
+    }
+}

@@ -1,0 +1,754 @@
+//! The registry: create, read, update, delete and watch for every kind,
+//! generic over [`Resource`]. Server-set metadata, defaults, validation,
+//! finalizers, graceful pod deletion, Service allocations and the
+//! compare-and-swap on resourceVersion all happen here, once, for both the
+//! REST and the gRPC front ends.
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use rand::Rng;
+use skiff_api::selector::{FieldSelector, Selector};
+use skiff_api::v1::{Namespace, ObjectMeta, Pod, Service};
+use skiff_api::wire::Time;
+use skiff_api::{Kind, Object, Resource, with_resource};
+use skiff_store::{Compare, KeyValue, Op, Revision, Store, Txn};
+
+use crate::alloc::{Allocators, IP_PREFIX, PORT_PREFIX};
+use crate::error::{ApiError, ApiResult};
+use crate::service_claims::{self, Claim};
+use crate::watch_cache::{CachedEvent, Filter, WatchCache, WatchType};
+
+/// Kubernetes' (and etcd's) limit on one object.
+pub const MAX_OBJECT_BYTES: usize = 1536 * 1024;
+
+/// Namespaces that exist from the start and cannot be deleted.
+pub const SYSTEM_NAMESPACES: [&str; 4] =
+    ["default", "kube-system", "kube-public", "kube-node-lease"];
+
+const ATTEMPTS: usize = 8;
+
+#[derive(Clone, Debug, Default)]
+pub struct ListOptions {
+    pub namespace: String,
+    pub labels: Selector,
+    pub fields: FieldSelector,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct DeleteOptions {
+    /// Delete only at this resourceVersion.
+    pub resource_version: Option<Revision>,
+    /// For pods: how long the node gets to stop them; 0 deletes at once.
+    pub grace_period_seconds: Option<i64>,
+}
+
+pub type WatchItem = ApiResult<(WatchType, Object)>;
+pub type WatchEvents = Pin<Box<dyn Stream<Item = WatchItem> + Send>>;
+
+pub struct Registry {
+    pub store: Arc<dyn Store>,
+    pub alloc: Allocators,
+    pub cache: WatchCache,
+}
+
+/// Decodes a stored object and gives it its resourceVersion and type.
+pub fn decode<R: Resource>(kv: &KeyValue) -> ApiResult<R> {
+    decode_at(&kv.value, kv.mod_revision, &kv.key)
+}
+
+fn decode_at<R: Resource>(bytes: &[u8], revision: Revision, key: &str) -> ApiResult<R> {
+    let mut obj = R::decode(bytes)
+        .map_err(|e| ApiError::internal(format!("stored object {key:?} does not decode: {e}")))?;
+    obj.meta_mut().resource_version = revision.to_string();
+    obj.set_type_meta();
+    Ok(obj)
+}
+
+/// What is stored: the object without its resourceVersion (the store's
+/// revision is the truth).
+fn encode<R: Resource>(obj: &R) -> ApiResult<Vec<u8>> {
+    let mut copy = obj.clone();
+    copy.meta_mut().resource_version.clear();
+    let bytes = copy.encode_to_vec();
+    if bytes.len() > MAX_OBJECT_BYTES {
+        return Err(ApiError::too_large(format!(
+            "{} {:?} is too large: {} bytes, the limit is {MAX_OBJECT_BYTES} bytes",
+            R::KIND,
+            obj.name(),
+            bytes.len()
+        )));
+    }
+    Ok(bytes)
+}
+
+/// Kind of a store key, if it holds an object.
+fn kind_of_key(key: &str) -> Option<Kind> {
+    Kind::ALL
+        .into_iter()
+        .find(|k| key.starts_with(&k.key_prefix()))
+}
+
+/// Turns a store event into a watch event, decoding it once.
+pub fn decode_event(ev: &skiff_store::Event) -> Option<CachedEvent> {
+    let kind = kind_of_key(&ev.key)?;
+    let decode_obj = |bytes: &[u8]| -> Option<Object> {
+        with_resource!(kind, R => decode_at::<R>(bytes, ev.revision, &ev.key).ok().map(Resource::into_object))
+    };
+    let prev = ev.prev_value.as_deref().and_then(decode_obj);
+    let (event_type, object) = match ev.kind {
+        skiff_store::EventKind::Put => (
+            if ev.prev_value.is_some() {
+                WatchType::Modified
+            } else {
+                WatchType::Added
+            },
+            decode_obj(&ev.value)?,
+        ),
+        skiff_store::EventKind::Delete => (WatchType::Deleted, prev.clone()?),
+    };
+    Some(CachedEvent {
+        revision: ev.revision,
+        kind,
+        event_type,
+        object,
+        prev: if ev.kind == skiff_store::EventKind::Put {
+            prev
+        } else {
+            None
+        },
+    })
+}
+
+fn parse_rv(kind: Kind, name: &str, rv: &str) -> ApiResult<Option<Revision>> {
+    if rv.is_empty() {
+        return Ok(None);
+    }
+    rv.parse::<Revision>().map(Some).map_err(|_| {
+        ApiError::invalid(
+            kind,
+            name,
+            vec![skiff_api::validation::FieldError::invalid(
+                "metadata.resourceVersion",
+                rv,
+                "must be a number",
+            )],
+        )
+    })
+}
+
+fn random_suffix() -> String {
+    const CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut rng = rand::rng();
+    (0..5)
+        .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
+        .collect()
+}
+
+/// Keeps what clients may not change on update.
+fn keep_server_metadata(new: &mut ObjectMeta, cur: &ObjectMeta) {
+    new.uid = cur.uid.clone();
+    new.creation_timestamp = cur.creation_timestamp;
+    new.deletion_timestamp = cur.deletion_timestamp;
+    new.deletion_grace_period_seconds = cur.deletion_grace_period_seconds;
+    new.generation = cur.generation;
+    new.generate_name = cur.generate_name.clone();
+}
+
+impl Registry {
+    pub fn new(store: Arc<dyn Store>, alloc: Allocators, cache: WatchCache) -> Registry {
+        Registry {
+            store,
+            alloc,
+            cache,
+        }
+    }
+
+    // ------------------------------------------------------------- reads
+
+    pub async fn get<R: Resource>(&self, namespace: &str, name: &str) -> ApiResult<R> {
+        let key = R::KIND.key(namespace, name);
+        match self.store.get(&key).await? {
+            Some(kv) => decode(&kv),
+            None => Err(ApiError::not_found(R::KIND, name)),
+        }
+    }
+
+    pub async fn list<R: Resource>(&self, opts: &ListOptions) -> ApiResult<(Vec<R>, Revision)> {
+        if !opts.fields.is_empty() {
+            opts.fields
+                .check_fields(&R::default())
+                .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        }
+        let prefix = if R::KIND.namespaced() && !opts.namespace.is_empty() {
+            format!("{}{}/", R::KIND.key_prefix(), opts.namespace)
+        } else {
+            R::KIND.key_prefix()
+        };
+        let list = self.store.list(&prefix).await?;
+        let mut items = Vec::with_capacity(list.kvs.len());
+        for kv in &list.kvs {
+            let obj: R = decode(kv)?;
+            if opts.labels.matches(&obj.meta().labels) && opts.fields.matches(&obj) {
+                items.push(obj);
+            }
+        }
+        Ok((items, list.revision))
+    }
+
+    // ------------------------------------------------------------ create
+
+    /// The namespace's revision, refusing a missing or terminating one.
+    async fn live_namespace(&self, kind: Kind, name: &str, ns: &str) -> ApiResult<Revision> {
+        let Some(kv) = self.store.get(&Kind::Namespace.key("", ns)).await? else {
+            return Err(ApiError::namespace_not_found(ns));
+        };
+        let namespace: Namespace = decode(&kv)?;
+        if namespace.meta().deletion_timestamp.is_some() {
+            return Err(ApiError::forbidden(
+                kind,
+                name,
+                format!(
+                    "unable to create new content in namespace {ns} because it is being terminated"
+                ),
+            ));
+        }
+        Ok(kv.mod_revision)
+    }
+
+    pub async fn create<R: Resource>(&self, mut obj: R) -> ApiResult<R> {
+        let kind = R::KIND;
+        {
+            let meta = obj.meta_mut();
+            if meta.name.is_empty() && !meta.generate_name.is_empty() {
+                meta.name = format!("{}{}", meta.generate_name, random_suffix());
+            }
+            if !kind.namespaced() {
+                meta.namespace.clear();
+            }
+            meta.uid = uuid::Uuid::new_v4().to_string();
+            meta.resource_version.clear();
+            meta.creation_timestamp = Some(Time::now_seconds());
+            meta.deletion_timestamp = None;
+            meta.deletion_grace_period_seconds = None;
+            meta.generation = 1;
+        }
+        obj.set_type_meta();
+        let mut obj = match obj.into_object() {
+            Object::Pod(mut p) => {
+                p.status = Some(skiff_api::v1::PodStatus {
+                    phase: "Pending".into(),
+                    ..Default::default()
+                });
+                Object::Pod(p)
+            }
+            Object::Namespace(mut n) => {
+                n.status = Some(skiff_api::v1::NamespaceStatus {
+                    phase: "Active".into(),
+                    ..Default::default()
+                });
+                Object::Namespace(n)
+            }
+            Object::Node(n) => Object::Node(n),
+            other => {
+                let mut o = R::from_object(other).expect("same kind");
+                o.clear_status();
+                o.into_object()
+            }
+        };
+        crate::defaults::apply(&mut obj);
+        let obj = R::from_object(obj).expect("same kind");
+        let name = obj.name().to_string();
+        let errors = obj.validate();
+        if !errors.is_empty() {
+            return Err(ApiError::invalid(kind, &name, errors));
+        }
+        let ns_rev = if kind.namespaced() {
+            Some(self.live_namespace(kind, &name, obj.namespace()).await?)
+        } else {
+            None
+        };
+        let key = obj.key();
+        let (mut avoid_ips, mut avoid_ports) = (HashSet::new(), HashSet::new());
+        for _ in 0..ATTEMPTS {
+            let mut candidate = obj.clone();
+            let claims = self.claims_for(&mut candidate, None, &avoid_ips, &avoid_ports)?;
+            let mut txn = Txn::default().when(Compare::Absent(key.clone()));
+            if let Some(rev) = ns_rev {
+                txn = txn.when(Compare::ModRevision(
+                    Kind::Namespace.key("", candidate.namespace()),
+                    rev,
+                ));
+            }
+            for c in &claims {
+                txn = txn.when(Compare::Absent(c.key.clone()));
+            }
+            txn = txn.then(Op::Put {
+                key: key.clone(),
+                value: encode(&candidate)?,
+                lease: 0,
+            });
+            for c in &claims {
+                txn = txn.then(Op::Put {
+                    key: c.key.clone(),
+                    value: candidate.full_name().into_bytes(),
+                    lease: 0,
+                });
+            }
+            let r = self.store.txn(txn).await?;
+            if r.succeeded {
+                candidate.meta_mut().resource_version = r.revision.to_string();
+                for c in &claims {
+                    self.alloc.observe(&c.key, true);
+                }
+                return Ok(candidate);
+            }
+            if r.current[0].is_some() {
+                return Err(ApiError::already_exists(kind, &name));
+            }
+            let claim_results = if ns_rev.is_some() {
+                if r.current[1].is_none() {
+                    return Err(ApiError::namespace_not_found(candidate.namespace()));
+                }
+                &r.current[2..]
+            } else {
+                &r.current[1..]
+            };
+            self.claims_lost(
+                kind,
+                &name,
+                &claims,
+                claim_results,
+                &mut avoid_ips,
+                &mut avoid_ports,
+            )?;
+        }
+        Err(ApiError::unavailable(format!(
+            "could not create {kind} {name:?}: too many conflicting writers, try again"
+        )))
+    }
+
+    /// The allocation claims of a write (only Services have any).
+    fn claims_for<R: Resource>(
+        &self,
+        obj: &mut R,
+        old: Option<&R>,
+        avoid_ips: &HashSet<Ipv4Addr>,
+        avoid_ports: &HashSet<u16>,
+    ) -> ApiResult<Vec<Claim>> {
+        if R::KIND != Kind::Service {
+            return Ok(Vec::new());
+        }
+        let Object::Service(mut svc) = obj.clone().into_object() else {
+            unreachable!()
+        };
+        let old_spec = old.and_then(|o| match o.clone().into_object() {
+            Object::Service(s) => s.spec,
+            _ => None,
+        });
+        let spec = svc.spec.get_or_insert_with(Default::default);
+        let claims =
+            service_claims::assign(spec, old_spec.as_ref(), &self.alloc, avoid_ips, avoid_ports)
+                .map_err(|errors| ApiError::invalid(Kind::Service, &svc.meta().name, errors))?;
+        *obj = R::from_object(Object::Service(svc)).expect("a service");
+        Ok(claims)
+    }
+
+    /// After a failed transaction: a claim the user asked for is their
+    /// error; one we picked is avoided on the next attempt.
+    fn claims_lost(
+        &self,
+        kind: Kind,
+        name: &str,
+        claims: &[Claim],
+        current: &[Option<KeyValue>],
+        avoid_ips: &mut HashSet<Ipv4Addr>,
+        avoid_ports: &mut HashSet<u16>,
+    ) -> ApiResult<()> {
+        for (c, now) in claims.iter().zip(current) {
+            if now.is_none() {
+                continue;
+            }
+            self.alloc.observe(&c.key, true);
+            if c.explicit {
+                let what = if c.key.starts_with(IP_PREFIX) {
+                    "IP"
+                } else {
+                    "port"
+                };
+                return Err(ApiError::invalid(
+                    kind,
+                    name,
+                    vec![skiff_api::validation::FieldError::invalid(
+                        c.field.clone(),
+                        &c.value,
+                        format!("provided {what} is already allocated"),
+                    )],
+                ));
+            }
+            if let Some(ip) = c.key.strip_prefix(IP_PREFIX).and_then(|s| s.parse().ok()) {
+                avoid_ips.insert(ip);
+            }
+            if let Some(p) = c.key.strip_prefix(PORT_PREFIX).and_then(|s| s.parse().ok()) {
+                avoid_ports.insert(p);
+            }
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ update
+
+    /// Replaces an object (or only its status). A resourceVersion in `obj`
+    /// must be the current one; without one the update is unconditional.
+    pub async fn update<R: Resource>(&self, obj: R, status_only: bool) -> ApiResult<R> {
+        let kind = R::KIND;
+        let name = obj.name().to_string();
+        let key = obj.key();
+        let wanted_rv = parse_rv(kind, &name, &obj.meta().resource_version)?;
+        let (mut avoid_ips, mut avoid_ports) = (HashSet::new(), HashSet::new());
+        for _ in 0..ATTEMPTS {
+            let Some(kv) = self.store.get(&key).await? else {
+                return Err(ApiError::not_found(kind, &name));
+            };
+            if wanted_rv.is_some_and(|rv| rv != kv.mod_revision) {
+                return Err(ApiError::conflict(kind, &name));
+            }
+            let cur: R = decode(&kv)?;
+            let mut new = if status_only {
+                let mut n = cur.clone();
+                n.copy_status_from(&obj);
+                n
+            } else {
+                let mut n = obj.clone();
+                if kind.has_status() {
+                    n.copy_status_from(&cur);
+                }
+                keep_server_metadata(n.meta_mut(), cur.meta());
+                n
+            };
+            new.set_type_meta();
+            let mut as_obj = new.into_object();
+            crate::defaults::apply(&mut as_obj);
+            new = R::from_object(as_obj).expect("same kind");
+            let claims = self.claims_for(&mut new, Some(&cur), &avoid_ips, &avoid_ports)?;
+            let errors = new.validate();
+            if !errors.is_empty() {
+                return Err(ApiError::invalid(kind, &name, errors));
+            }
+            if new.spec_fingerprint() != cur.spec_fingerprint() {
+                new.meta_mut().generation = cur.meta().generation + 1;
+            }
+            new.meta_mut().resource_version = cur.meta().resource_version.clone();
+            if new == cur {
+                return Ok(cur);
+            }
+            let finishing =
+                new.meta().deletion_timestamp.is_some() && new.meta().finalizers.is_empty();
+            let released: Vec<String> = if R::KIND == Kind::Service {
+                let held_now = service_claims::held_keys(&as_service(&new));
+                let held_before = service_claims::held_keys(&as_service(&cur));
+                if finishing {
+                    held_before.into_iter().collect()
+                } else {
+                    held_before.difference(&held_now).cloned().collect()
+                }
+            } else {
+                Vec::new()
+            };
+            let mut txn = Txn::default().when(Compare::ModRevision(key.clone(), kv.mod_revision));
+            if finishing {
+                txn = txn.then(Op::Delete { key: key.clone() });
+            } else {
+                for c in &claims {
+                    txn = txn.when(Compare::Absent(c.key.clone()));
+                }
+                txn = txn.then(Op::Put {
+                    key: key.clone(),
+                    value: encode(&new)?,
+                    lease: 0,
+                });
+                for c in &claims {
+                    txn = txn.then(Op::Put {
+                        key: c.key.clone(),
+                        value: new.full_name().into_bytes(),
+                        lease: 0,
+                    });
+                }
+            }
+            for k in &released {
+                txn = txn.then(Op::Delete { key: k.clone() });
+            }
+            let r = self.store.txn(txn).await?;
+            if r.succeeded {
+                new.meta_mut().resource_version = r.revision.to_string();
+                for k in &released {
+                    self.alloc.observe(k, false);
+                }
+                for c in &claims {
+                    self.alloc.observe(&c.key, true);
+                }
+                return Ok(new);
+            }
+            if r.current[0].as_ref().map(|k| k.mod_revision) != Some(kv.mod_revision) {
+                if wanted_rv.is_some() {
+                    return Err(ApiError::conflict(kind, &name));
+                }
+                // Unconditional update: read again and retry.
+                continue;
+            }
+            self.claims_lost(
+                kind,
+                &name,
+                &claims,
+                &r.current[1..],
+                &mut avoid_ips,
+                &mut avoid_ports,
+            )?;
+        }
+        Err(ApiError::conflict(kind, &name))
+    }
+
+    // ------------------------------------------------------------ delete
+
+    /// Deletes an object, or starts its deletion: an object with finalizers
+    /// (or a pod on a node, which gets its grace period) first gets a
+    /// deletionTimestamp. Returns the object and whether it is gone.
+    pub async fn delete<R: Resource>(
+        &self,
+        namespace: &str,
+        name: &str,
+        opts: &DeleteOptions,
+    ) -> ApiResult<(R, bool)> {
+        let kind = R::KIND;
+        let key = kind.key(namespace, name);
+        if kind == Kind::Namespace && SYSTEM_NAMESPACES.contains(&name) {
+            return Err(ApiError::forbidden(
+                kind,
+                name,
+                "this namespace may not be deleted",
+            ));
+        }
+        for _ in 0..ATTEMPTS {
+            let Some(kv) = self.store.get(&key).await? else {
+                return Err(ApiError::not_found(kind, name));
+            };
+            if opts
+                .resource_version
+                .is_some_and(|rv| rv != kv.mod_revision)
+            {
+                return Err(ApiError::conflict(kind, name));
+            }
+            let cur: R = decode(&kv)?;
+            let grace = self.grace_period(&cur, opts);
+            let graceful = !cur.meta().finalizers.is_empty() || grace > 0;
+            if graceful {
+                let mut marked = cur.clone();
+                let meta = marked.meta_mut();
+                if meta.deletion_timestamp.is_some()
+                    && meta
+                        .deletion_grace_period_seconds
+                        .is_none_or(|g| g <= grace)
+                {
+                    return Ok((cur, false));
+                }
+                meta.deletion_timestamp = Some(Time::now_seconds());
+                meta.deletion_grace_period_seconds = Some(grace);
+                let mut as_obj = marked.into_object();
+                if let Object::Namespace(ns) = &mut as_obj {
+                    ns.status.get_or_insert_with(Default::default).phase = "Terminating".into();
+                }
+                let mut marked = R::from_object(as_obj).expect("same kind");
+                match self
+                    .store
+                    .update(&key, encode(&marked)?, kv.mod_revision)
+                    .await?
+                {
+                    Ok(rev) => {
+                        marked.meta_mut().resource_version = rev.to_string();
+                        return Ok((marked, false));
+                    }
+                    Err(_) if opts.resource_version.is_some() => {
+                        return Err(ApiError::conflict(kind, name));
+                    }
+                    Err(_) => continue,
+                }
+            }
+            let mut txn = Txn::default()
+                .when(Compare::ModRevision(key.clone(), kv.mod_revision))
+                .then(Op::Delete { key: key.clone() });
+            let released: Vec<String> = if kind == Kind::Service {
+                service_claims::held_keys(&as_service(&cur))
+                    .into_iter()
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            for k in &released {
+                txn = txn.then(Op::Delete { key: k.clone() });
+            }
+            let r = self.store.txn(txn).await?;
+            if r.succeeded {
+                for k in &released {
+                    self.alloc.observe(k, false);
+                }
+                let mut gone = cur;
+                gone.meta_mut().resource_version = r.revision.to_string();
+                return Ok((gone, true));
+            }
+            if opts.resource_version.is_some() {
+                return Err(ApiError::conflict(kind, name));
+            }
+        }
+        Err(ApiError::conflict(kind, name))
+    }
+
+    /// Pods bound to a node get a grace period (the node stops them and
+    /// then deletes them); a namespace with content gets one too, so its
+    /// content can be removed first. Everything else goes at once.
+    fn grace_period<R: Resource>(&self, obj: &R, opts: &DeleteOptions) -> i64 {
+        match obj.clone().into_object() {
+            Object::Pod(p) => pod_grace(&p, opts.grace_period_seconds),
+            Object::Namespace(_) => 1,
+            _ => 0,
+        }
+    }
+
+    // ------------------------------------------------------------- watch
+
+    /// Events for `filter` after `resource_version`; without one, the
+    /// current state first (as ADDED events), then changes.
+    pub async fn watch(
+        self: &Arc<Self>,
+        filter: Filter,
+        resource_version: Option<Revision>,
+    ) -> ApiResult<WatchEvents> {
+        let (initial, from) = match resource_version {
+            Some(rv) if rv > 0 => (Vec::new(), rv),
+            _ => {
+                let opts = ListOptions {
+                    namespace: filter.namespace.clone(),
+                    labels: filter.labels.clone(),
+                    fields: filter.fields.clone(),
+                };
+                with_resource!(filter.kind, R => {
+                    let (items, rev) = self.list::<R>(&opts).await?;
+                    let initial: Vec<WatchItem> = items
+                        .into_iter()
+                        .map(|o| Ok((WatchType::Added, o.into_object())))
+                        .collect();
+                    (initial, rev)
+                })
+            }
+        };
+        if !filter.fields.is_empty() {
+            with_resource!(filter.kind, R => filter
+                .fields
+                .check_fields(&R::default())
+                .map_err(|e| ApiError::bad_request(e.to_string()))?);
+        }
+        let initial = futures::stream::iter(initial);
+        if let Some((backlog, mut rx)) = self.cache.subscribe_from(from) {
+            let stream = async_stream::stream! {
+                let mut last = from;
+                for ev in backlog {
+                    if let Some(t) = filter.view(&ev) {
+                        yield Ok((t, ev.object.clone()));
+                    }
+                    last = ev.revision;
+                }
+                loop {
+                    match rx.recv().await {
+                        Ok(ev) => {
+                            if ev.revision <= last {
+                                continue;
+                            }
+                            if let Some(t) = filter.view(&ev) {
+                                yield Ok((t, ev.object.clone()));
+                            }
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            yield Err(ApiError::gone(format!(
+                                "the watch fell behind after resourceVersion {last}: watch again from there"
+                            )));
+                            return;
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+            };
+            return Ok(Box::pin(initial.chain(stream)));
+        }
+        // Older than the cache's window: straight from the store's history.
+        let mut events = self.store.watch(&filter.kind.key_prefix(), from).await?;
+        let stream = async_stream::stream! {
+            while let Some(ev) = events.next().await {
+                match ev {
+                    Ok(ev) => {
+                        if let Some(ce) = decode_event(&ev)
+                            && let Some(t) = filter.view(&ce)
+                        {
+                            yield Ok((t, ce.object));
+                        }
+                    }
+                    Err(e) => {
+                        yield Err(ApiError::from(e));
+                        return;
+                    }
+                }
+            }
+        };
+        Ok(Box::pin(initial.chain(stream)))
+    }
+
+    // ------------------------------------------------------- bootstrapping
+
+    /// Creates the system namespaces if they are missing.
+    pub async fn ensure_system_namespaces(&self) -> ApiResult<()> {
+        for name in SYSTEM_NAMESPACES {
+            let ns = Namespace {
+                metadata: Some(ObjectMeta {
+                    name: name.into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            match self.create(ns).await {
+                Ok(_) => {}
+                Err(e) if e.reason == "AlreadyExists" => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads the allocation hints from the store.
+    pub async fn load_allocations(&self) -> ApiResult<()> {
+        for prefix in [IP_PREFIX, PORT_PREFIX] {
+            for kv in self.store.list(prefix).await?.kvs {
+                self.alloc.observe(&kv.key, true);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn as_service<R: Resource>(obj: &R) -> Service {
+    match obj.clone().into_object() {
+        Object::Service(s) => s,
+        _ => Service::default(),
+    }
+}
+
+fn pod_grace(pod: &Pod, requested: Option<i64>) -> i64 {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let phase = pod.status.as_ref().map(|s| s.phase.as_str()).unwrap_or("");
+    if spec.node_name.is_empty() || phase == "Succeeded" || phase == "Failed" {
+        return 0;
+    }
+    requested
+        .unwrap_or(spec.termination_grace_period_seconds.unwrap_or(30))
+        .max(0)
+}

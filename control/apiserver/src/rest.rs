@@ -1,0 +1,559 @@
+//! The REST/JSON front end with Kubernetes' paths:
+//! `/api/v1/namespaces/{ns}/pods/{name}`, `/apis/apps/v1/...`, the
+//! `/status` subresource, `?watch=1` streams, merge patches, discovery, and
+//! errors as `Status` objects.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use serde_json::{Value, json};
+use skiff_api::selector::{FieldSelector, Selector};
+use skiff_api::{Kind, Object, Resource, with_resource};
+
+use crate::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::registry::{DeleteOptions, ListOptions};
+use crate::watch_cache::Filter;
+
+/// What a path names.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Target {
+    /// `/api`, `/apis`, `/api/v1`, `/apis/apps/v1`.
+    Discovery(Value),
+    Resource {
+        kind: Kind,
+        namespace: String,
+        name: Option<String>,
+        status: bool,
+    },
+}
+
+fn not_found(path: &str) -> ApiError {
+    let mut e = ApiError::bad_request(format!(
+        "the server could not find the requested resource ({path})"
+    ));
+    e.code = 404;
+    e.reason = "NotFound";
+    e
+}
+
+fn resource_list(group: &str) -> Value {
+    let group_version = if group.is_empty() {
+        "v1".to_string()
+    } else {
+        format!("{group}/v1")
+    };
+    let resources: Vec<Value> = Kind::ALL
+        .into_iter()
+        .filter(|k| k.group() == group)
+        .flat_map(|k| {
+            let verbs = json!(["create", "delete", "get", "list", "patch", "update", "watch"]);
+            let mut v = vec![json!({
+                "name": k.plural(), "singularName": k.name().to_ascii_lowercase(), "namespaced": k.namespaced(),
+                "kind": k.name(), "verbs": verbs, "shortNames": k.short_names(),
+            })];
+            if k.has_status() {
+                v.push(json!({"name": format!("{}/status", k.plural()), "singularName": "", "namespaced": k.namespaced(),
+                    "kind": k.name(), "verbs": ["get", "patch", "update"]}));
+            }
+            v
+        })
+        .collect();
+    json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources})
+}
+
+fn groups() -> Vec<&'static str> {
+    let mut gs: Vec<&str> = Kind::ALL
+        .iter()
+        .map(|k| k.group())
+        .filter(|g| !g.is_empty())
+        .collect();
+    gs.sort();
+    gs.dedup();
+    gs
+}
+
+pub fn parse_path(path: &str) -> ApiResult<Target> {
+    let segs: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let (group, rest): (&str, &[&str]) = match segs.as_slice() {
+        ["api"] => {
+            return Ok(Target::Discovery(
+                json!({"kind": "APIVersions", "versions": ["v1"]}),
+            ));
+        }
+        ["apis"] => {
+            let groups: Vec<Value> = groups()
+                .into_iter()
+                .map(|g| {
+                    let gv = json!({"groupVersion": format!("{g}/v1"), "version": "v1"});
+                    json!({"name": g, "versions": [gv.clone()], "preferredVersion": gv})
+                })
+                .collect();
+            return Ok(Target::Discovery(
+                json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}),
+            ));
+        }
+        ["api", "v1", rest @ ..] => ("", rest),
+        ["apis", g, "v1", rest @ ..] if groups().contains(g) => (g, rest),
+        _ => return Err(not_found(path)),
+    };
+    let resource = |kind: Option<Kind>,
+                    namespace: &str,
+                    name: Option<&str>,
+                    status: bool|
+     -> ApiResult<Target> {
+        let kind = kind.ok_or_else(|| not_found(path))?;
+        if namespace.is_empty() && name.is_some() && kind.namespaced() {
+            return Err(not_found(path));
+        }
+        if status && !kind.has_status() {
+            return Err(not_found(path));
+        }
+        Ok(Target::Resource {
+            kind,
+            namespace: namespace.to_string(),
+            name: name.map(str::to_string),
+            status,
+        })
+    };
+    match rest {
+        [] => Ok(Target::Discovery(resource_list(group))),
+        ["namespaces", ns, plural, tail @ ..] if *plural != "status" => {
+            let kind = Kind::from_rest(group, plural).filter(|k| k.namespaced());
+            match tail {
+                [] => resource(kind, ns, None, false),
+                [name] => resource(kind, ns, Some(name), false),
+                [name, "status"] => resource(kind, ns, Some(name), true),
+                _ => Err(not_found(path)),
+            }
+        }
+        [plural] => resource(Kind::from_rest(group, plural), "", None, false),
+        [plural, name] => resource(Kind::from_rest(group, plural), "", Some(name), false),
+        [plural, name, "status"] => resource(Kind::from_rest(group, plural), "", Some(name), true),
+        _ => Err(not_found(path)),
+    }
+}
+
+fn error_response(e: &ApiError) -> Response {
+    let code = StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        e.to_status().to_string(),
+    )
+        .into_response()
+}
+
+fn json_response(code: StatusCode, body: &Value, warnings: &[String]) -> Response {
+    let mut resp = (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response();
+    for w in warnings {
+        let text = format!("299 - \"unknown field {w:?}\"").replace('\n', " ");
+        if let Ok(v) = HeaderValue::from_str(&text) {
+            resp.headers_mut().append(header::WARNING, v);
+        }
+    }
+    resp
+}
+
+fn object_json<R: Resource>(obj: R) -> Value {
+    obj.into_object().to_json()
+}
+
+/// Reads a request body (JSON, or YAML by content type) as an object of
+/// kind `R`, with the paths of fields that were not understood.
+fn read_body<R: Resource>(headers: &HeaderMap, body: &[u8]) -> ApiResult<(R, Vec<String>)> {
+    let mut value = parse_value(headers, body)?;
+    if let Value::Object(map) = &mut value {
+        let kind = R::KIND;
+        let api_version = map
+            .entry("apiVersion")
+            .or_insert_with(|| json!(kind.api_version()))
+            .clone();
+        let kind_name = map
+            .entry("kind")
+            .or_insert_with(|| json!(kind.name()))
+            .clone();
+        if api_version != json!(kind.api_version()) || kind_name != json!(kind.name()) {
+            return Err(ApiError::bad_request(format!(
+                "the body is a {} {}, but the path is for {} {}",
+                api_version,
+                kind_name,
+                kind.api_version(),
+                kind.name()
+            )));
+        }
+    }
+    let (obj, warnings) = Object::from_json(value)
+        .map_err(|e| ApiError::bad_request(format!("malformed {}: {e}", R::KIND)))?;
+    let obj = R::from_object(obj).ok_or_else(|| ApiError::bad_request("kind mismatch"))?;
+    Ok((obj, warnings))
+}
+
+fn parse_value(headers: &HeaderMap, body: &[u8]) -> ApiResult<Value> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if content_type.contains("yaml") {
+        serde_yaml_ng::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("malformed YAML: {e}")))
+    } else {
+        serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))
+    }
+}
+
+fn list_json(kind: Kind, items: Vec<Value>, revision: i64) -> Value {
+    json!({
+        "kind": format!("{}List", kind.name()),
+        "apiVersion": kind.api_version(),
+        "metadata": {"resourceVersion": revision.to_string()},
+        "items": items,
+    })
+}
+
+fn query_flag(q: &HashMap<String, String>, name: &str) -> bool {
+    q.get(name)
+        .is_some_and(|v| v == "1" || v == "true" || v.is_empty())
+}
+
+fn selectors(q: &HashMap<String, String>) -> ApiResult<(Selector, FieldSelector)> {
+    let labels = Selector::parse(q.get("labelSelector").map_or("", String::as_str))
+        .map_err(|e| ApiError::bad_request(format!("labelSelector: {e}")))?;
+    let fields = FieldSelector::parse(q.get("fieldSelector").map_or("", String::as_str))
+        .map_err(|e| ApiError::bad_request(format!("fieldSelector: {e}")))?;
+    Ok((labels, fields))
+}
+
+fn query_rv(q: &HashMap<String, String>) -> ApiResult<Option<i64>> {
+    match q.get("resourceVersion").map(String::as_str) {
+        None | Some("") => Ok(None),
+        Some(v) => v
+            .parse()
+            .map(Some)
+            .map_err(|_| ApiError::bad_request(format!("resourceVersion {v:?} must be a number"))),
+    }
+}
+
+/// Fills in (or checks) the namespace of a body against the path's.
+fn settle_namespace<R: Resource>(obj: &mut R, path_ns: &str) -> ApiResult<()> {
+    if !R::KIND.namespaced() {
+        return Ok(());
+    }
+    let meta = obj.meta_mut();
+    if meta.namespace.is_empty() {
+        meta.namespace = path_ns.to_string();
+    } else if !path_ns.is_empty() && meta.namespace != path_ns {
+        return Err(ApiError::bad_request(
+            "the namespace of the provided object does not match the namespace sent on the request",
+        ));
+    }
+    if meta.namespace.is_empty() {
+        meta.namespace = "default".into();
+    }
+    Ok(())
+}
+
+fn check_name<R: Resource>(obj: &mut R, name: &str) -> ApiResult<()> {
+    let meta = obj.meta_mut();
+    if meta.name.is_empty() {
+        meta.name = name.to_string();
+    } else if meta.name != name {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({}) does not match the name on the URL ({name})",
+            meta.name
+        )));
+    }
+    Ok(())
+}
+
+pub async fn handle(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    uri: Uri,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let target = match parse_path(uri.path()) {
+        Ok(t) => t,
+        Err(e) => return error_response(&e),
+    };
+    let (kind, namespace, name, status) = match target {
+        Target::Discovery(v) if method == Method::GET => {
+            return json_response(StatusCode::OK, &v, &[]);
+        }
+        Target::Discovery(_) => {
+            return error_response(&ApiError::method_not_allowed("discovery is read-only"));
+        }
+        Target::Resource {
+            kind,
+            namespace,
+            name,
+            status,
+        } => (kind, namespace, name, status),
+    };
+    let verb = match (&method, &name) {
+        (&Method::GET, None) if query_flag(&query, "watch") => "watch",
+        (&Method::GET, None) => "list",
+        (&Method::GET, Some(_)) => "get",
+        (&Method::POST, None) => "create",
+        (&Method::PUT, Some(_)) => "update",
+        (&Method::PATCH, Some(_)) => "patch",
+        (&Method::DELETE, Some(_)) => "delete",
+        _ => {
+            return error_response(&ApiError::method_not_allowed(format!(
+                "{method} is not supported on {}",
+                uri.path()
+            )));
+        }
+    };
+    let result = with_resource!(kind, R => {
+        dispatch::<R>(&state, verb, &namespace, name.as_deref(), status, &query, &headers, &body).await
+    });
+    let code = match &result {
+        Ok(r) => r.status().as_u16(),
+        Err(e) => e.code,
+    };
+    state.metrics.request("rest", verb, kind, code);
+    result.unwrap_or_else(|e| error_response(&e))
+}
+
+#[expect(clippy::too_many_arguments, reason = "one request's parts")]
+async fn dispatch<R: Resource>(
+    state: &Arc<AppState>,
+    verb: &str,
+    namespace: &str,
+    name: Option<&str>,
+    status: bool,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> ApiResult<Response> {
+    let registry = &state.registry;
+    let name = name.unwrap_or("");
+    match verb {
+        "get" => {
+            let obj = registry.get::<R>(namespace, name).await?;
+            Ok(json_response(StatusCode::OK, &object_json(obj), &[]))
+        }
+        "list" => {
+            let (labels, fields) = selectors(query)?;
+            let opts = ListOptions {
+                namespace: namespace.to_string(),
+                labels,
+                fields,
+            };
+            let (items, rev) = registry.list::<R>(&opts).await?;
+            let items = items.into_iter().map(object_json).collect();
+            Ok(json_response(
+                StatusCode::OK,
+                &list_json(R::KIND, items, rev),
+                &[],
+            ))
+        }
+        "watch" => watch::<R>(state, namespace, query).await,
+        "create" => {
+            let (mut obj, warnings) = read_body::<R>(headers, body)?;
+            settle_namespace(&mut obj, namespace)?;
+            let created = registry.create(obj).await?;
+            Ok(json_response(
+                StatusCode::CREATED,
+                &object_json(created),
+                &warnings,
+            ))
+        }
+        "update" => {
+            let (mut obj, warnings) = read_body::<R>(headers, body)?;
+            settle_namespace(&mut obj, namespace)?;
+            check_name(&mut obj, name)?;
+            let updated = registry.update(obj, status).await?;
+            Ok(json_response(
+                StatusCode::OK,
+                &object_json(updated),
+                &warnings,
+            ))
+        }
+        "patch" => {
+            let content_type = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if content_type.contains("json-patch+json") {
+                return Err(ApiError::unsupported_media(
+                    "JSON patch (RFC 6902) is not supported: use application/merge-patch+json",
+                ));
+            }
+            let patch = parse_value(headers, body)?;
+            // A merge patch applies to the current object; without a
+            // resourceVersion in the patch a lost race is retried.
+            for _ in 0..8 {
+                let cur = registry.get::<R>(namespace, name).await?;
+                let mut value = object_json(cur);
+                skiff_api::manifest::merge_patch(&mut value, &patch);
+                let (obj, warnings) = Object::from_json(value).map_err(|e| {
+                    ApiError::bad_request(format!("the patch gives a malformed {}: {e}", R::KIND))
+                })?;
+                let mut obj = R::from_object(obj)
+                    .ok_or_else(|| ApiError::bad_request("the patch may not change the kind"))?;
+                check_name(&mut obj, name)?;
+                match registry.update(obj, status).await {
+                    Err(e)
+                        if e.reason == "Conflict"
+                            && patch.pointer("/metadata/resourceVersion").is_none() =>
+                    {
+                        continue;
+                    }
+                    r => return Ok(json_response(StatusCode::OK, &object_json(r?), &warnings)),
+                }
+            }
+            Err(ApiError::conflict(R::KIND, name))
+        }
+        "delete" => {
+            let mut opts = DeleteOptions {
+                resource_version: None,
+                grace_period_seconds: query.get("gracePeriodSeconds").and_then(|g| g.parse().ok()),
+            };
+            if !body.is_empty()
+                && let Ok(v) = serde_json::from_slice::<Value>(body)
+            {
+                if let Some(g) = v.get("gracePeriodSeconds").and_then(Value::as_i64) {
+                    opts.grace_period_seconds = Some(g);
+                }
+                if let Some(rv) = v
+                    .pointer("/preconditions/resourceVersion")
+                    .and_then(Value::as_str)
+                {
+                    opts.resource_version = rv.parse().ok();
+                }
+            }
+            let (obj, gone) = registry.delete::<R>(namespace, name, &opts).await?;
+            let code = if gone {
+                StatusCode::OK
+            } else {
+                StatusCode::ACCEPTED
+            };
+            Ok(json_response(code, &object_json(obj), &[]))
+        }
+        _ => Err(ApiError::method_not_allowed(verb.to_string())),
+    }
+}
+
+async fn watch<R: Resource>(
+    state: &Arc<AppState>,
+    namespace: &str,
+    query: &HashMap<String, String>,
+) -> ApiResult<Response> {
+    let (labels, fields) = selectors(query)?;
+    let filter = Filter {
+        kind: R::KIND,
+        namespace: namespace.to_string(),
+        labels,
+        fields,
+    };
+    let events = state.registry.watch(filter, query_rv(query)?).await?;
+    let timeout = query
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse::<u64>().ok())
+        .map(std::time::Duration::from_secs);
+    let guard = state.metrics.watcher();
+    let lines = events.map(move |item| {
+        let _held = &guard;
+        let line = match item {
+            Ok((t, obj)) => json!({"type": t.as_str(), "object": obj.to_json()}),
+            Err(e) => json!({"type": "ERROR", "object": e.to_status()}),
+        };
+        Ok::<_, Infallible>(Bytes::from(format!("{line}\n")))
+    });
+    let body = match timeout {
+        Some(t) => Body::from_stream(lines.take_until(tokio::time::sleep(t))),
+        None => Body::from_stream(lines),
+    };
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::TRANSFER_ENCODING, "chunked")
+        .body(body)
+        .expect("static response parts"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn res(path: &str) -> (Kind, String, Option<String>, bool) {
+        match parse_path(path).unwrap() {
+            Target::Resource {
+                kind,
+                namespace,
+                name,
+                status,
+            } => (kind, namespace, name, status),
+            Target::Discovery(_) => panic!("{path} is not a resource"),
+        }
+    }
+
+    #[test]
+    fn kubernetes_paths() {
+        assert_eq!(
+            res("/api/v1/namespaces/default/pods"),
+            (Kind::Pod, "default".into(), None, false)
+        );
+        assert_eq!(
+            res("/api/v1/namespaces/default/pods/web/status"),
+            (Kind::Pod, "default".into(), Some("web".into()), true)
+        );
+        assert_eq!(res("/api/v1/pods"), (Kind::Pod, "".into(), None, false));
+        assert_eq!(
+            res("/api/v1/nodes/n1"),
+            (Kind::Node, "".into(), Some("n1".into()), false)
+        );
+        assert_eq!(
+            res("/api/v1/namespaces/kube-system"),
+            (
+                Kind::Namespace,
+                "".into(),
+                Some("kube-system".into()),
+                false
+            )
+        );
+        assert_eq!(
+            res("/api/v1/namespaces/x/status"),
+            (Kind::Namespace, "".into(), Some("x".into()), true)
+        );
+        assert_eq!(
+            res("/apis/apps/v1/namespaces/a/deployments/d"),
+            (Kind::Deployment, "a".into(), Some("d".into()), false)
+        );
+        assert_eq!(
+            res("/apis/discovery.k8s.io/v1/endpointslices"),
+            (Kind::EndpointSlice, "".into(), None, false)
+        );
+        for bad in [
+            "/api/v2/pods",
+            "/api/v1/pods/x",
+            "/apis/apps/v1/namespaces/a/pods",
+            "/api/v1/gadgets",
+            "/apis/apps/v1/namespaces/a/deployments/d/scale",
+            "/api/v1/configmaps/x/status",
+        ] {
+            assert!(parse_path(bad).is_err(), "{bad}");
+        }
+        assert!(matches!(parse_path("/apis").unwrap(), Target::Discovery(_)));
+    }
+}

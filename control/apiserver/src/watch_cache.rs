@@ -1,0 +1,159 @@
+//! The watch cache: the API server follows the store with one watch and
+//! fans decoded events out to any number of watchers, keeping a window of
+//! recent events so a watcher can resume from a recent resourceVersion
+//! without touching the store.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use skiff_api::selector::{FieldSelector, Selector};
+use skiff_api::{Kind, Object};
+use skiff_store::Revision;
+use tokio::sync::broadcast;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WatchType {
+    Added,
+    Modified,
+    Deleted,
+}
+
+impl WatchType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WatchType::Added => "ADDED",
+            WatchType::Modified => "MODIFIED",
+            WatchType::Deleted => "DELETED",
+        }
+    }
+}
+
+/// One change to one object, decoded once for every watcher. For a delete,
+/// `object` is the last state with the deletion's resourceVersion.
+#[derive(Debug)]
+pub struct CachedEvent {
+    pub revision: Revision,
+    pub kind: Kind,
+    pub event_type: WatchType,
+    pub object: Object,
+    pub prev: Option<Object>,
+}
+
+/// What one watcher wants to see.
+#[derive(Clone, Debug)]
+pub struct Filter {
+    pub kind: Kind,
+    /// Empty: every namespace.
+    pub namespace: String,
+    pub labels: Selector,
+    pub fields: FieldSelector,
+}
+
+impl Filter {
+    pub fn matches(&self, obj: &Object) -> bool {
+        (self.namespace.is_empty() || obj.meta().namespace == self.namespace)
+            && self.labels.matches(&obj.meta().labels)
+            && self.fields.matches_with(|f| obj.field(f))
+    }
+
+    /// What this watcher sees of an event: an object entering the
+    /// selection is ADDED, one leaving it is DELETED, as Kubernetes does.
+    pub fn view(&self, ev: &CachedEvent) -> Option<WatchType> {
+        if ev.kind != self.kind {
+            return None;
+        }
+        let now = self.matches(&ev.object);
+        match ev.event_type {
+            WatchType::Added | WatchType::Deleted => now.then_some(ev.event_type),
+            WatchType::Modified => {
+                let before = ev.prev.as_ref().is_some_and(|p| self.matches(p));
+                match (before, now) {
+                    (true, true) => Some(WatchType::Modified),
+                    (false, true) => Some(WatchType::Added),
+                    (true, false) => Some(WatchType::Deleted),
+                    (false, false) => None,
+                }
+            }
+        }
+    }
+}
+
+struct Window {
+    events: VecDeque<Arc<CachedEvent>>,
+    /// The window holds every event with a revision above this.
+    start: Revision,
+    tx: broadcast::Sender<Arc<CachedEvent>>,
+}
+
+pub struct WatchCache {
+    window: Mutex<Window>,
+    capacity: usize,
+}
+
+impl WatchCache {
+    pub fn new(start: Revision, capacity: usize) -> WatchCache {
+        let (tx, _) = broadcast::channel(capacity.max(1024));
+        WatchCache {
+            window: Mutex::new(Window {
+                events: VecDeque::with_capacity(capacity),
+                start,
+                tx,
+            }),
+            capacity,
+        }
+    }
+
+    pub fn push(&self, ev: CachedEvent) {
+        let ev = Arc::new(ev);
+        let mut w = self.window.lock().expect("watch cache poisoned");
+        if w.events.len() == self.capacity
+            && let Some(old) = w.events.pop_front()
+        {
+            // Keep whole revisions: everything above `start` is present.
+            w.start = old.revision;
+            while w.events.front().is_some_and(|e| e.revision == old.revision) {
+                w.events.pop_front();
+            }
+        }
+        w.events.push_back(ev.clone());
+        let _ = w.tx.send(ev);
+    }
+
+    /// The events after `after` and a receiver for what follows, or `None`
+    /// when the window no longer reaches back that far.
+    pub fn subscribe_from(
+        &self,
+        after: Revision,
+    ) -> Option<(Vec<Arc<CachedEvent>>, broadcast::Receiver<Arc<CachedEvent>>)> {
+        let w = self.window.lock().expect("watch cache poisoned");
+        if after < w.start {
+            return None;
+        }
+        let rx = w.tx.subscribe();
+        let backlog = w
+            .events
+            .iter()
+            .filter(|e| e.revision > after)
+            .cloned()
+            .collect();
+        Some((backlog, rx))
+    }
+
+    /// After a gap in the store's history: forget the window and end every
+    /// current watch, so their clients re-watch (and relist if needed).
+    pub fn reset(&self, start: Revision) {
+        let mut w = self.window.lock().expect("watch cache poisoned");
+        w.events.clear();
+        w.start = start;
+        let (tx, _) = broadcast::channel(self.capacity.max(1024));
+        w.tx = tx;
+    }
+
+    pub fn watchers(&self) -> usize {
+        self.window
+            .lock()
+            .expect("watch cache poisoned")
+            .tx
+            .receiver_count()
+    }
+}

@@ -1,0 +1,187 @@
+//! Every command line of `skiff`, as clap-derive structs.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "skiff",
+    version,
+    about = "A compact, networking-first, Kubernetes-shaped cluster"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct Global {
+    /// API server URL (default: $SKIFF_SERVER, then ~/.skiff/config, then http://127.0.0.1:6443)
+    #[arg(long, global = true, env = "SKIFF_SERVER")]
+    pub server: Option<String>,
+    /// Namespace of the objects (default: the manifest's, else "default")
+    #[arg(short = 'n', long, global = true)]
+    pub namespace: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the API server
+    Server(ServerArgs),
+    #[command(flatten)]
+    Client(ClientCommand),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ServerArgs {
+    /// Address to serve gRPC and REST on
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    pub listen: SocketAddr,
+    /// Directory of the embedded store
+    #[arg(long, default_value = "/var/lib/skiff/server")]
+    pub data_dir: PathBuf,
+    /// etcd://host:2379[,host:2379...] to keep state in etcd instead
+    #[arg(long)]
+    pub store: Option<String>,
+    /// Range ClusterIPs are allocated from
+    #[arg(long, default_value = "10.96.0.0/16")]
+    pub service_cidr: String,
+    /// Range NodePorts are allocated from
+    #[arg(long, default_value = "30000-32767")]
+    pub service_node_port_range: String,
+    /// Do not write ~/.skiff/config for the CLI
+    #[arg(long)]
+    pub no_client_config: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Create or update objects from manifests (YAML or JSON)
+    Apply(ApplyArgs),
+    /// List objects, or show some by name
+    Get(GetArgs),
+    /// Show an object in detail, with its events
+    Describe(DescribeArgs),
+    /// Delete objects by name or from manifests
+    Delete(DeleteArgs),
+    /// Create an object from the command line
+    #[command(subcommand)]
+    Create(CreateCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// Manifest file, directory, or - for standard input (repeatable)
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Wide,
+    Json,
+    Yaml,
+    Name,
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// Kind: pods (po), services (svc), deployments (deploy), replicasets (rs),
+    /// namespaces (ns), nodes (no), configmaps (cm), endpointslices (ep), leases, events (ev)
+    pub kind: String,
+    /// Names of the objects (all when left out)
+    pub names: Vec<String>,
+    /// Objects of every namespace
+    #[arg(short = 'A', long)]
+    pub all_namespaces: bool,
+    /// Label selector (app=web,tier!=db)
+    #[arg(short = 'l', long)]
+    pub selector: Option<String>,
+    /// Field selector (spec.nodeName=n1)
+    #[arg(long)]
+    pub field_selector: Option<String>,
+    #[arg(short = 'o', long, value_enum)]
+    pub output: Option<Output>,
+    /// After listing, follow changes
+    #[arg(short = 'w', long)]
+    pub watch: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DescribeArgs {
+    pub kind: String,
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// Kind and names, as in `delete pod web db`
+    pub args: Vec<String>,
+    /// Delete the objects of these manifests
+    #[arg(short = 'f', long = "filename")]
+    pub files: Vec<String>,
+    /// Seconds a pod gets to stop (0: at once)
+    #[arg(long)]
+    pub grace_period: Option<i64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CreateCommand {
+    /// Create a namespace
+    #[command(alias = "ns")]
+    Namespace { name: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn kubectl_habits_parse() {
+        let cli = Cli::try_parse_from(["skiff", "get", "po", "-A", "-o", "wide", "-l", "app=web"])
+            .unwrap();
+        let Command::Client(ClientCommand::Get(g)) = cli.command else {
+            panic!()
+        };
+        assert!(g.all_namespaces && g.output == Some(Output::Wide));
+        let cli = Cli::try_parse_from([
+            "skiff",
+            "-n",
+            "kube-system",
+            "apply",
+            "-f",
+            "a.yaml",
+            "-f",
+            "-",
+        ])
+        .unwrap();
+        assert_eq!(cli.global.namespace.as_deref(), Some("kube-system"));
+        assert!(Cli::try_parse_from(["skiff", "get", "po", "-o", "toml"]).is_err());
+    }
+}
+
+/// `30000-32767` into a range.
+pub fn parse_port_range(text: &str) -> anyhow::Result<std::ops::RangeInclusive<u16>> {
+    let bad = || {
+        anyhow::anyhow!("--service-node-port-range {text:?}: expected LOW-HIGH such as 30000-32767")
+    };
+    let (lo, hi) = text.split_once('-').ok_or_else(bad)?;
+    let (lo, hi): (u16, u16) = (
+        lo.trim().parse().map_err(|_| bad())?,
+        hi.trim().parse().map_err(|_| bad())?,
+    );
+    if lo == 0 || lo > hi {
+        return Err(bad());
+    }
+    Ok(lo..=hi)
+}

@@ -1,0 +1,61 @@
+//! Where the CLI finds the API server: `--server`, `$SKIFF_SERVER`, then
+//! `~/.skiff/config` (written by `skiff server`), then the default port on
+//! loopback.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    pub server: String,
+}
+
+pub fn config_path() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".skiff").join("config"))
+}
+
+pub fn server_url(flag: Option<&str>) -> Result<String> {
+    if let Some(s) = flag {
+        return Ok(normalize(s));
+    }
+    if let Some(path) = config_path()
+        && path.exists()
+    {
+        let text =
+            std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+        let cfg: ClientConfig = serde_yaml_ng::from_str(&text)
+            .with_context(|| format!("parse {} (expected `server: URL`)", path.display()))?;
+        return Ok(normalize(&cfg.server));
+    }
+    Ok("http://127.0.0.1:6443".into())
+}
+
+fn normalize(s: &str) -> String {
+    if s.contains("://") {
+        s.to_string()
+    } else {
+        format!("http://{s}")
+    }
+}
+
+/// Records the server's address for the CLI on this machine.
+pub fn write_server_config(addr: std::net::SocketAddr) -> Result<PathBuf> {
+    let path = config_path().context("HOME is not set")?;
+    let host = if addr.ip().is_unspecified() {
+        std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
+    } else {
+        addr
+    };
+    let text = serde_yaml_ng::to_string(&ClientConfig {
+        server: format!("http://{host}"),
+    })?;
+    let dir = path.parent().expect("a file in ~/.skiff");
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("write {}", path.display()))?;
+    Ok(path)
+}
