@@ -98,16 +98,25 @@ pub struct Running {
 }
 
 impl Running {
+    /// Stops serving (open watches get a few seconds to end) and waits
+    /// until the store is released, so it can be opened again at once.
     pub async fn shutdown(mut self) -> Result<(), ServerError> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        for t in &self.background {
+        for t in std::mem::take(&mut self.background) {
             t.abort();
+            let _ = t.await;
         }
-        match (&mut self.done).await {
-            Ok(r) => r,
-            Err(e) => Err(ServerError::Serve(std::io::Error::other(e))),
+        match tokio::time::timeout(Duration::from_secs(5), &mut self.done).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) if e.is_cancelled() => Ok(()),
+            Ok(Err(e)) => Err(ServerError::Serve(std::io::Error::other(e))),
+            Err(_) => {
+                self.done.abort();
+                let _ = (&mut self.done).await;
+                Ok(())
+            }
         }
     }
 

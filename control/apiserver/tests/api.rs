@@ -1,0 +1,958 @@
+//! The API server over real HTTP and gRPC clients, on the embedded store
+//! and on a real etcd.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+use skiff_api::v1::{ConfigMap, Pod, Service};
+use skiff_api::{Kind, Resource};
+use skiff_apiserver::{Config, Running};
+use skiff_client::{Client, InformerEvent, ListParams, WatchEvent};
+use skiff_testkit::EtcdServer;
+
+struct TestServer {
+    running: Option<Running>,
+    config: Config,
+    url: String,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+    _etcd: Option<Arc<EtcdServer>>,
+}
+
+impl TestServer {
+    async fn embedded() -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.path().to_path_buf(),
+            ..Config::default()
+        };
+        Self::start(config, dir, None).await
+    }
+
+    async fn on_etcd(etcd: Arc<EtcdServer>) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.path().to_path_buf(),
+            store: Some(etcd.url()),
+            ..Config::default()
+        };
+        Self::start(config, dir, Some(etcd)).await
+    }
+
+    async fn start(
+        config: Config,
+        dir: tempfile::TempDir,
+        etcd: Option<Arc<EtcdServer>>,
+    ) -> TestServer {
+        let running = skiff_apiserver::start(config.clone()).await.unwrap();
+        let url = format!("http://{}", running.addr);
+        TestServer {
+            running: Some(running),
+            config,
+            url,
+            http: reqwest::Client::new(),
+            _dir: dir,
+            _etcd: etcd,
+        }
+    }
+
+    /// Stops and starts the server on the same store (and port).
+    async fn restart(&mut self) {
+        let addr = self.running.as_ref().unwrap().addr;
+        self.running.take().unwrap().shutdown().await.unwrap();
+        let mut config = self.config.clone();
+        config.listen = addr;
+        self.running = Some(skiff_apiserver::start(config).await.unwrap());
+    }
+
+    async fn client(&self) -> Client {
+        Client::connect(&self.url).await.unwrap()
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.url));
+        if let Some(b) = body {
+            let ct = if method == reqwest::Method::PATCH {
+                "application/merge-patch+json"
+            } else {
+                "application/json"
+            };
+            req = req.header("content-type", ct).body(b.to_string());
+        }
+        let resp = req.send().await.unwrap();
+        let code = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (
+            code,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+}
+
+async fn etcd() -> Option<Arc<EtcdServer>> {
+    EtcdServer::start().map(Arc::new)
+}
+
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod embedded_store {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::TestServer::embedded().await).await;
+                }
+            )*
+        }
+        mod etcd_store {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(etcd) = super::etcd().await else { return };
+                    super::$name(super::TestServer::on_etcd(etcd).await).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_stores!(
+    rest_crud_and_kubernetes_errors,
+    services_get_addresses_that_stay_theirs,
+    status_subresource_and_generation,
+    finalizers_and_graceful_pod_deletion,
+    watch_resumes_across_a_restart,
+    grpc_client_and_informer,
+);
+
+fn pod(name: &str, labels: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels},
+           "spec": {"containers": [{"name": "c", "image": "busybox"}]}})
+}
+
+async fn rest_crud_and_kubernetes_errors(s: TestServer) {
+    let base = "/api/v1/namespaces/default/pods";
+    let (code, created) = s
+        .call("POST", base, Some(pod("web", json!({"app": "web"}))))
+        .await;
+    assert_eq!(code, 201, "{created}");
+    let rv = created["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(!created["metadata"]["uid"].as_str().unwrap().is_empty());
+    assert_eq!(created["metadata"]["generation"], 1);
+    assert_eq!(created["status"]["phase"], "Pending");
+    assert_eq!(created["spec"]["restartPolicy"], "Always", "defaulted");
+    s.call("POST", base, Some(pod("db", json!({"app": "db"}))))
+        .await;
+
+    let (code, dup) = s.call("POST", base, Some(pod("web", json!({})))).await;
+    assert_eq!((code, dup["reason"].as_str()), (409, Some("AlreadyExists")));
+
+    let (code, got) = s.call("GET", &format!("{base}/web"), None).await;
+    assert_eq!(
+        (code, &got["metadata"]["resourceVersion"]),
+        (200, &json!(rv))
+    );
+    let (code, missing) = s.call("GET", &format!("{base}/nope"), None).await;
+    assert_eq!(
+        (code, missing["kind"].as_str(), missing["reason"].as_str()),
+        (404, Some("Status"), Some("NotFound"))
+    );
+
+    let (_, list) = s
+        .call("GET", &format!("{base}?labelSelector=app%3Dweb"), None)
+        .await;
+    assert_eq!(list["kind"], "PodList");
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+    let (_, all) = s
+        .call("GET", "/api/v1/pods?fieldSelector=metadata.name%3Ddb", None)
+        .await;
+    assert_eq!(all["items"][0]["metadata"]["name"], "db");
+    let (code, _) = s
+        .call("GET", "/api/v1/pods?fieldSelector=spec.color%3Dred", None)
+        .await;
+    assert_eq!(code, 400, "unknown selectable field");
+
+    // Update at a stale resourceVersion: 409, nothing changes.
+    let mut stale = got.clone();
+    stale["metadata"]["labels"] = json!({"app": "changed"});
+    let (code, _) = s
+        .call("PUT", &format!("{base}/web"), Some(stale.clone()))
+        .await;
+    assert_eq!(code, 200);
+    let (code, conflict) = s.call("PUT", &format!("{base}/web"), Some(stale)).await;
+    assert_eq!((code, conflict["reason"].as_str()), (409, Some("Conflict")));
+
+    // Merge patch.
+    let (code, patched) = s
+        .call(
+            "PATCH",
+            &format!("{base}/web"),
+            Some(json!({"metadata": {"labels": {"tier": "fe"}}})),
+        )
+        .await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        patched["metadata"]["labels"],
+        json!({"app": "changed", "tier": "fe"})
+    );
+
+    // Invalid objects: 422 naming the fields; nothing stored.
+    let bad = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "bad"},
+                     "spec": {"ports": [{"port": 70000}, {"port": 80, "name": "x"}]}});
+    let (code, err) = s
+        .call("POST", "/api/v1/namespaces/default/services", Some(bad))
+        .await;
+    assert_eq!(
+        (code, err["reason"].as_str()),
+        (422, Some("Invalid")),
+        "{err}"
+    );
+    let fields: Vec<&str> = err["details"]["causes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["field"].as_str().unwrap())
+        .collect();
+    assert!(
+        fields.contains(&"spec.ports[0].port") && fields.contains(&"spec.ports[0].name"),
+        "{fields:?}"
+    );
+    let (code, _) = s
+        .call("GET", "/api/v1/namespaces/default/services/bad", None)
+        .await;
+    assert_eq!(code, 404, "an invalid object is not stored");
+
+    // A missing namespace, a malformed body, an oversized object.
+    let (code, err) = s
+        .call(
+            "POST",
+            "/api/v1/namespaces/nowhere/pods",
+            Some(pod("p", json!({}))),
+        )
+        .await;
+    assert_eq!(code, 404, "{err}");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("namespaces \"nowhere\" not found")
+    );
+    let resp = s
+        .http
+        .post(format!("{}{base}", s.url))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    let big = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "big"}, "data": {"blob": "x".repeat(1_600_000)}});
+    let (code, err) = s
+        .call("POST", "/api/v1/namespaces/default/configmaps", Some(big))
+        .await;
+    assert_eq!(code, 413, "{err}");
+    let (code, _) = s
+        .call("GET", "/api/v1/namespaces/default/configmaps/big", None)
+        .await;
+    assert_eq!(code, 404);
+
+    // Unknown fields are accepted with a warning header naming them.
+    let resp = s
+        .http
+        .post(format!("{}/api/v1/namespaces/default/configmaps", s.url))
+        .header("content-type", "application/json")
+        .body(json!({"metadata": {"name": "cm"}, "data": {"a": "b"}, "surprise": 1}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 201);
+    let warning = resp
+        .headers()
+        .get("warning")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(warning.contains("surprise"), "{warning}");
+
+    // Delete.
+    let (code, _) = s.call("DELETE", &format!("{base}/db"), None).await;
+    assert_eq!(code, 200);
+    let (code, _) = s.call("GET", &format!("{base}/db"), None).await;
+    assert_eq!(code, 404);
+    let (code, _) = s.call("DELETE", "/api/v1/namespaces/default", None).await;
+    assert_eq!(code, 403, "the default namespace stays");
+
+    // Health, readiness, metrics, discovery.
+    assert_eq!(s.call("GET", "/healthz", None).await.0, 200);
+    assert_eq!(s.call("GET", "/readyz", None).await.0, 200);
+    let (_, metrics) = s.call("GET", "/metrics", None).await;
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .contains("skiff_apiserver_requests_total"),
+        "{metrics}"
+    );
+    let (_, apis) = s.call("GET", "/apis", None).await;
+    assert!(
+        apis["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["name"] == "apps")
+    );
+}
+
+async fn services_get_addresses_that_stay_theirs(mut s: TestServer) {
+    let svcs = "/api/v1/namespaces/default/services";
+    let svc = |name: &str, extra: Value| {
+        let mut v = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
+                           "spec": {"type": "NodePort", "ports": [{"port": 80}], "selector": {"app": name}}});
+        skiff_api::manifest::merge_patch(&mut v, &extra);
+        v
+    };
+    // Many at once: all addresses and node ports distinct.
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let (http, url, body) = (
+            s.http.clone(),
+            format!("{}{svcs}", s.url),
+            svc(&format!("s{i}"), json!({})),
+        );
+        tasks.push(tokio::spawn(async move {
+            let resp = http
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status().as_u16(), 201);
+            resp.json::<Value>().await.unwrap()
+        }));
+    }
+    let mut ips = std::collections::HashSet::new();
+    let mut ports = std::collections::HashSet::new();
+    for t in tasks {
+        let v = t.await.unwrap();
+        let ip = v["spec"]["clusterIP"].as_str().unwrap().to_string();
+        assert!(ip.starts_with("10.96."), "{ip}");
+        assert!(ips.insert(ip));
+        assert!(ports.insert(v["spec"]["ports"][0]["nodePort"].as_i64().unwrap()));
+    }
+
+    // Explicit requests: honoured; taken, out of range: refused by field.
+    let (code, dns) = s
+        .call(
+            "POST",
+            svcs,
+            Some(svc(
+                "dns",
+                json!({"spec": {"type": "ClusterIP", "clusterIP": "10.96.0.10"}}),
+            )),
+        )
+        .await;
+    assert_eq!(
+        (code, dns["spec"]["clusterIP"].as_str()),
+        (201, Some("10.96.0.10"))
+    );
+    let (code, err) = s
+        .call(
+            "POST",
+            svcs,
+            Some(svc(
+                "dns2",
+                json!({"spec": {"type": "ClusterIP", "clusterIP": "10.96.0.10"}}),
+            )),
+        )
+        .await;
+    assert_eq!(code, 422);
+    assert!(
+        err["message"].as_str().unwrap().contains(
+            "spec.clusterIP: Invalid value: \"10.96.0.10\": provided IP is already allocated"
+        ),
+        "{err}"
+    );
+    let (code, err) = s
+        .call(
+            "POST",
+            svcs,
+            Some(svc("far", json!({"spec": {"clusterIP": "192.168.0.1"}}))),
+        )
+        .await;
+    assert_eq!(code, 422);
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("not in the valid range"),
+        "{err}"
+    );
+    let taken = ports.iter().next().copied().unwrap();
+    let (code, err) = s
+        .call(
+            "POST",
+            svcs,
+            Some(svc(
+                "np",
+                json!({"spec": {"ports": [{"port": 80, "nodePort": taken}]}}),
+            )),
+        )
+        .await;
+    assert_eq!(code, 422, "{err}");
+    let (code, _) = s
+        .call(
+            "POST",
+            svcs,
+            Some(svc(
+                "np2",
+                json!({"spec": {"ports": [{"port": 80, "nodePort": 80}]}}),
+            )),
+        )
+        .await;
+    assert_eq!(code, 422);
+
+    // An update that leaves the addresses out keeps them; a change is refused.
+    let (_, s0) = s.call("GET", &format!("{svcs}/s0"), None).await;
+    let (code, kept) = s
+        .call(
+            "PUT",
+            &format!("{svcs}/s0"),
+            Some(svc("s0", json!({"metadata": {"labels": {"v": "2"}}}))),
+        )
+        .await;
+    assert_eq!(code, 200, "{kept}");
+    assert_eq!(kept["spec"]["clusterIP"], s0["spec"]["clusterIP"]);
+    assert_eq!(
+        kept["spec"]["ports"][0]["nodePort"],
+        s0["spec"]["ports"][0]["nodePort"]
+    );
+    let (code, _) = s
+        .call(
+            "PATCH",
+            &format!("{svcs}/s0"),
+            Some(json!({"spec": {"clusterIP": "10.96.77.77"}})),
+        )
+        .await;
+    assert_eq!(code, 422, "clusterIP is immutable");
+
+    // Deleting frees the address; a restart forgets nothing.
+    s.call("DELETE", &format!("{svcs}/dns"), None).await;
+    let (code, _) = s
+        .call(
+            "POST",
+            svcs,
+            Some(svc(
+                "dns3",
+                json!({"spec": {"type": "ClusterIP", "clusterIP": "10.96.0.10"}}),
+            )),
+        )
+        .await;
+    assert_eq!(code, 201);
+    s.restart().await;
+    let (code, err) = s
+        .call(
+            "POST",
+            svcs,
+            Some(svc(
+                "dns4",
+                json!({"spec": {"type": "ClusterIP", "clusterIP": "10.96.0.10"}}),
+            )),
+        )
+        .await;
+    assert_eq!(code, 422, "still allocated after a restart: {err}");
+    let (_, again) = s.call("GET", &format!("{svcs}/s0"), None).await;
+    assert_eq!(again["spec"]["clusterIP"], s0["spec"]["clusterIP"]);
+}
+
+async fn status_subresource_and_generation(s: TestServer) {
+    let path = "/apis/apps/v1/namespaces/default/deployments";
+    let dep = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+        "spec": {"selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}}},
+        "status": {"replicas": 9}});
+    let (code, created) = s.call("POST", path, Some(dep)).await;
+    assert_eq!(code, 201, "{created}");
+    assert!(
+        created.get("status").is_none(),
+        "status is the controllers' to write"
+    );
+    assert_eq!(created["spec"]["replicas"], 1);
+    assert_eq!(
+        created["spec"]["strategy"]["rollingUpdate"]["maxSurge"],
+        "25%"
+    );
+
+    let mut with_status = created.clone();
+    with_status["status"] = json!({"replicas": 3, "readyReplicas": 2});
+    with_status["spec"]["replicas"] = json!(5);
+    let (code, st) = s
+        .call(
+            "PUT",
+            &format!("{path}/web/status"),
+            Some(with_status.clone()),
+        )
+        .await;
+    assert_eq!(code, 200, "{st}");
+    assert_eq!(
+        (
+            st["status"]["replicas"].as_i64(),
+            st["spec"]["replicas"].as_i64()
+        ),
+        (Some(3), Some(1)),
+        "status update leaves the spec"
+    );
+    assert_eq!(st["metadata"]["generation"], 1);
+
+    let mut scaled = st.clone();
+    scaled["spec"]["replicas"] = json!(4);
+    scaled["status"] = json!({});
+    let (code, up) = s.call("PUT", &format!("{path}/web"), Some(scaled)).await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        (
+            up["spec"]["replicas"].as_i64(),
+            up["status"]["replicas"].as_i64()
+        ),
+        (Some(4), Some(3)),
+        "spec update leaves the status"
+    );
+    assert_eq!(
+        up["metadata"]["generation"], 2,
+        "a spec change bumps the generation"
+    );
+
+    let (code, same) = s
+        .call("PUT", &format!("{path}/web"), Some(up.clone()))
+        .await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        same["metadata"]["resourceVersion"], up["metadata"]["resourceVersion"],
+        "a no-op update writes nothing"
+    );
+
+    let mismatch = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"},
+        "spec": {"selector": {"matchLabels": {"app": "a"}},
+                 "template": {"metadata": {"labels": {"app": "b"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}});
+    let (code, err) = s.call("POST", path, Some(mismatch)).await;
+    assert_eq!(code, 422);
+    assert_eq!(
+        err["details"]["causes"][0]["field"],
+        "spec.template.metadata.labels"
+    );
+}
+
+async fn finalizers_and_graceful_pod_deletion(s: TestServer) {
+    let cms = "/api/v1/namespaces/default/configmaps";
+    let cm = json!({"metadata": {"name": "held", "finalizers": ["example.com/hold"]}, "data": {"k": "v"}});
+    assert_eq!(s.call("POST", cms, Some(cm)).await.0, 201);
+    let (code, marked) = s.call("DELETE", &format!("{cms}/held"), None).await;
+    assert_eq!(code, 202);
+    assert!(marked["metadata"]["deletionTimestamp"].is_string());
+    let (code, still) = s.call("GET", &format!("{cms}/held"), None).await;
+    assert_eq!(code, 200, "kept while a finalizer remains");
+    let (code, _) = s
+        .call(
+            "PATCH",
+            &format!("{cms}/held"),
+            Some(json!({"metadata": {"finalizers": null}})),
+        )
+        .await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        s.call("GET", &format!("{cms}/held"), None).await.0,
+        404,
+        "gone with the last finalizer ({still})"
+    );
+
+    let pods = "/api/v1/namespaces/default/pods";
+    let mut p = pod("bound", json!({}));
+    p["spec"]["nodeName"] = json!("node-1");
+    assert_eq!(s.call("POST", pods, Some(p)).await.0, 201);
+    let (code, terminating) = s.call("DELETE", &format!("{pods}/bound"), None).await;
+    assert_eq!(code, 202);
+    assert_eq!(terminating["metadata"]["deletionGracePeriodSeconds"], 30);
+    assert_eq!(
+        s.call("GET", &format!("{pods}/bound"), None).await.0,
+        200,
+        "the node gets its grace period"
+    );
+    let (code, _) = s
+        .call(
+            "DELETE",
+            &format!("{pods}/bound?gracePeriodSeconds=0"),
+            None,
+        )
+        .await;
+    assert_eq!(code, 200);
+    assert_eq!(s.call("GET", &format!("{pods}/bound"), None).await.0, 404);
+
+    // A namespace goes with its content.
+    assert_eq!(
+        s.call(
+            "POST",
+            "/api/v1/namespaces",
+            Some(json!({"metadata": {"name": "tmp"}}))
+        )
+        .await
+        .0,
+        201
+    );
+    assert_eq!(
+        s.call(
+            "POST",
+            "/api/v1/namespaces/tmp/configmaps",
+            Some(json!({"metadata": {"name": "a"}}))
+        )
+        .await
+        .0,
+        201
+    );
+    let (code, ns) = s.call("DELETE", "/api/v1/namespaces/tmp", None).await;
+    assert_eq!(
+        (code, ns["status"]["phase"].as_str()),
+        (202, Some("Terminating"))
+    );
+    let (code, err) = s
+        .call(
+            "POST",
+            "/api/v1/namespaces/tmp/configmaps",
+            Some(json!({"metadata": {"name": "b"}})),
+        )
+        .await;
+    assert_eq!(
+        code, 403,
+        "no new content in a terminating namespace: {err}"
+    );
+    for _ in 0..100 {
+        if s.call("GET", "/api/v1/namespaces/tmp", None).await.0 == 404 {
+            assert_eq!(
+                s.call("GET", "/api/v1/namespaces/tmp/configmaps/a", None)
+                    .await
+                    .0,
+                404
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("namespace tmp was not removed");
+}
+
+async fn read_lines(resp: reqwest::Response, n: usize) -> Vec<Value> {
+    let mut body = resp.bytes_stream();
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    while out.len() < n {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), body.next())
+            .await
+            .expect("watch line")
+            .unwrap()
+            .unwrap();
+        buf.extend_from_slice(&chunk);
+        while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=pos).collect();
+            out.push(serde_json::from_slice(&line).unwrap());
+        }
+    }
+    out
+}
+
+async fn watch_resumes_across_a_restart(mut s: TestServer) {
+    let cms = "/api/v1/namespaces/default/configmaps";
+    let (_, a) = s
+        .call(
+            "POST",
+            cms,
+            Some(json!({"metadata": {"name": "a", "labels": {"w": "1"}}})),
+        )
+        .await;
+    let rv_a = a["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    s.call(
+        "POST",
+        cms,
+        Some(json!({"metadata": {"name": "b", "labels": {"w": "1"}}})),
+    )
+    .await;
+
+    // Without a resourceVersion: current state first, then changes.
+    let resp = s
+        .http
+        .get(format!("{}{cms}?watch=1&labelSelector=w%3D1", s.url))
+        .send()
+        .await
+        .unwrap();
+    let initial = read_lines(resp, 2).await;
+    assert_eq!(
+        initial
+            .iter()
+            .map(|e| e["type"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["ADDED", "ADDED"]
+    );
+
+    // Leaving a selection is a DELETED for that watcher.
+    let resp = s
+        .http
+        .get(format!(
+            "{}{cms}?watch=1&labelSelector=w%3D1&resourceVersion={rv_a}",
+            s.url
+        ))
+        .send()
+        .await
+        .unwrap();
+    s.call(
+        "PATCH",
+        &format!("{cms}/a"),
+        Some(json!({"metadata": {"labels": {"w": "2"}}})),
+    )
+    .await;
+    s.call("DELETE", &format!("{cms}/b"), None).await;
+    let events = read_lines(resp, 3).await;
+    let seen: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap(),
+                e["object"]["metadata"]["name"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(seen, [("ADDED", "b"), ("DELETED", "a"), ("DELETED", "b")]);
+    let last_rv = events[2]["object"]["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // After a restart, a watch from a known revision misses nothing.
+    s.restart().await;
+    s.call(
+        "POST",
+        cms,
+        Some(json!({"metadata": {"name": "c", "labels": {"w": "1"}}})),
+    )
+    .await;
+    let resp = s
+        .http
+        .get(format!("{}{cms}?watch=1&resourceVersion={rv_a}", s.url))
+        .send()
+        .await
+        .unwrap();
+    let replay = read_lines(resp, 4).await;
+    let names: Vec<_> = replay
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["type"].as_str().unwrap(),
+                e["object"]["metadata"]["name"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(names, ["ADDED b", "MODIFIED a", "DELETED b", "ADDED c"]);
+    let resp = s
+        .http
+        .get(format!("{}{cms}?watch=1&resourceVersion={last_rv}", s.url))
+        .send()
+        .await
+        .unwrap();
+    let after = read_lines(resp, 1).await;
+    assert_eq!(after[0]["object"]["metadata"]["name"], "c");
+}
+
+async fn grpc_client_and_informer(s: TestServer) {
+    let client = s.client().await;
+    let cm = ConfigMap {
+        metadata: Some(skiff_api::ObjectMeta {
+            name: "g1".into(),
+            namespace: "default".into(),
+            ..Default::default()
+        }),
+        data: [("k".to_string(), "v".to_string())].into(),
+        ..Default::default()
+    };
+    let created = client.create(&cm).await.unwrap();
+    assert_eq!(created.meta().generation, 1);
+    assert!(client.create(&cm).await.unwrap_err().is_already_exists());
+    let mut stale = created.clone();
+    let mut fresh = created.clone();
+    fresh.data.insert("k".into(), "v2".into());
+    let updated = client.update(&fresh).await.unwrap();
+    stale.data.insert("k".into(), "v3".into());
+    assert!(client.update(&stale).await.unwrap_err().is_conflict());
+    assert_eq!(
+        client.get::<ConfigMap>("default", "g1").await.unwrap(),
+        updated
+    );
+    let err = client
+        .create(&Service {
+            metadata: Some(skiff_api::ObjectMeta {
+                name: "x".into(),
+                ..Default::default()
+            }),
+            spec: Some(skiff_api::v1::ServiceSpec {
+                ports: vec![skiff_api::v1::ServicePort {
+                    port: 0,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), 422);
+    let skiff_client::ClientError::Api { causes, .. } = &err else {
+        panic!("{err}")
+    };
+    assert!(
+        causes.iter().any(|c| c.starts_with("spec.ports[0].port:")),
+        "{causes:?}"
+    );
+
+    // A typed watch.
+    let mut w = client
+        .watch::<ConfigMap>(
+            "default",
+            &ListParams::default(),
+            Some(&updated.meta().resource_version),
+        )
+        .await
+        .unwrap();
+    client.delete::<ConfigMap>("default", "g1").await.unwrap();
+    let ev = tokio::time::timeout(Duration::from_secs(10), w.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(ev, WatchEvent::Deleted(ref o) if o.name() == "g1"),
+        "{ev:?}"
+    );
+
+    // The informer: synced list, then adds, updates, deletes.
+    let (mut cache, mut events, task) =
+        skiff_client::Informer::<Pod>::new(client.clone(), "default", ListParams::default())
+            .spawn();
+    cache.wait_synced().await;
+    assert_eq!(next(&mut events).await, InformerEvent::Synced);
+    let p: Pod = serde_json::from_value(pod("inf", json!({"a": "1"}))).unwrap();
+    let mut p = client.create(&p).await.unwrap();
+    assert!(matches!(next(&mut events).await, InformerEvent::Added(ref o) if o.name() == "inf"));
+    p.meta_mut().labels.insert("a".into(), "2".into());
+    client.update(&p).await.unwrap();
+    assert!(
+        matches!(next(&mut events).await, InformerEvent::Updated { ref old, ref new } if old.meta().labels["a"] == "1" && new.meta().labels["a"] == "2")
+    );
+    assert_eq!(cache.get("default", "inf").unwrap().meta().labels["a"], "2");
+    client.delete::<Pod>("default", "inf").await.unwrap();
+    assert!(matches!(next(&mut events).await, InformerEvent::Deleted(_)));
+    assert!(cache.get("default", "inf").is_none());
+    task.abort();
+    assert_eq!(Kind::Pod, Pod::KIND);
+}
+
+async fn next(events: &mut tokio::sync::mpsc::Receiver<InformerEvent<Pod>>) -> InformerEvent<Pod> {
+    tokio::time::timeout(Duration::from_secs(10), events.recv())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// Two API servers on one etcd never hand out one address twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_on_one_etcd_share_allocations() {
+    let Some(etcd) = etcd().await else { return };
+    let a = TestServer::on_etcd(etcd.clone()).await;
+    let b = TestServer::on_etcd(etcd).await;
+    let mut tasks = Vec::new();
+    for i in 0..30 {
+        let (url, http) = if i % 2 == 0 {
+            (a.url.clone(), a.http.clone())
+        } else {
+            (b.url.clone(), b.http.clone())
+        };
+        tasks.push(tokio::spawn(async move {
+            let body = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": format!("s{i}")},
+                              "spec": {"type": "NodePort", "ports": [{"port": 80}]}});
+            let resp = http.post(format!("{url}/api/v1/namespaces/default/services")).header("content-type", "application/json").body(body.to_string()).send().await.unwrap();
+            assert_eq!(resp.status().as_u16(), 201);
+            resp.json::<Value>().await.unwrap()
+        }));
+    }
+    let mut ips = std::collections::HashSet::new();
+    let mut ports = std::collections::HashSet::new();
+    for t in tasks {
+        let v = t.await.unwrap();
+        assert!(
+            ips.insert(v["spec"]["clusterIP"].as_str().unwrap().to_string()),
+            "duplicate ClusterIP"
+        );
+        assert!(
+            ports.insert(v["spec"]["ports"][0]["nodePort"].as_i64().unwrap()),
+            "duplicate NodePort"
+        );
+    }
+    // Each server sees the other's writes.
+    let (_, list) = b
+        .call("GET", "/api/v1/namespaces/default/services", None)
+        .await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 30);
+}
+
+/// A watch from before a compaction gets 410 Gone, the cue to relist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_from_compacted_history_is_gone() {
+    let Some(etcd) = etcd().await else { return };
+    let s = TestServer::on_etcd(etcd.clone()).await;
+    let cms = "/api/v1/namespaces/default/configmaps";
+    let (_, first) = s
+        .call("POST", cms, Some(json!({"metadata": {"name": "a"}})))
+        .await;
+    let old_rv: i64 = first["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    for i in 0..5 {
+        s.call(
+            "PATCH",
+            &format!("{cms}/a"),
+            Some(json!({"data": {"i": i.to_string()}})),
+        )
+        .await;
+    }
+    let store = skiff_store::Etcd::connect(&[format!("http://{}", etcd.endpoint)], "/skiff/")
+        .await
+        .unwrap();
+    let now = skiff_store::Store::revision(&store).await.unwrap();
+    skiff_store::Store::compact(&store, now).await.unwrap();
+    // Restart so the watch cache cannot serve the old revision.
+    let s = {
+        let mut s = s;
+        s.restart().await;
+        s
+    };
+    let resp = s
+        .http
+        .get(format!("{}{cms}?watch=1&resourceVersion={}", s.url, old_rv))
+        .send()
+        .await
+        .unwrap();
+    let events = read_lines(resp, 1).await;
+    assert_eq!(events[0]["type"], "ERROR");
+    assert_eq!(events[0]["object"]["code"], 410, "{}", events[0]);
+}

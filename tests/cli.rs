@@ -1,0 +1,380 @@
+//! End to end through the built `skiff` binary: a real server process, the
+//! CLI as a user runs it, and the REST API read with an HTTP client.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use skiff_testkit::{EtcdServer, KillOnDrop, free_port, wait_http_ok};
+
+const SKIFF: &str = env!("CARGO_BIN_EXE_skiff");
+
+fn manifests() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/manifests")
+}
+
+/// A `skiff server` process with its own port, data dir and HOME.
+struct Cluster {
+    server: Option<KillOnDrop>,
+    addr: String,
+    home: tempfile::TempDir,
+    data: tempfile::TempDir,
+    store: Option<String>,
+}
+
+impl Cluster {
+    fn start(store: Option<String>) -> Cluster {
+        let mut c = Cluster {
+            server: None,
+            addr: format!("127.0.0.1:{}", free_port()),
+            home: tempfile::tempdir().unwrap(),
+            data: tempfile::tempdir().unwrap(),
+            store,
+        };
+        c.boot();
+        c
+    }
+
+    fn boot(&mut self) {
+        let mut cmd = Command::new(SKIFF);
+        cmd.args(["server", "--listen", &self.addr, "--data-dir"])
+            .arg(self.data.path())
+            .env("HOME", self.home.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(s) = &self.store {
+            cmd.args(["--store", s]);
+        }
+        self.server = Some(KillOnDrop(cmd.spawn().expect("start skiff server")));
+        assert!(
+            wait_http_ok(&self.addr, "/readyz", Duration::from_secs(30)),
+            "skiff server did not become ready"
+        );
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut s) = self.server.take() {
+            s.kill();
+        }
+    }
+
+    /// Runs the CLI; it finds the server through ~/.skiff/config.
+    fn skiff(&self, args: &[&str]) -> Output {
+        self.skiff_stdin(args, "")
+    }
+
+    fn skiff_stdin(&self, args: &[&str], input: &str) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(SKIFF)
+            .args(args)
+            .env("HOME", self.home.path())
+            .env_remove("SKIFF_SERVER")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.skiff(args);
+        assert!(
+            out.status.success(),
+            "skiff {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn rest(&self, path: &str) -> Value {
+        let out = Command::new("curl")
+            .args(["-sf", &format!("http://{}{path}", self.addr)])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "curl {path} failed");
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+fn services(c: &Cluster) -> Vec<(String, String, String)> {
+    let list = c.rest("/api/v1/namespaces/default/services");
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["metadata"]["name"].as_str().unwrap().to_string(),
+                s["spec"]["clusterIP"].as_str().unwrap().to_string(),
+                s["spec"]["ports"][0]["nodePort"].to_string(),
+            )
+        })
+        .collect()
+}
+
+fn guestbook_flow(mut c: Cluster) {
+    let guestbook = manifests().join("guestbook-all-in-one.yaml");
+    let guestbook = guestbook.to_str().unwrap();
+    let out = c.ok(&["apply", "-f", guestbook]);
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            "service/redis-master created",
+            "deployment.apps/redis-master created",
+            "service/redis-replica created",
+            "deployment.apps/redis-replica created",
+            "service/frontend created",
+            "deployment.apps/frontend created",
+        ]
+    );
+    assert!(
+        c.ok(&["apply", "-f", guestbook])
+            .lines()
+            .all(|l| l.ends_with(" unchanged"))
+    );
+    let nginx = manifests().join("nginx-deployment.yaml");
+    assert_eq!(
+        c.ok(&["apply", "-f", nginx.to_str().unwrap()]),
+        "deployment.apps/nginx-deployment created\n"
+    );
+
+    // The table shows allocated ClusterIPs and the NodePort.
+    let table = c.ok(&["get", "svc"]);
+    let frontend = table
+        .lines()
+        .find(|l| l.starts_with("frontend"))
+        .expect("frontend row");
+    let cols: Vec<&str> = frontend.split_whitespace().collect();
+    assert_eq!(cols[1], "NodePort");
+    assert!(cols[2].starts_with("10.96."), "{frontend}");
+    assert!(
+        cols[4].starts_with("80:3") && cols[4].ends_with("/TCP"),
+        "{frontend}"
+    );
+    assert!(table.lines().next().unwrap().starts_with("NAME"));
+
+    // The REST API shows the same objects.
+    let svcs = services(&c);
+    assert_eq!(svcs.len(), 3);
+    let rest_frontend = c.rest("/api/v1/namespaces/default/services/frontend");
+    assert_eq!(
+        rest_frontend["spec"]["clusterIP"].as_str().unwrap(),
+        cols[2]
+    );
+    let dep = c.rest("/apis/apps/v1/namespaces/default/deployments/nginx-deployment");
+    assert_eq!(dep["spec"]["replicas"], 3);
+
+    // -o json of several objects is a List; one object round-trips.
+    let list: Value = serde_json::from_str(&c.ok(&["get", "deploy", "-o", "json"])).unwrap();
+    assert_eq!(
+        (
+            list["kind"].as_str(),
+            list["items"].as_array().map(Vec::len)
+        ),
+        (Some("List"), Some(4))
+    );
+    let one = c.ok(&["get", "deploy", "nginx-deployment", "-o", "json"]);
+    let out = c.skiff_stdin(&["apply", "-f", "-"], &one);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "deployment.apps/nginx-deployment unchanged\n"
+    );
+    let yaml = c.ok(&["get", "svc", "frontend", "-o", "yaml"]);
+    assert!(yaml.contains("clusterIP: 10.96."));
+    assert_eq!(c.ok(&["get", "deploy", "-o", "name"]).lines().count(), 4);
+    assert!(c.ok(&["get", "ns"]).contains("kube-system"));
+    assert!(
+        c.ok(&["describe", "svc", "frontend"])
+            .contains("Name:         frontend")
+    );
+
+    // A change is "configured".
+    let changed = one.replace("\"replicas\": 3", "\"replicas\": 5");
+    let out = c.skiff_stdin(&["apply", "-f", "-"], &changed);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "deployment.apps/nginx-deployment configured\n"
+    );
+
+    // After a restart everything is there, with the same addresses.
+    c.kill();
+    c.boot();
+    assert_eq!(services(&c), svcs);
+    assert_eq!(
+        c.rest("/apis/apps/v1/namespaces/default/deployments/nginx-deployment")["spec"]["replicas"],
+        5
+    );
+
+    assert_eq!(c.ok(&["delete", "-f", guestbook]).lines().count(), 6);
+    assert!(c.ok(&["get", "svc", "-o", "name"]).is_empty());
+    assert_eq!(
+        c.ok(&["create", "namespace", "team-a"]),
+        "namespace/team-a created\n"
+    );
+}
+
+#[test]
+fn guestbook_on_the_embedded_store() {
+    guestbook_flow(Cluster::start(None));
+}
+
+#[test]
+fn guestbook_on_etcd() {
+    let Some(etcd) = EtcdServer::start() else {
+        return;
+    };
+    guestbook_flow(Cluster::start(Some(etcd.url())));
+}
+
+#[test]
+fn bad_input_is_refused_precisely_and_nothing_is_stored() {
+    let c = Cluster::start(None);
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let good = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: fine\n";
+    let cases = [
+        (
+            write("malformed.yaml", &format!("{good}---\nkind: [unclosed\n")),
+            "malformed.yaml: document 2: malformed YAML/JSON",
+        ),
+        (
+            write(
+                "kind.yaml",
+                &format!("{good}---\napiVersion: v1\nkind: Gadget\nmetadata:\n  name: g\n"),
+            ),
+            "kind.yaml: document 2: unknown kind \"Gadget\"",
+        ),
+        (
+            write(
+                "version.yaml",
+                "apiVersion: apps/v2\nkind: Deployment\nmetadata:\n  name: d\n",
+            ),
+            "version.yaml: document 1: unknown kind \"Deployment\" in apiVersion \"apps/v2\"",
+        ),
+        (
+            write(
+                "type.yaml",
+                "apiVersion: v1\nkind: Service\nmetadata:\n  name: s\nspec:\n  ports:\n  - port: eighty\n",
+            ),
+            "type.yaml: document 1: spec.ports[0].port: invalid type",
+        ),
+    ];
+    for (file, want) in &cases {
+        let out = c.skiff(&["apply", "-f", file]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{file} was accepted");
+        assert!(stderr.contains(want), "{file}: wanted {want:?} in {stderr}");
+        assert!(stderr.contains("nothing was applied"), "{stderr}");
+    }
+    // Server-side refusals name the file, the document and the field.
+    let server_side = [
+        (
+            write(
+                "name.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: Not_Valid\n",
+            ),
+            "metadata.name: Invalid value: \"Not_Valid\"",
+        ),
+        (
+            write(
+                "port.yaml",
+                "apiVersion: v1\nkind: Service\nmetadata:\n  name: s\nspec:\n  ports:\n  - port: 70000\n",
+            ),
+            "spec.ports[0].port: Invalid value: 70000",
+        ),
+        (
+            write(
+                "cidr.yaml",
+                "apiVersion: v1\nkind: Service\nmetadata:\n  name: s\nspec:\n  clusterIP: 172.16.0.1\n  ports:\n  - port: 80\n",
+            ),
+            "spec.clusterIP: Invalid value: \"172.16.0.1\": provided IP is not in the valid range",
+        ),
+        (
+            write(
+                "ns.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\n  namespace: missing\n",
+            ),
+            "namespaces \"missing\" not found",
+        ),
+    ];
+    for (file, want) in &server_side {
+        let out = c.skiff(&["apply", "-f", file]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{file} was accepted");
+        assert!(
+            stderr.contains(&format!("{file}: document 1")) && stderr.contains(want),
+            "{file}: wanted {want:?} in {stderr}"
+        );
+    }
+    // Nothing of any of it was stored, not even the good documents beside
+    // unreadable ones.
+    assert_eq!(
+        c.rest("/api/v1/configmaps")["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    assert_eq!(
+        c.rest("/api/v1/services")["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    // Unknown fields warn and apply.
+    let extra = write(
+        "extra.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: extra\nsurprise: true\n",
+    );
+    let out = c.skiff(&["apply", "-f", &extra]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field \"surprise\""));
+    // A stale resourceVersion is a conflict.
+    let mut cm: Value = serde_json::from_str(&c.ok(&["get", "cm", "extra", "-o", "json"])).unwrap();
+    cm["data"] = serde_json::json!({"a": "1"});
+    assert!(
+        c.skiff_stdin(&["apply", "-f", "-"], &cm.to_string())
+            .status
+            .success()
+    );
+    // Unknown kinds on the command line.
+    let out = c.skiff(&["get", "gadgets"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("doesn't have a resource type \"gadgets\"")
+    );
+    let out = c.skiff(&["get", "po", "missing"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pods \"missing\" not found"));
+}
+
+#[test]
+fn a_missing_server_gets_a_clear_error() {
+    let home = tempfile::tempdir().unwrap();
+    let out = Command::new(SKIFF)
+        .args([
+            "--server",
+            &format!("http://127.0.0.1:{}", free_port()),
+            "get",
+            "po",
+        ])
+        .env("HOME", home.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot reach the API server"), "{stderr}");
+}
