@@ -1,1 +1,104 @@
-fn main() {}
+//! Project automation: `cargo xtask test` runs every check and test;
+//! `cargo xtask bench api` measures the API server against raw etcd.
+
+mod bench_api;
+
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, Result, bail};
+
+const USAGE: &str = "usage: cargo xtask <command>
+
+commands:
+  test [--quick]          fmt check, clippy, then every test of the workspace
+                          (--quick: tests only)
+  bench api [--quick]     API server throughput and watch latency, embedded
+                          store and etcd, against raw etcd in the same run";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let result = match args.as_slice() {
+        ["test", rest @ ..] => test(rest.contains(&"--quick")),
+        ["bench", "api", rest @ ..] => bench_api::run(rest.contains(&"--quick")),
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn run(step: &str, cmd: &mut Command) -> Result<()> {
+    eprintln!("==> {step}");
+    let status = cmd.status().with_context(|| format!("run {step}"))?;
+    if !status.success() {
+        bail!("{step} failed ({status})");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+/// What the tests need from the machine; in CI all of it is required.
+fn check_prerequisites() -> Result<()> {
+    if !have("protoc") {
+        bail!(
+            "protoc is missing (etcd-client compiles its protos with it): apt-get install protobuf-compiler, or run .ci/run once"
+        );
+    }
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    for (tool, package) in [
+        ("etcd", "etcd-server"),
+        ("etcdctl", "etcd-client"),
+        ("curl", "curl"),
+    ] {
+        if !have(tool) {
+            if ci {
+                bail!("{tool} is missing in CI: .ci/run must install {package}");
+            }
+            eprintln!(
+                "warning: {tool} is missing (apt-get install {package}); the tests that need it will say they skip"
+            );
+        }
+    }
+    Ok(())
+}
+
+fn test(quick: bool) -> Result<()> {
+    check_prerequisites()?;
+    if !quick {
+        run(
+            "cargo fmt --check",
+            cargo().args(["fmt", "--all", "--check"]),
+        )?;
+        run(
+            "cargo clippy",
+            cargo().args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]),
+        )?;
+    }
+    run("cargo test", cargo().args(["test", "--workspace"]))?;
+    Ok(())
+}
