@@ -21,7 +21,7 @@ pub mod wire;
 
 /// The generated protobuf types (objects, and the gRPC service).
 pub mod v1 {
-    #![expect(clippy::all, reason = "generated code")]
+    #![allow(clippy::all, reason = "generated code")]
     tonic::include_proto!("skiff.v1");
 }
 

@@ -774,7 +774,7 @@ pub fn service(svc: &Service) -> Errors {
         };
         if !port_protocols.insert((port.port, protocol)) {
             errors.push(FieldError::duplicate(
-                format!("{p}"),
+                p.clone(),
                 format!("{}/{protocol}", port.port),
             ));
         }

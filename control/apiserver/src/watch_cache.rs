@@ -85,6 +85,9 @@ struct Window {
     tx: broadcast::Sender<Arc<CachedEvent>>,
 }
 
+/// Events as they happen, after a backlog.
+pub type Live = broadcast::Receiver<Arc<CachedEvent>>;
+
 pub struct WatchCache {
     window: Mutex<Window>,
     capacity: usize,
@@ -121,10 +124,7 @@ impl WatchCache {
 
     /// The events after `after` and a receiver for what follows, or `None`
     /// when the window no longer reaches back that far.
-    pub fn subscribe_from(
-        &self,
-        after: Revision,
-    ) -> Option<(Vec<Arc<CachedEvent>>, broadcast::Receiver<Arc<CachedEvent>>)> {
+    pub fn subscribe_from(&self, after: Revision) -> Option<(Vec<Arc<CachedEvent>>, Live)> {
         let w = self.window.lock().expect("watch cache poisoned");
         if after < w.start {
             return None;

@@ -136,6 +136,22 @@ pub enum CreateCommand {
     Namespace { name: String },
 }
 
+/// `30000-32767` into a range.
+pub fn parse_port_range(text: &str) -> anyhow::Result<std::ops::RangeInclusive<u16>> {
+    let bad = || {
+        anyhow::anyhow!("--service-node-port-range {text:?}: expected LOW-HIGH such as 30000-32767")
+    };
+    let (lo, hi) = text.split_once('-').ok_or_else(bad)?;
+    let (lo, hi): (u16, u16) = (
+        lo.trim().parse().map_err(|_| bad())?,
+        hi.trim().parse().map_err(|_| bad())?,
+    );
+    if lo == 0 || lo > hi {
+        return Err(bad());
+    }
+    Ok(lo..=hi)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,20 +184,12 @@ mod tests {
         assert_eq!(cli.global.namespace.as_deref(), Some("kube-system"));
         assert!(Cli::try_parse_from(["skiff", "get", "po", "-o", "toml"]).is_err());
     }
-}
 
-/// `30000-32767` into a range.
-pub fn parse_port_range(text: &str) -> anyhow::Result<std::ops::RangeInclusive<u16>> {
-    let bad = || {
-        anyhow::anyhow!("--service-node-port-range {text:?}: expected LOW-HIGH such as 30000-32767")
-    };
-    let (lo, hi) = text.split_once('-').ok_or_else(bad)?;
-    let (lo, hi): (u16, u16) = (
-        lo.trim().parse().map_err(|_| bad())?,
-        hi.trim().parse().map_err(|_| bad())?,
-    );
-    if lo == 0 || lo > hi {
-        return Err(bad());
+    #[test]
+    fn port_ranges() {
+        assert_eq!(parse_port_range("30000-32767").unwrap(), 30000..=32767);
+        for bad in ["30000", "b-c", "5-4", "0-10", "1-70000"] {
+            assert!(parse_port_range(bad).is_err(), "{bad}");
+        }
     }
-    Ok(lo..=hi)
 }

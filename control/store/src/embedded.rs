@@ -13,6 +13,11 @@
 //! `lease_keys` (id → keys). Lease deadlines live in memory and restart
 //! with a full TTL when the store opens, as etcd does on a leader change.
 
+#![expect(
+    clippy::result_large_err,
+    reason = "redb::Error is large, but it travels only on the failure path of a write"
+)]
+
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
