@@ -314,6 +314,18 @@ async fn watch_latency(url: &str, watchers: usize, writes: usize) -> Result<(f64
 }
 
 pub fn run(quick: bool) -> Result<()> {
+    // The load generator shares the machine with the servers: it must not
+    // be an unoptimized build, or it starves them of CPU.
+    if !quick && cfg!(debug_assertions) {
+        eprintln!("==> building the load generator (release)");
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["run", "--quiet", "--release", "-p", "xtask", "--", "bench", "api"])
+            .status()?;
+        if !status.success() {
+            bail!("bench api failed");
+        }
+        return Ok(());
+    }
     let settings = if quick {
         Settings {
             rounds: 1,

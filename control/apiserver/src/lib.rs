@@ -198,6 +198,13 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         .merge(grpc);
 
     let (stop, stopped) = oneshot::channel::<()>();
+    // Without TCP_NODELAY a response written in several pieces (headers,
+    // body, gRPC trailers) waits for the peer's delayed ACK: 40 ms stalls.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("set TCP_NODELAY: {e}");
+        }
+    });
     let done = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
