@@ -34,7 +34,7 @@ async fn server(args: skiff_cli::ServerArgs) -> anyhow::Result<()> {
         service_cidr: args.service_cidr,
         node_port_range: skiff_cli::args::parse_port_range(&args.service_node_port_range)?,
     };
-    let running = skiff_apiserver::start(config).await?;
+    let mut running = skiff_apiserver::start(config).await?;
     eprintln!(
         "skiff server listening on http://{} (store: {})",
         running.addr, running.store
@@ -45,9 +45,11 @@ async fn server(args: skiff_cli::ServerArgs) -> anyhow::Result<()> {
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        r = running.wait() => r?,
-        _ = tokio::signal::ctrl_c() => eprintln!("shutting down"),
-        _ = term.recv() => eprintln!("shutting down"),
+        r = running.wait() => return Ok(r?),
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
     }
+    eprintln!("shutting down");
+    running.shutdown().await?;
     Ok(())
 }

@@ -378,3 +378,48 @@ fn a_missing_server_gets_a_clear_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cannot reach the API server"), "{stderr}");
 }
+
+#[test]
+fn get_watch_prints_changes_as_they_happen() {
+    use std::io::{BufRead, BufReader};
+    let c = Cluster::start(None);
+    c.ok(&["create", "namespace", "w"]);
+    let mut watcher = KillOnDrop(
+        Command::new(SKIFF)
+            .args(["-n", "w", "get", "cm", "-w"])
+            .env("HOME", c.home.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = watcher.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // Give the watch a moment to open, then change things.
+    std::thread::sleep(Duration::from_millis(300));
+    let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: live\ndata:\n  a: b\n";
+    assert!(
+        c.skiff_stdin(&["-n", "w", "apply", "-f", "-"], cm)
+            .status
+            .success()
+    );
+    let line = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("a row for the new ConfigMap");
+    let line = if line.starts_with("NAME") {
+        rx.recv_timeout(Duration::from_secs(10)).unwrap()
+    } else {
+        line
+    };
+    assert!(
+        line.starts_with("live") && line.split_whitespace().nth(1) == Some("1"),
+        "{line}"
+    );
+}

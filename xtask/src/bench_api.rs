@@ -319,7 +319,16 @@ pub fn run(quick: bool) -> Result<()> {
     if !quick && cfg!(debug_assertions) {
         eprintln!("==> building the load generator (release)");
         let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["run", "--quiet", "--release", "-p", "xtask", "--", "bench", "api"])
+            .args([
+                "run",
+                "--quiet",
+                "--release",
+                "-p",
+                "xtask",
+                "--",
+                "bench",
+                "api",
+            ])
             .status()?;
         if !status.success() {
             bail!("bench api failed");

@@ -92,6 +92,7 @@ pub(crate) struct AppState {
 pub struct Running {
     pub addr: SocketAddr,
     pub store: String,
+    registry: Arc<Registry>,
     stop: Option<oneshot::Sender<()>>,
     done: tokio::task::JoinHandle<Result<(), ServerError>>,
     background: Vec<tokio::task::JoinHandle<()>>,
@@ -104,6 +105,7 @@ impl Running {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+        self.registry.close_watches();
         for t in std::mem::take(&mut self.background) {
             t.abort();
             let _ = t.await;
@@ -121,7 +123,7 @@ impl Running {
     }
 
     /// Serves until the server fails.
-    pub async fn wait(mut self) -> Result<(), ServerError> {
+    pub async fn wait(&mut self) -> Result<(), ServerError> {
         match (&mut self.done).await {
             Ok(r) => r,
             Err(e) => Err(ServerError::Serve(std::io::Error::other(e))),
@@ -131,6 +133,7 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
+        self.registry.close_watches();
         for t in &self.background {
             t.abort();
         }
@@ -170,6 +173,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     });
     let mut background = vec![tokio::spawn(feed_cache(state.clone(), start_rev))];
     registry.load_allocations().await?;
+    registry.load_namespaces().await?;
     registry.ensure_system_namespaces().await?;
     background.push(tokio::spawn(compact_periodically(store.clone())));
     background.push(tokio::spawn(namespaces::finalize_terminating(
@@ -217,6 +221,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     Ok(Running {
         addr,
         store: store.describe(),
+        registry,
         stop: Some(stop),
         done,
         background,
@@ -291,6 +296,7 @@ async fn feed_cache(state: Arc<AppState>, mut after: Revision) {
                                     .observe(&ev.key, ev.kind == skiff_store::EventKind::Put);
                             }
                             if let Some(ce) = registry::decode_event(&ev) {
+                                registry.observe(&ce);
                                 registry.cache.push(ce);
                             }
                         }
@@ -318,6 +324,7 @@ async fn feed_cache(state: Arc<AppState>, mut after: Revision) {
             last_rev = rev;
             taken_of_last = 0;
             let _ = registry.load_allocations().await;
+            let _ = registry.load_namespaces().await;
         }
     }
 }

@@ -53,6 +53,13 @@ pub struct Registry {
     pub store: Arc<dyn Store>,
     pub alloc: Allocators,
     pub cache: WatchCache,
+    /// Namespace → (revision, terminating), following the watch cache: a
+    /// create checks its namespace here and guards its transaction with a
+    /// compare on that revision, so a stale entry costs a retry, never a
+    /// wrong answer.
+    namespaces: std::sync::RwLock<std::collections::HashMap<String, (Revision, bool)>>,
+    /// Set when the server shuts down: every open watch ends.
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 /// Decodes a stored object and gives it its resourceVersion and type.
@@ -164,6 +171,66 @@ impl Registry {
             store,
             alloc,
             cache,
+            namespaces: Default::default(),
+            closing: tokio::sync::watch::channel(false).0,
+        }
+    }
+
+    /// Ends every open watch (the server is going away).
+    pub fn close_watches(&self) {
+        self.closing.send_replace(true);
+    }
+
+    fn until_closing(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.closing.subscribe();
+        async move {
+            let _ = rx.wait_for(|c| *c).await;
+        }
+    }
+
+    /// Follows namespace changes (called for every event the cache takes).
+    pub fn observe(&self, ev: &CachedEvent) {
+        if ev.kind != Kind::Namespace {
+            return;
+        }
+        let meta = ev.object.meta();
+        let mut map = self.namespaces.write().expect("namespace map poisoned");
+        match ev.event_type {
+            WatchType::Deleted => map.remove(&meta.name),
+            _ => map.insert(
+                meta.name.clone(),
+                (ev.revision, meta.deletion_timestamp.is_some()),
+            ),
+        };
+    }
+
+    /// Loads the namespace map from the store.
+    pub async fn load_namespaces(&self) -> ApiResult<()> {
+        let list = self.store.list(&Kind::Namespace.key_prefix()).await?;
+        let mut map = self.namespaces.write().expect("namespace map poisoned");
+        for kv in &list.kvs {
+            let ns: Namespace = decode(kv)?;
+            map.insert(
+                ns.meta().name.clone(),
+                (kv.mod_revision, ns.meta().deletion_timestamp.is_some()),
+            );
+        }
+        Ok(())
+    }
+
+    /// The namespace's revision from the map, or from the store when the
+    /// map does not know it (yet).
+    async fn namespace_revision(&self, kind: Kind, name: &str, ns: &str) -> ApiResult<Revision> {
+        let known = self
+            .namespaces
+            .read()
+            .expect("namespace map poisoned")
+            .get(ns)
+            .copied();
+        match known {
+            Some((_, true)) => Err(terminating(kind, name, ns)),
+            Some((rev, false)) => Ok(rev),
+            None => self.live_namespace(kind, name, ns).await,
         }
     }
 
@@ -266,8 +333,11 @@ impl Registry {
         if !errors.is_empty() {
             return Err(ApiError::invalid(kind, &name, errors));
         }
-        let ns_rev = if kind.namespaced() {
-            Some(self.live_namespace(kind, &name, obj.namespace()).await?)
+        let mut ns_rev = if kind.namespaced() {
+            Some(
+                self.namespace_revision(kind, &name, obj.namespace())
+                    .await?,
+            )
         } else {
             None
         };
@@ -309,9 +379,18 @@ impl Registry {
             if r.current[0].is_some() {
                 return Err(ApiError::already_exists(kind, &name));
             }
-            let claim_results = if ns_rev.is_some() {
-                if r.current[1].is_none() {
-                    return Err(ApiError::namespace_not_found(candidate.namespace()));
+            let claim_results = if let Some(rev) = ns_rev {
+                match &r.current[1] {
+                    None => return Err(ApiError::namespace_not_found(candidate.namespace())),
+                    Some(ns) if ns.mod_revision != rev => {
+                        // The namespace changed since we looked: look again.
+                        ns_rev = Some(
+                            self.live_namespace(kind, &name, candidate.namespace())
+                                .await?,
+                        );
+                        continue;
+                    }
+                    Some(_) => {}
                 }
                 &r.current[2..]
             } else {
@@ -409,8 +488,23 @@ impl Registry {
         let key = obj.key();
         let wanted_rv = parse_rv(kind, &name, &obj.meta().resource_version)?;
         let (mut avoid_ips, mut avoid_ports) = (HashSet::new(), HashSet::new());
-        for _ in 0..ATTEMPTS {
-            let Some(kv) = self.store.get(&key).await? else {
+        for attempt in 0..ATTEMPTS {
+            // The first read may lag (the transaction's compare guards it);
+            // after a lost race, and before calling a conflict, read fresh.
+            let mut read = if attempt == 0 {
+                self.store.get_relaxed(&key).await?
+            } else {
+                self.store.get(&key).await?
+            };
+            if attempt == 0
+                && read
+                    .as_ref()
+                    .map(|kv| Some(kv.mod_revision) != wanted_rv && wanted_rv.is_some())
+                    .unwrap_or(true)
+            {
+                read = self.store.get(&key).await?;
+            }
+            let Some(kv) = read else {
                 return Err(ApiError::not_found(kind, &name));
             };
             if wanted_rv.is_some_and(|rv| rv != kv.mod_revision) {
@@ -679,7 +773,9 @@ impl Registry {
                     }
                 }
             };
-            return Ok(Box::pin(initial.chain(stream)));
+            return Ok(Box::pin(
+                initial.chain(stream).take_until(self.until_closing()),
+            ));
         }
         // Older than the cache's window: straight from the store's history.
         let mut events = self.store.watch(&filter.kind.key_prefix(), from).await?;
@@ -700,7 +796,9 @@ impl Registry {
                 }
             }
         };
-        Ok(Box::pin(initial.chain(stream)))
+        Ok(Box::pin(
+            initial.chain(stream).take_until(self.until_closing()),
+        ))
     }
 
     // ------------------------------------------------------- bootstrapping
@@ -733,6 +831,14 @@ impl Registry {
         }
         Ok(())
     }
+}
+
+fn terminating(kind: Kind, name: &str, ns: &str) -> ApiError {
+    ApiError::forbidden(
+        kind,
+        name,
+        format!("unable to create new content in namespace {ns} because it is being terminated"),
+    )
 }
 
 fn as_service<R: Resource>(obj: &R) -> Service {

@@ -76,6 +76,16 @@ impl Store for Etcd {
         resp.kvs().first().map(|kv| self.kv(kv)).transpose()
     }
 
+    async fn get_relaxed(&self, key: &str) -> Result<Option<KeyValue>> {
+        let resp = self
+            .client
+            .clone()
+            .get(self.full(key), Some(GetOptions::new().with_serializable()))
+            .await
+            .map_err(backend)?;
+        resp.kvs().first().map(|kv| self.kv(kv)).transpose()
+    }
+
     async fn list(&self, prefix: &str) -> Result<ListResult> {
         let resp = self
             .client

@@ -150,6 +150,13 @@ pub type WatchStream = Pin<Box<dyn Stream<Item = Result<Event>> + Send>>;
 pub trait Store: Send + Sync + 'static {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>>;
 
+    /// A read that may lag the newest writes a little (etcd: serializable,
+    /// no quorum round trip). Whoever uses it must guard the write that
+    /// follows with a compare on the revision it read.
+    async fn get_relaxed(&self, key: &str) -> Result<Option<KeyValue>> {
+        self.get(key).await
+    }
+
     /// Every key under the prefix, in key order, at one revision.
     async fn list(&self, prefix: &str) -> Result<ListResult>;
 
