@@ -17,6 +17,8 @@ fn main() -> anyhow::Result<()> {
 
     let mut config = tonic_prost_build::configure()
         .btree_map(".")
+        // Watch events are encoded once and shared by every watcher.
+        .bytes(".skiff.v1.WatchEvent.raw")
         .build_client(true)
         .build_server(true);
 

@@ -199,8 +199,10 @@ async fn cas_rate(clients: &[Client], ns: &str, phase: Duration) -> Result<f64> 
     Ok(done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
 }
 
-/// Raw etcd puts of the same size from the same number of writers.
-async fn raw_put_rate(endpoint: &str, round: usize, phase: Duration) -> Result<f64> {
+/// Raw etcd writes of the same size from the same number of writers:
+/// plain puts, or (`txn`) create-if-absent transactions, the operation
+/// every API write needs.
+async fn raw_rate(endpoint: &str, round: usize, phase: Duration, txn: bool) -> Result<f64> {
     let mut conns = Vec::new();
     for _ in 0..CONNECTIONS {
         conns.push(etcd_client::Client::connect([format!("http://{endpoint}")], None).await?);
@@ -214,9 +216,20 @@ async fn raw_put_rate(endpoint: &str, round: usize, phase: Duration) -> Result<f
         tasks.push(tokio::spawn(async move {
             let mut i = 0u64;
             while Instant::now() < deadline {
-                client
-                    .put(format!("/raw/{round}/{w}/{i}"), payload(), None)
-                    .await?;
+                let key = format!("/raw/{round}/{txn}/{w}/{i}");
+                if txn {
+                    let absent = etcd_client::Compare::version(
+                        key.clone(),
+                        etcd_client::CompareOp::Equal,
+                        0,
+                    );
+                    let put = etcd_client::TxnOp::put(key, payload(), None);
+                    client
+                        .txn(etcd_client::Txn::new().when([absent]).and_then([put]))
+                        .await?;
+                } else {
+                    client.put(key, payload(), None).await?;
+                }
                 done.fetch_add(1, Ordering::Relaxed);
                 i += 1;
             }
@@ -375,16 +388,18 @@ pub fn run(quick: bool) -> Result<()> {
     rt.block_on(async {
         let emb = clients(&embedded_url).await?;
         let etc = clients(&etcd_url).await?;
+        // Per round: embedded creates, etcd creates, raw puts, embedded CAS,
+        // etcd CAS, raw create-if-absent txns.
         let mut rows: Vec<[f64; 6]> = Vec::new();
         for round in 0..settings.rounds {
             eprintln!("==> round {} of {}", round + 1, settings.rounds);
             let e_create = create_rate(&emb, &format!("bench-{round}"), settings.phase).await?;
             let k_create = create_rate(&etc, &format!("bench-{round}"), settings.phase).await?;
-            let raw = raw_put_rate(&etcd.endpoint, round, settings.phase).await?;
+            let raw = raw_rate(&etcd.endpoint, round, settings.phase, false).await?;
             let e_cas = cas_rate(&emb, &format!("cas-{round}"), settings.phase).await?;
             let k_cas = cas_rate(&etc, &format!("cas-{round}"), settings.phase).await?;
-            let raw2 = raw_put_rate(&etcd.endpoint, round + 1000, settings.phase).await?;
-            rows.push([e_create, k_create, raw, e_cas, k_cas, raw2]);
+            let raw_txn = raw_rate(&etcd.endpoint, round, settings.phase, true).await?;
+            rows.push([e_create, k_create, raw, e_cas, k_cas, raw_txn]);
         }
         eprintln!("==> watch delivery with {} watchers", settings.watchers);
         let (e_p50, e_p99, e_n) = watch_latency(&embedded_url, settings.watchers, settings.watch_writes).await?;
@@ -393,16 +408,17 @@ pub fn run(quick: bool) -> Result<()> {
         let col = |i: usize| median(rows.iter().map(|r| r[i]).collect());
         let ratio = |a: usize, b: usize| median(rows.iter().map(|r| r[a] / r[b]).collect());
         println!();
-        println!("{:<44} {:>12} {:>16}", "measure", "value", "ratio to raw etcd");
-        println!("{:<44} {:>12.0} {:>16}", "raw etcd puts/s (baseline, same writers)", col(2), "1.00");
-        println!("{:<44} {:>12.0} {:>16.2}", "creates/s, embedded store", col(0), ratio(0, 2));
-        println!("{:<44} {:>12.0} {:>16.2}", "creates/s, etcd store", col(1), ratio(1, 2));
-        println!("{:<44} {:>12.0} {:>16.2}", "CAS updates/s, embedded store", col(3), ratio(3, 5));
-        println!("{:<44} {:>12.0} {:>16.2}", "CAS updates/s, etcd store", col(4), ratio(4, 5));
-        println!("{:<44} {:>9.2} ms {:>16}", format!("watch delivery p50, embedded ({} watchers)", settings.watchers), e_p50, "-");
-        println!("{:<44} {:>9.2} ms {:>16}", format!("watch delivery p99, embedded ({} watchers)", settings.watchers), e_p99, "-");
-        println!("{:<44} {:>9.2} ms {:>16}", format!("watch delivery p50, etcd ({} watchers)", settings.watchers), k_p50, "-");
-        println!("{:<44} {:>9.2} ms {:>16}", format!("watch delivery p99, etcd ({} watchers)", settings.watchers), k_p99, "-");
+        println!("{:<44} {:>12} {:>10} {:>10}", "measure", "value", "/raw put", "/raw txn");
+        println!("{:<44} {:>12.0} {:>10} {:>10}", "raw etcd puts/s (baseline)", col(2), "1.00", "-");
+        println!("{:<44} {:>12.0} {:>10.2} {:>10}", "raw etcd create-if-absent txns/s (baseline)", col(5), ratio(5, 2), "1.00");
+        println!("{:<44} {:>12.0} {:>10.2} {:>10.2}", "creates/s, embedded store", col(0), ratio(0, 2), ratio(0, 5));
+        println!("{:<44} {:>12.0} {:>10.2} {:>10.2}", "creates/s, etcd store", col(1), ratio(1, 2), ratio(1, 5));
+        println!("{:<44} {:>12.0} {:>10.2} {:>10.2}", "CAS updates/s, embedded store", col(3), ratio(3, 2), ratio(3, 5));
+        println!("{:<44} {:>12.0} {:>10.2} {:>10.2}", "CAS updates/s, etcd store", col(4), ratio(4, 2), ratio(4, 5));
+        println!("{:<44} {:>9.2} ms", format!("watch delivery p50, embedded ({} watchers)", settings.watchers), e_p50);
+        println!("{:<44} {:>9.2} ms", format!("watch delivery p99, embedded ({} watchers)", settings.watchers), e_p99);
+        println!("{:<44} {:>9.2} ms", format!("watch delivery p50, etcd ({} watchers)", settings.watchers), k_p50);
+        println!("{:<44} {:>9.2} ms", format!("watch delivery p99, etcd ({} watchers)", settings.watchers), k_p99);
         println!("({} rounds of {:?} each, {} writers over {} connections; watch latency from issuing the write to delivery)",
             settings.rounds, settings.phase, WRITERS, CONNECTIONS);
 
@@ -412,13 +428,14 @@ pub fn run(quick: bool) -> Result<()> {
             "writers": WRITERS,
             "rounds": rows.iter().map(|r| json!({
                 "embedded_creates_per_s": r[0], "etcd_creates_per_s": r[1], "raw_etcd_puts_per_s": r[2],
-                "embedded_cas_per_s": r[3], "etcd_cas_per_s": r[4], "raw_etcd_puts_per_s_2": r[5],
+                "embedded_cas_per_s": r[3], "etcd_cas_per_s": r[4], "raw_etcd_txns_per_s": r[5],
             })).collect::<Vec<_>>(),
             "median": {
                 "embedded_creates_per_s": col(0), "etcd_creates_per_s": col(1), "raw_etcd_puts_per_s": col(2),
-                "embedded_cas_per_s": col(3), "etcd_cas_per_s": col(4),
-                "ratio_embedded_creates_to_raw_etcd": ratio(0, 2), "ratio_etcd_creates_to_raw_etcd": ratio(1, 2),
-                "ratio_embedded_cas_to_raw_etcd": ratio(3, 5), "ratio_etcd_cas_to_raw_etcd": ratio(4, 5),
+                "embedded_cas_per_s": col(3), "etcd_cas_per_s": col(4), "raw_etcd_txns_per_s": col(5),
+                "ratio_embedded_creates_to_raw_put": ratio(0, 2), "ratio_etcd_creates_to_raw_put": ratio(1, 2),
+                "ratio_embedded_cas_to_raw_put": ratio(3, 2), "ratio_etcd_cas_to_raw_put": ratio(4, 2),
+                "ratio_etcd_creates_to_raw_txn": ratio(1, 5), "ratio_etcd_cas_to_raw_txn": ratio(4, 5),
             },
             "watch": {
                 "watchers": settings.watchers, "writes": settings.watch_writes,

@@ -99,6 +99,47 @@ fn test(quick: bool) -> Result<()> {
             ]),
         )?;
     }
-    run("cargo test", cargo().args(["test", "--workspace"]))?;
+    cargo_test()
+}
+
+/// `cargo test` for the workspace (no doc tests: there are none), with its
+/// output passed through and one total at the end: the per-binary
+/// summaries end with whichever binary ran last, often one with no tests.
+fn cargo_test() -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    eprintln!("==> cargo test");
+    let mut child = cargo()
+        .args(["test", "--workspace", "--all-targets"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("run cargo test")?;
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    let stdout = child.stdout.take().expect("piped stdout");
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |word: &str| -> u64 {
+                rest.split(';')
+                    .find_map(|part| {
+                        part.trim()
+                            .strip_suffix(word)
+                            .and_then(|n| n.trim().rsplit(' ').next()?.parse().ok())
+                    })
+                    .unwrap_or(0)
+            };
+            passed += count(" passed");
+            failed += count(" failed");
+            ignored += count(" ignored");
+        }
+    }
+    let status = child.wait()?;
+    println!("{passed} passed, {failed} failed, {ignored} skipped");
+    if !status.success() {
+        bail!("cargo test failed ({status})");
+    }
+    if passed == 0 {
+        bail!("no test ran");
+    }
     Ok(())
 }

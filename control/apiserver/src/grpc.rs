@@ -186,13 +186,13 @@ impl Resources for Service {
             Ok(match item {
                 Ok((t, obj)) => WatchEvent {
                     r#type: t.as_str().to_string(),
-                    raw: obj.encode(),
+                    raw: obj.proto(),
                     error: String::new(),
                     code: 0,
                 },
                 Err(e) => WatchEvent {
                     r#type: "ERROR".into(),
-                    raw: Vec::new(),
+                    raw: Default::default(),
                     error: e.message,
                     code: i32::from(e.code),
                 },

@@ -110,7 +110,7 @@ impl Running {
             t.abort();
             let _ = t.await;
         }
-        match tokio::time::timeout(Duration::from_secs(5), &mut self.done).await {
+        let served = match tokio::time::timeout(Duration::from_secs(5), &mut self.done).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) if e.is_cancelled() => Ok(()),
             Ok(Err(e)) => Err(ServerError::Serve(std::io::Error::other(e))),
@@ -119,7 +119,15 @@ impl Running {
                 let _ = (&mut self.done).await;
                 Ok(())
             }
+        };
+        // Connection tasks drop their handle on the registry (and so on the
+        // store) a moment after the server says they closed; wait for that,
+        // so the store is released when this returns.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while Arc::strong_count(&self.registry) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        served
     }
 
     /// Serves until the server fails.

@@ -34,7 +34,7 @@ pub async fn finalize_terminating(registry: Arc<Registry>) {
             }
         };
         while let Some(Ok((_, obj))) = events.next().await {
-            let meta = obj.meta();
+            let meta = obj.object.meta();
             if meta.deletion_timestamp.is_none() {
                 continue;
             }
@@ -101,7 +101,7 @@ async fn finalize(registry: &Arc<Registry>, ns: &str) -> Result<(), crate::ApiEr
         let wait = async {
             loop {
                 match changes.recv().await {
-                    Ok(ev) if ev.object.meta().namespace == ns => return,
+                    Ok(ev) if ev.object.object.meta().namespace == ns => return,
                     Ok(_) => {}
                     Err(_) => return,
                 }

@@ -20,7 +20,7 @@ use skiff_store::{Compare, KeyValue, Op, Revision, Store, Txn};
 use crate::alloc::{Allocators, IP_PREFIX, PORT_PREFIX};
 use crate::error::{ApiError, ApiResult};
 use crate::service_claims::{self, Claim};
-use crate::watch_cache::{CachedEvent, Filter, WatchCache, WatchType};
+use crate::watch_cache::{CachedEvent, EventObject, Filter, WatchCache, WatchType};
 
 /// Kubernetes' (and etcd's) limit on one object.
 pub const MAX_OBJECT_BYTES: usize = 1536 * 1024;
@@ -46,7 +46,7 @@ pub struct DeleteOptions {
     pub grace_period_seconds: Option<i64>,
 }
 
-pub type WatchItem = ApiResult<(WatchType, Object)>;
+pub type WatchItem = ApiResult<(WatchType, Arc<EventObject>)>;
 pub type WatchEvents = Pin<Box<dyn Stream<Item = WatchItem> + Send>>;
 
 pub struct Registry {
@@ -108,10 +108,11 @@ pub fn decode_event(ev: &skiff_store::Event) -> Option<CachedEvent> {
     let prev = ev.prev_value.as_deref().and_then(decode_obj);
     let (event_type, object) = match ev.kind {
         skiff_store::EventKind::Put => (
-            if ev.prev_value.is_some() {
-                WatchType::Modified
-            } else {
+            // A key created in this very revision is new to watchers.
+            if ev.create_revision == ev.revision {
                 WatchType::Added
+            } else {
+                WatchType::Modified
             },
             decode_obj(&ev.value)?,
         ),
@@ -121,7 +122,7 @@ pub fn decode_event(ev: &skiff_store::Event) -> Option<CachedEvent> {
         revision: ev.revision,
         kind,
         event_type,
-        object,
+        object: EventObject::new(object),
         prev: if ev.kind == skiff_store::EventKind::Put {
             prev
         } else {
@@ -193,7 +194,7 @@ impl Registry {
         if ev.kind != Kind::Namespace {
             return;
         }
-        let meta = ev.object.meta();
+        let meta = ev.object.object.meta();
         let mut map = self.namespaces.write().expect("namespace map poisoned");
         match ev.event_type {
             WatchType::Deleted => map.remove(&meta.name),
@@ -731,7 +732,7 @@ impl Registry {
                     let (items, rev) = self.list::<R>(&opts).await?;
                     let initial: Vec<WatchItem> = items
                         .into_iter()
-                        .map(|o| Ok((WatchType::Added, o.into_object())))
+                        .map(|o| Ok((WatchType::Added, EventObject::new(o.into_object()))))
                         .collect();
                     (initial, rev)
                 })

@@ -474,11 +474,16 @@ async fn watch<R: Resource>(
     let guard = state.metrics.watcher();
     let lines = events.map(move |item| {
         let _held = &guard;
-        let line = match item {
-            Ok((t, obj)) => json!({"type": t.as_str(), "object": obj.to_json()}),
-            Err(e) => json!({"type": "ERROR", "object": e.to_status()}),
+        // The object's JSON is rendered once for all watchers.
+        let (t, object) = match item {
+            Ok((t, obj)) => (t.as_str(), obj.json()),
+            Err(e) => ("ERROR", Bytes::from(e.to_status().to_string())),
         };
-        Ok::<_, Infallible>(Bytes::from(format!("{line}\n")))
+        let mut line = Vec::with_capacity(object.len() + 32);
+        line.extend_from_slice(format!("{{\"type\":\"{t}\",\"object\":").as_bytes());
+        line.extend_from_slice(&object);
+        line.extend_from_slice(b"}\n");
+        Ok::<_, Infallible>(Bytes::from(line))
     });
     let body = match timeout {
         Some(t) => Body::from_stream(lines.take_until(tokio::time::sleep(t))),

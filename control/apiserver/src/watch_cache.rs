@@ -4,7 +4,9 @@
 //! without touching the store.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use bytes::Bytes;
 
 use skiff_api::selector::{FieldSelector, Selector};
 use skiff_api::{Kind, Object};
@@ -28,6 +30,37 @@ impl WatchType {
     }
 }
 
+/// An object as watchers receive it: decoded once, and encoded (protobuf
+/// for gRPC, JSON for REST) at most once however many watchers send it.
+#[derive(Debug)]
+pub struct EventObject {
+    pub object: Object,
+    proto: OnceLock<Bytes>,
+    json: OnceLock<Bytes>,
+}
+
+impl EventObject {
+    pub fn new(object: Object) -> Arc<EventObject> {
+        Arc::new(EventObject {
+            object,
+            proto: OnceLock::new(),
+            json: OnceLock::new(),
+        })
+    }
+
+    pub fn proto(&self) -> Bytes {
+        self.proto
+            .get_or_init(|| Bytes::from(self.object.encode()))
+            .clone()
+    }
+
+    pub fn json(&self) -> Bytes {
+        self.json
+            .get_or_init(|| Bytes::from(self.object.to_json().to_string()))
+            .clone()
+    }
+}
+
 /// One change to one object, decoded once for every watcher. For a delete,
 /// `object` is the last state with the deletion's resourceVersion.
 #[derive(Debug)]
@@ -35,7 +68,7 @@ pub struct CachedEvent {
     pub revision: Revision,
     pub kind: Kind,
     pub event_type: WatchType,
-    pub object: Object,
+    pub object: Arc<EventObject>,
     pub prev: Option<Object>,
 }
 
@@ -62,7 +95,7 @@ impl Filter {
         if ev.kind != self.kind {
             return None;
         }
-        let now = self.matches(&ev.object);
+        let now = self.matches(&ev.object.object);
         match ev.event_type {
             WatchType::Added | WatchType::Deleted => now.then_some(ev.event_type),
             WatchType::Modified => {

@@ -15,9 +15,16 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(format!("etcd: {e}"))
 }
 
+/// Connections for key-value requests: one HTTP/2 connection carrying
+/// every request of a busy API server is a bottleneck of its own.
+const KV_CONNECTIONS: usize = 4;
+
 #[derive(Clone)]
 pub struct Etcd {
+    /// Watches, leases, compaction.
     client: Client,
+    kv: std::sync::Arc<Vec<etcd_client::KvClient>>,
+    next: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     prefix: String,
     endpoints: Vec<String>,
 }
@@ -26,18 +33,33 @@ impl Etcd {
     pub async fn connect(endpoints: &[String], prefix: &str) -> Result<Etcd> {
         let opts = etcd_client::ConnectOptions::new()
             .with_connect_timeout(std::time::Duration::from_secs(5))
+            // Until the response starts: a watch's stream is not cut.
             .with_timeout(std::time::Duration::from_secs(30));
-        let client = Client::connect(endpoints, Some(opts))
-            .await
-            .map_err(|e| backend(format!("connect to {}: {e}", endpoints.join(","))))?;
+        let connect = || async {
+            Client::connect(endpoints, Some(opts.clone()))
+                .await
+                .map_err(|e| backend(format!("connect to {}: {e}", endpoints.join(","))))
+        };
+        let client = connect().await?;
+        let mut kv = Vec::with_capacity(KV_CONNECTIONS);
+        for _ in 0..KV_CONNECTIONS {
+            kv.push(connect().await?.kv_client());
+        }
         let store = Etcd {
             client,
+            kv: std::sync::Arc::new(kv),
+            next: Default::default(),
             prefix: prefix.to_string(),
             endpoints: endpoints.to_vec(),
         };
         // Fail at start, not at the first request, when etcd is unreachable.
         store.revision().await?;
         Ok(store)
+    }
+
+    fn kv_client(&self) -> etcd_client::KvClient {
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.kv[i % self.kv.len()].clone()
     }
 
     fn full(&self, key: &str) -> String {
@@ -68,8 +90,7 @@ fn header_revision(h: Option<&etcd_client::ResponseHeader>) -> Revision {
 impl Store for Etcd {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
         let resp = self
-            .client
-            .clone()
+            .kv_client()
             .get(self.full(key), None)
             .await
             .map_err(backend)?;
@@ -78,8 +99,7 @@ impl Store for Etcd {
 
     async fn get_relaxed(&self, key: &str) -> Result<Option<KeyValue>> {
         let resp = self
-            .client
-            .clone()
+            .kv_client()
             .get(self.full(key), Some(GetOptions::new().with_serializable()))
             .await
             .map_err(backend)?;
@@ -88,8 +108,7 @@ impl Store for Etcd {
 
     async fn list(&self, prefix: &str) -> Result<ListResult> {
         let resp = self
-            .client
-            .clone()
+            .kv_client()
             .get(self.full(prefix), Some(GetOptions::new().with_prefix()))
             .await
             .map_err(backend)?;
@@ -132,8 +151,7 @@ impl Store for Etcd {
             .map(|c| TxnOp::get(self.full(c.key()), None))
             .collect();
         let resp = self
-            .client
-            .clone()
+            .kv_client()
             .txn(
                 etcd_client::Txn::new()
                     .when(compares)
@@ -236,8 +254,7 @@ impl Store for Etcd {
     async fn revision(&self) -> Result<Revision> {
         // A get of one missing key is the cheapest way to read the header.
         let resp = self
-            .client
-            .clone()
+            .kv_client()
             .get(
                 self.full("\u{0}revision-probe"),
                 Some(GetOptions::new().with_count_only()),
