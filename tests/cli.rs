@@ -182,6 +182,20 @@ fn guestbook_flow(mut c: Cluster) {
         (Some("List"), Some(4))
     );
     let one = c.ok(&["get", "deploy", "nginx-deployment", "-o", "json"]);
+    let before: Value = serde_json::from_str(&one).unwrap();
+    // Applying the live JSON back changes only what apply records of it
+    // (kubectl says "configured" too); once more, nothing changes.
+    let out = c.skiff_stdin(&["apply", "-f", "-"], &one);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after: Value =
+        serde_json::from_str(&c.ok(&["get", "deploy", "nginx-deployment", "-o", "json"])).unwrap();
+    assert_eq!(after["spec"], before["spec"]);
+    assert_eq!(after["metadata"]["labels"], before["metadata"]["labels"]);
+    let one = c.ok(&["get", "deploy", "nginx-deployment", "-o", "json"]);
     let out = c.skiff_stdin(&["apply", "-f", "-"], &one);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
@@ -198,6 +212,7 @@ fn guestbook_flow(mut c: Cluster) {
 
     // A change is "configured".
     let changed = one.replace("\"replicas\": 3", "\"replicas\": 5");
+    assert_ne!(changed, one);
     let out = c.skiff_stdin(&["apply", "-f", "-"], &changed);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
@@ -377,6 +392,49 @@ fn a_missing_server_gets_a_clear_error() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cannot reach the API server"), "{stderr}");
+}
+
+#[test]
+fn apply_removes_what_the_manifest_no_longer_has() {
+    let c = Cluster::start(None);
+    let v1 = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: m\n  labels:\n    a: '1'\n    b: '2'\ndata:\n  x: '1'\n  y: '2'\n";
+    let v2 = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: m\n  labels:\n    a: '1'\ndata:\n  x: '1'\n";
+    assert_eq!(
+        String::from_utf8_lossy(&c.skiff_stdin(&["apply", "-f", "-"], v1).stdout),
+        "configmap/m created\n"
+    );
+    // Someone else adds a label: apply leaves it alone.
+    let out = Command::new("curl")
+        .args([
+            "-sf",
+            "-X",
+            "PATCH",
+            "-H",
+            "content-type: application/merge-patch+json",
+            "-d",
+            r#"{"metadata":{"labels":{"other":"x"}}}"#,
+        ])
+        .arg(format!(
+            "http://{}/api/v1/namespaces/default/configmaps/m",
+            c.addr
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&c.skiff_stdin(&["apply", "-f", "-"], v2).stdout),
+        "configmap/m configured\n"
+    );
+    let live = c.rest("/api/v1/namespaces/default/configmaps/m");
+    assert_eq!(
+        live["metadata"]["labels"],
+        serde_json::json!({"a": "1", "other": "x"})
+    );
+    assert_eq!(live["data"], serde_json::json!({"x": "1"}));
+    assert_eq!(
+        String::from_utf8_lossy(&c.skiff_stdin(&["apply", "-f", "-"], v2).stdout),
+        "configmap/m unchanged\n"
+    );
 }
 
 #[test]

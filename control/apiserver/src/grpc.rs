@@ -54,7 +54,41 @@ fn default_namespace<R: Resource>(obj: &mut R) {
     }
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Write {
+    Create,
+    Update,
+    UpdateStatus,
+}
+
 impl Service {
+    /// Create, update and status update share everything but the call.
+    async fn write(&self, op: Write, r: RawObject) -> Result<Response<RawObject>, Status> {
+        let k = kind(&r.kind)?;
+        if op == Write::UpdateStatus && !k.has_status() {
+            return Err(Status::unimplemented(format!(
+                "{k} has no status subresource"
+            )));
+        }
+        let out = with_resource!(k, R => {
+            let mut obj: R = decode(&r)?;
+            default_namespace(&mut obj);
+            match op {
+                Write::Create => self.registry.create(obj).await,
+                Write::Update => self.registry.update(obj, false).await,
+                Write::UpdateStatus => self.registry.update(obj, true).await,
+            }
+            .map(|o| raw(&o))
+        });
+        let verb = match op {
+            Write::Create => "create",
+            Write::Update => "update",
+            Write::UpdateStatus => "update_status",
+        };
+        self.observe(verb, k, &out);
+        out.map(Response::new).map_err(|e| e.to_grpc())
+    }
+
     fn observe<T>(&self, verb: &'static str, kind: Kind, r: &Result<T, ApiError>) {
         let code = r.as_ref().map_or_else(|e| e.code, |_| 200);
         self.metrics.request("grpc", verb, kind, code);
@@ -92,44 +126,15 @@ impl Resources for Service {
     }
 
     async fn create(&self, req: Request<RawObject>) -> Result<Response<RawObject>, Status> {
-        let r = req.into_inner();
-        let k = kind(&r.kind)?;
-        let out = with_resource!(k, R => {
-            let mut obj: R = decode(&r)?;
-            default_namespace(&mut obj);
-            self.registry.create(obj).await.map(|o| raw(&o))
-        });
-        self.observe("create", k, &out);
-        out.map(Response::new).map_err(|e| e.to_grpc())
+        self.write(Write::Create, req.into_inner()).await
     }
 
     async fn update(&self, req: Request<RawObject>) -> Result<Response<RawObject>, Status> {
-        let r = req.into_inner();
-        let k = kind(&r.kind)?;
-        let out = with_resource!(k, R => {
-            let mut obj: R = decode(&r)?;
-            default_namespace(&mut obj);
-            self.registry.update(obj, false).await.map(|o| raw(&o))
-        });
-        self.observe("update", k, &out);
-        out.map(Response::new).map_err(|e| e.to_grpc())
+        self.write(Write::Update, req.into_inner()).await
     }
 
     async fn update_status(&self, req: Request<RawObject>) -> Result<Response<RawObject>, Status> {
-        let r = req.into_inner();
-        let k = kind(&r.kind)?;
-        if !k.has_status() {
-            return Err(Status::unimplemented(format!(
-                "{k} has no status subresource"
-            )));
-        }
-        let out = with_resource!(k, R => {
-            let mut obj: R = decode(&r)?;
-            default_namespace(&mut obj);
-            self.registry.update(obj, true).await.map(|o| raw(&o))
-        });
-        self.observe("update_status", k, &out);
-        out.map(Response::new).map_err(|e| e.to_grpc())
+        self.write(Write::UpdateStatus, req.into_inner()).await
     }
 
     async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<RawObject>, Status> {

@@ -357,18 +357,7 @@ impl Registry {
             for c in &claims {
                 txn = txn.when(Compare::Absent(c.key.clone()));
             }
-            txn = txn.then(Op::Put {
-                key: key.clone(),
-                value: encode(&candidate)?,
-                lease: 0,
-            });
-            for c in &claims {
-                txn = txn.then(Op::Put {
-                    key: c.key.clone(),
-                    value: candidate.full_name().into_bytes(),
-                    lease: 0,
-                });
-            }
+            txn = put_with_claims(txn, &key, &candidate, &claims)?;
             let r = self.store.txn(txn).await?;
             if r.succeeded {
                 candidate.meta_mut().resource_version = r.revision.to_string();
@@ -560,18 +549,7 @@ impl Registry {
                 for c in &claims {
                     txn = txn.when(Compare::Absent(c.key.clone()));
                 }
-                txn = txn.then(Op::Put {
-                    key: key.clone(),
-                    value: encode(&new)?,
-                    lease: 0,
-                });
-                for c in &claims {
-                    txn = txn.then(Op::Put {
-                        key: c.key.clone(),
-                        value: new.full_name().into_bytes(),
-                        lease: 0,
-                    });
-                }
+                txn = put_with_claims(txn, &key, &new, &claims)?;
             }
             for k in &released {
                 txn = txn.then(Op::Delete { key: k.clone() });
@@ -832,6 +810,28 @@ impl Registry {
         }
         Ok(())
     }
+}
+
+/// Writes the object and the allocation keys it claims (each naming it).
+fn put_with_claims<R: Resource>(
+    mut txn: Txn,
+    key: &str,
+    obj: &R,
+    claims: &[Claim],
+) -> ApiResult<Txn> {
+    txn = txn.then(Op::Put {
+        key: key.to_string(),
+        value: encode(obj)?,
+        lease: 0,
+    });
+    for c in claims {
+        txn = txn.then(Op::Put {
+            key: c.key.clone(),
+            value: obj.full_name().into_bytes(),
+            lease: 0,
+        });
+    }
+    Ok(txn)
 }
 
 fn terminating(kind: Kind, name: &str, ns: &str) -> ApiError {

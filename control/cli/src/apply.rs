@@ -10,6 +10,7 @@ use std::io::Read;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
+use serde_json::Value;
 use skiff_api::manifest::{self, Document};
 use skiff_api::v1::Namespace;
 use skiff_api::{Kind, Object};
@@ -149,31 +150,90 @@ pub async fn apply(client: &Client, namespace: Option<&str>, args: &ApplyArgs) -
     Ok(())
 }
 
+/// Where apply records what it applied, as kubectl does.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// A merge patch that removes what the last applied configuration had and
+/// the new one no longer has (fields others set are left alone).
+fn removals(last: &Value, now: &Value) -> Option<Value> {
+    let (Value::Object(last), Value::Object(now)) = (last, now) else {
+        return None;
+    };
+    let mut out = serde_json::Map::new();
+    for (k, lv) in last {
+        match now.get(k) {
+            None => {
+                out.insert(k.clone(), Value::Null);
+            }
+            Some(nv) => {
+                if let Some(d) = removals(lv, nv) {
+                    out.insert(k.clone(), d);
+                }
+            }
+        }
+    }
+    (!out.is_empty()).then_some(Value::Object(out))
+}
+
+fn annotations(v: &mut Value) -> Option<&mut serde_json::Map<String, Value>> {
+    v.get_mut("metadata")?
+        .as_object_mut()?
+        .get_mut("annotations")?
+        .as_object_mut()
+}
+
+/// Creates the object, or brings the live one to the manifest with a
+/// three-way merge: the manifest wins where it speaks, fields removed from
+/// it since the last apply are removed, and fields set by others stay.
 async fn apply_one(client: &Client, obj: Object) -> Result<&'static str> {
     let (kind, meta) = (obj.kind(), obj.meta().clone());
+    let mut config = obj.to_json();
+    if let Some(m) = config.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+        // The live resourceVersion guards the update, not the manifest's.
+        m.remove("resourceVersion");
+    }
+    if let Some(a) = annotations(&mut config) {
+        a.remove(LAST_APPLIED);
+        if a.is_empty() {
+            config["metadata"]
+                .as_object_mut()
+                .expect("metadata")
+                .remove("annotations");
+        }
+    }
+    let mut desired = config.clone();
+    desired["metadata"]["annotations"][LAST_APPLIED] = Value::String(config.to_string());
     for _ in 0..5 {
         let live = match client.get_object(kind, &meta.namespace, &meta.name).await {
             Ok(live) => live,
-            Err(e) if e.is_not_found() => match client.create_object(&obj).await {
-                Ok(_) => return Ok("created"),
-                Err(e) if e.is_already_exists() => continue,
-                Err(e) => return Err(e.into()),
-            },
+            Err(e) if e.is_not_found() => {
+                let (new, _) = Object::from_json(desired.clone())?;
+                match client.create_object(&new).await {
+                    Ok(_) => return Ok("created"),
+                    Err(e) if e.is_already_exists() => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
             Err(e) => return Err(e.into()),
         };
         let live_json = live.to_json();
+        let last: Option<Value> = live
+            .meta()
+            .annotations
+            .get(LAST_APPLIED)
+            .and_then(|t| serde_json::from_str(t).ok());
+        let mut patch = last
+            .as_ref()
+            .and_then(|l| removals(l, &config))
+            .unwrap_or(Value::Null);
+        manifest::merge_patch(&mut patch, &desired);
         let mut merged = live_json.clone();
-        let mut patch = obj.to_json();
-        // The live resourceVersion guards the update, not the manifest's.
-        if let Some(m) = patch.get_mut("metadata").and_then(|m| m.as_object_mut()) {
-            m.remove("resourceVersion");
-        }
         manifest::merge_patch(&mut merged, &patch);
         if merged == live_json {
             return Ok("unchanged");
         }
-        let (desired, _) = Object::from_json(merged)?;
-        match client.update_object(&desired).await {
+        let (target, _) = Object::from_json(merged)?;
+        match client.update_object(&target).await {
             Ok(updated) if updated.to_json() == live_json => return Ok("unchanged"),
             Ok(_) => return Ok("configured"),
             Err(e) if e.is_conflict() => continue,
@@ -252,4 +312,22 @@ pub async fn create(client: &Client, command: &CreateCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::removals;
+    use serde_json::json;
+
+    #[test]
+    fn removals_are_what_the_manifest_dropped() {
+        let last =
+            json!({"metadata": {"labels": {"a": "1", "b": "2"}}, "spec": {"x": 1, "y": {"z": 1}}});
+        let now = json!({"metadata": {"labels": {"a": "1"}}, "spec": {"x": 2}});
+        assert_eq!(
+            removals(&last, &now),
+            Some(json!({"metadata": {"labels": {"b": null}}, "spec": {"y": null}}))
+        );
+        assert_eq!(removals(&now, &now), None);
+    }
 }

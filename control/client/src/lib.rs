@@ -204,18 +204,7 @@ impl Client {
         namespace: &str,
         params: &ListParams,
     ) -> Result<ObjectList<R>> {
-        let list = self
-            .rpc
-            .clone()
-            .list(ListRequest {
-                kind: R::KIND.name().into(),
-                namespace: namespace.into(),
-                label_selector: params.label_selector.clone(),
-                field_selector: params.field_selector.clone(),
-            })
-            .await
-            .map_err(ClientError::from_status)?
-            .into_inner();
+        let list = self.list_raw(R::KIND, namespace, params).await?;
         Ok(ObjectList {
             items: list
                 .items
@@ -227,34 +216,19 @@ impl Client {
     }
 
     pub async fn create<R: Resource>(&self, obj: &R) -> Result<R> {
-        let out = self
-            .rpc
-            .clone()
-            .create(raw(obj))
-            .await
-            .map_err(ClientError::from_status)?;
-        decode(&out.into_inner().raw)
+        let out = self.create_object_raw(raw(obj)).await?;
+        decode(&out.raw)
     }
 
     /// Replaces the object; its resourceVersion (if set) must be current.
     pub async fn update<R: Resource>(&self, obj: &R) -> Result<R> {
-        let out = self
-            .rpc
-            .clone()
-            .update(raw(obj))
-            .await
-            .map_err(ClientError::from_status)?;
-        decode(&out.into_inner().raw)
+        let out = self.update_raw(raw(obj), false).await?;
+        decode(&out.raw)
     }
 
     pub async fn update_status<R: Resource>(&self, obj: &R) -> Result<R> {
-        let out = self
-            .rpc
-            .clone()
-            .update_status(raw(obj))
-            .await
-            .map_err(ClientError::from_status)?;
-        decode(&out.into_inner().raw)
+        let out = self.update_raw(raw(obj), true).await?;
+        decode(&out.raw)
     }
 
     /// Deletes (or starts deleting) the object; returns its last state.
@@ -313,18 +287,7 @@ impl Client {
         namespace: &str,
         params: &ListParams,
     ) -> Result<(Vec<Object>, String)> {
-        let list = self
-            .rpc
-            .clone()
-            .list(ListRequest {
-                kind: kind.name().into(),
-                namespace: namespace.into(),
-                label_selector: params.label_selector.clone(),
-                field_selector: params.field_selector.clone(),
-            })
-            .await
-            .map_err(ClientError::from_status)?
-            .into_inner();
+        let list = self.list_raw(kind, namespace, params).await?;
         let items = list
             .items
             .iter()
@@ -334,23 +297,13 @@ impl Client {
     }
 
     pub async fn create_object(&self, obj: &Object) -> Result<Object> {
-        let out = self
-            .rpc
-            .clone()
-            .create(obj.to_raw())
-            .await
-            .map_err(ClientError::from_status)?;
-        Object::from_raw(&out.into_inner()).map_err(ClientError::Decode)
+        let out = self.create_object_raw(obj.to_raw()).await?;
+        Object::from_raw(&out).map_err(ClientError::Decode)
     }
 
     pub async fn update_object(&self, obj: &Object) -> Result<Object> {
-        let out = self
-            .rpc
-            .clone()
-            .update(obj.to_raw())
-            .await
-            .map_err(ClientError::from_status)?;
-        Object::from_raw(&out.into_inner()).map_err(ClientError::Decode)
+        let out = self.update_raw(obj.to_raw(), false).await?;
+        Object::from_raw(&out).map_err(ClientError::Decode)
     }
 
     pub async fn delete_object(&self, kind: Kind, namespace: &str, name: &str) -> Result<Object> {
@@ -367,6 +320,47 @@ impl Client {
     ) -> Result<Pin<Box<dyn Stream<Item = Result<(WatchType, Object)>> + Send>>> {
         self.watch_raw(kind, namespace, params, resource_version)
             .await
+    }
+
+    async fn list_raw(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        params: &ListParams,
+    ) -> Result<skiff_api::v1::RawList> {
+        let req = ListRequest {
+            kind: kind.name().into(),
+            namespace: namespace.into(),
+            label_selector: params.label_selector.clone(),
+            field_selector: params.field_selector.clone(),
+        };
+        Ok(self
+            .rpc
+            .clone()
+            .list(req)
+            .await
+            .map_err(ClientError::from_status)?
+            .into_inner())
+    }
+
+    async fn create_object_raw(&self, obj: RawObject) -> Result<RawObject> {
+        Ok(self
+            .rpc
+            .clone()
+            .create(obj)
+            .await
+            .map_err(ClientError::from_status)?
+            .into_inner())
+    }
+
+    async fn update_raw(&self, obj: RawObject, status: bool) -> Result<RawObject> {
+        let mut rpc = self.rpc.clone();
+        let out = if status {
+            rpc.update_status(obj).await
+        } else {
+            rpc.update(obj).await
+        };
+        Ok(out.map_err(ClientError::from_status)?.into_inner())
     }
 
     async fn get_raw(&self, kind: Kind, namespace: &str, name: &str) -> Result<RawObject> {

@@ -114,6 +114,18 @@ pub struct TxnResult {
     pub current: Vec<Option<KeyValue>>,
 }
 
+impl TxnResult {
+    /// For a one-compare transaction: the new revision, or the compared
+    /// key's current value (`None` inside when it is gone).
+    pub fn outcome(self) -> Result<Revision, Option<KeyValue>> {
+        if self.succeeded {
+            Ok(self.revision)
+        } else {
+            Err(self.current.into_iter().next().flatten())
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ListResult {
     pub kvs: Vec<KeyValue>,
@@ -221,11 +233,7 @@ pub trait Store: Send + Sync + 'static {
                     }),
             )
             .await?;
-        Ok(if r.succeeded {
-            Ok(r.revision)
-        } else {
-            Err(r.current.into_iter().next().flatten())
-        })
+        Ok(r.outcome())
     }
 
     /// Deletes the key if it is still at `revision`.
@@ -241,11 +249,7 @@ pub trait Store: Send + Sync + 'static {
                     .then(Op::Delete { key: key.into() }),
             )
             .await?;
-        Ok(if r.succeeded {
-            Ok(r.revision)
-        } else {
-            Err(r.current.into_iter().next().flatten())
-        })
+        Ok(r.outcome())
     }
 }
 
