@@ -125,12 +125,19 @@ impl Kind {
 
     /// The store key prefix of the kind: `<group>/<plural>/` with `core` for
     /// the core group.
-    pub fn key_prefix(self) -> String {
-        let group = match self.group() {
-            "" => "core",
-            g => g,
-        };
-        format!("{group}/{}/", self.plural())
+    pub const fn key_prefix(self) -> &'static str {
+        match self {
+            Kind::Namespace => "core/namespaces/",
+            Kind::Node => "core/nodes/",
+            Kind::Pod => "core/pods/",
+            Kind::Service => "core/services/",
+            Kind::EndpointSlice => "discovery.k8s.io/endpointslices/",
+            Kind::Deployment => "apps/deployments/",
+            Kind::ReplicaSet => "apps/replicasets/",
+            Kind::ConfigMap => "core/configmaps/",
+            Kind::Lease => "coordination.k8s.io/leases/",
+            Kind::Event => "core/events/",
+        }
     }
 
     /// The store key of one object.

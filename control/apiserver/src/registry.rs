@@ -96,7 +96,7 @@ fn encode<R: Resource>(obj: &R) -> ApiResult<Vec<u8>> {
 fn kind_of_key(key: &str) -> Option<Kind> {
     Kind::ALL
         .into_iter()
-        .find(|k| key.starts_with(&k.key_prefix()))
+        .find(|k| key.starts_with(k.key_prefix()))
 }
 
 /// Turns a store event into a watch event, decoding it once.
@@ -207,7 +207,7 @@ impl Registry {
 
     /// Loads the namespace map from the store.
     pub async fn load_namespaces(&self) -> ApiResult<()> {
-        let list = self.store.list(&Kind::Namespace.key_prefix()).await?;
+        let list = self.store.list(Kind::Namespace.key_prefix()).await?;
         let mut map = self.namespaces.write().expect("namespace map poisoned");
         for kv in &list.kvs {
             let ns: Namespace = decode(kv)?;
@@ -254,7 +254,7 @@ impl Registry {
         let prefix = if R::KIND.namespaced() && !opts.namespace.is_empty() {
             format!("{}{}/", R::KIND.key_prefix(), opts.namespace)
         } else {
-            R::KIND.key_prefix()
+            R::KIND.key_prefix().to_string()
         };
         let list = self.store.list(&prefix).await?;
         let mut items = Vec::with_capacity(list.kvs.len());
@@ -757,7 +757,7 @@ impl Registry {
             ));
         }
         // Older than the cache's window: straight from the store's history.
-        let mut events = self.store.watch(&filter.kind.key_prefix(), from).await?;
+        let mut events = self.store.watch(filter.kind.key_prefix(), from).await?;
         let stream = async_stream::stream! {
             while let Some(ev) = events.next().await {
                 match ev {

@@ -35,7 +35,8 @@ use crate::{
     StoreError, Txn, TxnResult, WatchStream,
 };
 
-const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
+/// Keys as bytes: a `&str` key would be UTF-8-checked on every comparison.
+const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 const LOG: TableDefinition<i64, &[u8]> = TableDefinition::new("log");
 const META: TableDefinition<&str, i64> = TableDefinition::new("meta");
 const LEASES: TableDefinition<i64, i64> = TableDefinition::new("leases");
@@ -213,7 +214,7 @@ fn apply_txn(
     let mut current = Vec::with_capacity(txn.compares.len());
     let mut ok = true;
     for c in &txn.compares {
-        let kv_now = match kv.get(c.key())? {
+        let kv_now = match kv.get(c.key().as_bytes())? {
             Some(v) => Some(
                 decode_record(c.key(), v.value())
                     .map_err(|e| redb::Error::Corrupted(e.to_string()))?,
@@ -257,7 +258,7 @@ fn apply_txn(
     for op in &txn.ops {
         match op {
             Op::Put { key, value, lease } => {
-                let prev = match kv.get(key.as_str())? {
+                let prev = match kv.get(key.as_bytes())? {
                     Some(v) => Some(
                         decode_record(key, v.value())
                             .map_err(|e| redb::Error::Corrupted(e.to_string()))?,
@@ -275,7 +276,7 @@ fn apply_txn(
                     lease_keys.insert(*lease, key.as_str())?;
                 }
                 kv.insert(
-                    key.as_str(),
+                    key.as_bytes(),
                     encode_record(create, revision, *lease, value).as_slice(),
                 )?;
                 events.push(Event {
@@ -288,7 +289,7 @@ fn apply_txn(
                 });
             }
             Op::Delete { key } => {
-                let prev = match kv.remove(key.as_str())? {
+                let prev = match kv.remove(key.as_bytes())? {
                     Some(v) => Some(
                         decode_record(key, v.value())
                             .map_err(|e| redb::Error::Corrupted(e.to_string()))?,
@@ -666,7 +667,12 @@ impl Embedded {
 #[async_trait::async_trait]
 impl Store for Embedded {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
-        let raw = self.read(|tx| Ok(tx.open_table(KV)?.get(key)?.map(|v| v.value().to_vec())))?;
+        let raw = self.read(|tx| {
+            Ok(tx
+                .open_table(KV)?
+                .get(key.as_bytes())?
+                .map(|v| v.value().to_vec()))
+        })?;
         raw.map(|r| decode_record(key, &r)).transpose()
     }
 
@@ -678,12 +684,14 @@ impl Store for Embedded {
             let revision = Self::read_revision(&tx).map_err(backend)?;
             let table = tx.open_table(KV).map_err(backend)?;
             let mut kvs = Vec::new();
-            for entry in table.range::<&str>(prefix.as_str()..).map_err(backend)? {
+            for entry in table.range::<&[u8]>(prefix.as_bytes()..).map_err(backend)? {
                 let (k, v) = entry.map_err(backend)?;
-                if !k.value().starts_with(prefix.as_str()) {
+                if !k.value().starts_with(prefix.as_bytes()) {
                     break;
                 }
-                kvs.push(decode_record(k.value(), v.value())?);
+                let key = std::str::from_utf8(k.value())
+                    .map_err(|_| backend("a key that is not UTF-8"))?;
+                kvs.push(decode_record(key, v.value())?);
             }
             Ok(ListResult { kvs, revision })
         })
