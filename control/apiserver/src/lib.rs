@@ -281,59 +281,65 @@ async fn feed_cache(state: Arc<AppState>, mut after: Revision) {
         } else {
             after
         };
+        let mut gap = false;
         match registry.store.watch("", resume_from).await {
             Ok(mut events) => {
                 state.feeding.store(true, Ordering::Release);
                 let mut skip = taken_of_last;
                 while let Some(ev) = events.next().await {
-                    match ev {
-                        Ok(ev) => {
-                            if ev.revision == last_rev && skip > 0 {
-                                skip -= 1;
-                                continue;
-                            }
-                            if ev.revision != last_rev {
-                                last_rev = ev.revision;
-                                taken_of_last = 0;
-                                after = ev.revision - 1;
-                            }
-                            taken_of_last += 1;
-                            if ev.key.starts_with("registry/allocations/") {
-                                registry
-                                    .alloc
-                                    .observe(&ev.key, ev.kind == skiff_store::EventKind::Put);
-                            }
-                            if let Some(ce) = registry::decode_event(&ev) {
-                                registry.observe(&ce);
-                                registry.cache.push(ce);
-                            }
-                        }
+                    let ev = match ev {
+                        Ok(ev) => ev,
                         Err(StoreError::Compacted { .. }) => {
-                            tracing::warn!("watch cache missed compacted history; resetting it");
+                            gap = true;
                             break;
                         }
                         Err(e) => {
                             tracing::warn!("store watch ended: {e}");
                             break;
                         }
+                    };
+                    if ev.revision == last_rev && skip > 0 {
+                        skip -= 1;
+                        continue;
+                    }
+                    if ev.revision != last_rev {
+                        last_rev = ev.revision;
+                        taken_of_last = 0;
+                        after = ev.revision - 1;
+                    }
+                    taken_of_last += 1;
+                    if ev.key.starts_with("registry/allocations/") {
+                        registry
+                            .alloc
+                            .observe(&ev.key, ev.kind == skiff_store::EventKind::Put);
+                    }
+                    if let Some(ce) = registry::decode_event(&ev) {
+                        registry.observe(&ce);
+                        registry.cache.push(ce);
                     }
                 }
             }
+            Err(StoreError::Compacted { .. }) => gap = true,
             Err(e) => tracing::warn!("store watch: {e}"),
         }
         state.feeding.store(false, Ordering::Release);
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        if let Ok(rev) = registry.store.revision().await
-            && let Err(StoreError::Compacted { .. }) =
-                registry.store.watch("", after).await.map(|_| ())
-        {
-            registry.cache.reset(rev);
-            after = rev;
-            last_rev = rev;
-            taken_of_last = 0;
-            let _ = registry.load_allocations().await;
-            let _ = registry.load_namespaces().await;
+        if gap {
+            // History we never saw is gone: start over from now. Current
+            // watches end (their clients resume or relist) and the hints
+            // are reloaded.
+            tracing::warn!("the watch cache missed compacted history; resetting it");
+            match registry.store.revision().await {
+                Ok(rev) => {
+                    registry.cache.reset(rev);
+                    (after, last_rev, taken_of_last) = (rev, rev, 0);
+                    let _ = registry.load_allocations().await;
+                    let _ = registry.load_namespaces().await;
+                    continue;
+                }
+                Err(e) => tracing::warn!("store: {e}"),
+            }
         }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 

@@ -481,6 +481,13 @@ impl Drop for Handle {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        // A read on a blocking thread may still hold the database for a
+        // moment; give it that moment, so the file is closed when the last
+        // handle is gone (a watch stream still open keeps it open).
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Arc::strong_count(&self.shared) > 1 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 }
 
