@@ -101,7 +101,9 @@ async fn finalize(registry: &Arc<Registry>, ns: &str) -> Result<(), crate::ApiEr
         let wait = async {
             loop {
                 match changes.recv().await {
-                    Ok(ev) if ev.object.object.meta().namespace == ns => return,
+                    Ok(ev) if ev.object().is_some_and(|o| o.object.meta().namespace == ns) => {
+                        return;
+                    }
                     Ok(_) => {}
                     Err(_) => return,
                 }

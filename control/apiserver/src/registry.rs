@@ -99,14 +99,20 @@ fn kind_of_key(key: &str) -> Option<Kind> {
         .find(|k| key.starts_with(k.key_prefix()))
 }
 
-/// Turns a store event into a watch event, decoding it once.
+/// An object of a runtime kind from its stored bytes.
+pub(crate) fn decode_object(
+    kind: Kind,
+    bytes: &[u8],
+    revision: Revision,
+    key: &str,
+) -> Option<Object> {
+    with_resource!(kind, R => decode_at::<R>(bytes, revision, key).ok().map(Resource::into_object))
+}
+
+/// Turns a store event into a watch event (decoded when first needed).
 pub fn decode_event(ev: &skiff_store::Event) -> Option<CachedEvent> {
     let kind = kind_of_key(&ev.key)?;
-    let decode_obj = |bytes: &[u8]| -> Option<Object> {
-        with_resource!(kind, R => decode_at::<R>(bytes, ev.revision, &ev.key).ok().map(Resource::into_object))
-    };
-    let prev = ev.prev_value.as_deref().and_then(decode_obj);
-    let (event_type, object) = match ev.kind {
+    let (event_type, raw, prev_raw) = match ev.kind {
         skiff_store::EventKind::Put => (
             // A key created in this very revision is new to watchers.
             if ev.create_revision == ev.revision {
@@ -114,21 +120,19 @@ pub fn decode_event(ev: &skiff_store::Event) -> Option<CachedEvent> {
             } else {
                 WatchType::Modified
             },
-            decode_obj(&ev.value)?,
+            ev.value.clone(),
+            ev.prev_value.clone(),
         ),
-        skiff_store::EventKind::Delete => (WatchType::Deleted, prev.clone()?),
+        skiff_store::EventKind::Delete => (WatchType::Deleted, ev.prev_value.clone()?, None),
     };
-    Some(CachedEvent {
-        revision: ev.revision,
+    Some(CachedEvent::new(
+        ev.revision,
         kind,
         event_type,
-        object: EventObject::new(object),
-        prev: if ev.kind == skiff_store::EventKind::Put {
-            prev
-        } else {
-            None
-        },
-    })
+        ev.key.clone(),
+        raw,
+        prev_raw,
+    ))
 }
 
 fn parse_rv(kind: Kind, name: &str, rv: &str) -> ApiResult<Option<Revision>> {
@@ -194,7 +198,8 @@ impl Registry {
         if ev.kind != Kind::Namespace {
             return;
         }
-        let meta = ev.object.object.meta();
+        let Some(obj) = ev.object() else { return };
+        let meta = obj.object.meta();
         let mut map = self.namespaces.write().expect("namespace map poisoned");
         match ev.event_type {
             WatchType::Deleted => map.remove(&meta.name),
@@ -727,8 +732,10 @@ impl Registry {
             let stream = async_stream::stream! {
                 let mut last = from;
                 for ev in backlog {
-                    if let Some(t) = filter.view(&ev) {
-                        yield Ok((t, ev.object.clone()));
+                    if let Some(t) = filter.view(&ev)
+                        && let Some(obj) = ev.object()
+                    {
+                        yield Ok((t, obj.clone()));
                     }
                     last = ev.revision;
                 }
@@ -738,9 +745,11 @@ impl Registry {
                             if ev.revision <= last {
                                 continue;
                             }
-                            if let Some(t) = filter.view(&ev) {
-                                yield Ok((t, ev.object.clone()));
-                            }
+                            if let Some(t) = filter.view(&ev)
+                        && let Some(obj) = ev.object()
+                    {
+                        yield Ok((t, obj.clone()));
+                    }
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                             yield Err(ApiError::gone(format!(
@@ -764,8 +773,9 @@ impl Registry {
                     Ok(ev) => {
                         if let Some(ce) = decode_event(&ev)
                             && let Some(t) = filter.view(&ce)
+                            && let Some(obj) = ce.object()
                         {
-                            yield Ok((t, ce.object));
+                            yield Ok((t, obj.clone()));
                         }
                     }
                     Err(e) => {

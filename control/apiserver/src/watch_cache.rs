@@ -61,15 +61,63 @@ impl EventObject {
     }
 }
 
-/// One change to one object, decoded once for every watcher. For a delete,
-/// `object` is the last state with the deletion's resourceVersion.
+/// One change to one object. It is decoded lazily, once, the first time a
+/// watcher of its kind looks: writes of kinds nobody watches cost nothing
+/// here. For a delete, the object is the last state, with the deletion's
+/// resourceVersion.
 #[derive(Debug)]
 pub struct CachedEvent {
     pub revision: Revision,
     pub kind: Kind,
     pub event_type: WatchType,
-    pub object: Arc<EventObject>,
-    pub prev: Option<Object>,
+    key: String,
+    raw: Vec<u8>,
+    prev_raw: Option<Vec<u8>>,
+    object: OnceLock<Option<Arc<EventObject>>>,
+    prev: OnceLock<Option<Object>>,
+}
+
+impl CachedEvent {
+    /// `raw` is the stored object (for a delete, what was deleted);
+    /// `prev_raw` what a modification replaced.
+    pub fn new(
+        revision: Revision,
+        kind: Kind,
+        event_type: WatchType,
+        key: String,
+        raw: Vec<u8>,
+        prev_raw: Option<Vec<u8>>,
+    ) -> CachedEvent {
+        CachedEvent {
+            revision,
+            kind,
+            event_type,
+            key,
+            raw,
+            prev_raw,
+            object: OnceLock::new(),
+            prev: OnceLock::new(),
+        }
+    }
+
+    /// The object, or `None` if its bytes do not decode.
+    pub fn object(&self) -> Option<&Arc<EventObject>> {
+        self.object
+            .get_or_init(|| {
+                crate::registry::decode_object(self.kind, &self.raw, self.revision, &self.key)
+                    .map(EventObject::new)
+            })
+            .as_ref()
+    }
+
+    pub fn prev(&self) -> Option<&Object> {
+        self.prev
+            .get_or_init(|| {
+                let raw = self.prev_raw.as_deref()?;
+                crate::registry::decode_object(self.kind, raw, self.revision, &self.key)
+            })
+            .as_ref()
+    }
 }
 
 /// What one watcher wants to see.
@@ -95,11 +143,11 @@ impl Filter {
         if ev.kind != self.kind {
             return None;
         }
-        let now = self.matches(&ev.object.object);
+        let now = self.matches(&ev.object()?.object);
         match ev.event_type {
             WatchType::Added | WatchType::Deleted => now.then_some(ev.event_type),
             WatchType::Modified => {
-                let before = ev.prev.as_ref().is_some_and(|p| self.matches(p));
+                let before = ev.prev().is_some_and(|p| self.matches(p));
                 match (before, now) {
                     (true, true) => Some(WatchType::Modified),
                     (false, true) => Some(WatchType::Added),
