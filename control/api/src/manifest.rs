@@ -109,6 +109,30 @@ mod tests {
         assert!(matches!(docs[1], Err(ManifestError::UnknownKind { .. })));
     }
 
+    /// Every prefix of a real manifest, and the manifest with characters
+    /// replaced at many places, parse to objects or errors: never a panic.
+    #[test]
+    fn mangled_manifests_never_panic() {
+        let text = include_str!("../../../../shared/manifests/guestbook-all-in-one.yaml");
+        assert_eq!(parse(text).iter().filter(|d| d.is_ok()).count(), 6);
+        for end in (0..text.len()).filter(|i| text.is_char_boundary(*i)) {
+            let _ = parse(&text[..end]);
+        }
+        let bytes = text.as_bytes();
+        for (i, replacement) in (0..bytes.len()).step_by(5).zip(
+            [
+                ":", "-", "[", "{", "'", "\"", "\t", "\n", "9", "&", "*", "!",
+            ]
+            .iter()
+            .cycle(),
+        ) {
+            let mut mangled = String::from_utf8_lossy(&bytes[..i]).into_owned();
+            mangled.push_str(replacement);
+            mangled.push_str(&String::from_utf8_lossy(&bytes[i + 1..]));
+            let _ = parse(&mangled);
+        }
+    }
+
     #[test]
     fn malformed_input_is_an_error_not_a_panic() {
         for bad in [
