@@ -47,6 +47,16 @@ fn selectors(labels: &str, fields: &str) -> Result<(Selector, FieldSelector), St
     Ok((l, f))
 }
 
+/// An optional resourceVersion: empty, or a revision number.
+fn resource_version(text: &str) -> Result<Option<i64>, Status> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse()
+        .map(Some)
+        .map_err(|_| Status::invalid_argument(format!("resourceVersion {text:?} must be a number")))
+}
+
 /// Namespaced kinds get the default namespace when none is given.
 fn default_namespace<R: Resource>(obj: &mut R) {
     if R::KIND.namespaced() && obj.meta().namespace.is_empty() {
@@ -140,15 +150,7 @@ impl Resources for Service {
     async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<RawObject>, Status> {
         let r = req.into_inner();
         let k = kind(&r.kind)?;
-        let resource_version = if r.resource_version.is_empty() {
-            None
-        } else {
-            Some(
-                r.resource_version
-                    .parse()
-                    .map_err(|_| Status::invalid_argument("resourceVersion must be a number"))?,
-            )
-        };
+        let resource_version = resource_version(&r.resource_version)?;
         let opts = DeleteOptions {
             resource_version,
             grace_period_seconds: r.grace_period_seconds,
@@ -167,15 +169,7 @@ impl Resources for Service {
         let r = req.into_inner();
         let k = kind(&r.kind)?;
         let (labels, fields) = selectors(&r.label_selector, &r.field_selector)?;
-        let rv = if r.resource_version.is_empty() {
-            None
-        } else {
-            Some(
-                r.resource_version
-                    .parse()
-                    .map_err(|_| Status::invalid_argument("resourceVersion must be a number"))?,
-            )
-        };
+        let rv = resource_version(&r.resource_version)?;
         let filter = Filter {
             kind: k,
             namespace: r.namespace,
