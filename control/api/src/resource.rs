@@ -186,12 +186,14 @@ mod extra_field {
     }
 
     pub fn Event(ev: &Event, path: &str) -> Option<String> {
-        let obj = ev.involved_object.clone().unwrap_or_default();
+        let obj = |f: fn(&ObjectReference) -> String| {
+            Some(ev.involved_object.as_ref().map(f).unwrap_or_default())
+        };
         match path {
-            "involvedObject.kind" => Some(obj.kind),
-            "involvedObject.name" => Some(obj.name),
-            "involvedObject.namespace" => Some(obj.namespace),
-            "involvedObject.uid" => Some(obj.uid),
+            "involvedObject.kind" => obj(|o| o.kind.clone()),
+            "involvedObject.name" => obj(|o| o.name.clone()),
+            "involvedObject.namespace" => obj(|o| o.namespace.clone()),
+            "involvedObject.uid" => obj(|o| o.uid.clone()),
             "reason" => Some(ev.reason.clone()),
             "type" => Some(ev.r#type.clone()),
             _ => None,
@@ -200,15 +202,30 @@ mod extra_field {
 
     pub fn Namespace(ns: &Namespace, path: &str) -> Option<String> {
         match path {
-            "status.phase" => Some(ns.status.clone().unwrap_or_default().phase),
+            "status.phase" => Some(
+                ns.status
+                    .as_ref()
+                    .map(|s| s.phase.clone())
+                    .unwrap_or_default(),
+            ),
             _ => None,
         }
     }
 
     pub fn Service(svc: &Service, path: &str) -> Option<String> {
         match path {
-            "spec.clusterIP" => Some(svc.spec.clone().unwrap_or_default().cluster_ip),
-            "spec.type" => Some(svc.spec.clone().unwrap_or_default().r#type),
+            "spec.clusterIP" => Some(
+                svc.spec
+                    .as_ref()
+                    .map(|s| s.cluster_ip.clone())
+                    .unwrap_or_default(),
+            ),
+            "spec.type" => Some(
+                svc.spec
+                    .as_ref()
+                    .map(|s| s.r#type.clone())
+                    .unwrap_or_default(),
+            ),
             _ => None,
         }
     }

@@ -15,6 +15,8 @@ use std::sync::Mutex;
 
 use rand::Rng;
 
+/// Every allocation key starts with this.
+pub const ALLOCATIONS: &str = "registry/allocations/";
 pub const IP_PREFIX: &str = "registry/allocations/clusterip/";
 pub const PORT_PREFIX: &str = "registry/allocations/nodeport/";
 
@@ -150,6 +152,11 @@ impl Allocators {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn allocation_keys_share_one_prefix() {
+        assert!(IP_PREFIX.starts_with(ALLOCATIONS) && PORT_PREFIX.starts_with(ALLOCATIONS));
+    }
 
     #[test]
     fn cidr_bounds() {

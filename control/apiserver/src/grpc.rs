@@ -40,11 +40,7 @@ fn raw<R: Resource>(obj: &R) -> RawObject {
 }
 
 fn selectors(labels: &str, fields: &str) -> Result<(Selector, FieldSelector), Status> {
-    let l = Selector::parse(labels)
-        .map_err(|e| Status::invalid_argument(format!("labelSelector: {e}")))?;
-    let f = FieldSelector::parse(fields)
-        .map_err(|e| Status::invalid_argument(format!("fieldSelector: {e}")))?;
-    Ok((l, f))
+    crate::registry::parse_selectors(labels, fields).map_err(|e| e.to_grpc())
 }
 
 /// An optional resourceVersion: empty, or a revision number.

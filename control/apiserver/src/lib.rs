@@ -308,7 +308,7 @@ async fn feed_cache(state: Arc<AppState>, mut after: Revision) {
                         after = ev.revision - 1;
                     }
                     taken_of_last += 1;
-                    if ev.key.starts_with("registry/allocations/") {
+                    if ev.key.starts_with(alloc::ALLOCATIONS) {
                         registry
                             .alloc
                             .observe(&ev.key, ev.kind == skiff_store::EventKind::Put);

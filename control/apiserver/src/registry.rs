@@ -38,6 +38,16 @@ pub struct ListOptions {
     pub fields: FieldSelector,
 }
 
+/// Label and field selectors from their text form; one parser for both
+/// front ends.
+pub fn parse_selectors(labels: &str, fields: &str) -> ApiResult<(Selector, FieldSelector)> {
+    let l = Selector::parse(labels)
+        .map_err(|e| ApiError::bad_request(format!("labelSelector: {e}")))?;
+    let f = FieldSelector::parse(fields)
+        .map_err(|e| ApiError::bad_request(format!("fieldSelector: {e}")))?;
+    Ok((l, f))
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct DeleteOptions {
     /// Delete only at this resourceVersion.
@@ -703,6 +713,12 @@ impl Registry {
         filter: Filter,
         resource_version: Option<Revision>,
     ) -> ApiResult<WatchEvents> {
+        if !filter.fields.is_empty() {
+            with_resource!(filter.kind, R => filter
+                .fields
+                .check_fields(&R::default())
+                .map_err(|e| ApiError::bad_request(e.to_string()))?);
+        }
         let (initial, from) = match resource_version {
             Some(rv) if rv > 0 => (Vec::new(), rv),
             _ => {
@@ -721,12 +737,6 @@ impl Registry {
                 })
             }
         };
-        if !filter.fields.is_empty() {
-            with_resource!(filter.kind, R => filter
-                .fields
-                .check_fields(&R::default())
-                .map_err(|e| ApiError::bad_request(e.to_string()))?);
-        }
         let initial = futures::stream::iter(initial);
         if let Some((backlog, mut rx)) = self.cache.subscribe_from(from) {
             let stream = async_stream::stream! {

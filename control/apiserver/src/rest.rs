@@ -233,11 +233,8 @@ fn query_flag(q: &HashMap<String, String>, name: &str) -> bool {
 }
 
 fn selectors(q: &HashMap<String, String>) -> ApiResult<(Selector, FieldSelector)> {
-    let labels = Selector::parse(q.get("labelSelector").map_or("", String::as_str))
-        .map_err(|e| ApiError::bad_request(format!("labelSelector: {e}")))?;
-    let fields = FieldSelector::parse(q.get("fieldSelector").map_or("", String::as_str))
-        .map_err(|e| ApiError::bad_request(format!("fieldSelector: {e}")))?;
-    Ok((labels, fields))
+    let get = |name: &str| q.get(name).map_or("", String::as_str);
+    crate::registry::parse_selectors(get("labelSelector"), get("fieldSelector"))
 }
 
 fn query_rv(q: &HashMap<String, String>) -> ApiResult<Option<i64>> {
