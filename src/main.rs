@@ -16,6 +16,7 @@ async fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Server(args) => server(args).await,
         Command::Client(cmd) => skiff_cli::run(&cli.global, cmd).await,
+        Command::Bpf(cmd) => skiff_cli::bpf::run(cmd).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

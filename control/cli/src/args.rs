@@ -32,6 +32,9 @@ pub struct Global {
 pub enum Command {
     /// Run the API server
     Server(ServerArgs),
+    /// Inspect and drive the eBPF service datapath on this node (root)
+    #[command(subcommand)]
+    Bpf(BpfCommand),
     #[command(flatten)]
     Client(ClientCommand),
 }
@@ -192,4 +195,133 @@ mod tests {
             assert!(parse_port_range(bad).is_err(), "{bad}");
         }
     }
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct Instance {
+    /// Datapath instance: its maps are pinned under /sys/fs/bpf/skiff/<instance>/
+    #[arg(long, env = "SKIFF_BPF_INSTANCE", default_value = "default")]
+    pub instance: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BpfOutput {
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BpfCommand {
+    /// Load, pin and attach the datapath (adopts what is already pinned)
+    Attach(BpfAttachArgs),
+    /// Detach every program and remove every pin of an instance
+    Detach(BpfPlainArgs),
+    /// Make the maps hold the Services and EndpointSlices of a manifest
+    Sync(BpfSyncArgs),
+    /// Service frontends with their backends (like `cilium-dbg bpf lb list`)
+    Services(BpfPlainArgs),
+    /// Backends with their service and state
+    Backends(BpfPlainArgs),
+    /// ClientIP session affinity entries
+    Affinity(BpfPlainArgs),
+    /// Socket-level reverse translations (the socket LB's connection table)
+    Ct(BpfCtArgs),
+    /// A service's Maglev table, summarized per backend
+    Maglev(BpfMaglevArgs),
+    /// Per-service and per-backend counters
+    Stats(BpfStatsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BpfPlainArgs {
+    #[command(flatten)]
+    pub instance: Instance,
+    #[arg(short = 'o', long, value_enum)]
+    pub output: Option<BpfOutput>,
+}
+
+#[derive(Debug, Args)]
+pub struct BpfAttachArgs {
+    #[command(flatten)]
+    pub instance: Instance,
+    /// cgroup v2 directory for the socket hooks (default: the unified hierarchy's root)
+    #[arg(long)]
+    pub cgroup: Option<PathBuf>,
+    /// Entries of the services map (frontends plus backend slots)
+    #[arg(long)]
+    pub services_max: Option<u32>,
+    /// Entries of the backends map
+    #[arg(long)]
+    pub backends_max: Option<u32>,
+    /// Entries of the connection (reverse translation) map
+    #[arg(long)]
+    pub ct_max: Option<u32>,
+    /// Entries of the session affinity map
+    #[arg(long)]
+    pub affinity_max: Option<u32>,
+    /// Services that can use Maglev at once
+    #[arg(long)]
+    pub maglev_max: Option<u32>,
+    #[arg(short = 'o', long, value_enum)]
+    pub output: Option<BpfOutput>,
+}
+
+#[derive(Debug, Args)]
+pub struct BpfSyncArgs {
+    #[command(flatten)]
+    pub instance: Instance,
+    /// Manifest with Services (carrying their clusterIP) and EndpointSlices; - for stdin
+    #[arg(short = 'f', long = "filename")]
+    pub file: String,
+    /// This node's name, for externalTrafficPolicy/internalTrafficPolicy Local
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// Backend selection for Services without the skiff.io/lb-algorithm annotation
+    #[arg(long, default_value = "random", value_parser = ["random", "maglev"])]
+    pub algorithm: String,
+    /// Maglev table size (a prime: 251, 509, 1021, 2039, 4093, 8191, 16381)
+    #[arg(long, default_value_t = 16381)]
+    pub maglev_size: u32,
+    /// Maglev seed: the same seed gives the same tables on every node
+    #[arg(long)]
+    pub maglev_seed: Option<u64>,
+    /// Show what would change without writing
+    #[arg(long)]
+    pub dry_run: bool,
+    #[arg(short = 'o', long, value_enum)]
+    pub output: Option<BpfOutput>,
+}
+
+#[derive(Debug, Args)]
+pub struct BpfCtArgs {
+    #[command(flatten)]
+    pub instance: Instance,
+    /// Only entries of this service (ns/name, or ns/name:port/PROTO)
+    #[arg(long)]
+    pub service: Option<String>,
+    #[arg(short = 'o', long, value_enum)]
+    pub output: Option<BpfOutput>,
+}
+
+#[derive(Debug, Args)]
+pub struct BpfMaglevArgs {
+    #[command(flatten)]
+    pub instance: Instance,
+    /// Service: ns/name (every port) or ns/name:port/PROTO
+    pub service: String,
+    #[arg(short = 'o', long, value_enum)]
+    pub output: Option<BpfOutput>,
+}
+
+#[derive(Debug, Args)]
+pub struct BpfStatsArgs {
+    #[command(flatten)]
+    pub instance: Instance,
+    /// Print again every interval, with rates
+    #[arg(short = 'w', long)]
+    pub watch: bool,
+    /// Seconds between prints with -w
+    #[arg(long, default_value_t = 1.0)]
+    pub interval: f64,
+    #[arg(short = 'o', long, value_enum)]
+    pub output: Option<BpfOutput>,
 }

@@ -5,6 +5,7 @@
 
 mod apply;
 pub mod args;
+pub mod bpf;
 pub mod config;
 mod describe;
 mod get;
@@ -13,7 +14,7 @@ mod table;
 use anyhow::{Context, Result};
 use skiff_client::Client;
 
-pub use args::{Cli, ClientCommand, Command, ServerArgs};
+pub use args::{BpfCommand, Cli, ClientCommand, Command, ServerArgs};
 
 /// Runs one client verb. Errors carry the reason for stderr.
 pub async fn run(global: &args::Global, command: ClientCommand) -> Result<()> {
