@@ -301,7 +301,10 @@ fn ct(a: BpfCtArgs) -> Result<()> {
     for item in maps.rev_sock.iter() {
         let (k, v) = item.context("read the connection map")?;
         let service = names.get(&v.service_id).cloned().unwrap_or_default();
-        if a.service.as_ref().is_some_and(|f| !matches_service(&service, f)) {
+        if a.service
+            .as_ref()
+            .is_some_and(|f| !matches_service(&service, f))
+        {
             continue;
         }
         list.push(json!({
@@ -397,7 +400,6 @@ fn maglev_cmd(a: BpfMaglevArgs) -> Result<()> {
     }
     Ok(())
 }
-
 
 fn counters_json(c: &Counters) -> serde_json::Value {
     json!({

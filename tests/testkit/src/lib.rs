@@ -3,6 +3,8 @@
 //! the rule for tools a test needs (in CI, a missing tool fails the test;
 //! elsewhere the test says why it skips).
 
+pub mod netlab;
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

@@ -346,3 +346,136 @@ fn choose(endpoints: &[Endpoint<'_>], only_node: Option<Option<&str>>) -> (Vec<B
     ready.dedup();
     (ready, terminating)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn objects(docs: serde_json::Value) -> (Vec<Service>, Vec<EndpointSlice>) {
+        let mut services = Vec::new();
+        let mut slices = Vec::new();
+        for d in docs.as_array().unwrap() {
+            if d["kind"] == "Service" {
+                services.push(serde_json::from_value(d.clone()).unwrap());
+            } else {
+                slices.push(serde_json::from_value(d.clone()).unwrap());
+            }
+        }
+        (services, slices)
+    }
+
+    fn slice(
+        svc: &str,
+        ports: serde_json::Value,
+        endpoints: serde_json::Value,
+    ) -> serde_json::Value {
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": format!("{svc}-x"), "namespace": "ns", "labels": {SERVICE_NAME_LABEL: svc}},
+            "addressType": "IPv4", "ports": ports, "endpoints": endpoints})
+    }
+
+    fn addrs(def: &ServiceDef) -> Vec<String> {
+        def.backends.iter().map(|b| b.to_string()).collect()
+    }
+
+    #[test]
+    fn named_target_ports_resolve_per_slice_and_conditions_pick_backends() {
+        let (services, slices) = objects(json!([
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "ns"},
+             "spec": {"clusterIP": "10.96.0.5", "ports": [
+                {"name": "http", "port": 80, "targetPort": "web"},
+                {"name": "metrics", "port": 9090, "protocol": "UDP", "targetPort": 9100}]}},
+            // Two slices: pods whose "web" port differs.
+            slice("web", json!([{"name": "http", "port": 8080, "protocol": "TCP"}]), json!([
+                {"addresses": ["10.244.0.1"]},
+                {"addresses": ["10.244.0.2"], "conditions": {"ready": false}},
+                {"addresses": ["10.244.0.3"], "conditions": {"ready": false, "serving": true, "terminating": true}}])),
+            slice("web", json!([{"name": "http", "port": 8081, "protocol": "TCP"},
+                                {"name": "metrics", "port": 9100, "protocol": "UDP"}]), json!([
+                {"addresses": ["10.244.1.1"], "conditions": {"ready": true}}])),
+        ]));
+        let (d, errors) = desired(&services, &slices, &Options::default());
+        assert!(errors.is_empty(), "{errors:?}");
+        let http = &d.services["ns/web:http/TCP"];
+        assert_eq!(addrs(http), ["10.244.0.1:8080", "10.244.1.1:8081"]);
+        assert!(!http.terminating);
+        let f = http.frontends.keys().next().unwrap();
+        assert_eq!(
+            (f.addr.to_string(), f.port, f.proto),
+            ("10.96.0.5".into(), 80, Proto::Tcp)
+        );
+        let metrics = &d.services["ns/web:metrics/UDP"];
+        assert_eq!(
+            addrs(metrics),
+            ["10.244.1.1:9100"],
+            "only the slice with the port"
+        );
+    }
+
+    #[test]
+    fn terminating_endpoints_serve_only_when_nothing_is_ready() {
+        let (services, slices) = objects(json!([
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "t", "namespace": "ns"},
+             "spec": {"clusterIP": "10.96.0.6", "ports": [{"port": 80, "targetPort": 8080}]}},
+            slice("t", json!([{"port": 8080, "protocol": "TCP"}]), json!([
+                {"addresses": ["10.244.0.1"], "conditions": {"ready": false, "serving": true, "terminating": true}},
+                {"addresses": ["10.244.0.2"], "conditions": {"ready": false, "serving": false, "terminating": true}}])),
+        ]));
+        let (d, _) = desired(&services, &slices, &Options::default());
+        let t = &d.services["ns/t:80/TCP"];
+        assert_eq!(addrs(t), ["10.244.0.1:8080"]);
+        assert!(t.terminating);
+    }
+
+    #[test]
+    fn node_port_external_ips_and_local_policy() {
+        let (services, slices) = objects(json!([
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "np", "namespace": "ns"},
+             "spec": {"type": "NodePort", "clusterIP": "10.96.0.7", "externalIPs": ["192.0.2.10"],
+                      "externalTrafficPolicy": "Local", "sessionAffinity": "ClientIP",
+                      "ports": [{"port": 80, "targetPort": 8080, "nodePort": 30080}]}},
+            slice("np", json!([{"port": 8080, "protocol": "TCP"}]), json!([
+                {"addresses": ["10.244.0.1"], "nodeName": "n1"},
+                {"addresses": ["10.244.1.1"], "nodeName": "n2"}])),
+        ]));
+        let options = Options {
+            node_name: Some("n1".into()),
+            ..Default::default()
+        };
+        let (d, _) = desired(&services, &slices, &options);
+        let all = &d.services["ns/np:80/TCP"];
+        assert_eq!(all.frontends.len(), 1, "the ClusterIP keeps every backend");
+        assert_eq!(addrs(all), ["10.244.0.1:8080", "10.244.1.1:8080"]);
+        assert_eq!(all.affinity_timeout, Some(DEFAULT_AFFINITY_TIMEOUT));
+        let local = &d.services["ns/np:80/TCP#local"];
+        assert_eq!(addrs(local), ["10.244.0.1:8080"], "this node's only");
+        let kinds: Vec<FrontendKind> = local.frontends.values().copied().collect();
+        assert_eq!(kinds, [FrontendKind::NodePort, FrontendKind::ExternalIp]);
+        let np = local.frontends.keys().find(|f| f.port == 30080).unwrap();
+        assert!(np.addr.is_unspecified() && np.local);
+    }
+
+    #[test]
+    fn headless_external_name_and_bad_services() {
+        let (services, slices) = objects(json!([
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "h", "namespace": "ns"},
+             "spec": {"clusterIP": "None", "ports": [{"port": 80}]}},
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x", "namespace": "ns"},
+             "spec": {"type": "ExternalName", "externalName": "example.org"}},
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "bad", "namespace": "ns"},
+             "spec": {"clusterIP": "10.96.0.9", "ports": [{"port": 80, "protocol": "SCTP"}]}},
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "nil", "namespace": "ns"},
+             "spec": {"clusterIP": "10.96.0.10", "ports": [{"port": 0}]}},
+        ]));
+        let (d, errors) = desired(&services, &slices, &Options::default());
+        assert!(d.services.is_empty(), "{d:?}");
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["spec.ports[0].protocol", "spec.ports[0].port"]);
+        assert!(
+            errors[0].to_string().contains("Service ns/bad"),
+            "{}",
+            errors[0]
+        );
+    }
+}

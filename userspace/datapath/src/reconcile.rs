@@ -378,33 +378,8 @@ impl Reconciler {
                 }
             }
         }
-        // New slot layout: removed backends' slots take new backends, or the
-        // last slot's backend; more new backends go at the end.
-        let mut changed_slots = BTreeSet::new();
         let removed_ids: BTreeSet<u32> = removed.iter().map(|(_, id)| *id).collect();
-        let mut slots = old.slots.clone();
-        let mut new_iter = new_ids.into_iter();
-        let mut i = 0;
-        while i < slots.len() {
-            if removed_ids.contains(&slots[i]) {
-                if let Some(n) = new_iter.next() {
-                    slots[i] = n;
-                    changed_slots.insert(i);
-                } else {
-                    let last = slots.pop().expect("non-empty");
-                    if i < slots.len() {
-                        slots[i] = last;
-                        changed_slots.insert(i);
-                    }
-                    continue; // re-check slot i: `last` may be removed too
-                }
-            }
-            i += 1;
-        }
-        for n in new_iter {
-            changed_slots.insert(slots.len());
-            slots.push(n);
-        }
+        let (slots, changed_slots) = relayout(&old.slots, &removed_ids, &new_ids);
         let old_count = old.slots.len();
         inst.slots = slots;
         for (addr, _) in &removed {
@@ -527,7 +502,9 @@ impl Reconciler {
             table.backend_ids[slot] = order[*index as usize].1;
         }
         let id = inst.id;
-        self.write(maps::MAGLEV, report, |m| m.maglev.insert(id, table.as_ref(), 0))
+        self.write(maps::MAGLEV, report, |m| {
+            m.maglev.insert(id, table.as_ref(), 0)
+        })
     }
 
     fn write_slots(
@@ -641,6 +618,40 @@ impl Reconciler {
     }
 }
 
+/// The new slot layout when `removed` backends leave and `added` ones join:
+/// a removed backend's slot takes a new backend, else the last slot's
+/// backend; remaining new backends go at the end. Returns the slots and the
+/// indexes that changed (to be written); slots past the new length are the
+/// caller's to delete.
+fn relayout(old: &[u32], removed: &BTreeSet<u32>, added: &[u32]) -> (Vec<u32>, BTreeSet<usize>) {
+    let mut changed = BTreeSet::new();
+    let mut slots = old.to_vec();
+    let mut new_iter = added.iter().copied();
+    let mut i = 0;
+    while i < slots.len() {
+        if removed.contains(&slots[i]) {
+            if let Some(n) = new_iter.next() {
+                slots[i] = n;
+                changed.insert(i);
+            } else {
+                let last = slots.pop().expect("non-empty");
+                if i < slots.len() {
+                    slots[i] = last;
+                    changed.insert(i);
+                }
+                continue; // slot i again: `last` may be a removed one too
+            }
+        }
+        i += 1;
+    }
+    changed.retain(|i| *i < slots.len());
+    for n in new_iter {
+        changed.insert(slots.len());
+        slots.push(n);
+    }
+    (slots, changed)
+}
+
 fn backend_value(addr: &BackendAddr, proto: Proto, terminating: bool) -> Backend {
     Backend {
         addr_be: u32::from(addr.addr).to_be(),
@@ -651,5 +662,56 @@ fn backend_value(addr: &BackendAddr, proto: Proto, terminating: bool) -> Backend
         } else {
             backend_state::ACTIVE
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(ids: &[u32]) -> BTreeSet<u32> {
+        ids.iter().copied().collect()
+    }
+
+    #[test]
+    fn one_endpoint_change_touches_one_slot() {
+        let (slots, changed) = relayout(&[1, 2, 3, 4], &set(&[2]), &[9]);
+        assert_eq!(slots, [1, 9, 3, 4]);
+        assert_eq!(changed, BTreeSet::from([1]));
+        // A removal moves the last backend into the hole.
+        let (slots, changed) = relayout(&[1, 2, 3, 4], &set(&[2]), &[]);
+        assert_eq!(slots, [1, 4, 3]);
+        assert_eq!(changed, BTreeSet::from([1]));
+        // An addition appends.
+        let (slots, changed) = relayout(&[1, 2], &set(&[]), &[7]);
+        assert_eq!(slots, [1, 2, 7]);
+        assert_eq!(changed, BTreeSet::from([2]));
+    }
+
+    #[test]
+    fn removals_at_the_end_and_in_runs() {
+        let (slots, changed) = relayout(&[1, 2, 3, 4], &set(&[3, 4]), &[]);
+        assert_eq!(slots, [1, 2]);
+        assert!(changed.is_empty(), "only deletions past the end");
+        let (slots, _) = relayout(&[1, 2, 3, 4, 5], &set(&[1, 5, 4]), &[]);
+        assert_eq!(slots, [3, 2]);
+        let (slots, _) = relayout(&[1, 2, 3], &set(&[1, 2, 3]), &[]);
+        assert!(slots.is_empty());
+        let (slots, changed) = relayout(&[1, 2, 3], &set(&[1, 2, 3]), &[4, 5, 6, 7]);
+        assert_eq!(slots, [4, 5, 6, 7]);
+        assert_eq!(changed.len(), 4);
+    }
+
+    #[test]
+    fn ids_are_reused_oldest_freed_first() {
+        let mut pool = IdPool::new(5, &BTreeSet::from([1, 3]));
+        assert_eq!(pool.take(), Some(2), "gaps of an adopted state first");
+        assert_eq!(pool.take(), Some(4));
+        assert_eq!(pool.take(), Some(5));
+        assert_eq!(pool.take(), None, "exhausted");
+        pool.give(3);
+        pool.give(1);
+        assert_eq!(pool.take(), Some(3));
+        assert_eq!(pool.take(), Some(1));
     }
 }

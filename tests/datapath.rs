@@ -1,0 +1,736 @@
+//! The eBPF service datapath, end to end on the real kernel: `skiff bpf`
+//! attaches an instance to a lab's cgroup, syncs Services and
+//! EndpointSlices from manifests, and clients in network namespaces reach
+//! backends in other namespaces through ClusterIPs. Needs root (CI runs it
+//! as root).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use skiff_testkit::netlab::{Host, Lab};
+
+const SKIFF: &str = env!("CARGO_BIN_EXE_skiff");
+
+fn skiff(args: &[&str]) -> Output {
+    Command::new(SKIFF).args(args).output().expect("run skiff")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = skiff(args);
+    assert!(
+        out.status.success(),
+        "skiff {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+/// An attached datapath instance for a lab; detached on drop.
+struct Datapath {
+    instance: String,
+}
+
+impl Datapath {
+    fn attach(lab: &Lab) -> Datapath {
+        let instance = lab.id.clone();
+        ok(&[
+            "bpf",
+            "attach",
+            "--instance",
+            &instance,
+            "--cgroup",
+            &lab.cgroup().display().to_string(),
+        ]);
+        Datapath { instance }
+    }
+
+    fn sync(&self, manifest: &str) -> String {
+        let path = std::env::temp_dir().join(format!("{}-{}.yaml", self.instance, fastrand()));
+        std::fs::write(&path, manifest).expect("write manifest");
+        let out = ok(&[
+            "bpf",
+            "sync",
+            "--instance",
+            &self.instance,
+            "-f",
+            &path.display().to_string(),
+        ]);
+        let _ = std::fs::remove_file(&path);
+        out
+    }
+
+    fn try_sync(&self, manifest: &str, extra: &[&str]) -> Output {
+        let path = std::env::temp_dir().join(format!("{}-{}.yaml", self.instance, fastrand()));
+        std::fs::write(&path, manifest).expect("write manifest");
+        let p = path.display().to_string();
+        let mut args = vec!["bpf", "sync", "--instance", &self.instance, "-f", &p];
+        args.extend(extra);
+        let out = skiff(&args);
+        let _ = std::fs::remove_file(&path);
+        out
+    }
+
+    fn json(&self, verb: &[&str]) -> Value {
+        let mut args = vec!["bpf"];
+        args.extend(verb);
+        args.extend(["--instance", &self.instance, "-o", "json"]);
+        serde_json::from_str(&ok(&args)).expect("JSON from skiff bpf")
+    }
+}
+
+impl Drop for Datapath {
+    fn drop(&mut self) {
+        let _ = skiff(&["bpf", "detach", "--instance", &self.instance]);
+    }
+}
+
+fn fastrand() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(Instant::now().elapsed().as_nanos());
+    h.finish()
+}
+
+/// A Service with a ClusterIP and the EndpointSlice of its backends
+/// (`(address, ready, serving, terminating)`), ports http 80→8080/TCP and
+/// dns 53→5353/UDP.
+fn service(
+    name: &str,
+    cluster_ip: &str,
+    backends: &[(&str, bool, bool, bool)],
+    extra_spec: &str,
+    annotations: &str,
+) -> String {
+    let mut endpoints = String::new();
+    for (addr, ready, serving, terminating) in backends {
+        endpoints.push_str(&format!(
+            "\n- addresses: [{addr}]\n  conditions: {{ready: {ready}, serving: {serving}, terminating: {terminating}}}"
+        ));
+    }
+    if endpoints.is_empty() {
+        endpoints = " []".into();
+    }
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: default{annotations}}}
+spec:
+  clusterIP: {cluster_ip}
+{extra_spec}  ports:
+  - {{name: http, port: 80, targetPort: 8080}}
+  - {{name: dns, port: 53, targetPort: 5353, protocol: UDP}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {name}-1
+  namespace: default
+  labels: {{kubernetes.io/service-name: {name}}}
+addressType: IPv4
+ports: [{{name: http, port: 8080, protocol: TCP}}, {{name: dns, port: 5353, protocol: UDP}}]
+endpoints:{endpoints}
+"
+    )
+}
+
+fn ready(addrs: &[String]) -> Vec<(&str, bool, bool, bool)> {
+    addrs
+        .iter()
+        .map(|a| (a.as_str(), true, true, false))
+        .collect()
+}
+
+/// A lab with a client and `n` backends answering `b1`..`bn` on 8080/TCP
+/// and 5353/UDP.
+fn lab_with_backends(n: usize) -> (Lab, Host, Vec<Host>) {
+    let mut lab = Lab::new();
+    let client = lab.host();
+    let mut backends = Vec::new();
+    for i in 1..=n {
+        let h = lab.host();
+        lab.serve(&h, &format!("b{i}"), &[8080], &[5353]);
+        backends.push(h);
+    }
+    (lab, client, backends)
+}
+
+fn probe(lab: &Lab, host: &Host, args: &[&str]) -> Value {
+    let out = lab.run(host, true, args);
+    serde_json::from_str(out.lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("netprobe said {out:?}: {e}"))
+}
+
+fn answers(v: &Value, key: &str) -> BTreeMap<String, u64> {
+    v[key]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn cluster_ip_spreads_tcp_and_udp_over_every_backend() {
+    let (lab, client, backends) = lab_with_backends(3);
+    let dp = Datapath::attach(&lab);
+    let addrs: Vec<String> = backends.iter().map(|b| b.addr.clone()).collect();
+    dp.sync(&service("web", "10.96.10.1", &ready(&addrs), "", ""));
+
+    let tcp = probe(&lab, &client, &["tcp", "10.96.10.1:80", "--count", "300"]);
+    assert_eq!(tcp["failed"], 0, "{tcp}");
+    assert_eq!(
+        tcp["peerMismatch"], 0,
+        "getpeername must show the ClusterIP: {tcp}"
+    );
+    let spread = answers(&tcp, "answers");
+    assert_eq!(spread.len(), 3, "every backend answers: {tcp}");
+    assert!(
+        spread.values().all(|n| *n >= 50),
+        "roughly even (100 each expected): {tcp}"
+    );
+
+    let udp = probe(
+        &lab,
+        &client,
+        &["udp", "10.96.10.1:53", "--count", "300", "--sockets", "300"],
+    );
+    assert_eq!(udp["failed"], 0, "{udp}");
+    assert_eq!(
+        udp["peerMismatch"], 0,
+        "recvfrom must show the ClusterIP: {udp}"
+    );
+    let spread = answers(&udp, "answers");
+    assert_eq!(spread.len(), 3, "every backend answers: {udp}");
+    assert!(spread.values().all(|n| *n >= 50), "roughly even: {udp}");
+
+    // The counters saw it: 300 TCP connections and 300 UDP flows.
+    let stats = dp.json(&["stats"]);
+    let connections: u64 = stats["counters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["name"].as_str().unwrap().starts_with("service"))
+        .map(|c| c["counters"]["connections"].as_u64().unwrap())
+        .sum();
+    assert_eq!(connections, 600, "{stats}");
+
+    // A process outside the lab's cgroup is not load balanced: the
+    // ClusterIP is not routable from the client namespace.
+    let outside = lab.run(&client, false, &["refused", "10.96.10.1:80"]);
+    assert!(outside.contains("unreachable"), "{outside}");
+}
+
+#[test]
+fn no_ready_backend_refuses_at_once_and_terminating_ones_serve_as_last_resort() {
+    let (lab, client, backends) = lab_with_backends(2);
+    let dp = Datapath::attach(&lab);
+    let a = backends[0].addr.as_str();
+    let b = backends[1].addr.as_str();
+    // Neither ready nor serving: nothing to send to.
+    dp.sync(&service(
+        "gone",
+        "10.96.10.2",
+        &[(a, false, false, false), (b, false, false, true)],
+        "",
+        "",
+    ));
+    for proto in ["tcp", "udp"] {
+        let port = if proto == "tcp" { "80" } else { "53" };
+        let r = probe(
+            &lab,
+            &client,
+            &["refused", &format!("10.96.10.2:{port}"), "--proto", proto],
+        );
+        assert_eq!(r["errno"], 111, "{proto}: ECONNREFUSED expected: {r}");
+        assert!(
+            r["ms"].as_f64().unwrap() < 100.0,
+            "{proto}: refused at once: {r}"
+        );
+    }
+    let services = dp.json(&["services"]);
+    assert!(
+        services
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["backends"].as_array().unwrap().is_empty())
+    );
+    let stats = dp.json(&["stats"]);
+    let refused: u64 = stats["counters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["counters"]["refused"].as_u64().unwrap())
+        .sum();
+    assert_eq!(refused, 2, "{stats}");
+
+    // b is serving while terminating: with nothing ready it takes the traffic.
+    dp.sync(&service(
+        "gone",
+        "10.96.10.2",
+        &[(a, false, false, false), (b, false, true, true)],
+        "",
+        "",
+    ));
+    let tcp = probe(&lab, &client, &["tcp", "10.96.10.2:80", "--count", "20"]);
+    assert_eq!(
+        answers(&tcp, "answers"),
+        BTreeMap::from([("b2".to_string(), 20)]),
+        "{tcp}"
+    );
+    // a becomes ready: it alone gets new connections.
+    dp.sync(&service(
+        "gone",
+        "10.96.10.2",
+        &[(a, true, true, false), (b, false, true, true)],
+        "",
+        "",
+    ));
+    let tcp = probe(&lab, &client, &["tcp", "10.96.10.2:80", "--count", "20"]);
+    assert_eq!(
+        answers(&tcp, "answers"),
+        BTreeMap::from([("b1".to_string(), 20)]),
+        "{tcp}"
+    );
+}
+
+#[test]
+fn maglev_moves_only_the_flows_of_a_removed_backend() {
+    let (lab, client, backends) = lab_with_backends(5);
+    let dp = Datapath::attach(&lab);
+    let addrs: Vec<String> = backends.iter().map(|b| b.addr.clone()).collect();
+    let maglev = ", annotations: {skiff.io/lb-algorithm: maglev}";
+    dp.sync(&service("mg", "10.96.10.3", &ready(&addrs), "", maglev));
+    let table = dp.json(&["maglev", "default/mg:dns/UDP"]);
+    assert_eq!(table[0]["size"], 16381, "{table}");
+    for b in table[0]["backends"].as_array().unwrap() {
+        let share = b["entries"].as_u64().unwrap();
+        assert!(
+            (2500..=4100).contains(&share),
+            "each of 5 backends owns about 1/5 of the table: {table}"
+        );
+    }
+
+    // 200 UDP sockets each reach one backend; then b3 goes away and the same
+    // sockets send again.
+    let mark = std::env::temp_dir().join(format!("{}-round2", lab.id));
+    let mark_s = mark.display().to_string();
+    let mut child = lab.spawn(
+        &client,
+        true,
+        &[
+            "udp",
+            "10.96.10.3:53",
+            "--count",
+            "200",
+            "--sockets",
+            "200",
+            "--per-socket",
+            "--second-round-after",
+            &mark_s,
+        ],
+    );
+    let mut lines =
+        std::io::BufRead::lines(std::io::BufReader::new(child.0.stdout.take().unwrap()));
+    let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let remaining: Vec<String> = addrs.iter().filter(|a| **a != addrs[2]).cloned().collect();
+    dp.sync(&service("mg", "10.96.10.3", &ready(&remaining), "", maglev));
+    std::fs::write(&mark, "").unwrap();
+    let second: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let _ = std::fs::remove_file(&mark);
+    let (first, second) = (
+        first["perSocket"].as_array().unwrap(),
+        second["perSocket"].as_array().unwrap(),
+    );
+    let mut on_removed = 0;
+    let mut moved_others = 0;
+    for (a, b) in first.iter().zip(second) {
+        assert!(
+            a.is_string() && b.is_string(),
+            "every datagram answered: {a} {b}"
+        );
+        if a == "b3" {
+            on_removed += 1;
+            assert_ne!(b, "b3");
+        } else if a != b {
+            moved_others += 1;
+        }
+    }
+    assert!(
+        on_removed > 10,
+        "about 1/5 of 200 sockets were on b3: {on_removed}"
+    );
+    assert!(
+        moved_others <= 10,
+        "Maglev keeps the other flows where they were: {moved_others} of {} moved",
+        200 - on_removed
+    );
+}
+
+#[test]
+fn session_affinity_pins_a_client_for_its_timeout() {
+    let (lab, client, backends) = lab_with_backends(4);
+    let dp = Datapath::attach(&lab);
+    let addrs: Vec<String> = backends.iter().map(|b| b.addr.clone()).collect();
+    let affinity =
+        "  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 1}}\n";
+    dp.sync(&service(
+        "sticky",
+        "10.96.10.4",
+        &ready(&addrs),
+        affinity,
+        "",
+    ));
+    let tcp = probe(&lab, &client, &["tcp", "10.96.10.4:80", "--count", "50"]);
+    assert_eq!(tcp["failed"], 0);
+    assert_eq!(
+        answers(&tcp, "answers").len(),
+        1,
+        "one backend for the whole timeout: {tcp}"
+    );
+    let entries = dp.json(&["affinity"]);
+    assert_eq!(entries.as_array().unwrap().len(), 1, "{entries}");
+    assert_eq!(entries[0]["service"], "default/sticky:http/TCP");
+    // Connections further apart than the timeout choose afresh: 8 of them
+    // land on one backend of 4 with probability 4^-7.
+    let spaced = probe(
+        &lab,
+        &client,
+        &["tcp", "10.96.10.4:80", "--count", "8", "--gap", "1.6"],
+    );
+    assert!(
+        answers(&spaced, "answers").len() >= 2,
+        "affinity expires after its timeout: {spaced}"
+    );
+}
+
+#[test]
+fn hairpin_a_backend_reaches_its_own_service_and_can_land_on_itself() {
+    let (lab, _client, backends) = lab_with_backends(2);
+    let dp = Datapath::attach(&lab);
+    let addrs: Vec<String> = backends.iter().map(|b| b.addr.clone()).collect();
+    dp.sync(&service("hair", "10.96.10.5", &ready(&addrs), "", ""));
+    let from_b1 = probe(
+        &lab,
+        &backends[0],
+        &["tcp", "10.96.10.5:80", "--count", "60"],
+    );
+    assert_eq!(from_b1["failed"], 0, "{from_b1}");
+    let spread = answers(&from_b1, "answers");
+    assert!(
+        spread.get("b1").copied().unwrap_or(0) > 0,
+        "b1 reached itself: {from_b1}"
+    );
+    assert!(
+        spread.get("b2").copied().unwrap_or(0) > 0,
+        "and b2: {from_b1}"
+    );
+}
+
+#[test]
+fn a_removed_endpoint_gets_no_new_connection() {
+    let (lab, client, backends) = lab_with_backends(3);
+    let dp = Datapath::attach(&lab);
+    let addrs: Vec<String> = backends.iter().map(|b| b.addr.clone()).collect();
+    dp.sync(&service("churn", "10.96.10.6", &ready(&addrs), "", ""));
+    let mark = std::env::temp_dir().join(format!("{}-removed", lab.id));
+    let mark_s = mark.display().to_string();
+    let mut child = lab.spawn(
+        &client,
+        true,
+        &["tcp", "10.96.10.6:80", "--count", "1500", "--mark", &mark_s],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    dp.sync(&service("churn", "10.96.10.6", &ready(&addrs[..2]), "", ""));
+    // Connections that start after the sync returned must not reach b3.
+    std::fs::write(&mark, "").unwrap();
+    let out = child.0.wait_with_output_ref();
+    let _ = std::fs::remove_file(&mark);
+    let v: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(v["failed"], 0, "{v}");
+    assert!(
+        answers(&v, "before").get("b3").copied().unwrap_or(0) > 0,
+        "b3 served before: {v}"
+    );
+    assert_eq!(
+        answers(&v, "after").get("b3"),
+        None,
+        "no new connection reaches a removed endpoint: {v}"
+    );
+    assert!(answers(&v, "after").values().sum::<u64>() > 100, "{v}");
+}
+
+trait WaitOutput {
+    fn wait_with_output_ref(&mut self) -> String;
+}
+
+impl WaitOutput for std::process::Child {
+    fn wait_with_output_ref(&mut self) -> String {
+        let mut s = String::new();
+        if let Some(mut out) = self.stdout.take() {
+            std::io::Read::read_to_string(&mut out, &mut s).unwrap();
+        }
+        let status = self.wait().unwrap();
+        assert!(status.success(), "netprobe exited with {status}");
+        s
+    }
+}
+
+#[test]
+fn reattach_adopts_the_pinned_state_and_no_connection_fails() {
+    let (lab, client, backends) = lab_with_backends(2);
+    let dp = Datapath::attach(&lab);
+    let addrs: Vec<String> = backends.iter().map(|b| b.addr.clone()).collect();
+    let manifest = service("steady", "10.96.10.7", &ready(&addrs), "", "");
+    dp.sync(&manifest);
+    let before = dp.json(&["services"]);
+    let mut child = lab.spawn(&client, true, &["tcp", "10.96.10.7:80", "--count", "1500"]);
+    std::thread::sleep(Duration::from_millis(200));
+    // The attaching process is long gone; a new attach adopts, a new sync
+    // finds nothing to change (nothing flushed, no id renumbered).
+    let again = ok(&[
+        "bpf",
+        "attach",
+        "--instance",
+        &dp.instance,
+        "--cgroup",
+        &lab.cgroup().display().to_string(),
+        "-o",
+        "json",
+    ]);
+    let again: Value = serde_json::from_str(&again).unwrap();
+    assert_eq!(again["attached"].as_array().unwrap().len(), 0, "{again}");
+    assert_eq!(again["adopted"].as_array().unwrap().len(), 4, "{again}");
+    let synced = dp.try_sync(&manifest, &["-o", "json"]);
+    let synced: Value = serde_json::from_slice(&synced.stdout).unwrap();
+    assert_eq!(
+        synced["writes"], 0,
+        "a sync of the same state writes nothing: {synced}"
+    );
+    assert_eq!(synced["unchanged"], 2, "{synced}");
+    assert_eq!(dp.json(&["services"]), before);
+    let out = child.0.wait_with_output_ref();
+    let v: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        v["failed"], 0,
+        "zero failed connections across the re-attach: {v}"
+    );
+    assert_eq!(answers(&v, "answers").values().sum::<u64>(), 1500);
+}
+
+#[test]
+fn ten_thousand_services_of_ten_backends_program_and_read_back() {
+    let lab = Lab::new();
+    let dp = Datapath::attach(&lab);
+    // A JSON List is the quickest manifest to read.
+    let mut items = Vec::new();
+    for i in 0..10_000u32 {
+        let ip = format!("10.96.{}.{}", 100 + i / 250, 1 + i % 250);
+        items.push(serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": format!("s{i}"), "namespace": "load"},
+            "spec": {"clusterIP": ip, "ports": [{"port": 80, "targetPort": 8080}]}
+        }));
+        let endpoints: Vec<Value> = (0..10u32)
+            .map(|j| serde_json::json!({"addresses": [format!("10.{}.{}.{}", 128 + i / 10_000, (i / 25) % 250, (i % 25) * 10 + j)]}))
+            .collect();
+        items.push(serde_json::json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": format!("s{i}-1"), "namespace": "load", "labels": {"kubernetes.io/service-name": format!("s{i}")}},
+            "addressType": "IPv4", "ports": [{"port": 8080, "protocol": "TCP"}], "endpoints": endpoints
+        }));
+    }
+    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+    let out = dp.try_sync(&list.to_string(), &["-o", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["added"], 10_000, "{report}");
+    let services = dp.json(&["services"]);
+    let services = services.as_array().unwrap();
+    assert_eq!(services.len(), 10_000);
+    for s in services {
+        let i: u32 = s["name"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("load/s")
+            .split(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(
+            s["frontends"][0]["frontend"]["addr"],
+            format!("10.96.{}.{}", 100 + i / 250, 1 + i % 250)
+        );
+        let mut got: Vec<String> = s["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["addr"]["addr"].as_str().unwrap().to_string())
+            .collect();
+        got.sort();
+        let mut want: Vec<String> = (0..10u32)
+            .map(|j| {
+                format!(
+                    "10.{}.{}.{}",
+                    128 + i / 10_000,
+                    (i / 25) % 250,
+                    (i % 25) * 10 + j
+                )
+            })
+            .collect();
+        want.sort();
+        assert_eq!(got, want, "{}", s["name"]);
+    }
+}
+
+#[test]
+fn bad_input_is_refused_whole_and_changes_nothing() {
+    let lab = Lab::new();
+    // Small maps, to fill them.
+    let cgroup = lab.cgroup().display().to_string();
+    ok(&[
+        "bpf",
+        "attach",
+        "--instance",
+        &lab.id,
+        "--cgroup",
+        &cgroup,
+        "--services-max",
+        "8",
+    ]);
+    let dp = Datapath {
+        instance: lab.id.clone(),
+    };
+    let good = service(
+        "fine",
+        "10.96.10.8",
+        &[("10.77.0.9", true, true, false)],
+        "",
+        "",
+    );
+    dp.sync(&good);
+    let before = dp.json(&["services"]);
+
+    let cases: Vec<(String, &str)> = vec![
+        (
+            format!(
+                "{good}---\n{}",
+                service("zero", "10.96.10.9", &[], "", "").replace("port: 80,", "port: 0,")
+            ),
+            "spec.ports[0].port",
+        ),
+        (
+            format!(
+                "{good}---\n{}",
+                service("sctp", "10.96.10.9", &[], "", "")
+                    .replace("protocol: UDP}", "protocol: SCTP}")
+            ),
+            "SCTP",
+        ),
+        (
+            format!("{good}---\napiVersion: v1\nkind: Service\nmetadata: {{name: [oops\n"),
+            "malformed",
+        ),
+        (
+            format!(
+                "{good}---\n{}",
+                service(
+                    "algo",
+                    "10.96.10.9",
+                    &[],
+                    "",
+                    ", annotations: {skiff.io/lb-algorithm: fastest}"
+                )
+            ),
+            "lb-algorithm",
+        ),
+        (
+            // Two frontends × 4 backends need more than 8 entries.
+            service(
+                "big",
+                "10.96.10.10",
+                &[
+                    ("10.77.0.2", true, true, false),
+                    ("10.77.0.3", true, true, false),
+                    ("10.77.0.4", true, true, false),
+                    ("10.77.0.5", true, true, false),
+                ],
+                "",
+                "",
+            ),
+            "SKIFF_SERVICES is full",
+        ),
+    ];
+    for (manifest, expect) in cases {
+        let out = dp.try_sync(&manifest, &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "sync must fail for {expect}");
+        assert!(err.contains(expect), "error names {expect:?}: {err}");
+        assert_eq!(
+            dp.json(&["services"]),
+            before,
+            "nothing written for {expect}"
+        );
+    }
+    let out = skiff(&[
+        "bpf",
+        "attach",
+        "--instance",
+        "other-x",
+        "--cgroup",
+        "/sys/fs/cgroup/unified/no-such-cgroup",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no-such-cgroup"),
+        "{out:?}"
+    );
+    let out = skiff(&["bpf", "services", "--instance", "never-attached"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not attached"),
+        "{out:?}"
+    );
+    let out = skiff(&["bpf", "attach", "--instance", "../escape"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("invalid instance name"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn detach_leaves_no_program_link_or_pin() {
+    let (lab, client, backends) = lab_with_backends(1);
+    let dp = Datapath::attach(&lab);
+    dp.sync(&service(
+        "bye",
+        "10.96.10.11",
+        &ready(&[backends[0].addr.clone()]),
+        "",
+        "",
+    ));
+    let tcp = probe(&lab, &client, &["tcp", "10.96.10.11:80", "--count", "3"]);
+    assert_eq!(tcp["failed"], 0);
+    let out = ok(&["bpf", "detach", "--instance", &dp.instance, "-o", "json"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["links"].as_array().unwrap().len(), 4, "{v}");
+    assert_eq!(v["maps"].as_array().unwrap().len(), 9, "{v}");
+    assert!(!Path::new("/sys/fs/bpf/skiff").join(&dp.instance).exists());
+    // The programs are gone from the cgroup: the ClusterIP is not translated.
+    let r = probe(&lab, &client, &["refused", "10.96.10.11:80"]);
+    assert!(
+        r["error"].as_str().unwrap_or("").contains("unreachable"),
+        "{r}"
+    );
+    // Detaching again is fine.
+    ok(&["bpf", "detach", "--instance", &dp.instance]);
+}
