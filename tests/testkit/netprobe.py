@@ -2,8 +2,9 @@
 """Traffic for skiff's datapath tests.
 
   serve NAME --tcp IP:PORT... --udp IP:PORT...
-      answers every TCP connection and every UDP datagram with NAME and
-      exits when its standard input closes (so it dies with the test).
+      answers every TCP connection and every UDP datagram with "NAME PEER"
+      (PEER: the client address it saw) and exits when its standard input
+      closes (so it dies with the test).
   tcp IP:PORT --count N [--mark FILE] [--gap SECONDS]
       N connections one after another; each reads the server's name.
   udp IP:PORT --count N [--sockets K] [--mark FILE]
@@ -46,15 +47,15 @@ def serve(a):
                     return
             elif s in tcp:
                 try:
-                    c, _ = s.accept()
-                    c.sendall(name + b"\n")
+                    c, peer = s.accept()
+                    c.sendall(name + b" " + peer[0].encode() + b"\n")
                     c.close()
                 except OSError:
                     pass
             else:
                 try:
                     data, peer = s.recvfrom(2048)
-                    s.sendto(name, peer)
+                    s.sendto(name + b" " + peer[0].encode(), peer)
                 except OSError:
                     pass
 
@@ -64,11 +65,14 @@ class Tally:
         self.mark = mark
         self.before, self.after, self.failures = {}, {}, {}
         self.peer_mismatch = 0
+        self.clients = set()
 
     def marked(self):
         return bool(self.mark) and os.path.exists(self.mark)
 
-    def answer(self, name, after):
+    def answer(self, text, after):
+        name, _, client = text.strip().partition(" ")
+        self.clients.add(client)
         d = self.after if after else self.before
         d[name] = d.get(name, 0) + 1
 
@@ -85,6 +89,7 @@ class Tally:
             "answers": total, "before": self.before, "after": self.after,
             "failures": self.failures, "failed": sum(self.failures.values()),
             "peerMismatch": self.peer_mismatch,
+            "clientsSeen": sorted(self.clients),
         }), flush=True)
 
 
@@ -106,7 +111,7 @@ def tcp(a):
                     break
                 data += chunk
             if data.endswith(b"\n"):
-                t.answer(data.strip().decode(), after)
+                t.answer(data.decode(), after)
             else:
                 t.fail(ConnectionError("no answer"))
         except OSError as e:
@@ -135,9 +140,8 @@ def udp(a):
             data, peer = s.recvfrom(2048)
             if peer != target:
                 t.peer_mismatch += 1
-            name = data.decode()
-            t.answer(name, after)
-            order.append(name)
+            t.answer(data.decode(), after)
+            order.append(data.decode().split(" ")[0])
         except OSError as e:
             t.fail(e)
             order.append(None)
@@ -155,7 +159,7 @@ def udp(a):
                 try:
                     s.sendto(b"?", target)
                     data, _ = s.recvfrom(2048)
-                    again.append(data.decode())
+                    again.append(data.decode().split(" ")[0])
                 except OSError:
                     again.append(None)
             print(json.dumps({"perSocket": again}), flush=True)
@@ -174,8 +178,10 @@ def refused(a):
         if kind == socket.SOCK_STREAM:
             s.connect(target)
         else:
-            s.sendto(b"?", target)
-            s.recvfrom(2048)
+            # Connected, so an ICMP error is reported to the socket.
+            s.connect(target)
+            s.send(b"?")
+            s.recv(2048)
     except OSError as e:
         err = e
     ms = (time.monotonic() - start) * 1000

@@ -29,24 +29,7 @@ struct Settings {
     watch_writes: usize,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
-}
-
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() {
-        return 0.0;
-    }
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn machine() -> (usize, String) {
-    let cores = std::thread::available_parallelism().map_or(0, usize::from);
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    (cores, kernel.trim().to_string())
-}
+use crate::benchkit::{machine, median, percentile};
 
 fn build_skiff(quick: bool) -> Result<PathBuf> {
     let profile = if quick { "debug" } else { "release" };
@@ -329,23 +312,7 @@ async fn watch_latency(url: &str, watchers: usize, writes: usize) -> Result<(f64
 pub fn run(quick: bool) -> Result<()> {
     // The load generator shares the machine with the servers: it must not
     // be an unoptimized build, or it starves them of CPU.
-    if !quick && cfg!(debug_assertions) {
-        eprintln!("==> building the load generator (release)");
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args([
-                "run",
-                "--quiet",
-                "--release",
-                "-p",
-                "xtask",
-                "--",
-                "bench",
-                "api",
-            ])
-            .status()?;
-        if !status.success() {
-            bail!("bench api failed");
-        }
+    if !quick && crate::benchkit::rerun_in_release(&["bench", "api"])? {
         return Ok(());
     }
     let settings = if quick {
@@ -443,9 +410,7 @@ pub fn run(quick: bool) -> Result<()> {
                 "etcd": {"p50_ms": k_p50, "p99_ms": k_p99, "delivered": k_n},
             },
         });
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench/api.json");
-        std::fs::create_dir_all(path.parent().expect("a directory"))?;
-        std::fs::write(&path, serde_json::to_string_pretty(&out)?)?;
+        let path = crate::benchkit::write_json("api", &out)?;
         println!("figures written to {}", path.display());
         anyhow::Ok(())
     })

@@ -2,6 +2,9 @@
 //! `cargo xtask bench api` measures the API server against raw etcd.
 
 mod bench_api;
+mod bench_datapath;
+mod benchkit;
+mod netperf;
 
 use std::process::{Command, ExitCode};
 
@@ -13,7 +16,11 @@ commands:
   test [--quick]          fmt check, clippy, then every test of the workspace
                           (--quick: tests only)
   bench api [--quick]     API server throughput and watch latency, embedded
-                          store and etcd, against raw etcd in the same run";
+                          store and etcd, against raw etcd in the same run
+  bench datapath [--quick]  connection and request rates through a ClusterIP
+                          (1, 1k, 10k services) against direct and iptables (root)
+  bench sync [--quick]    programming services and one endpoint change,
+                          against iptables-restore (root)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -21,6 +28,9 @@ fn main() -> ExitCode {
     let result = match args.as_slice() {
         ["test", rest @ ..] => test(rest.contains(&"--quick")),
         ["bench", "api", rest @ ..] => bench_api::run(rest.contains(&"--quick")),
+        ["bench", "datapath", rest @ ..] => bench_datapath::datapath(rest.contains(&"--quick")),
+        ["bench", "sync", rest @ ..] => bench_datapath::sync(rest.contains(&"--quick")),
+        ["netperf", rest @ ..] => netperf::run(rest),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);

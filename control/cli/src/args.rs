@@ -223,7 +223,7 @@ pub enum BpfCommand {
     Backends(BpfPlainArgs),
     /// ClientIP session affinity entries
     Affinity(BpfPlainArgs),
-    /// Socket-level reverse translations (the socket LB's connection table)
+    /// Connection tracking: packet-level NAT entries and socket-level translations
     Ct(BpfCtArgs),
     /// A service's Maglev table, summarized per backend
     Maglev(BpfMaglevArgs),
@@ -246,13 +246,26 @@ pub struct BpfAttachArgs {
     /// cgroup v2 directory for the socket hooks (default: the unified hierarchy's root)
     #[arg(long)]
     pub cgroup: Option<PathBuf>,
+    /// Interface facing other hosts: packet-level load balancing on its ingress
+    /// (NodePort, ExternalIPs, ClusterIP from outside); its addresses serve NodePorts (repeatable)
+    #[arg(long = "iface")]
+    pub ifaces: Vec<String>,
+    /// Interface towards local pods (a veth's host side): packet-level load balancing too (repeatable)
+    #[arg(long = "pod-iface")]
+    pub pod_ifaces: Vec<String>,
+    /// Another address NodePorts answer on (repeatable)
+    #[arg(long = "node-ip")]
+    pub node_ips: Vec<std::net::Ipv4Addr>,
+    /// Network namespace of the interfaces (a name under /var/run/netns, or a path)
+    #[arg(long)]
+    pub netns: Option<String>,
     /// Entries of the services map (frontends plus backend slots)
     #[arg(long)]
     pub services_max: Option<u32>,
     /// Entries of the backends map
     #[arg(long)]
     pub backends_max: Option<u32>,
-    /// Entries of the connection (reverse translation) map
+    /// Entries of the connection tracking maps (packet level, and the socket level's reverse translations)
     #[arg(long)]
     pub ct_max: Option<u32>,
     /// Entries of the session affinity map

@@ -51,6 +51,10 @@ fn attach(a: BpfAttachArgs) -> Result<()> {
     let options = skiff_datapath::AttachOptions {
         instance: a.instance.instance.clone(),
         cgroup: a.cgroup,
+        ifaces: a.ifaces,
+        pod_ifaces: a.pod_ifaces,
+        node_ips: a.node_ips,
+        netns: a.netns,
         sizes: skiff_datapath::MapSizes {
             services: a.services_max,
             backends: a.backends_max,
@@ -71,6 +75,10 @@ fn attach(a: BpfAttachArgs) -> Result<()> {
             r.attached.len(),
             r.adopted.len()
         );
+        if !r.node_ips.is_empty() {
+            let ips: Vec<String> = r.node_ips.iter().map(|i| i.to_string()).collect();
+            println!("NodePorts answer on {}", ips.join(", "));
+        }
     }
     Ok(())
 }
@@ -314,9 +322,62 @@ fn ct(a: BpfCtArgs) -> Result<()> {
             "service": service,
         }));
     }
-    if a.output.is_some() {
-        return print_json(&list);
+    let now = skiff_datapath::monotonic_seconds();
+    let addr = |a: u32, p: u16| format!("{}:{}", Ipv4Addr::from(u32::from_be(a)), u16::from_be(p));
+    let mut packets = Vec::new();
+    for item in maps.ct.iter() {
+        let (k, v) = item.context("read the conntrack map")?;
+        if k.dir != skiff_ebpf_common::CT_FORWARD {
+            continue;
+        }
+        let service = names.get(&v.service_id).cloned().unwrap_or_default();
+        if a.service
+            .as_ref()
+            .is_some_and(|f| !matches_service(&service, f))
+        {
+            continue;
+        }
+        let snat = v.flags & skiff_ebpf_common::CT_SNAT != 0;
+        packets.push(json!({
+            "protocol": if k.proto == 6 { "TCP" } else { "UDP" },
+            "client": addr(k.src_be, k.sport_be),
+            "frontend": addr(k.dst_be, k.dport_be),
+            "backend": addr(v.nat_addr_be, v.nat_port_be),
+            "snat": snat.then(|| addr(v.snat_addr_be, v.snat_port_be)),
+            "closing": v.flags & skiff_ebpf_common::CT_CLOSING != 0,
+            "idleSeconds": now.saturating_sub(v.last_seen),
+            "service": service,
+        }));
     }
+    if a.output.is_some() {
+        return print_json(&json!({"packet": packets, "socket": list}));
+    }
+    let rows: Vec<Vec<String>> = packets
+        .iter()
+        .map(|v| {
+            let s = |k: &str| v[k].as_str().unwrap_or("-").to_string();
+            vec![
+                s("protocol"),
+                s("client"),
+                s("frontend"),
+                s("backend"),
+                s("snat"),
+                v["idleSeconds"].to_string(),
+                s("service"),
+            ]
+        })
+        .collect();
+    println!("packet level:");
+    println!(
+        "{}",
+        render(
+            &[
+                "PROTO", "CLIENT", "FRONTEND", "BACKEND", "SNAT", "IDLE (s)", "SERVICE"
+            ],
+            &rows
+        )
+    );
+    println!("socket level:");
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|v| {

@@ -21,6 +21,17 @@ pub const DEFAULT_AFFINITY_ENTRIES: u32 = 65_536;
 pub const DEFAULT_REV_SOCK_ENTRIES: u32 = 262_144;
 /// Services with Maglev selection (each holds one table).
 pub const DEFAULT_MAGLEV_ENTRIES: u32 = 1024;
+/// Node addresses NodePort frontends answer on, and interfaces with the
+/// packet-level program.
+pub const DEFAULT_NODE_IP_ENTRIES: u32 = 256;
+pub const DEFAULT_IFACE_ENTRIES: u32 = 4096;
+
+/// `SKIFF_IFACES` values: the role of an interface the tc program is on.
+pub mod iface_flags {
+    /// Faces other hosts: ClusterIP traffic arriving here is SNATed to a
+    /// remote backend so its replies return through this node.
+    pub const EXTERNAL: u32 = 1 << 0;
+}
 /// Service and backend ids are indexes into the per-CPU counter arrays, so
 /// they stay below these bounds.
 pub const MAX_SERVICE_ID: u32 = 65_536;
@@ -55,12 +66,14 @@ pub mod flags {
     pub const LOCAL: u16 = 1 << 5;
 }
 
-/// Backend states.
-pub mod backend_state {
-    pub const ACTIVE: u8 = 0;
-    /// Serving but terminating: kept for established flows and affinity,
-    /// picked for new ones only when a service has nothing else.
-    pub const TERMINATING: u8 = 1;
+/// Backend flags (`Backend::flags`).
+pub mod backend_flags {
+    /// Serving but terminating: picked only because the service has no
+    /// ready backend left.
+    pub const TERMINATING: u8 = 1 << 0;
+    /// Runs on this node: replies come back through it, so packet-level
+    /// load balancing need not SNAT.
+    pub const LOCAL: u8 = 1 << 1;
 }
 
 /// Key of the `SKIFF_SERVICES` hash map.
@@ -98,7 +111,7 @@ pub struct Backend {
     pub addr_be: u32,
     pub port_be: u16,
     pub proto: u8,
-    pub state: u8,
+    pub flags: u8,
 }
 
 /// One Maglev lookup table: backend ids, `maglev_size` of them used.
@@ -164,6 +177,47 @@ impl Default for ServiceName {
     }
 }
 
+/// Packet-level connection tracking (`SKIFF_CT`, LRU), one entry per
+/// direction of a translated flow. The key is the packet's tuple as it
+/// arrives: client → frontend (`dir` = CT_FORWARD) and backend → client or
+/// SNAT address (`dir` = CT_REPLY).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CtKey {
+    pub src_be: u32,
+    pub dst_be: u32,
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub proto: u8,
+    pub dir: u8,
+    pub pad: u16,
+}
+
+pub const CT_FORWARD: u8 = 0;
+pub const CT_REPLY: u8 = 1;
+
+/// What to rewrite a packet of the flow to. Forward: destination → `nat`
+/// (the backend); source → `snat` when `flags & CT_SNAT`. Reply: source →
+/// `nat` (the frontend); destination → `snat` (the client) when SNATed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CtValue {
+    pub nat_addr_be: u32,
+    pub snat_addr_be: u32,
+    pub nat_port_be: u16,
+    pub snat_port_be: u16,
+    pub service_id: u32,
+    pub backend_id: u32,
+    /// Seconds of CLOCK_MONOTONIC, for idle garbage collection.
+    pub last_seen: u32,
+    pub flags: u32,
+}
+
+/// `CtValue::flags`.
+pub const CT_SNAT: u32 = 1 << 0;
+/// A FIN or RST was seen: the entry may go after a short grace.
+pub const CT_CLOSING: u32 = 1 << 1;
+
 /// Per-CPU counters of one service or backend (`SKIFF_SERVICE_STATS`,
 /// `SKIFF_BACKEND_STATS`, indexed by id). Socket-level load balancing sees
 /// connections, not packets: its packets and bytes come from the tc path.
@@ -186,6 +240,15 @@ pub mod global {
     pub const REV_SOCK_FULL: u32 = 1;
     /// The affinity map could not take an entry.
     pub const AFFINITY_FULL: u32 = 2;
+    /// The conntrack map could not take an entry (the packet passed
+    /// untranslated).
+    pub const CT_FULL: u32 = 3;
+    /// A packet to a frontend was malformed or too short to translate.
+    pub const MALFORMED: u32 = 4;
+    /// No route (FIB lookup failed) for a translated packet: dropped.
+    pub const NO_ROUTE: u32 = 5;
+    /// A reply could not be built (RST for a refused TCP connection).
+    pub const REFUSE_FAILED: u32 = 6;
     pub const COUNT: u32 = 8;
 }
 
@@ -204,6 +267,8 @@ mod pod {
     unsafe impl aya::Pod for AffinityValue {}
     unsafe impl aya::Pod for Counters {}
     unsafe impl aya::Pod for ServiceName {}
+    unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for CtValue {}
 }
 
 #[cfg(test)]
@@ -222,6 +287,8 @@ mod tests {
         assert_eq!(size_of::<AffinityValue>(), 8);
         assert_eq!(size_of::<Counters>(), 40);
         assert_eq!(size_of::<ServiceName>(), 128);
+        assert_eq!(size_of::<CtKey>(), 16);
+        assert_eq!(size_of::<CtValue>(), 28);
         assert_eq!(size_of::<MaglevTable>(), 4 * MAGLEV_MAX);
     }
 }

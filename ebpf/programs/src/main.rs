@@ -14,6 +14,7 @@
 mod maps;
 mod select;
 mod sock;
+mod tc;
 
 #[cfg(not(test))]
 #[panic_handler]

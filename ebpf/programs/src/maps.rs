@@ -25,6 +25,17 @@ pub static SKIFF_REV_SOCK: LruHashMap<RevSockKey, RevSockValue> =
     LruHashMap::pinned(DEFAULT_REV_SOCK_ENTRIES, 0);
 
 #[map]
+pub static SKIFF_CT: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(DEFAULT_CT_ENTRIES, 0);
+
+/// This node's addresses (network order) → 1: where NodePorts answer.
+#[map]
+pub static SKIFF_NODE_IPS: HashMap<u32, u32> = HashMap::pinned(DEFAULT_NODE_IP_ENTRIES, 0);
+
+/// ifindex → `iface_flags` for the interfaces the tc program is on.
+#[map]
+pub static SKIFF_IFACES: HashMap<u32, u32> = HashMap::pinned(DEFAULT_IFACE_ENTRIES, 0);
+
+#[map]
 pub static SKIFF_AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
     LruHashMap::pinned(DEFAULT_AFFINITY_ENTRIES, 0);
 

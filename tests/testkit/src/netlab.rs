@@ -125,7 +125,9 @@ impl Lab {
         Host { netns, addr }
     }
 
-    fn command(&self, host: &Host, in_cgroup: bool, args: &[&str]) -> Command {
+    /// `program args...` to run inside `host`, and inside the lab's cgroup
+    /// when `in_cgroup` (the shell joins it, then becomes the program).
+    pub fn exec(&self, host: &Host, in_cgroup: bool, program: &str, args: &[&str]) -> Command {
         let mut cmd = Command::new("sh");
         let join = if in_cgroup {
             format!("echo $$ > '{}/cgroup.procs' && ", self.cgroup.display())
@@ -133,11 +135,78 @@ impl Lab {
             String::new()
         };
         cmd.arg("-c")
-            .arg(format!("{join}exec ip netns exec \"$0\" python3 \"$@\""))
+            .arg(format!("{join}exec ip netns exec \"$0\" \"$@\""))
             .arg(&host.netns)
-            .arg(netprobe())
+            .arg(program)
             .args(args);
         cmd
+    }
+
+    fn command(&self, host: &Host, in_cgroup: bool, args: &[&str]) -> Command {
+        let probe = netprobe().display().to_string();
+        let mut all = vec![probe.as_str()];
+        all.extend(args);
+        self.exec(host, in_cgroup, "python3", &all)
+    }
+
+    /// A namespace outside the lab's bridge, linked to `node` alone by a
+    /// veth pair on 10.78.0.0/24 (`node` gets 10.78.0.1 on its `eth1`, the
+    /// new host 10.78.0.2): another host reaching the node from outside.
+    pub fn outside(&mut self, node: &Host) -> Host {
+        let netns = format!("{}-out", self.id);
+        ip(&["netns", "add", &netns]);
+        self.hosts.push(netns.clone());
+        ip(&[
+            "-n",
+            &netns,
+            "link",
+            "add",
+            "eth0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth1",
+            "netns",
+            &node.netns,
+        ]);
+        ip(&["-n", &netns, "addr", "add", "10.78.0.2/24", "dev", "eth0"]);
+        ip(&["-n", &netns, "link", "set", "eth0", "up"]);
+        ip(&["-n", &netns, "link", "set", "lo", "up"]);
+        ip(&[
+            "-n",
+            &node.netns,
+            "addr",
+            "add",
+            "10.78.0.1/24",
+            "dev",
+            "eth1",
+        ]);
+        ip(&["-n", &node.netns, "link", "set", "eth1", "up"]);
+        Host {
+            netns,
+            addr: "10.78.0.2".into(),
+        }
+    }
+
+    /// A route in `host` (to lab addresses only).
+    pub fn route(&self, host: &Host, dst: &str, via: &str) {
+        ip(&["-n", &host.netns, "route", "add", dst, "via", via]);
+    }
+
+    /// Adds an address (`10.77.0.<n>/24`) to a host.
+    pub fn add_address(&self, host: &Host, n: u8) -> String {
+        let addr = format!("10.77.0.{n}");
+        ip(&[
+            "-n",
+            &host.netns,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            "eth0",
+        ]);
+        addr
     }
 
     /// Starts a server answering with `name` on TCP and UDP ports of the

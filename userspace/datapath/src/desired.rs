@@ -19,7 +19,7 @@
 //! - The algorithm is the `skiff.io/lb-algorithm` annotation (`random`,
 //!   `maglev`), else the configured default.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 
 use skiff_api::{EndpointSlice, Service};
@@ -250,16 +250,23 @@ fn service_defs(
             if frontends.is_empty() {
                 continue;
             }
-            let chosen = choose(
+            let (backends, terminating) = choose(
                 &endpoints,
                 only_local.then_some(options.node_name.as_deref()),
             );
+            let local: BTreeSet<BackendAddr> = endpoints
+                .iter()
+                .filter(|e| options.node_name.is_some() && e.node == options.node_name.as_deref())
+                .map(|e| e.addr)
+                .filter(|a| backends.contains(a))
+                .collect();
             defs.push(ServiceDef {
                 name: format!("{base}{suffix}"),
                 proto,
                 frontends,
-                backends: chosen.0,
-                terminating: chosen.1,
+                backends,
+                terminating,
+                local,
                 algorithm,
                 affinity_timeout,
             });

@@ -46,6 +46,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("network interface {0:?} does not exist")]
+    NoSuchInterface(String),
     #[error("cgroup {0} does not exist")]
     NoSuchCgroup(PathBuf),
     #[error("{0} is not a cgroup v2 directory (the socket hooks need the unified hierarchy)")]

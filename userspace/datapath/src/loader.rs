@@ -10,8 +10,10 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use std::net::Ipv4Addr;
+
 use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::{CgroupAttachMode, CgroupSockAddr};
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType};
 use serde::Serialize;
 use skiff_ebpf_common::*;
 
@@ -39,12 +41,26 @@ pub struct MapSizes {
     pub maglev: Option<u32>,
 }
 
-#[derive(Clone, Debug)]
+/// The packet-level program.
+pub const TC_PROGRAM: &str = "skiff_tc_ingress";
+
+#[derive(Clone, Debug, Default)]
 pub struct AttachOptions {
     pub instance: String,
     /// cgroup v2 directory the socket hooks attach to; default: the root of
     /// the unified hierarchy.
     pub cgroup: Option<PathBuf>,
+    /// Interfaces facing other hosts: the packet-level program goes on
+    /// their ingress (tcx), and their IPv4 addresses serve NodePorts.
+    pub ifaces: Vec<String>,
+    /// Interfaces towards local pods (veth host sides): the packet-level
+    /// program too, without the external role.
+    pub pod_ifaces: Vec<String>,
+    /// More addresses NodePorts answer on.
+    pub node_ips: Vec<Ipv4Addr>,
+    /// Network namespace (a name under /var/run/netns, or a path) the
+    /// interfaces are in; default: this process's.
+    pub netns: Option<String>,
     pub sizes: MapSizes,
 }
 
@@ -57,9 +73,53 @@ pub struct AttachReport {
     pub adopted: Vec<String>,
     /// Hooks attached now.
     pub attached: Vec<String>,
+    /// Addresses NodePorts answer on.
+    pub node_ips: Vec<Ipv4Addr>,
 }
 
+/// Loads, pins and attaches; adopts what is pinned already. With
+/// `options.netns`, the interface work runs on a thread inside that
+/// namespace (bpffs stays this process's: pins are not affected).
 pub fn attach(options: &AttachOptions) -> Result<AttachReport, Error> {
+    let Some(netns) = &options.netns else {
+        return attach_here(options);
+    };
+    let path = if netns.contains('/') {
+        PathBuf::from(netns)
+    } else {
+        Path::new("/var/run/netns").join(netns)
+    };
+    let file = fs::File::open(&path)
+        .map_err(|e| Error::io(format!("open network namespace {}", path.display()), e))?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                rustix::thread::move_into_link_name_space(
+                    std::os::fd::AsFd::as_fd(&file),
+                    Some(rustix::thread::LinkNameSpaceType::Network),
+                )
+                .map_err(|e| {
+                    Error::io(
+                        format!("enter network namespace {}", path.display()),
+                        e.into(),
+                    )
+                })?;
+                attach_here(options)
+            })
+            .join()
+            .unwrap_or_else(|_| Err(Error::Kernel("the attach thread panicked".into())))
+    })
+}
+
+fn interface_addresses(iface: &str) -> Result<Vec<Ipv4Addr>, Error> {
+    let addrs = nix::ifaddrs::getifaddrs().map_err(|e| Error::io("getifaddrs".into(), e.into()))?;
+    Ok(addrs
+        .filter(|a| a.interface_name == iface)
+        .filter_map(|a| a.address.and_then(|s| s.as_sockaddr_in().map(|s| s.ip())))
+        .collect())
+}
+
+fn attach_here(options: &AttachOptions) -> Result<AttachReport, Error> {
     let dir = pins::instance_dir(&options.instance)?;
     pins::ensure_bpffs()?;
     let cgroup = match &options.cgroup {
@@ -103,6 +163,7 @@ pub fn attach(options: &AttachOptions) -> Result<AttachReport, Error> {
         (maps::BACKENDS, sizes.backends),
         (maps::BE_STATS, sizes.backends),
         (maps::REV_SOCK, sizes.conntrack),
+        (maps::CT, sizes.conntrack),
         (maps::AFFINITY, sizes.affinity),
         (maps::MAGLEV, sizes.maglev),
     ] {
@@ -113,7 +174,125 @@ pub fn attach(options: &AttachOptions) -> Result<AttachReport, Error> {
             loader.map_max_entries(map, n);
         }
     }
+    // Interfaces are checked before anything is attached.
+    let mut ifaces = Vec::new();
+    for (name, external) in options
+        .ifaces
+        .iter()
+        .map(|i| (i, true))
+        .chain(options.pod_ifaces.iter().map(|i| (i, false)))
+    {
+        let index = rustix::net::netdevice::name_to_index(
+            &rustix::net::socket(
+                rustix::net::AddressFamily::INET,
+                rustix::net::SocketType::DGRAM,
+                None,
+            )
+            .map_err(|e| Error::io("socket".into(), e.into()))?,
+            name,
+        )
+        .map_err(|_| Error::NoSuchInterface(name.clone()))?;
+        ifaces.push((name.clone(), index, external));
+    }
     let mut ebpf = loader.load(OBJECT).map_err(|e| Error::Load(Box::new(e)))?;
+    let mut node_ips = options.node_ips.clone();
+    for (name, _, external) in &ifaces {
+        if *external {
+            node_ips.extend(interface_addresses(name)?);
+        }
+    }
+    node_ips.sort();
+    node_ips.dedup();
+    {
+        let mut ips: aya::maps::HashMap<_, u32, u32> = aya::maps::HashMap::try_from(
+            ebpf.map_mut(maps::NODE_IPS)
+                .ok_or_else(|| Error::Kernel("map SKIFF_NODE_IPS missing".into()))?,
+        )
+        .map_err(|e| Error::Map {
+            map: maps::NODE_IPS.into(),
+            what: "open".into(),
+            source: Box::new(e),
+        })?;
+        for ip in &node_ips {
+            ips.insert(u32::from(*ip).to_be(), 1, 0)
+                .map_err(|e| Error::from_map_write(maps::NODE_IPS, e))?;
+        }
+        let mut roles: aya::maps::HashMap<_, u32, u32> = aya::maps::HashMap::try_from(
+            ebpf.map_mut(maps::IFACES)
+                .ok_or_else(|| Error::Kernel("map SKIFF_IFACES missing".into()))?,
+        )
+        .map_err(|e| Error::Map {
+            map: maps::IFACES.into(),
+            what: "open".into(),
+            source: Box::new(e),
+        })?;
+        for (_, index, external) in &ifaces {
+            let flags = if *external { iface_flags::EXTERNAL } else { 0 };
+            roles
+                .insert(*index, flags, 0)
+                .map_err(|e| Error::from_map_write(maps::IFACES, e))?;
+        }
+    }
+    report.node_ips = node_ips;
+    // The FIB lookups of the packet path answer "forwarding disabled" on
+    // an interface that does not forward; a node forwards (as kube-proxy
+    // requires net.ipv4.ip_forward).
+    for (name, _, _) in &ifaces {
+        // /proc/sys/net is the opening thread's network namespace.
+        let path = format!("/proc/sys/net/ipv4/conf/{name}/forwarding");
+        fs::write(&path, "1")
+            .map_err(|e| Error::io(format!("enable forwarding on {name} ({path})"), e))?;
+    }
+    let mut tc_missing = Vec::new();
+    for (name, _, _) in &ifaces {
+        let pin = format!("tc-{name}");
+        let path = links.join(&pin);
+        if path.exists() && PinnedLink::from_pin(&path).is_ok() {
+            report.adopted.push(pin);
+        } else {
+            let _ = fs::remove_file(&path);
+            tc_missing.push((name.clone(), pin));
+        }
+    }
+    if !tc_missing.is_empty() {
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(TC_PROGRAM)
+            .ok_or_else(|| Error::Kernel(format!("program {TC_PROGRAM} missing from the object")))?
+            .try_into()
+            .map_err(|e| Error::Program {
+                program: TC_PROGRAM.into(),
+                source: Box::new(e),
+            })?;
+        prog.load().map_err(|e| Error::Program {
+            program: TC_PROGRAM.into(),
+            source: Box::new(e),
+        })?;
+        for (iface, pin) in tc_missing {
+            let id = prog
+                .attach(&iface, TcAttachType::Ingress)
+                .map_err(|e| Error::Program {
+                    program: format!("{TC_PROGRAM} on {iface}"),
+                    source: Box::new(e),
+                })?;
+            let link = prog.take_link(id).map_err(|e| Error::Program {
+                program: TC_PROGRAM.into(),
+                source: Box::new(e),
+            })?;
+            let link: FdLink = link
+                .try_into()
+                .map_err(|e: aya::programs::links::LinkError| {
+                    Error::Kernel(format!(
+                        "{TC_PROGRAM} on {iface}: not a bpf_link (tcx needs Linux 6.6): {e}"
+                    ))
+                })?;
+            let path = links.join(&pin);
+            link.pin(&path).map_err(|e| Error::Io {
+                what: format!("pin {}", path.display()),
+                source: std::io::Error::other(e),
+            })?;
+            report.attached.push(pin);
+        }
+    }
     if missing.is_empty() {
         return Ok(report);
     }

@@ -18,8 +18,12 @@ pub const SVC_NAMES: &str = "SKIFF_SVC_NAMES";
 pub const SVC_STATS: &str = "SKIFF_SVC_STATS";
 pub const BE_STATS: &str = "SKIFF_BE_STATS";
 pub const GLOBAL: &str = "SKIFF_GLOBAL";
-pub const ALL: [&str; 9] = [
-    SERVICES, BACKENDS, MAGLEV, REV_SOCK, AFFINITY, SVC_NAMES, SVC_STATS, BE_STATS, GLOBAL,
+pub const CT: &str = "SKIFF_CT";
+pub const NODE_IPS: &str = "SKIFF_NODE_IPS";
+pub const IFACES: &str = "SKIFF_IFACES";
+pub const ALL: [&str; 12] = [
+    SERVICES, BACKENDS, MAGLEV, REV_SOCK, AFFINITY, SVC_NAMES, SVC_STATS, BE_STATS, GLOBAL, CT,
+    NODE_IPS, IFACES,
 ];
 
 pub struct Maps {
@@ -33,6 +37,8 @@ pub struct Maps {
     pub svc_stats: PerCpuArray<MapData, Counters>,
     pub be_stats: PerCpuArray<MapData, Counters>,
     pub global: PerCpuArray<MapData, u64>,
+    pub ct: HashMap<MapData, CtKey, CtValue>,
+    pub node_ips: HashMap<MapData, u32, u32>,
     /// Capacities, from the kernel's view of each map.
     pub capacity: Capacity,
 }
@@ -105,6 +111,8 @@ impl Maps {
             svc_stats: typed!(&dir, SVC_STATS),
             be_stats: typed!(&dir, BE_STATS),
             global: typed!(&dir, GLOBAL),
+            ct: typed!(&dir, CT),
+            node_ips: typed!(&dir, NODE_IPS),
             capacity,
         })
     }

@@ -5,7 +5,7 @@
 //! only this node's backends when a traffic policy is `Local`. Its `name`
 //! (`ns/svc:port/TCP`, `…#local`) is its identity across restarts.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::Ipv4Addr;
 
@@ -128,6 +128,9 @@ pub struct ServiceDef {
     pub backends: Vec<BackendAddr>,
     /// The backends are serving but terminating (no ready one was left).
     pub terminating: bool,
+    /// Those of `backends` that run on this node (their replies come back
+    /// through it: packet-level load balancing needs no SNAT for them).
+    pub local: BTreeSet<BackendAddr>,
     pub algorithm: Algorithm,
     /// ClientIP session affinity timeout, seconds.
     pub affinity_timeout: Option<u32>,

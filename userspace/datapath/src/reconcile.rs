@@ -37,6 +37,7 @@ struct Installed {
     slots: Vec<u32>,
     backends: BTreeMap<BackendAddr, u32>,
     terminating: bool,
+    local: BTreeSet<BackendAddr>,
     algorithm: Algorithm,
     affinity_timeout: Option<u32>,
 }
@@ -163,6 +164,12 @@ impl Reconciler {
                     slots: s.backends.iter().map(|b| b.id).collect(),
                     backends: s.backends.iter().map(|b| (b.addr, b.id)).collect(),
                     terminating: s.backends.iter().any(|b| b.terminating),
+                    local: s
+                        .backends
+                        .iter()
+                        .filter(|b| b.local)
+                        .map(|b| b.addr)
+                        .collect(),
                     algorithm: s.algorithm,
                     affinity_timeout: s.affinity_timeout,
                 },
@@ -244,14 +251,45 @@ impl Reconciler {
         if result.is_err() {
             // Re-read what is really there, so the next apply diffs against
             // the truth.
-            let maps = Maps::open(&self.maps.instance)?;
-            let config = MaglevConfig {
-                size: self.maglev_size,
-                seed: self.maglev_seed,
-            };
-            *self = Reconciler::adopt(maps, config)?;
+            self.readopt()?;
         }
         result.map(|()| report)
+    }
+
+    /// Brings one service to `def` (`None` removes it): the incremental
+    /// path for watch events, O(that service) whatever the number of others.
+    pub fn apply_one(
+        &mut self,
+        name: &str,
+        def: Option<&ServiceDef>,
+    ) -> Result<ApplyReport, Error> {
+        let mut report = ApplyReport::default();
+        let result = match (def, self.installed.contains_key(name)) {
+            (Some(def), false) => self.add(def, &mut report).map(|()| report.added += 1),
+            (Some(def), true) => self.change(def, &mut report).map(|changed| {
+                if changed {
+                    report.changed += 1
+                } else {
+                    report.unchanged += 1
+                }
+            }),
+            (None, true) => self.remove(name, &mut report).map(|()| report.removed += 1),
+            (None, false) => Ok(()),
+        };
+        if result.is_err() {
+            self.readopt()?;
+        }
+        result.map(|()| report)
+    }
+
+    fn readopt(&mut self) -> Result<(), Error> {
+        let maps = Maps::open(&self.maps.instance)?;
+        let config = MaglevConfig {
+            size: self.maglev_size,
+            seed: self.maglev_seed,
+        };
+        *self = Reconciler::adopt(maps, config)?;
+        Ok(())
     }
 
     fn apply_inner(&mut self, desired: &Desired, report: &mut ApplyReport) -> Result<(), Error> {
@@ -302,6 +340,7 @@ impl Reconciler {
             slots: Vec::new(),
             backends: BTreeMap::new(),
             terminating: def.terminating,
+            local: def.local.clone(),
             algorithm: def.algorithm,
             affinity_timeout: def.affinity_timeout,
         };
@@ -312,7 +351,7 @@ impl Reconciler {
         // apply to fix.
         self.installed.insert(def.name.clone(), inst.clone());
         for b in &def.backends {
-            let bid = self.new_backend(b, def.proto, def.terminating, report)?;
+            let bid = self.new_backend(b, def, report)?;
             inst.backends.insert(*b, bid);
             inst.slots.push(bid);
         }
@@ -350,7 +389,8 @@ impl Reconciler {
             .collect();
         let settings_changed = old.algorithm != def.algorithm
             || old.affinity_timeout != def.affinity_timeout
-            || old.terminating != def.terminating;
+            || old.terminating != def.terminating
+            || old.local != def.local;
         if removed.is_empty()
             && added.is_empty()
             && !settings_changed
@@ -362,20 +402,21 @@ impl Reconciler {
         inst.algorithm = def.algorithm;
         inst.affinity_timeout = def.affinity_timeout;
         inst.terminating = def.terminating;
+        inst.local = def.local.clone();
 
-        // 1. New backends.
+        // 1. New backends; kept ones whose flags changed.
         let mut new_ids = Vec::new();
         for b in &added {
-            let bid = self.new_backend(b, def.proto, def.terminating, report)?;
+            let bid = self.new_backend(b, def, report)?;
             inst.backends.insert(*b, bid);
             new_ids.push(bid);
         }
-        if old.terminating != def.terminating {
-            for (addr, id) in &old.backends {
-                if want.contains(addr) {
-                    let value = backend_value(addr, def.proto, def.terminating);
-                    self.write(maps::BACKENDS, report, |m| m.backends.insert(*id, value, 0))?;
-                }
+        for (addr, id) in &old.backends {
+            let flags_changed = old.terminating != def.terminating
+                || old.local.contains(addr) != def.local.contains(addr);
+            if want.contains(addr) && flags_changed {
+                let value = backend_value(addr, def);
+                self.write(maps::BACKENDS, report, |m| m.backends.insert(*id, value, 0))?;
             }
         }
         let removed_ids: BTreeSet<u32> = removed.iter().map(|(_, id)| *id).collect();
@@ -467,8 +508,7 @@ impl Reconciler {
     fn new_backend(
         &mut self,
         addr: &BackendAddr,
-        proto: Proto,
-        terminating: bool,
+        def: &ServiceDef,
         report: &mut ApplyReport,
     ) -> Result<u32, Error> {
         let bid = self.backend_ids.take().ok_or_else(|| Error::MapFull {
@@ -476,7 +516,7 @@ impl Reconciler {
             need: 1,
             max: 0,
         })?;
-        let value = backend_value(addr, proto, terminating);
+        let value = backend_value(addr, def);
         if let Err(e) = self.write(maps::BACKENDS, report, |m| m.backends.insert(bid, value, 0)) {
             self.backend_ids.give(bid);
             return Err(e);
@@ -652,16 +692,19 @@ fn relayout(old: &[u32], removed: &BTreeSet<u32>, added: &[u32]) -> (Vec<u32>, B
     (slots, changed)
 }
 
-fn backend_value(addr: &BackendAddr, proto: Proto, terminating: bool) -> Backend {
+fn backend_value(addr: &BackendAddr, def: &ServiceDef) -> Backend {
+    let mut flags = 0;
+    if def.terminating {
+        flags |= backend_flags::TERMINATING;
+    }
+    if def.local.contains(addr) {
+        flags |= backend_flags::LOCAL;
+    }
     Backend {
         addr_be: u32::from(addr.addr).to_be(),
         port_be: addr.port.to_be(),
-        proto: proto.number(),
-        state: if terminating {
-            backend_state::TERMINATING
-        } else {
-            backend_state::ACTIVE
-        },
+        proto: def.proto.number(),
+        flags,
     }
 }
 

@@ -46,6 +46,8 @@ pub struct BackendView {
     pub id: u32,
     pub addr: BackendAddr,
     pub terminating: bool,
+    /// On this node.
+    pub local: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -156,7 +158,8 @@ impl Snapshot {
                         view.backends.push(BackendView {
                             id: *bid,
                             addr: backend_addr(b),
-                            terminating: b.state == backend_state::TERMINATING,
+                            terminating: b.flags & backend_flags::TERMINATING != 0,
+                            local: b.flags & backend_flags::LOCAL != 0,
                         });
                     }
                 }
