@@ -507,24 +507,53 @@ impl WaitOutput for std::process::Child {
 }
 
 #[test]
-fn reattach_adopts_the_pinned_state_and_no_connection_fails() {
+fn kill_9_of_the_attaching_process_and_reattach_lose_no_connection() {
     let (lab, client, backends) = lab_with_backends(2);
-    let dp = Datapath::attach(&lab);
+    // The attaching process stays (sweeping conntrack) like a daemon would.
+    let cgroup = lab.cgroup().display().to_string();
+    let mut attacher = skiff_testkit::KillOnDrop(
+        Command::new(SKIFF)
+            .args([
+                "bpf",
+                "attach",
+                "--instance",
+                &lab.id,
+                "--cgroup",
+                &cgroup,
+                "--stay",
+                "--gc-interval",
+                "1",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start skiff bpf attach --stay"),
+    );
+    let dp = Datapath {
+        instance: lab.id.clone(),
+    };
+    let links = Path::new("/sys/fs/bpf/skiff").join(&lab.id).join("links");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::read_dir(&links).map_or(0, |d| d.count()) < 4 {
+        assert!(Instant::now() < deadline, "attach did not pin its links");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let addrs: Vec<String> = backends.iter().map(|b| b.addr.clone()).collect();
     let manifest = service("steady", "10.96.10.7", &ready(&addrs), "", "");
     dp.sync(&manifest);
     let before = dp.json(&["services"]);
-    let mut child = lab.spawn(&client, true, &["tcp", "10.96.10.7:80", "--count", "1500"]);
-    std::thread::sleep(Duration::from_millis(200));
-    // The attaching process is long gone; a new attach adopts, a new sync
-    // finds nothing to change (nothing flushed, no id renumbered).
+    let mut child = lab.spawn(&client, true, &["tcp", "10.96.10.7:80", "--count", "3000"]);
+    std::thread::sleep(Duration::from_millis(300));
+    attacher.kill(); // SIGKILL, mid-stream
+    std::thread::sleep(Duration::from_millis(300));
+    // A new attach adopts; a new sync finds nothing to change (nothing
+    // flushed, no id renumbered).
     let again = ok(&[
         "bpf",
         "attach",
         "--instance",
         &dp.instance,
         "--cgroup",
-        &lab.cgroup().display().to_string(),
+        &cgroup,
         "-o",
         "json",
     ]);
@@ -543,9 +572,9 @@ fn reattach_adopts_the_pinned_state_and_no_connection_fails() {
     let v: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
     assert_eq!(
         v["failed"], 0,
-        "zero failed connections across the re-attach: {v}"
+        "zero failed connections across the kill and re-attach: {v}"
     );
-    assert_eq!(answers(&v, "answers").values().sum::<u64>(), 1500);
+    assert_eq!(answers(&v, "answers").values().sum::<u64>(), 3000);
 }
 
 #[test]
@@ -717,6 +746,20 @@ fn bad_input_is_refused_whole_and_changes_nothing() {
     ]);
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("no-such-cgroup"),
+        "{out:?}"
+    );
+    let out = skiff(&[
+        "bpf",
+        "attach",
+        "--instance",
+        &lab.id,
+        "--cgroup",
+        &cgroup,
+        "--iface",
+        "nope0",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("\"nope0\" does not exist"),
         "{out:?}"
     );
     let out = skiff(&["bpf", "services", "--instance", "never-attached"]);
@@ -974,4 +1017,59 @@ fn cluster_ip_from_another_host_is_balanced_at_the_node() {
         "replies come from the ClusterIP: {tcp}"
     );
     assert_eq!(answers(&tcp, "answers").len(), 2, "{tcp}");
+}
+
+#[test]
+fn conntrack_gc_drops_flows_of_removed_backends_and_idle_ones() {
+    let (lab, node, outside, backends) = node_lab(2);
+    let dp = Datapath::attach_node(&lab, &node);
+    let both: Vec<(&str, &str)> = backends
+        .iter()
+        .map(|b| (b.addr.as_str(), "elsewhere"))
+        .collect();
+    dp.sync(&node_port("Cluster", &both));
+    let tcp = outside_probe(&lab, &outside, &["tcp", "10.78.0.1:30080", "--count", "30"]);
+    let udp = outside_probe(
+        &lab,
+        &outside,
+        &["udp", "10.78.0.1:30053", "--count", "30", "--sockets", "30"],
+    );
+    assert_eq!(
+        tcp["failed"].as_u64().unwrap() + udp["failed"].as_u64().unwrap(),
+        0
+    );
+    let before = dp.json(&["ct"])["packet"].as_array().unwrap().len();
+    assert_eq!(before, 60, "one forward entry per flow");
+    let gone = format!("{}:8080", backends[1].addr);
+    let gone_udp = format!("{}:5353", backends[1].addr);
+    dp.sync(&node_port("Cluster", &both[..1]));
+    let r = dp.json(&["gc"]);
+    assert!(r["backendGone"].as_u64().unwrap() > 0, "{r}");
+    let ct = dp.json(&["ct"]);
+    let left = ct["packet"].as_array().unwrap();
+    assert!(
+        left.iter()
+            .all(|e| e["backend"] != gone.as_str() && e["backend"] != gone_udp.as_str()),
+        "{ct}"
+    );
+    assert!(
+        !left.is_empty(),
+        "flows to the remaining backend stay: {ct}"
+    );
+    // Closed TCP flows and idle UDP ones go with zero grace.
+    let out = ok(&[
+        "bpf",
+        "gc",
+        "--instance",
+        &dp.instance,
+        "--tcp-closing",
+        "0",
+        "--udp-idle",
+        "0",
+        "-o",
+        "json",
+    ]);
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert!(r["idle"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(dp.json(&["ct"])["packet"].as_array().unwrap().len(), 0);
 }

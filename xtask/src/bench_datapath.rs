@@ -396,50 +396,66 @@ pub fn datapath(quick: bool) -> Result<()> {
         configs.push(setup(Path::Skiff, *n)?);
         configs.push(setup(Path::Iptables, *n)?);
     }
-    // rates[mode][config] = per-round rates
+    // Each round measures, per service count, a triple (direct, skiff,
+    // iptables) back to back in a rotating order; ratios are taken within
+    // the triple, so drift between triples cancels out.
     let mut rates: BTreeMap<(&str, usize), Vec<f64>> = BTreeMap::new();
+    let mut ratios: BTreeMap<(&str, usize, &str), Vec<f64>> = BTreeMap::new();
     for round in 0..rounds {
         for mode in ["crr", "rr"] {
-            for (i, c) in configs.iter().enumerate() {
-                let r = measure(c, mode, seconds)?;
-                eprintln!(
-                    "    round {} {mode:>3} {:<28} {:>9.0}/s",
-                    round + 1,
-                    c.label,
-                    r
-                );
-                rates.entry((mode, i)).or_default().push(r);
+            for k in 0..counts.len() {
+                let mut triple = [0, 1 + 2 * k, 2 + 2 * k];
+                triple.rotate_left(round % 3);
+                let mut got = BTreeMap::new();
+                for i in triple {
+                    let r = measure(&configs[i], mode, seconds)?;
+                    eprintln!(
+                        "    round {} {mode:>3} {:<28} {:>9.0}/s",
+                        round + 1,
+                        configs[i].label,
+                        r
+                    );
+                    rates.entry((mode, i)).or_default().push(r);
+                    got.insert(i, r);
+                }
+                let (d, s, t) = (got[&0], got[&(1 + 2 * k)], got[&(2 + 2 * k)]);
+                ratios
+                    .entry((mode, 1 + 2 * k, "direct"))
+                    .or_default()
+                    .push(s / d.max(1e-9));
+                ratios
+                    .entry((mode, 2 + 2 * k, "direct"))
+                    .or_default()
+                    .push(t / d.max(1e-9));
+                ratios
+                    .entry((mode, 1 + 2 * k, "iptables"))
+                    .or_default()
+                    .push(s / t.max(1e-9));
             }
         }
     }
-    let ratio = |mode: &str, a: usize, b: usize| -> f64 {
-        let (x, y) = (&rates[&(mode, a)], &rates[&(mode, b)]);
-        median(x.iter().zip(y).map(|(x, y)| x / y.max(1e-9)).collect())
+    let ratio = |mode: &str, i: usize, base: &str| -> Option<f64> {
+        ratios.get(&(mode, i, base)).map(|v| median(v.clone()))
     };
     let mut table = Vec::new();
     println!(
         "\n{:<28} {:>12} {:>12} {:>10} {:>10} {:>10} {:>10}",
         "configuration", "conn/s", "req/s", "crr/direct", "crr/ipt", "rr/direct", "rr/ipt"
     );
+    let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
     for (i, c) in configs.iter().enumerate() {
         let crr = median(rates[&("crr", i)].clone());
         let rr = median(rates[&("rr", i)].clone());
-        let (crr_d, rr_d) = (ratio("crr", i, 0), ratio("rr", i, 0));
-        let ipt = configs.iter().position(|o| {
-            o.path == Path::Iptables && o.services == c.services && c.path == Path::Skiff
-        });
-        let (crr_i, rr_i) = ipt.map_or((None, None), |j| {
-            (Some(ratio("crr", i, j)), Some(ratio("rr", i, j)))
-        });
-        let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
+        let (crr_d, rr_d) = (ratio("crr", i, "direct"), ratio("rr", i, "direct"));
+        let (crr_i, rr_i) = (ratio("crr", i, "iptables"), ratio("rr", i, "iptables"));
         println!(
-            "{:<28} {:>12.0} {:>12.0} {:>10.2} {:>10} {:>10.2} {:>10}",
+            "{:<28} {:>12.0} {:>12.0} {:>10} {:>10} {:>10} {:>10}",
             c.label,
             crr,
             rr,
-            crr_d,
+            fmt(crr_d.or((i == 0).then_some(1.0))),
             fmt(crr_i),
-            rr_d,
+            fmt(rr_d.or((i == 0).then_some(1.0))),
             fmt(rr_i)
         );
         table.push(json!({

@@ -227,6 +227,8 @@ pub enum BpfCommand {
     Ct(BpfCtArgs),
     /// A service's Maglev table, summarized per backend
     Maglev(BpfMaglevArgs),
+    /// Delete dead and idle connection-tracking and affinity entries
+    Gc(BpfGcArgs),
     /// Per-service and per-backend counters
     Stats(BpfStatsArgs),
 }
@@ -274,6 +276,12 @@ pub struct BpfAttachArgs {
     /// Services that can use Maglev at once
     #[arg(long)]
     pub maglev_max: Option<u32>,
+    /// Stay in the foreground and collect dead and idle connections every
+    /// --gc-interval seconds (killing this process leaves the datapath attached)
+    #[arg(long)]
+    pub stay: bool,
+    #[arg(long, default_value_t = 10)]
+    pub gc_interval: u64,
     #[arg(short = 'o', long, value_enum)]
     pub output: Option<BpfOutput>,
 }
@@ -335,6 +343,23 @@ pub struct BpfStatsArgs {
     /// Seconds between prints with -w
     #[arg(long, default_value_t = 1.0)]
     pub interval: f64,
+    #[arg(short = 'o', long, value_enum)]
+    pub output: Option<BpfOutput>,
+}
+
+#[derive(Debug, Args)]
+pub struct BpfGcArgs {
+    #[command(flatten)]
+    pub instance: Instance,
+    /// Seconds an established TCP flow may stay idle
+    #[arg(long, default_value_t = 21600)]
+    pub tcp_idle: u64,
+    /// Seconds a TCP flow may stay after a FIN or RST
+    #[arg(long, default_value_t = 10)]
+    pub tcp_closing: u64,
+    /// Seconds a UDP flow may stay idle
+    #[arg(long, default_value_t = 60)]
+    pub udp_idle: u64,
     #[arg(short = 'o', long, value_enum)]
     pub output: Option<BpfOutput>,
 }

@@ -44,7 +44,26 @@ fn run_blocking(command: BpfCommand) -> Result<()> {
         BpfCommand::Ct(a) => ct(a),
         BpfCommand::Maglev(a) => maglev_cmd(a),
         BpfCommand::Stats(a) => stats(a),
+        BpfCommand::Gc(a) => gc(a),
     }
+}
+
+fn gc(a: BpfGcArgs) -> Result<()> {
+    let mut maps = Maps::open(&a.instance.instance)?;
+    let policy = skiff_datapath::gc::GcPolicy {
+        tcp_idle: Duration::from_secs(a.tcp_idle),
+        tcp_closing: Duration::from_secs(a.tcp_closing),
+        udp_idle: Duration::from_secs(a.udp_idle),
+    };
+    let r = skiff_datapath::gc::collect(&mut maps, &policy)?;
+    if a.output.is_some() {
+        return print_json(&r);
+    }
+    println!(
+        "scanned {} conntrack entries: {} removed (backend gone), {} removed (idle); {} affinity entries and {} socket translations removed",
+        r.scanned, r.backend_gone, r.idle, r.affinity_expired, r.socket_entries_of_removed_services
+    );
+    Ok(())
 }
 
 fn attach(a: BpfAttachArgs) -> Result<()> {
@@ -80,7 +99,31 @@ fn attach(a: BpfAttachArgs) -> Result<()> {
             println!("NodePorts answer on {}", ips.join(", "));
         }
     }
-    Ok(())
+    if !a.stay {
+        return Ok(());
+    }
+    // The datapath does not depend on this process: it only sweeps the
+    // connection tables until it is stopped (or killed).
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    let policy = skiff_datapath::gc::GcPolicy::default();
+    loop {
+        std::thread::sleep(Duration::from_secs(a.gc_interval.max(1)));
+        let mut maps = Maps::open(&r.instance)?;
+        match skiff_datapath::gc::collect(&mut maps, &policy) {
+            Ok(g) if g.backend_gone + g.idle + g.affinity_expired > 0 => tracing::info!(
+                instance = %r.instance,
+                backend_gone = g.backend_gone,
+                idle = g.idle,
+                affinity = g.affinity_expired,
+                "connection tables swept"
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(instance = %r.instance, error = %e, "garbage collection failed")
+            }
+        }
+    }
 }
 
 fn sync(a: BpfSyncArgs) -> Result<()> {

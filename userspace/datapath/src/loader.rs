@@ -65,6 +65,7 @@ pub struct AttachOptions {
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct AttachReport {
     pub instance: String,
     pub pin_dir: PathBuf,
@@ -339,6 +340,7 @@ fn attach_here(options: &AttachOptions) -> Result<AttachReport, Error> {
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct DetachReport {
     pub instance: String,
     pub links: Vec<String>,

@@ -44,6 +44,7 @@ pub struct Maps {
 }
 
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Capacity {
     pub services: u32,
     pub backends: u32,

@@ -73,6 +73,7 @@ pub enum FrontendKind {
 
 /// An address:port/protocol packets or sockets are sent to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Frontend {
     pub addr: Ipv4Addr,
     pub port: u16,
@@ -99,6 +100,7 @@ impl fmt::Display for Frontend {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct BackendAddr {
     pub addr: Ipv4Addr,
     pub port: u16,
@@ -119,6 +121,7 @@ pub enum Algorithm {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ServiceDef {
     pub name: String,
     pub proto: Proto,
@@ -138,6 +141,7 @@ pub struct ServiceDef {
 
 /// Everything the datapath must hold, keyed by service name.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Desired {
     pub services: BTreeMap<String, ServiceDef>,
 }

@@ -106,6 +106,7 @@ impl IdPool {
 }
 
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
 pub struct ApplyReport {
     pub added: usize,
     pub changed: usize,

@@ -12,6 +12,7 @@ use crate::maps::{self, Maps};
 use crate::model::*;
 
 #[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Snapshot {
     pub services: Vec<ServiceView>,
     /// Master entries whose id has no name (left by a crash mid-write).
@@ -21,6 +22,7 @@ pub struct Snapshot {
 }
 
 #[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ServiceView {
     pub id: u32,
     pub name: String,
@@ -34,6 +36,7 @@ pub struct ServiceView {
 }
 
 #[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct FrontendView {
     pub frontend: Frontend,
     pub kind: FrontendKind,
@@ -42,6 +45,7 @@ pub struct FrontendView {
 }
 
 #[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct BackendView {
     pub id: u32,
     pub addr: BackendAddr,
@@ -51,6 +55,7 @@ pub struct BackendView {
 }
 
 #[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct OrphanFrontend {
     #[serde(skip)]
     pub key: ServiceKey,
