@@ -1073,3 +1073,60 @@ fn conntrack_gc_drops_flows_of_removed_backends_and_idle_ones() {
     assert!(r["idle"].as_u64().unwrap() > 0, "{r}");
     assert_eq!(dp.json(&["ct"])["packet"].as_array().unwrap().len(), 0);
 }
+
+#[test]
+fn xdp_fast_path_hairpins_node_port_flows_to_a_backend_on_the_same_link() {
+    // The backend sits on the outside link itself (the outside host serves
+    // too): the node sends the request back out of the interface it came
+    // in on, which the XDP program does with XDP_TX, both ways.
+    let (mut lab, node, outside, _) = node_lab(0);
+    lab.serve(&outside, "far", &[8080], &[5353]);
+    let instance = lab.id.clone();
+    let out = ok(&[
+        "bpf",
+        "attach",
+        "--instance",
+        &instance,
+        "--cgroup",
+        &lab.cgroup().display().to_string(),
+        "--netns",
+        &node.netns,
+        "--iface",
+        "eth1",
+        "--pod-iface",
+        "eth0",
+        "-o",
+        "json",
+    ]);
+    let dp = Datapath { instance };
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        report["xdp"],
+        serde_json::json!(["eth1 (generic)"]),
+        "generic XDP on a veth: {report}"
+    );
+    dp.sync(&node_port(
+        "Cluster",
+        &[(outside.addr.as_str(), "elsewhere")],
+    ));
+    let tcp = outside_probe(&lab, &outside, &["tcp", "10.78.0.1:30080", "--count", "40"]);
+    assert_eq!(tcp["failed"], 0, "{tcp}");
+    assert_eq!(tcp["peerMismatch"], 0, "{tcp}");
+    assert_eq!(
+        tcp["clientsSeen"],
+        serde_json::json!(["10.78.0.1"]),
+        "SNATed to the node: {tcp}"
+    );
+    let udp = outside_probe(
+        &lab,
+        &outside,
+        &["udp", "10.78.0.1:30053", "--count", "20", "--sockets", "20"],
+    );
+    assert_eq!(udp["failed"], 0, "{udp}");
+    let stats = dp.json(&["stats"]);
+    let xdp = stats["global"]["xdpTransmitted"].as_u64().unwrap();
+    assert!(
+        xdp >= 4 * 40,
+        "requests and replies went through XDP_TX: {stats}"
+    );
+}

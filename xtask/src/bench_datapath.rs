@@ -384,7 +384,7 @@ pub fn datapath(quick: bool) -> Result<()> {
     let (rounds, seconds, counts): (usize, f64, Vec<usize>) = if quick {
         (1, 0.5, vec![1, 100, 1000])
     } else {
-        (3, 2.0, vec![1, 1000, 10_000])
+        (5, 1.5, vec![1, 1000, 10_000])
     };
     let (cores, kernel) = machine();
     println!(

@@ -261,6 +261,9 @@ pub struct BpfAttachArgs {
     /// Network namespace of the interfaces (a name under /var/run/netns, or a path)
     #[arg(long)]
     pub netns: Option<String>,
+    /// Do not try the XDP fast path on --iface interfaces (tc alone)
+    #[arg(long)]
+    pub no_xdp: bool,
     /// Entries of the services map (frontends plus backend slots)
     #[arg(long)]
     pub services_max: Option<u32>,

@@ -73,6 +73,7 @@ fn attach(a: BpfAttachArgs) -> Result<()> {
         ifaces: a.ifaces,
         pod_ifaces: a.pod_ifaces,
         node_ips: a.node_ips,
+        no_xdp: a.no_xdp,
         netns: a.netns,
         sizes: skiff_datapath::MapSizes {
             services: a.services_max,
@@ -97,6 +98,12 @@ fn attach(a: BpfAttachArgs) -> Result<()> {
         if !r.node_ips.is_empty() {
             let ips: Vec<String> = r.node_ips.iter().map(|i| i.to_string()).collect();
             println!("NodePorts answer on {}", ips.join(", "));
+        }
+        if !r.xdp.is_empty() {
+            println!("XDP fast path on {}", r.xdp.join(", "));
+        }
+        for u in &r.xdp_unsupported {
+            println!("no native XDP on {u}; tc serves it");
         }
     }
     if !a.stay {
@@ -569,6 +576,11 @@ fn stats(a: BpfStatsArgs) -> Result<()> {
                     "missingBackend": g[global::MISSING_BACKEND as usize],
                     "connectionMapFull": g[global::REV_SOCK_FULL as usize],
                     "affinityMapFull": g[global::AFFINITY_FULL as usize],
+                    "conntrackFull": g[global::CT_FULL as usize],
+                    "malformed": g[global::MALFORMED as usize],
+                    "noRoute": g[global::NO_ROUTE as usize],
+                    "refuseFailed": g[global::REFUSE_FAILED as usize],
+                    "xdpTransmitted": g[global::XDP_TX as usize],
                 }
             }))?;
         } else {
@@ -589,10 +601,14 @@ fn stats(a: BpfStatsArgs) -> Result<()> {
                 )
             );
             println!(
-                "datapath: {} missing backends, {} connection-map full, {} affinity-map full",
+                "datapath: {} missing backends, {} socket-map full, {} affinity-map full, {} conntrack full, {} no route, {} refusals not sent, {} XDP fast-path packets",
                 g[global::MISSING_BACKEND as usize],
                 g[global::REV_SOCK_FULL as usize],
-                g[global::AFFINITY_FULL as usize]
+                g[global::AFFINITY_FULL as usize],
+                g[global::CT_FULL as usize],
+                g[global::NO_ROUTE as usize],
+                g[global::REFUSE_FAILED as usize],
+                g[global::XDP_TX as usize]
             );
         }
         if !a.watch {

@@ -249,6 +249,8 @@ pub mod global {
     pub const NO_ROUTE: u32 = 5;
     /// A reply could not be built (RST for a refused TCP connection).
     pub const REFUSE_FAILED: u32 = 6;
+    /// Packets the XDP fast path translated and sent back out (XDP_TX).
+    pub const XDP_TX: u32 = 7;
     pub const COUNT: u32 = 8;
 }
 

@@ -12,9 +12,11 @@
 #![no_main]
 
 mod maps;
+mod nat;
 mod select;
 mod sock;
 mod tc;
+mod xdp;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -15,18 +15,17 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{
         BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LKUP_RET_NO_NEIGH,
-        BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SRC, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT,
-        bpf_fib_lookup,
+        BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SRC, TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup,
     },
     helpers::{
-        bpf_fib_lookup as fib_lookup, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect,
-        bpf_redirect_neigh, bpf_skb_change_tail,
+        bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_skb_change_tail,
     },
     macros::classifier,
     programs::TcContext,
 };
 use skiff_ebpf_common::*;
 
+use crate::nat::{Packet, TCP_FIN, TCP_RST, count, frontend, touch};
 use crate::{maps::*, select};
 
 const ETH_HLEN: usize = 14;
@@ -36,22 +35,9 @@ const IP_CSUM: usize = IP_OFF + 10;
 const IP_SRC: usize = IP_OFF + 12;
 const IP_DST: usize = IP_OFF + 16;
 const IPPROTO_ICMP: u8 = 1;
-const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 const AF_INET: u8 = 2;
-
-struct Packet {
-    proto: u8,
-    l4: usize,
-    saddr: u32,
-    daddr: u32,
-    sport: u16,
-    dport: u16,
-    len: u32,
-    tcp_flags: u8,
-}
 
 #[classifier]
 pub fn skiff_tc_ingress(ctx: TcContext) -> i32 {
@@ -59,11 +45,6 @@ pub fn skiff_tc_ingress(ctx: TcContext) -> i32 {
         Ok(action) => action,
         Err(()) => TC_ACT_OK as i32,
     }
-}
-
-#[inline(always)]
-fn now() -> u32 {
-    (unsafe { bpf_ktime_get_ns() } / 1_000_000_000) as u32
 }
 
 #[inline(always)]
@@ -148,64 +129,6 @@ fn ingress(ctx: &TcContext) -> Result<i32, ()> {
 }
 
 #[inline(always)]
-fn touch(ct: &mut CtValue, p: &Packet) {
-    let t = now();
-    if ct.last_seen != t {
-        ct.last_seen = t;
-    }
-    if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 && ct.flags & CT_CLOSING == 0 {
-        ct.flags |= CT_CLOSING;
-    }
-}
-
-#[inline(always)]
-fn count(service_id: u32, backend_id: u32, p: &Packet, new: bool) {
-    if let Some(s) = service_stats(service_id) {
-        s.packets += 1;
-        s.bytes += p.len as u64;
-        if new {
-            s.connections += 1;
-        }
-    }
-    if let Some(b) = backend_stats(backend_id) {
-        b.packets += 1;
-        b.bytes += p.len as u64;
-        if new {
-            b.connections += 1;
-        }
-    }
-}
-
-/// The frontend a packet is addressed to: its exact address, else a
-/// NodePort when the address is one of this node's.
-#[inline(always)]
-fn frontend(p: &Packet) -> Option<(ServiceKey, ServiceEntry)> {
-    let mut key = ServiceKey {
-        addr_be: p.daddr,
-        port_be: p.dport,
-        slot: 0,
-        proto: p.proto,
-        scope: SCOPE_ALL,
-        pad: [0; 2],
-    };
-    for node_port in [false, true] {
-        if node_port {
-            if unsafe { SKIFF_NODE_IPS.get(p.daddr) }.is_none() {
-                return None;
-            }
-            key.addr_be = 0;
-        }
-        for scope in [SCOPE_ALL, SCOPE_LOCAL] {
-            key.scope = scope;
-            if let Some(svc) = unsafe { SKIFF_SERVICES.get(&key) } {
-                return Some((key, *svc));
-            }
-        }
-    }
-    None
-}
-
-#[inline(always)]
 fn new_flow(ctx: &TcContext, p: &Packet, fwd_key: &CtKey) -> Result<i32, ()> {
     let Some((key, svc)) = frontend(p) else {
         return Ok(TC_ACT_OK as i32);
@@ -216,16 +139,7 @@ fn new_flow(ctx: &TcContext, p: &Packet, fwd_key: &CtKey) -> Result<i32, ()> {
         }
         return Ok(refuse(ctx, p));
     }
-    let flow = select::Flow {
-        hash: select::mix64(
-            ((p.saddr as u64) << 32 | p.daddr as u64)
-                ^ ((p.sport as u64) << 16 | p.dport as u64) << 7
-                ^ p.proto as u64,
-        ),
-        random: svc.flags & flags::MAGLEV == 0,
-        affinity_client: p.saddr as u64,
-        affinity_kind: 1,
-    };
+    let flow = crate::nat::flow(p, &svc);
     let Some(backend_id) = select::backend_for(&key, &svc, &flow) else {
         count_global(global::MISSING_BACKEND);
         return Ok(TC_ACT_OK as i32);
@@ -235,11 +149,7 @@ fn new_flow(ctx: &TcContext, p: &Packet, fwd_key: &CtKey) -> Result<i32, ()> {
         return Ok(TC_ACT_OK as i32);
     };
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let external_iface =
-        unsafe { SKIFF_IFACES.get(ifindex) }.is_some_and(|f| f & iface_flags::EXTERNAL != 0);
-    let snat = backend.flags & backend_flags::LOCAL == 0
-        && svc.flags & flags::LOCAL == 0
-        && (svc.flags & (flags::NODE_PORT | flags::EXTERNAL_IP) != 0 || external_iface);
+    let snat = crate::nat::needs_snat(&svc, &backend, ifindex);
 
     let mut fib = fib_params(p, backend.addr_be, ifindex);
     let rc = unsafe {
@@ -254,78 +164,16 @@ fn new_flow(ctx: &TcContext, p: &Packet, fwd_key: &CtKey) -> Result<i32, ()> {
         count_global(global::NO_ROUTE);
         return Ok(TC_ACT_SHOT as i32);
     }
-    let mut value = CtValue {
-        nat_addr_be: backend.addr_be,
-        snat_addr_be: 0,
-        nat_port_be: backend.port_be,
-        snat_port_be: 0,
-        service_id: svc.id,
-        backend_id,
-        last_seen: now(),
-        flags: 0,
+    let snat_addr = snat.then(|| unsafe { fib.__bindgen_anon_3.ipv4_src });
+    let Some(value) = crate::nat::open_flow(p, fwd_key, svc.id, backend_id, &backend, snat_addr)
+    else {
+        return Ok(TC_ACT_SHOT as i32);
     };
-    let mut reply_key = CtKey {
-        src_be: backend.addr_be,
-        dst_be: p.saddr,
-        sport_be: backend.port_be,
-        dport_be: p.sport,
-        proto: p.proto,
-        dir: CT_REPLY,
-        pad: 0,
-    };
-    let reply_value = CtValue {
-        nat_addr_be: p.daddr,
-        snat_addr_be: p.saddr,
-        nat_port_be: p.dport,
-        snat_port_be: p.sport,
-        service_id: svc.id,
-        backend_id,
-        last_seen: value.last_seen,
-        flags: if snat { CT_SNAT } else { 0 },
-    };
-    if snat {
-        let snat_addr = unsafe { fib.__bindgen_anon_3.ipv4_src };
-        value.flags = CT_SNAT;
-        value.snat_addr_be = snat_addr;
-        reply_key.dst_be = snat_addr;
-        // Keep the client's port when it is free towards this backend,
-        // else try a few others in the ephemeral range.
-        let mut port = p.sport;
-        let mut placed = false;
-        for attempt in 0..4u32 {
-            if attempt > 0 {
-                let r = unsafe { bpf_get_prandom_u32() } % 28_232 + 32_768;
-                port = (r as u16).to_be();
-            }
-            reply_key.dport_be = port;
-            if SKIFF_CT
-                .insert(&reply_key, &reply_value, BPF_NOEXIST as u64)
-                .is_ok()
-            {
-                placed = true;
-                break;
-            }
-        }
-        if !placed {
-            count_global(global::CT_FULL);
-            return Ok(TC_ACT_SHOT as i32);
-        }
-        value.snat_port_be = port;
-    } else if SKIFF_CT.insert(&reply_key, &reply_value, 0).is_err() {
-        count_global(global::CT_FULL);
-        return Ok(TC_ACT_OK as i32);
-    }
-    if SKIFF_CT.insert(fwd_key, &value, 0).is_err() {
-        count_global(global::CT_FULL);
-        let _ = SKIFF_CT.remove(&reply_key);
-        return Ok(TC_ACT_OK as i32);
-    }
-    count(svc.id, backend_id, p, true);
     forward(ctx, p, &value, Some(&fib))
 }
 
 #[inline(always)]
-fn fib_params(p: &Packet, dst: u32, ifindex: u32) -> bpf_fib_lookup {
+pub fn fib_params(p: &Packet, dst: u32, ifindex: u32) -> bpf_fib_lookup {
     // SAFETY: a plain C struct; all zeros is its neutral value.
     let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     fib.family = AF_INET;

@@ -7,6 +7,7 @@
 //! API server, the store or the network beyond the maps.
 
 pub mod desired;
+mod ethtool;
 pub mod gc;
 pub mod loader;
 pub mod maglev;

@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::net::Ipv4Addr;
 
 use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType};
+use aya::programs::{
+    CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType, Xdp, XdpMode,
+};
 use serde::Serialize;
 use skiff_ebpf_common::*;
 
@@ -43,6 +45,8 @@ pub struct MapSizes {
 
 /// The packet-level program.
 pub const TC_PROGRAM: &str = "skiff_tc_ingress";
+/// The XDP fast path of external interfaces.
+pub const XDP_PROGRAM: &str = "skiff_xdp";
 
 #[derive(Clone, Debug, Default)]
 pub struct AttachOptions {
@@ -58,6 +62,8 @@ pub struct AttachOptions {
     pub pod_ifaces: Vec<String>,
     /// More addresses NodePorts answer on.
     pub node_ips: Vec<Ipv4Addr>,
+    /// Do not try the XDP fast path on the external interfaces.
+    pub no_xdp: bool,
     /// Network namespace (a name under /var/run/netns, or a path) the
     /// interfaces are in; default: this process's.
     pub netns: Option<String>,
@@ -76,6 +82,11 @@ pub struct AttachReport {
     pub attached: Vec<String>,
     /// Addresses NodePorts answer on.
     pub node_ips: Vec<Ipv4Addr>,
+    /// External interfaces with the XDP program, and its mode: native, or
+    /// generic for veths (whose native XDP_TX needs the peer's NAPI).
+    pub xdp: Vec<String>,
+    /// Those whose driver did not, with the reason: tc serves them alone.
+    pub xdp_unsupported: Vec<String>,
 }
 
 /// Loads, pins and attaches; adopts what is pinned already. With
@@ -292,6 +303,73 @@ fn attach_here(options: &AttachOptions) -> Result<AttachReport, Error> {
                 source: std::io::Error::other(e),
             })?;
             report.attached.push(pin);
+        }
+    }
+    // XDP where the driver supports it (native mode); tc covers the rest.
+    let mut xdp_missing = Vec::new();
+    if !options.no_xdp {
+        for (name, _, external) in &ifaces {
+            if !*external {
+                continue;
+            }
+            let pin = format!("xdp-{name}");
+            let path = links.join(&pin);
+            if path.exists() && PinnedLink::from_pin(&path).is_ok() {
+                report.adopted.push(pin);
+                report.xdp.push(format!("{name} (adopted)"));
+            } else {
+                let _ = fs::remove_file(&path);
+                xdp_missing.push((name.clone(), pin));
+            }
+        }
+    }
+    if !xdp_missing.is_empty() {
+        let prog: &mut Xdp = ebpf
+            .program_mut(XDP_PROGRAM)
+            .ok_or_else(|| Error::Kernel(format!("program {XDP_PROGRAM} missing from the object")))?
+            .try_into()
+            .map_err(|e| Error::Program {
+                program: XDP_PROGRAM.into(),
+                source: Box::new(e),
+            })?;
+        prog.load().map_err(|e| Error::Program {
+            program: XDP_PROGRAM.into(),
+            source: Box::new(e),
+        })?;
+        for (iface, pin) in xdp_missing {
+            let mode = match crate::ethtool::driver(&iface) {
+                Ok(d) if d == "veth" => XdpMode::Skb,
+                _ => XdpMode::Driver,
+            };
+            let id = match prog.attach(&iface, mode) {
+                Ok(id) => id,
+                Err(e) => {
+                    tracing::info!(%iface, error = %e, "no native XDP on this interface: tc alone serves it");
+                    report.xdp_unsupported.push(format!("{iface}: {e}"));
+                    continue;
+                }
+            };
+            let link = prog.take_link(id).map_err(|e| Error::Program {
+                program: XDP_PROGRAM.into(),
+                source: Box::new(e),
+            })?;
+            let link: FdLink = link
+                .try_into()
+                .map_err(|e: aya::programs::links::LinkError| {
+                    Error::Kernel(format!("{XDP_PROGRAM} on {iface}: not a bpf_link: {e}"))
+                })?;
+            let path = links.join(&pin);
+            link.pin(&path).map_err(|e| Error::Io {
+                what: format!("pin {}", path.display()),
+                source: std::io::Error::other(e),
+            })?;
+            report.attached.push(pin);
+            let mode = if mode == XdpMode::Skb {
+                "generic"
+            } else {
+                "native"
+            };
+            report.xdp.push(format!("{iface} ({mode})"));
         }
     }
     if missing.is_empty() {
