@@ -13,6 +13,9 @@ async fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Server(_)) {
+        default_sigpipe();
+    }
     let result = match cli.command {
         Command::Server(args) => server(args).await,
         Command::Client(cmd) => skiff_cli::run(&cli.global, cmd).await,
@@ -53,4 +56,17 @@ async fn server(args: skiff_cli::ServerArgs) -> anyhow::Result<()> {
     eprintln!("shutting down");
     running.shutdown().await?;
     Ok(())
+}
+
+/// Client verbs die quietly when their reader goes away (`skiff get po |
+/// head`), as Unix tools do, instead of failing on EPIPE; the server keeps
+/// Rust's default (SIGPIPE ignored).
+#[allow(unsafe_code)]
+fn default_sigpipe() {
+    // SAFETY: signal(2) with SIG_DFL installs no handler, so there is no
+    // handler code to be async-signal-safe; it replaces the SIG_IGN Rust's
+    // runtime set at startup, which nothing else here relies on.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }
