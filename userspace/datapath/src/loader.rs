@@ -465,21 +465,6 @@ pub fn detach(instance: &str) -> Result<DetachReport, Error> {
     Ok(report)
 }
 
-/// What is pinned for an instance.
-pub fn pinned(instance: &str) -> Result<(Vec<String>, Vec<String>), Error> {
-    let dir = pins::instance_dir(instance)?;
-    let names = |d: &Path| -> Result<Vec<String>, Error> {
-        let mut v: Vec<String> = read_dir(d)?
-            .into_iter()
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        Ok(v)
-    };
-    Ok((names(&pins::links_dir(&dir))?, names(&dir)?))
-}
-
 fn read_dir(dir: &Path) -> Result<Vec<fs::DirEntry>, Error> {
     match fs::read_dir(dir) {
         Ok(rd) => rd
@@ -497,14 +482,4 @@ fn remove_dir(dir: &Path) -> Result<(), Error> {
         }
         _ => Ok(()),
     }
-}
-
-/// The default maximum of the services map, for messages.
-pub const fn default_sizes() -> [(&'static str, u32); 4] {
-    [
-        (maps::SERVICES, DEFAULT_SERVICE_ENTRIES),
-        (maps::BACKENDS, DEFAULT_BACKEND_ENTRIES),
-        (maps::REV_SOCK, DEFAULT_REV_SOCK_ENTRIES),
-        (maps::AFFINITY, DEFAULT_AFFINITY_ENTRIES),
-    ]
 }

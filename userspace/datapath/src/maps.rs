@@ -21,10 +21,6 @@ pub const GLOBAL: &str = "SKIFF_GLOBAL";
 pub const CT: &str = "SKIFF_CT";
 pub const NODE_IPS: &str = "SKIFF_NODE_IPS";
 pub const IFACES: &str = "SKIFF_IFACES";
-pub const ALL: [&str; 12] = [
-    SERVICES, BACKENDS, MAGLEV, REV_SOCK, AFFINITY, SVC_NAMES, SVC_STATS, BE_STATS, GLOBAL, CT,
-    NODE_IPS, IFACES,
-];
 
 pub struct Maps {
     pub instance: String,

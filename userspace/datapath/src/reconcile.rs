@@ -192,10 +192,6 @@ impl Reconciler {
         })
     }
 
-    pub fn maps(&self) -> &Maps {
-        &self.maps
-    }
-
     /// Names of the installed services.
     pub fn installed(&self) -> impl Iterator<Item = &str> {
         self.installed.keys().map(String::as_str)
