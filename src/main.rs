@@ -13,13 +13,14 @@ async fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Server(_)) {
+    if !matches!(cli.command, Command::Server(_) | Command::Dns(_)) {
         default_sigpipe();
     }
     let result = match cli.command {
         Command::Server(args) => server(args).await,
         Command::Client(cmd) => skiff_cli::run(&cli.global, cmd).await,
         Command::Bpf(cmd) => skiff_cli::bpf::run(cmd).await,
+        Command::Dns(args) => dns(&cli.global, args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -28,6 +29,44 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+async fn dns(
+    global: &skiff_cli::args::Global,
+    args: skiff_cli::args::DnsArgs,
+) -> anyhow::Result<()> {
+    let config = skiff_dns::Config {
+        server: skiff_cli::config::server_url(global.server.as_deref())?,
+        listen: args.listen,
+        domain: args.domain,
+        upstreams: if args.no_forward {
+            Some(Vec::new())
+        } else {
+            args.upstream
+        },
+        ttl: args.ttl,
+        metrics_listen: args.metrics_listen,
+        cache_size: args.cache_size,
+    };
+    let mut running = skiff_dns::start(config).await?;
+    let upstreams: Vec<String> = running.upstreams.iter().map(|u| u.to_string()).collect();
+    eprintln!(
+        "skiff dns answering on {} (UDP and TCP), metrics on http://{}/metrics, upstreams: {}",
+        running.dns,
+        running.metrics,
+        if upstreams.is_empty() {
+            "none (REFUSED)".to_string()
+        } else {
+            upstreams.join(", ")
+        }
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = running.wait() => return r,
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    running.shutdown().await
 }
 
 async fn server(args: skiff_cli::ServerArgs) -> anyhow::Result<()> {

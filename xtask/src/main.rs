@@ -77,6 +77,10 @@ fn check_prerequisites() -> Result<()> {
         ("etcd", "etcd-server"),
         ("etcdctl", "etcd-client"),
         ("curl", "curl"),
+        ("dig", "dnsutils"),
+        ("dnsmasq", "dnsmasq-base"),
+        ("python3", "python3"),
+        ("ip", "iproute2"),
     ] {
         if !have(tool) {
             if ci {

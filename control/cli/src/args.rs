@@ -32,6 +32,8 @@ pub struct Global {
 pub enum Command {
     /// Run the API server
     Server(ServerArgs),
+    /// Run the cluster DNS addon
+    Dns(DnsArgs),
     /// Inspect and drive the eBPF service datapath on this node (root)
     #[command(subcommand)]
     Bpf(BpfCommand),
@@ -59,6 +61,31 @@ pub struct ServerArgs {
     /// Do not write ~/.skiff/config for the CLI
     #[arg(long)]
     pub no_client_config: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct DnsArgs {
+    /// Address to answer DNS on (UDP and TCP)
+    #[arg(long, default_value = "127.0.0.1:53")]
+    pub listen: SocketAddr,
+    /// Cluster domain
+    #[arg(long, default_value = "cluster.local")]
+    pub domain: String,
+    /// Upstream resolvers for other names, IP:PORT, comma-separated (default: /etc/resolv.conf)
+    #[arg(long, value_delimiter = ',', conflicts_with = "no_forward")]
+    pub upstream: Option<Vec<SocketAddr>>,
+    /// Forward nothing: names outside the cluster domain get REFUSED
+    #[arg(long)]
+    pub no_forward: bool,
+    /// TTL of cluster records, seconds
+    #[arg(long, default_value_t = 5)]
+    pub ttl: u32,
+    /// Address for /metrics and /healthz
+    #[arg(long, default_value = "127.0.0.1:9153")]
+    pub metrics_listen: SocketAddr,
+    /// Entries of the forwarding cache
+    #[arg(long, default_value_t = 10_000)]
+    pub cache_size: usize,
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,0 +1,197 @@
+//! `skiff dns`: the cluster DNS addon on hickory-server.
+//!
+//! Two informers (Services, EndpointSlices) feed an in-memory [`View`] of
+//! the Kubernetes DNS-Based Service Discovery records; queries are answered
+//! from it — never an API call per query. Names outside the cluster domain
+//! go to upstream resolvers through a cache. Metrics and health on HTTP.
+//!
+//! This crate knows the API (through `skiff-client`) and DNS; it knows
+//! nothing of the store, the datapath or the node.
+
+mod forward;
+mod handler;
+mod metrics;
+mod records;
+pub mod view;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use skiff_api::{EndpointSlice, Service};
+use skiff_client::{Client, Informer, InformerEvent, ListParams};
+
+pub use view::View;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// API server URL.
+    pub server: String,
+    pub listen: SocketAddr,
+    /// Cluster domain, e.g. `cluster.local`.
+    pub domain: String,
+    /// Upstream resolvers; `None`: the host's /etc/resolv.conf.
+    pub upstreams: Option<Vec<SocketAddr>>,
+    pub ttl: u32,
+    pub metrics_listen: SocketAddr,
+    pub cache_size: usize,
+}
+
+pub struct Running {
+    pub dns: SocketAddr,
+    pub metrics: SocketAddr,
+    pub upstreams: Vec<SocketAddr>,
+    server: hickory_server::Server<handler::Handler>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Runs until the DNS server stops (an I/O error).
+    pub async fn wait(&mut self) -> Result<()> {
+        self.server.block_until_done().await.context("DNS server")?;
+        Ok(())
+    }
+
+    pub async fn shutdown(mut self) -> Result<()> {
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.server
+            .shutdown_gracefully()
+            .await
+            .context("DNS server shutdown")?;
+        Ok(())
+    }
+}
+
+/// Nameservers of a resolv.conf, port 53, except `own` (no loop to self).
+pub fn resolv_conf_upstreams(text: &str, own: SocketAddr) -> Vec<SocketAddr> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|ip| ip.trim().parse::<std::net::IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, 53))
+        .filter(|a| *a != own && !(own.ip().is_unspecified() && a.port() == own.port()))
+        .collect()
+}
+
+pub async fn start(config: Config) -> Result<Running> {
+    let client = Client::connect(&config.server)
+        .await
+        .with_context(|| format!("connect to the API server at {}", config.server))?;
+    let view = Arc::new(RwLock::new(View::new(&config.domain)));
+    let synced = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+
+    let (_, mut services, t) =
+        Informer::<Service>::new(client.clone(), "", ListParams::default()).spawn();
+    tasks.push(t);
+    let (_, mut slices, t) =
+        Informer::<EndpointSlice>::new(client, "", ListParams::default()).spawn();
+    tasks.push(t);
+    let (v, s) = (view.clone(), synced.clone());
+    tasks.push(tokio::spawn(async move {
+        let (mut services_synced, mut slices_synced) = (false, false);
+        loop {
+            tokio::select! {
+                Some(e) = services.recv() => {
+                    let mut view = v.write().expect("view lock");
+                    match e {
+                        InformerEvent::Added(svc) | InformerEvent::Updated { new: svc, .. } => view.upsert_service(svc),
+                        InformerEvent::Deleted(svc) => {
+                            let m = svc.metadata.unwrap_or_default();
+                            view.delete_service(&m.namespace, &m.name);
+                        }
+                        InformerEvent::Synced => services_synced = true,
+                    }
+                }
+                Some(e) = slices.recv() => {
+                    let mut view = v.write().expect("view lock");
+                    match e {
+                        InformerEvent::Added(sl) | InformerEvent::Updated { new: sl, .. } => view.upsert_slice(sl),
+                        InformerEvent::Deleted(sl) => {
+                            let m = sl.metadata.unwrap_or_default();
+                            view.delete_slice(&m.namespace, &m.name);
+                        }
+                        InformerEvent::Synced => slices_synced = true,
+                    }
+                }
+                else => break,
+            }
+            if services_synced && slices_synced && !s.load(Ordering::Relaxed) {
+                s.store(true, Ordering::Relaxed);
+                tracing::info!("DNS view synced with the API");
+            }
+        }
+    }));
+
+    let upstreams = match &config.upstreams {
+        Some(u) => u.clone(),
+        None => resolv_conf_upstreams(
+            &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+            config.listen,
+        ),
+    };
+    let metrics = Arc::new(metrics::Metrics::new());
+    let handler = handler::Handler {
+        view,
+        forwarder: Arc::new(forward::Forwarder::new(
+            upstreams.clone(),
+            config.cache_size,
+        )),
+        metrics: metrics.clone(),
+        ttl: config.ttl,
+    };
+    let udp = tokio::net::UdpSocket::bind(config.listen)
+        .await
+        .with_context(|| format!("bind UDP {}", config.listen))?;
+    let dns = udp.local_addr()?;
+    // TCP on the same port as UDP (an ephemeral UDP port is reused).
+    let tcp = tokio::net::TcpListener::bind(dns)
+        .await
+        .with_context(|| format!("bind TCP {dns}"))?;
+    let mut server = hickory_server::Server::new(handler);
+    server.register_socket(udp);
+    server.register_listener(tcp, Duration::from_secs(10), 64);
+
+    let http = tokio::net::TcpListener::bind(config.metrics_listen)
+        .await
+        .with_context(|| format!("bind metrics {}", config.metrics_listen))?;
+    let metrics_addr = http.local_addr()?;
+    let health = synced.clone();
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let m = metrics.clone();
+                async move { m.render() }
+            }),
+        )
+        .route(
+            "/healthz",
+            axum::routing::get(move || {
+                let ok = health.load(Ordering::Relaxed);
+                async move {
+                    if ok {
+                        (axum::http::StatusCode::OK, "ok")
+                    } else {
+                        (
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            "not synced with the API yet",
+                        )
+                    }
+                }
+            }),
+        );
+    tasks.push(tokio::spawn(async move {
+        let _ = axum::serve(http, app).await;
+    }));
+    Ok(Running {
+        dns,
+        metrics: metrics_addr,
+        upstreams,
+        server,
+        tasks,
+    })
+}
