@@ -47,6 +47,7 @@ async fn dns(
         ttl: args.ttl,
         metrics_listen: args.metrics_listen,
         cache_size: args.cache_size,
+        register: (!args.no_register).then_some(args.cluster_ip),
     };
     let mut running = skiff_dns::start(config).await?;
     let upstreams: Vec<String> = running.upstreams.iter().map(|u| u.to_string()).collect();

@@ -335,6 +335,20 @@ fn every_record_kind_of_the_kubernetes_dns_specification() {
         lab.short(&["+tcp", "web.default.svc.cluster.local"]),
         ["10.96.50.10"]
     );
+    // The addon registered itself as the cluster's DNS Service.
+    assert_eq!(
+        lab.short(&["kube-dns.kube-system.svc.cluster.local"]),
+        ["10.96.0.10"]
+    );
+    let slice = lab.skiff(
+        &["get", "endpointslices", "-n", "kube-system", "-o", "json"],
+        "",
+    );
+    let slice = String::from_utf8_lossy(&slice.stdout);
+    assert!(
+        slice.contains(&format!("\"port\": {}", lab.dns_port)) && slice.contains("127.0.0.1"),
+        "{slice}"
+    );
     // Nothing is forwarded without an upstream: REFUSED.
     let refused = lab.dig(&["example.com"]);
     assert!(refused.contains("status: REFUSED"), "{refused}");

@@ -12,6 +12,7 @@ mod forward;
 mod handler;
 mod metrics;
 mod records;
+pub mod register;
 pub mod view;
 
 use std::net::SocketAddr;
@@ -37,6 +38,9 @@ pub struct Config {
     pub ttl: u32,
     pub metrics_listen: SocketAddr,
     pub cache_size: usize,
+    /// Register `kube-system/kube-dns` with this ClusterIP and an
+    /// EndpointSlice naming this server (None: do not).
+    pub register: Option<String>,
 }
 
 pub struct Running {
@@ -80,6 +84,7 @@ pub async fn start(config: Config) -> Result<Running> {
     let client = Client::connect(&config.server)
         .await
         .with_context(|| format!("connect to the API server at {}", config.server))?;
+    let registrar = client.clone();
     let view = Arc::new(RwLock::new(View::new(&config.domain)));
     let synced = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
@@ -155,6 +160,15 @@ pub async fn start(config: Config) -> Result<Running> {
     server.register_socket(udp);
     server.register_listener(tcp, Duration::from_secs(10), 64);
 
+    if let Some(ip) = &config.register {
+        let instance = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_ascii_lowercase())
+            .unwrap_or_else(|_| "local".into());
+        let instance = format!("{instance}-{}", dns.port());
+        if let Err(e) = register::ensure(&registrar, ip, dns, &instance).await {
+            tracing::warn!(error = %e, "could not register the cluster DNS Service; answering anyway");
+        }
+    }
     let http = tokio::net::TcpListener::bind(config.metrics_listen)
         .await
         .with_context(|| format!("bind metrics {}", config.metrics_listen))?;

@@ -86,6 +86,13 @@ pub struct DnsArgs {
     /// Entries of the forwarding cache
     #[arg(long, default_value_t = 10_000)]
     pub cache_size: usize,
+    /// ClusterIP of the kube-system/kube-dns Service this server registers (with an
+    /// EndpointSlice naming its address), the nameserver of pods' resolv.conf
+    #[arg(long, default_value = "10.96.0.10")]
+    pub cluster_ip: String,
+    /// Do not create the kube-system/kube-dns Service and EndpointSlice
+    #[arg(long)]
+    pub no_register: bool,
 }
 
 #[derive(Debug, Subcommand)]
