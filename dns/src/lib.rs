@@ -11,6 +11,7 @@
 mod forward;
 mod handler;
 mod metrics;
+pub mod offline;
 mod records;
 pub mod register;
 pub mod view;

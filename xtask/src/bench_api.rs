@@ -31,7 +31,7 @@ struct Settings {
 
 use crate::benchkit::{machine, median, percentile};
 
-fn build_skiff(quick: bool) -> Result<PathBuf> {
+pub(crate) fn build_skiff(quick: bool) -> Result<PathBuf> {
     let profile = if quick { "debug" } else { "release" };
     eprintln!("==> building skiff ({profile})");
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
@@ -46,7 +46,7 @@ fn build_skiff(quick: bool) -> Result<PathBuf> {
     Ok(root.join("target").join(profile).join("skiff"))
 }
 
-fn start_server(
+pub(crate) fn start_server(
     bin: &PathBuf,
     data: &std::path::Path,
     store: Option<&str>,

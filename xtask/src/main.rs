@@ -3,6 +3,7 @@
 
 mod bench_api;
 mod bench_datapath;
+mod bench_dns;
 mod benchkit;
 mod netperf;
 
@@ -20,7 +21,9 @@ commands:
   bench datapath [--quick]  connection and request rates through a ClusterIP
                           (1, 1k, 10k services) against direct and iptables (root)
   bench sync [--quick]    programming services and one endpoint change,
-                          against iptables-restore (root)";
+                          against iptables-restore (root)
+  bench dns [--quick]     dnsperf against skiff dns and dnsmasq serving 10k
+                          Services, and API-to-answer latency";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -30,6 +33,7 @@ fn main() -> ExitCode {
         ["bench", "api", rest @ ..] => bench_api::run(rest.contains(&"--quick")),
         ["bench", "datapath", rest @ ..] => bench_datapath::datapath(rest.contains(&"--quick")),
         ["bench", "sync", rest @ ..] => bench_datapath::sync(rest.contains(&"--quick")),
+        ["bench", "dns", rest @ ..] => bench_dns::run(rest.contains(&"--quick")),
         ["netperf", rest @ ..] => netperf::run(rest),
         _ => {
             eprintln!("{USAGE}");
