@@ -17,6 +17,7 @@ use crate::metrics::{Metrics, QueryLabels};
 use crate::records;
 use crate::view::{Answer, QType, View};
 
+#[derive(Clone)]
 pub struct Handler {
     pub view: Arc<RwLock<View>>,
     pub forwarder: Arc<Forwarder>,
@@ -36,6 +37,14 @@ fn qtype_of(t: RecordType) -> QType {
         RecordType::NS => QType::Ns,
         RecordType::ANY => QType::Any,
         _ => QType::Other,
+    }
+}
+
+/// Metric labels of an answer from its question type and rcode numbers.
+pub(crate) fn labels(qtype: u16, rcode: u8) -> QueryLabels {
+    QueryLabels {
+        r#type: RecordType::from(qtype).to_string(),
+        rcode: rcode_name(ResponseCode::from(0, rcode)).to_string(),
     }
 }
 

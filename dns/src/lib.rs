@@ -14,6 +14,7 @@ mod metrics;
 pub mod offline;
 mod records;
 pub mod register;
+mod udp;
 pub mod view;
 
 use std::net::SocketAddr;
@@ -96,13 +97,15 @@ pub async fn start(config: Config) -> Result<Running> {
     let (_, mut slices, t) =
         Informer::<EndpointSlice>::new(client, "", ListParams::default()).spawn();
     tasks.push(t);
-    let (v, s) = (view.clone(), synced.clone());
+    let answers = Arc::new(udp::AnswerCache::new());
+    let (v, s, a) = (view.clone(), synced.clone(), answers.clone());
     tasks.push(tokio::spawn(async move {
         let (mut services_synced, mut slices_synced) = (false, false);
         loop {
             tokio::select! {
                 Some(e) = services.recv() => {
                     let mut view = v.write().expect("view lock");
+                    a.invalidate();
                     match e {
                         InformerEvent::Added(svc) | InformerEvent::Updated { new: svc, .. } => view.upsert_service(svc),
                         InformerEvent::Deleted(svc) => {
@@ -114,6 +117,7 @@ pub async fn start(config: Config) -> Result<Running> {
                 }
                 Some(e) = slices.recv() => {
                     let mut view = v.write().expect("view lock");
+                    a.invalidate();
                     match e {
                         InformerEvent::Added(sl) | InformerEvent::Updated { new: sl, .. } => view.upsert_slice(sl),
                         InformerEvent::Deleted(sl) => {
@@ -157,8 +161,14 @@ pub async fn start(config: Config) -> Result<Running> {
     let tcp = tokio::net::TcpListener::bind(dns)
         .await
         .with_context(|| format!("bind TCP {dns}"))?;
+    // UDP through the answer cache in front of the handler; TCP through
+    // hickory-server's own listener.
+    tasks.push(tokio::spawn(udp::serve(
+        Arc::new(udp),
+        handler.clone(),
+        answers,
+    )));
     let mut server = hickory_server::Server::new(handler);
-    server.register_socket(udp);
     server.register_listener(tcp, Duration::from_secs(10), 64);
 
     if let Some(ip) = &config.register {

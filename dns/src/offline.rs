@@ -18,8 +18,16 @@ use crate::handler::Handler;
 use crate::metrics::Metrics;
 use crate::view::View;
 
+/// A response handler that keeps the encoded response instead of sending
+/// it.
 #[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Option<Vec<u8>>>>);
+pub(crate) struct Capture(Arc<Mutex<Option<Vec<u8>>>>);
+
+impl Capture {
+    pub(crate) fn take(&self) -> Option<Vec<u8>> {
+        self.0.lock().expect("capture").take()
+    }
+}
 
 #[async_trait::async_trait]
 impl ResponseHandler for Capture {
