@@ -8,6 +8,7 @@
 //! (a generation counter), so an answer is never staler than the view.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -19,27 +20,52 @@ use hickory_server::server::{Request, RequestHandler};
 use tokio::net::UdpSocket;
 
 use crate::handler::Handler;
-use crate::metrics::QueryLabels;
 use crate::offline::Capture;
 
 const MAX_ENTRIES: usize = 200_000;
 
+/// FNV-1a: keys are short, made of the client's bytes only for names of
+/// our own zone, and hashed once per query — SipHash's DoS resistance buys
+/// nothing a capped, regenerated cache needs.
+#[derive(Default)]
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h ^= *b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
 pub struct AnswerCache {
     generation: AtomicU64,
-    entries: RwLock<HashMap<Vec<u8>, Entry>>,
+    entries: RwLock<HashMap<Vec<u8>, Entry, BuildHasherDefault<Fnv>>>,
 }
 
 struct Entry {
     generation: u64,
     response: Vec<u8>,
-    labels: QueryLabels,
+    /// The metric this answer counts in, resolved once.
+    counter: prometheus_client::metrics::counter::Counter,
 }
 
 impl AnswerCache {
     pub fn new() -> AnswerCache {
         AnswerCache {
             generation: AtomicU64::new(0),
-            entries: RwLock::new(HashMap::new()),
+            entries: RwLock::new(HashMap::default()),
         }
     }
 
@@ -108,6 +134,7 @@ fn key_of(query: &[u8]) -> Option<(Vec<u8>, usize, u16)> {
 pub async fn serve(socket: Arc<UdpSocket>, handler: Handler, cache: Arc<AnswerCache>) {
     let handler = Arc::new(handler);
     let mut buf = vec![0u8; 4096];
+    let mut out = Vec::with_capacity(4096);
     loop {
         let (n, src) = match socket.recv_from(&mut buf).await {
             Ok(r) => r,
@@ -127,15 +154,16 @@ pub async fn serve(socket: Arc<UdpSocket>, handler: Handler, cache: Arc<AnswerCa
                     .get(key)
                     .filter(|e| e.generation == generation)
                     .map(|e| {
-                        let mut out = e.response.clone();
+                        out.clear();
+                        out.extend_from_slice(&e.response);
                         out[..2].copy_from_slice(&query[..2]);
                         out[12..*qend].copy_from_slice(&query[12..*qend]);
-                        (out, e.labels.clone())
+                        e.counter.clone()
                     })
             };
-            if let Some((out, labels)) = hit {
+            if let Some(counter) = hit {
                 let _ = socket.send_to(&out, src).await;
-                handler.metrics.queries.get_or_create(&labels).inc();
+                counter.inc();
                 handler
                     .metrics
                     .latency
@@ -174,7 +202,11 @@ async fn slow_path(
     // Keep authoritative answers (the cluster zone), not forwarded ones.
     let authoritative = response.len() >= 12 && response[2] & 0x04 != 0;
     if let (Some((key, _, qtype)), true) = (key, authoritative) {
-        let labels = crate::handler::labels(qtype, response[3] & 0x0f);
+        let counter = handler
+            .metrics
+            .queries
+            .get_or_create(&crate::handler::labels(qtype, response[3] & 0x0f))
+            .clone();
         let mut entries = cache.entries.write().expect("answer cache");
         if entries.len() >= MAX_ENTRIES {
             entries.clear();
@@ -184,7 +216,7 @@ async fn slow_path(
             Entry {
                 generation,
                 response,
-                labels,
+                counter,
             },
         );
     }
