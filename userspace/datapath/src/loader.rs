@@ -290,18 +290,11 @@ fn attach_here(options: &AttachOptions) -> Result<AttachReport, Error> {
                 program: TC_PROGRAM.into(),
                 source: Box::new(e),
             })?;
-            let link: FdLink = link
-                .try_into()
-                .map_err(|e: aya::programs::links::LinkError| {
-                    Error::Kernel(format!(
-                        "{TC_PROGRAM} on {iface}: not a bpf_link (tcx needs Linux 6.6): {e}"
-                    ))
-                })?;
-            let path = links.join(&pin);
-            link.pin(&path).map_err(|e| Error::Io {
-                what: format!("pin {}", path.display()),
-                source: std::io::Error::other(e),
-            })?;
+            pin_link(
+                link,
+                &format!("{TC_PROGRAM} on {iface} (tcx needs Linux 6.6)"),
+                &links.join(&pin),
+            )?;
             report.attached.push(pin);
         }
     }
@@ -353,16 +346,11 @@ fn attach_here(options: &AttachOptions) -> Result<AttachReport, Error> {
                 program: XDP_PROGRAM.into(),
                 source: Box::new(e),
             })?;
-            let link: FdLink = link
-                .try_into()
-                .map_err(|e: aya::programs::links::LinkError| {
-                    Error::Kernel(format!("{XDP_PROGRAM} on {iface}: not a bpf_link: {e}"))
-                })?;
-            let path = links.join(&pin);
-            link.pin(&path).map_err(|e| Error::Io {
-                what: format!("pin {}", path.display()),
-                source: std::io::Error::other(e),
-            })?;
+            pin_link(
+                link,
+                &format!("{XDP_PROGRAM} on {iface}"),
+                &links.join(&pin),
+            )?;
             report.attached.push(pin);
             let mode = if mode == XdpMode::Skb {
                 "generic"
@@ -402,19 +390,25 @@ fn attach_here(options: &AttachOptions) -> Result<AttachReport, Error> {
             program: program.into(),
             source: Box::new(e),
         })?;
-        let link: FdLink = link
-            .try_into()
-            .map_err(|e: aya::programs::links::LinkError| {
-                Error::Kernel(format!("{program}: {e}"))
-            })?;
-        let path = links.join(pin);
-        link.pin(&path).map_err(|e| Error::Io {
-            what: format!("pin {}", path.display()),
-            source: std::io::Error::other(e),
-        })?;
+        pin_link(link, program, &links.join(pin))?;
         report.attached.push(pin.to_string());
     }
     Ok(report)
+}
+
+/// Pins an attachment's bpf_link, so it outlives this process.
+fn pin_link<L>(link: L, what: &str, path: &Path) -> Result<(), Error>
+where
+    L: TryInto<FdLink, Error = aya::programs::links::LinkError>,
+{
+    let link: FdLink = link
+        .try_into()
+        .map_err(|e| Error::Kernel(format!("{what}: not a bpf_link: {e}")))?;
+    link.pin(path).map_err(|e| Error::Io {
+        what: format!("pin {}", path.display()),
+        source: std::io::Error::other(e),
+    })?;
+    Ok(())
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
