@@ -12,7 +12,7 @@ use hickory_server::proto::rr::{DNSClass, Record, RecordType};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
 
-use crate::forward::{Forwarder, Outcome};
+use crate::forward::{Cached, Forwarder, Outcome};
 use crate::metrics::{Metrics, QueryLabels};
 use crate::records;
 use crate::view::{Answer, QType, View};
@@ -102,6 +102,56 @@ impl Handler {
     }
 }
 
+impl Handler {
+    /// The answer to a request, and the query type for the metrics ("-"
+    /// when the request is not a readable query).
+    async fn resolve(&self, request: &Request) -> (String, Result<Reply, ResponseCode>) {
+        let meta = &request.metadata;
+        if meta.message_type != MessageType::Query {
+            return ("-".into(), Err(ResponseCode::FormErr));
+        }
+        if meta.op_code != OpCode::Query {
+            return ("-".into(), Err(ResponseCode::NotImp));
+        }
+        if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
+            return ("-".into(), Err(ResponseCode::BADVERS));
+        }
+        let Ok(info) = request.request_info() else {
+            return ("-".into(), Err(ResponseCode::FormErr));
+        };
+        let query = info.query.original().clone();
+        let label = query.query_type().to_string();
+        if query.query_class() != DNSClass::IN && query.query_class() != DNSClass::ANY {
+            return (label, Err(ResponseCode::Refused));
+        }
+        if let Some(reply) = self.answer_from_view(&query.name().to_ascii(), query.query_type()) {
+            return (label, Ok(reply));
+        }
+        let forwarded = |c: Cached| Reply {
+            code: c.code,
+            authoritative: false,
+            answers: c.answers,
+            authorities: c.authorities,
+        };
+        let reply = match self.forwarder.resolve(&query).await {
+            Outcome::Hit(c) => {
+                self.metrics.cache_hits.inc();
+                Ok(forwarded(c))
+            }
+            Outcome::Miss(c) => {
+                self.metrics.cache_misses.inc();
+                Ok(forwarded(c))
+            }
+            Outcome::Failed => {
+                self.metrics.forward_failures.inc();
+                Err(ResponseCode::ServFail)
+            }
+            Outcome::Refused => Err(ResponseCode::Refused),
+        };
+        (label, reply)
+    }
+}
+
 #[async_trait::async_trait]
 impl RequestHandler for Handler {
     async fn handle_request<R: ResponseHandler, T: Time>(
@@ -116,66 +166,7 @@ impl RequestHandler for Handler {
             e.set_version(0);
             e
         });
-        let error = |code: ResponseCode| {
-            let mut meta = Metadata::response_from_request(&request.metadata);
-            meta.response_code = code;
-            meta
-        };
-        let type_label;
-        let reply = if request.metadata.message_type != MessageType::Query {
-            type_label = "-".to_string();
-            Err(ResponseCode::FormErr)
-        } else if request.metadata.op_code != OpCode::Query {
-            type_label = "-".to_string();
-            Err(ResponseCode::NotImp)
-        } else if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
-            type_label = "-".to_string();
-            Err(ResponseCode::BADVERS)
-        } else {
-            match request.request_info() {
-                Err(_) => {
-                    type_label = "-".to_string();
-                    Err(ResponseCode::FormErr)
-                }
-                Ok(info) => {
-                    let query = info.query.original().clone();
-                    type_label = query.query_type().to_string();
-                    if query.query_class() != DNSClass::IN && query.query_class() != DNSClass::ANY {
-                        Err(ResponseCode::Refused)
-                    } else {
-                        let qname = query.name().to_ascii();
-                        match self.answer_from_view(&qname, query.query_type()) {
-                            Some(r) => Ok(r),
-                            None => match self.forwarder.resolve(&query).await {
-                                Outcome::Hit(c) => {
-                                    self.metrics.cache_hits.inc();
-                                    Ok(Reply {
-                                        code: c.code,
-                                        authoritative: false,
-                                        answers: c.answers,
-                                        authorities: c.authorities,
-                                    })
-                                }
-                                Outcome::Miss(c) => {
-                                    self.metrics.cache_misses.inc();
-                                    Ok(Reply {
-                                        code: c.code,
-                                        authoritative: false,
-                                        answers: c.answers,
-                                        authorities: c.authorities,
-                                    })
-                                }
-                                Outcome::Failed => {
-                                    self.metrics.forward_failures.inc();
-                                    Err(ResponseCode::ServFail)
-                                }
-                                Outcome::Refused => Err(ResponseCode::Refused),
-                            },
-                        }
-                    }
-                }
-            }
-        };
+        let (type_label, reply) = self.resolve(request).await;
         let builder = MessageResponseBuilder::new(&request.queries, edns.as_ref());
         let (code, sent) = match &reply {
             Ok(r) => {
@@ -193,7 +184,8 @@ impl RequestHandler for Handler {
                 (r.code, response_handle.send_response(response).await)
             }
             Err(code) => {
-                let meta = error(*code);
+                let mut meta = Metadata::response_from_request(&request.metadata);
+                meta.response_code = *code;
                 let response = builder.build_no_records(meta);
                 (*code, response_handle.send_response(response).await)
             }
