@@ -889,6 +889,18 @@ fn node_port_cluster_policy_snats_to_backends_that_cannot_route_back() {
     assert_eq!(udp["peerMismatch"], 0, "{udp}");
     assert_eq!(answers(&udp, "answers").len(), 2, "{udp}");
 
+    // A process on the node dialing its own NodePort is balanced at socket
+    // level (the node's cgroup has the socket hooks), and sees the address
+    // it dialed.
+    let local = lab.run(&node, true, &["tcp", "10.78.0.1:30080", "--count", "40"]);
+    let local: Value = serde_json::from_str(local.lines().last().unwrap()).unwrap();
+    assert_eq!(local["failed"], 0, "{local}");
+    assert_eq!(
+        local["peerMismatch"], 0,
+        "getpeername shows the NodePort: {local}"
+    );
+    assert_eq!(answers(&local, "answers").len(), 2, "{local}");
+
     // The connections are tracked and counted per service.
     let ct = dp.json(&["ct", "--service", "default/np"]);
     let entries = ct["packet"].as_array().unwrap();

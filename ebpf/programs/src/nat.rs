@@ -59,21 +59,21 @@ pub fn count(service_id: u32, backend_id: u32, p: &Packet, new: bool) {
     }
 }
 
-/// The frontend a packet is addressed to: its exact address, else a
-/// NodePort when the address is one of this node's.
+/// The frontend a packet or socket is addressed to: its exact address,
+/// else a NodePort when the address is one of this node's.
 #[inline(always)]
-pub fn frontend(p: &Packet) -> Option<(ServiceKey, ServiceEntry)> {
+pub fn frontend(daddr: u32, dport: u16, proto: u8) -> Option<(ServiceKey, ServiceEntry)> {
     let mut key = ServiceKey {
-        addr_be: p.daddr,
-        port_be: p.dport,
+        addr_be: daddr,
+        port_be: dport,
         slot: 0,
-        proto: p.proto,
+        proto,
         scope: SCOPE_ALL,
         pad: [0; 2],
     };
     for node_port in [false, true] {
         if node_port {
-            if unsafe { SKIFF_NODE_IPS.get(p.daddr) }.is_none() {
+            if unsafe { SKIFF_NODE_IPS.get(daddr) }.is_none() {
                 return None;
             }
             key.addr_be = 0;

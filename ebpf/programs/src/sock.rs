@@ -51,22 +51,13 @@ fn translate(ctx: &SockAddrContext, connect: bool) -> i32 {
     if !connect && proto != IPPROTO_UDP {
         return ALLOW;
     }
-    let key = ServiceKey {
-        addr_be: sa.user_ip4,
-        port_be: sa.user_port as u16,
-        slot: 0,
-        proto,
-        scope: SCOPE_ALL,
-        pad: [0; 2],
-    };
-    // SAFETY: the reconciler writes master entries whole.
-    let Some(svc) = (unsafe { SKIFF_SERVICES.get(&key) }) else {
+    // ClusterIPs and ExternalIPs, and NodePorts on this node's addresses
+    // (as kube-proxy serves them to local processes).
+    let (dialed_addr, dialed_port) = (sa.user_ip4, sa.user_port as u16);
+    let Some((key, svc)) = crate::nat::frontend(dialed_addr, dialed_port, proto) else {
         return ALLOW;
     };
-    // NodePort frontends are served at packet level (tc), not here.
-    if svc.flags & (flags::CLUSTER_IP | flags::EXTERNAL_IP) == 0 {
-        return ALLOW;
-    }
+    let svc = &svc;
     let stats = service_stats(svc.id);
     if svc.count == 0 {
         if let Some(s) = stats {
@@ -101,9 +92,11 @@ fn translate(ctx: &SockAddrContext, connect: bool) -> i32 {
     };
     // An unconnected UDP socket sends many datagrams: write its entry once.
     if connect || unsafe { SKIFF_REV_SOCK.get(&rev_key) }.is_none() {
+        // Replies show the address the application dialed (for a NodePort,
+        // the node address, not the frontend's wildcard).
         let rev = RevSockValue {
-            addr_be: key.addr_be,
-            port_be: key.port_be,
+            addr_be: dialed_addr,
+            port_be: dialed_port,
             pad: 0,
             service_id: svc.id,
         };

@@ -130,7 +130,7 @@ fn ingress(ctx: &TcContext) -> Result<i32, ()> {
 
 #[inline(always)]
 fn new_flow(ctx: &TcContext, p: &Packet, fwd_key: &CtKey) -> Result<i32, ()> {
-    let Some((key, svc)) = frontend(p) else {
+    let Some((key, svc)) = frontend(p.daddr, p.dport, p.proto) else {
         return Ok(TC_ACT_OK as i32);
     };
     if svc.count == 0 {

@@ -273,7 +273,7 @@ fn handle(ctx: &XdpContext) -> Option<u32> {
 /// interface; otherwise nothing is recorded and the stack (tc) takes it.
 #[inline(always)]
 fn new_flow(ctx: &XdpContext, p: &Packet, fwd_key: &CtKey) -> Option<(CtValue, bpf_fib_lookup)> {
-    let (key, svc) = nat::frontend(p)?;
+    let (key, svc) = nat::frontend(p.daddr, p.dport, p.proto)?;
     if svc.count == 0 {
         return None; // refused by tc
     }
