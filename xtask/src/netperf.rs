@@ -13,7 +13,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
@@ -120,13 +120,11 @@ fn client(crr: bool, target: SocketAddr, length: Duration, threads: usize) -> Re
             }
         }));
     }
-    let start = Instant::now();
     std::thread::sleep(length);
     stop.store(true, Ordering::Relaxed);
     let counted = count.load(Ordering::Relaxed);
     for h in handles {
         let _ = h.join();
     }
-    let _ = start;
     Ok((counted, errors.load(Ordering::Relaxed)))
 }
