@@ -25,6 +25,22 @@ pub struct Packet {
     pub tcp_flags: u8,
 }
 
+impl Packet {
+    /// The conntrack key of this packet's tuple, in direction `dir`.
+    #[inline(always)]
+    pub fn ct_key(&self, dir: u8) -> CtKey {
+        CtKey {
+            src_be: self.saddr,
+            dst_be: self.daddr,
+            sport_be: self.sport,
+            dport_be: self.dport,
+            proto: self.proto,
+            dir,
+            pad: 0,
+        }
+    }
+}
+
 #[inline(always)]
 pub fn now() -> u32 {
     (unsafe { bpf_ktime_get_ns() } / 1_000_000_000) as u32

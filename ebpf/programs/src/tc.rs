@@ -93,15 +93,7 @@ fn ingress(ctx: &TcContext) -> Result<i32, ()> {
     let Some(p) = parse(ctx)? else {
         return Ok(TC_ACT_OK as i32);
     };
-    let key = CtKey {
-        src_be: p.saddr,
-        dst_be: p.daddr,
-        sport_be: p.sport,
-        dport_be: p.dport,
-        proto: p.proto,
-        dir: CT_REPLY,
-        pad: 0,
-    };
+    let key = p.ct_key(CT_REPLY);
     if let Some(ct) = SKIFF_CT.get_ptr_mut(&key) {
         // SAFETY: an LRU entry stays valid for this program run.
         let ct = unsafe { &mut *ct };

@@ -186,15 +186,7 @@ fn transmit(ctx: &XdpContext, f: &bpf_fib_lookup) -> Option<u32> {
 #[inline(always)]
 fn handle(ctx: &XdpContext) -> Option<u32> {
     let p = parse(ctx)?;
-    let key = CtKey {
-        src_be: p.saddr,
-        dst_be: p.daddr,
-        sport_be: p.sport,
-        dport_be: p.dport,
-        proto: p.proto,
-        dir: CT_REPLY,
-        pad: 0,
-    };
+    let key = p.ct_key(CT_REPLY);
     if let Some(ct) = SKIFF_CT.get_ptr_mut(&key) {
         // SAFETY: an LRU entry stays valid for this program run.
         let ct = unsafe { &mut *ct };

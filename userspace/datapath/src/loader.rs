@@ -153,16 +153,10 @@ fn attach_here(options: &AttachOptions) -> Result<AttachReport, Error> {
     };
     let mut missing = Vec::new();
     for (program, pin) in SOCKET_HOOKS {
-        let path = links.join(pin);
-        match path.exists().then(|| PinnedLink::from_pin(&path)) {
-            Some(Ok(_)) => report.adopted.push(pin.to_string()),
-            Some(Err(e)) => {
-                tracing::warn!(path = %path.display(), error = %e, "stale link pin, replacing it");
-                fs::remove_file(&path)
-                    .map_err(|e| Error::io(format!("remove {}", path.display()), e))?;
-                missing.push((program, pin));
-            }
-            None => missing.push((program, pin)),
+        if adopt(&links.join(pin))? {
+            report.adopted.push(pin.to_string());
+        } else {
+            missing.push((program, pin));
         }
     }
     // The maps are opened (or created and pinned) even when every hook is
@@ -258,11 +252,9 @@ fn attach_here(options: &AttachOptions) -> Result<AttachReport, Error> {
     let mut tc_missing = Vec::new();
     for (name, _, _) in &ifaces {
         let pin = format!("tc-{name}");
-        let path = links.join(&pin);
-        if path.exists() && PinnedLink::from_pin(&path).is_ok() {
+        if adopt(&links.join(&pin))? {
             report.adopted.push(pin);
         } else {
-            let _ = fs::remove_file(&path);
             tc_missing.push((name.clone(), pin));
         }
     }
@@ -306,12 +298,10 @@ fn attach_here(options: &AttachOptions) -> Result<AttachReport, Error> {
                 continue;
             }
             let pin = format!("xdp-{name}");
-            let path = links.join(&pin);
-            if path.exists() && PinnedLink::from_pin(&path).is_ok() {
+            if adopt(&links.join(&pin))? {
                 report.adopted.push(pin);
                 report.xdp.push(format!("{name} (adopted)"));
             } else {
-                let _ = fs::remove_file(&path);
                 xdp_missing.push((name.clone(), pin));
             }
         }
@@ -394,6 +384,23 @@ fn attach_here(options: &AttachOptions) -> Result<AttachReport, Error> {
         report.attached.push(pin.to_string());
     }
     Ok(report)
+}
+
+/// Whether the link pinned at `path` is alive (adopted as it is); a stale
+/// pin is removed so the attachment is made again.
+fn adopt(path: &Path) -> Result<bool, Error> {
+    if !path.exists() {
+        return Ok(false);
+    }
+    match PinnedLink::from_pin(path) {
+        Ok(_) => Ok(true),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "stale link pin, replacing it");
+            fs::remove_file(path)
+                .map_err(|e| Error::io(format!("remove {}", path.display()), e))?;
+            Ok(false)
+        }
+    }
 }
 
 /// Pins an attachment's bpf_link, so it outlives this process.
