@@ -20,6 +20,7 @@ async fn main() -> std::process::ExitCode {
         Command::Server(args) => server(args).await,
         Command::Client(cmd) => skiff_cli::run(&cli.global, cmd).await,
         Command::Bpf(cmd) => skiff_cli::bpf::run(cmd).await,
+        Command::Image(cmd) => skiff_cli::image::run(cmd).await,
         Command::Dns(args) => dns(&cli.global, args).await,
     };
     match result {

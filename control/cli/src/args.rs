@@ -37,6 +37,9 @@ pub enum Command {
     /// Inspect and drive the eBPF service datapath on this node (root)
     #[command(subcommand)]
     Bpf(BpfCommand),
+    /// Images in this node's containerd (root)
+    #[command(subcommand)]
+    Image(ImageCommand),
     #[command(flatten)]
     Client(ClientCommand),
 }
@@ -399,4 +402,51 @@ pub struct BpfGcArgs {
     pub udp_idle: u64,
     #[arg(short = 'o', long, value_enum)]
     pub output: Option<BpfOutput>,
+}
+
+/// Where the node's containerd is.
+#[derive(Debug, Args, Clone)]
+pub struct ContainerdArgs {
+    /// containerd's socket
+    #[arg(
+        long,
+        env = "SKIFF_CONTAINERD",
+        default_value = "/run/containerd/containerd.sock"
+    )]
+    pub containerd: PathBuf,
+    /// containerd namespace skiff's pods and images live in
+    #[arg(long, default_value = "skiff")]
+    pub containerd_namespace: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Import an OCI layout or docker-archive tar; prints the images imported
+    Import {
+        file: PathBuf,
+        #[command(flatten)]
+        containerd: ContainerdArgs,
+    },
+    /// List the images
+    Ls {
+        #[command(flatten)]
+        containerd: ContainerdArgs,
+        #[arg(short, long)]
+        output: Option<BpfOutput>,
+    },
+    /// Remove an image
+    Rm {
+        name: String,
+        #[command(flatten)]
+        containerd: ContainerdArgs,
+    },
+    /// Build the busybox demo image (from busybox-static) as an OCI layout tar
+    #[command(hide = true)]
+    BuildBusybox {
+        out: PathBuf,
+        #[arg(long, default_value = "/bin/busybox")]
+        busybox: PathBuf,
+        #[arg(long, default_value = "docker.io/library/busybox:latest")]
+        name: String,
+    },
 }

@@ -9,12 +9,13 @@ pub mod bpf;
 pub mod config;
 mod describe;
 mod get;
+pub mod image;
 mod table;
 
 use anyhow::{Context, Result};
 use skiff_client::Client;
 
-pub use args::{BpfCommand, Cli, ClientCommand, Command, ServerArgs};
+pub use args::{BpfCommand, Cli, ClientCommand, Command, ImageCommand, ServerArgs};
 
 /// Runs one client verb. Errors carry the reason for stderr.
 pub async fn run(global: &args::Global, command: ClientCommand) -> Result<()> {
