@@ -8,12 +8,15 @@ async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG")
-                .unwrap_or_else(|_| "info".into()),
+                .unwrap_or_else(|_| "info,netlink_packet_route=error".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Server(_) | Command::Dns(_)) {
+    if !matches!(
+        cli.command,
+        Command::Server(_) | Command::Dns(_) | Command::Node(_) | Command::ShimLogger { .. }
+    ) {
         default_sigpipe();
     }
     let result = match cli.command {
@@ -21,6 +24,8 @@ async fn main() -> std::process::ExitCode {
         Command::Client(cmd) => skiff_cli::run(&cli.global, cmd).await,
         Command::Bpf(cmd) => skiff_cli::bpf::run(cmd).await,
         Command::Image(cmd) => skiff_cli::image::run(cmd).await,
+        Command::Node(args) => skiff_cli::node::run(&cli.global, args).await,
+        Command::ShimLogger { path } => skiff_node::logs::shim_logger::run(&path),
         Command::Dns(args) => dns(&cli.global, args).await,
     };
     match result {

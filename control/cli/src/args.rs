@@ -40,6 +40,11 @@ pub enum Command {
     /// Images in this node's containerd (root)
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Run the node daemon: pods through containerd, pod networking, the datapath (root)
+    Node(NodeArgs),
+    /// The container log writer containerd's shim runs (internal)
+    #[command(hide = true)]
+    ShimLogger { path: PathBuf },
     #[command(flatten)]
     Client(ClientCommand),
 }
@@ -449,4 +454,51 @@ pub enum ImageCommand {
         #[arg(long, default_value = "docker.io/library/busybox:latest")]
         name: String,
     },
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct NodeArgs {
+    /// This node's name (default: the host name)
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The address other nodes reach this one on (default: the default route's source)
+    #[arg(long)]
+    pub node_ip: Option<std::net::Ipv4Addr>,
+    /// Use this podCIDR instead of the one the server allocates
+    #[arg(long)]
+    pub pod_cidr: Option<String>,
+    /// Persistent state (IPAM, pod files)
+    #[arg(long, default_value = "/var/lib/skiff/node")]
+    pub data_dir: PathBuf,
+    /// Runtime state (pod network namespaces)
+    #[arg(long, default_value = "/run/skiff/node")]
+    pub run_dir: PathBuf,
+    /// Container logs
+    #[arg(long, default_value = "/var/log/skiff/pods")]
+    pub log_dir: PathBuf,
+    #[command(flatten)]
+    pub containerd: ContainerdArgs,
+    /// The cluster DNS address pods get in resolv.conf
+    #[arg(long, default_value = "10.96.0.10")]
+    pub cluster_dns: std::net::Ipv4Addr,
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// cgroup parent of the pods
+    #[arg(long, default_value = "skiff")]
+    pub cgroup_parent: String,
+    /// Datapath instance (pinned under /sys/fs/bpf/skiff/<instance>)
+    #[arg(long, default_value = "default")]
+    pub datapath_instance: String,
+    /// Keep the socket load balancer to the pods' cgroup (default: every process on the node)
+    #[arg(long)]
+    pub datapath_pods_only: bool,
+    /// Interfaces facing other hosts (NodePort, ExternalIPs), comma-separated
+    #[arg(long, value_delimiter = ',')]
+    pub iface: Vec<String>,
+    /// Run without the eBPF datapath
+    #[arg(long)]
+    pub no_datapath: bool,
+    /// First restart back-off, seconds (doubles up to 300)
+    #[arg(long, default_value_t = 10, hide = true)]
+    pub restart_backoff: u64,
 }

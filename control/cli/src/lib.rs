@@ -10,12 +10,13 @@ pub mod config;
 mod describe;
 mod get;
 pub mod image;
+pub mod node;
 mod table;
 
 use anyhow::{Context, Result};
 use skiff_client::Client;
 
-pub use args::{BpfCommand, Cli, ClientCommand, Command, ImageCommand, ServerArgs};
+pub use args::{BpfCommand, Cli, ClientCommand, Command, ImageCommand, NodeArgs, ServerArgs};
 
 /// Runs one client verb. Errors carry the reason for stderr.
 pub async fn run(global: &args::Global, command: ClientCommand) -> Result<()> {

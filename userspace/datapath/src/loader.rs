@@ -428,6 +428,28 @@ pub struct DetachReport {
 
 /// Detaches every program of `instance` and removes every pin. Detaching
 /// what is not attached is not an error.
+/// Unpins the links of one interface (a pod's veth that is gone or about
+/// to go) and forgets its role; the rest of the instance is untouched.
+pub fn forget_iface(instance: &str, iface: &str) -> Result<Vec<String>, Error> {
+    let links = pins::links_dir(&pins::instance_dir(instance)?);
+    let mut removed = Vec::new();
+    for pin in [format!("tc-{iface}"), format!("xdp-{iface}")] {
+        let path = links.join(&pin);
+        if !path.exists() {
+            continue;
+        }
+        match PinnedLink::from_pin(&path) {
+            Ok(link) => drop(
+                link.unpin()
+                    .map_err(|e| Error::io(format!("unpin {pin}"), e))?,
+            ),
+            Err(_) => fs::remove_file(&path).map_err(|e| Error::io(format!("remove {pin}"), e))?,
+        }
+        removed.push(pin);
+    }
+    Ok(removed)
+}
+
 pub fn detach(instance: &str) -> Result<DetachReport, Error> {
     let dir = pins::instance_dir(instance)?;
     let mut report = DetachReport {

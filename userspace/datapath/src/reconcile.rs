@@ -197,6 +197,18 @@ impl Reconciler {
         self.installed.keys().map(String::as_str)
     }
 
+    /// Names of the installed services that start with `prefix` (one
+    /// Service's ports: `ns/name:`), in O(log n + matches).
+    pub fn installed_with_prefix<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = &'a str> {
+        self.installed
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .map(|(k, _)| k.as_str())
+            .take_while(move |k| k.starts_with(prefix))
+    }
+
     /// Refuses, before writing anything, a state the maps cannot hold.
     fn check_capacity(&self, desired: &Desired) -> Result<(), Error> {
         let c = self.maps.capacity;

@@ -5,5 +5,6 @@ pub mod archive;
 pub mod build;
 pub mod oci;
 pub mod reference;
+pub mod registry;
 
 pub use reference::Reference;

@@ -280,7 +280,12 @@ impl Containerd {
         Ok(list
             .into_iter()
             .map(|p| TaskInfo {
-                container_id: p.container_id,
+                // containerd 1.6 names an init process by `id` alone.
+                container_id: if p.container_id.is_empty() {
+                    p.id
+                } else {
+                    p.container_id
+                },
                 pid: p.pid,
                 state: match Status::try_from(p.status).unwrap_or(Status::Unknown) {
                     Status::Created => TaskState::Created,
