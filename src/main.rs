@@ -83,6 +83,8 @@ async fn server(args: skiff_cli::ServerArgs) -> anyhow::Result<()> {
         store: args.store,
         service_cidr: args.service_cidr,
         node_port_range: skiff_cli::args::parse_port_range(&args.service_node_port_range)?,
+        cluster_cidr: Some(args.cluster_cidr),
+        node_cidr_mask: args.node_cidr_mask,
     };
     let mut running = skiff_apiserver::start(config).await?;
     eprintln!(

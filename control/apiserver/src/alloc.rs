@@ -1,4 +1,4 @@
-//! ClusterIP and NodePort allocation.
+//! ClusterIP, NodePort and podCIDR allocation.
 //!
 //! Every allocated address and port is a key in the store
 //! (`registry/allocations/clusterip/10.96.0.12`,
@@ -19,6 +19,7 @@ use rand::Rng;
 pub const ALLOCATIONS: &str = "registry/allocations/";
 pub const IP_PREFIX: &str = "registry/allocations/clusterip/";
 pub const PORT_PREFIX: &str = "registry/allocations/nodeport/";
+pub const POD_CIDR_PREFIX: &str = "registry/allocations/podcidr/";
 
 pub fn ip_key(ip: Ipv4Addr) -> String {
     format!("{IP_PREFIX}{ip}")
@@ -26,6 +27,11 @@ pub fn ip_key(ip: Ipv4Addr) -> String {
 
 pub fn port_key(port: u16) -> String {
     format!("{PORT_PREFIX}{port}")
+}
+
+/// The key of a node's podCIDR, named by its network address.
+pub fn pod_cidr_key(network: Ipv4Addr) -> String {
+    format!("{POD_CIDR_PREFIX}{network}")
 }
 
 /// An IPv4 CIDR such as the service range.
@@ -43,9 +49,7 @@ impl Cidr {
         let ip: Ipv4Addr = ip.parse().map_err(|_| bad())?;
         let prefix: u8 = len.parse().map_err(|_| bad())?;
         if !(8..=30).contains(&prefix) {
-            return Err(format!(
-                "service CIDR {text:?} must have a prefix between /8 and /30"
-            ));
+            return Err(format!("CIDR {text:?} must have a prefix between /8 and /30"));
         }
         let mask = u32::MAX << (32 - prefix);
         Ok(Cidr {
@@ -56,6 +60,14 @@ impl Cidr {
 
     fn size(&self) -> u32 {
         1u32 << (32 - self.prefix)
+    }
+
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
+    pub fn network(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.base)
     }
 
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
@@ -85,8 +97,12 @@ impl std::fmt::Display for Cidr {
 pub struct Allocators {
     pub cidr: Cidr,
     pub node_ports: RangeInclusive<u16>,
+    /// The cluster (pod) CIDR nodes get their podCIDR from, and the prefix
+    /// length of one node's share (24: 254 pods).
+    pub cluster_cidr: Option<(Cidr, u8)>,
     used_ips: Mutex<HashSet<Ipv4Addr>>,
     used_ports: Mutex<HashSet<u16>>,
+    used_pod_cidrs: Mutex<HashSet<Ipv4Addr>>,
 }
 
 impl Allocators {
@@ -94,9 +110,29 @@ impl Allocators {
         Allocators {
             cidr,
             node_ports,
+            cluster_cidr: None,
             used_ips: Mutex::new(HashSet::new()),
             used_ports: Mutex::new(HashSet::new()),
+            used_pod_cidrs: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Nodes get a `/node_prefix` of `cluster` when they register.
+    pub fn with_cluster_cidr(mut self, cluster: Cidr, node_prefix: u8) -> Allocators {
+        self.cluster_cidr = Some((cluster, node_prefix));
+        self
+    }
+
+    /// The first free node share of the cluster CIDR, as `network/prefix`.
+    pub fn pick_pod_cidr(&self, avoid: &HashSet<Ipv4Addr>) -> Option<String> {
+        let (cluster, prefix) = self.cluster_cidr.as_ref()?;
+        let used = self.used_pod_cidrs.lock().expect("allocator poisoned");
+        let step = 1u32 << (32 - prefix);
+        let count = cluster.size() / step;
+        (0..count)
+            .map(|i| Ipv4Addr::from(cluster.base + i * step))
+            .find(|n| !used.contains(n) && !avoid.contains(n))
+            .map(|n| format!("{n}/{prefix}"))
     }
 
     /// Follows one allocation key being written or deleted.
@@ -107,6 +143,13 @@ impl Allocators {
                 set.insert(ip)
             } else {
                 set.remove(&ip)
+            };
+        } else if let Some(net) = key.strip_prefix(POD_CIDR_PREFIX).and_then(|s| s.parse().ok()) {
+            let mut set = self.used_pod_cidrs.lock().expect("allocator poisoned");
+            if present {
+                set.insert(net)
+            } else {
+                set.remove(&net)
             };
         } else if let Some(port) = key.strip_prefix(PORT_PREFIX).and_then(|s| s.parse().ok()) {
             let mut set = self.used_ports.lock().expect("allocator poisoned");
@@ -168,6 +211,22 @@ mod tests {
         assert_eq!(c.nth(10), "10.96.0.10".parse::<Ipv4Addr>().unwrap());
         assert!(Cidr::parse("10.96.0.0").is_err());
         assert!(Cidr::parse("10.96.0.0/31").is_err());
+    }
+
+    #[test]
+    fn pod_cidrs_are_node_shares_of_the_cluster_cidr() {
+        let a = Allocators::new(Cidr::parse("10.96.0.0/16").unwrap(), 30000..=30002)
+            .with_cluster_cidr(Cidr::parse("10.244.0.0/22").unwrap(), 24);
+        assert_eq!(a.pick_pod_cidr(&HashSet::new()).as_deref(), Some("10.244.0.0/24"));
+        a.observe(&pod_cidr_key("10.244.0.0".parse().unwrap()), true);
+        let avoid = HashSet::from(["10.244.1.0".parse().unwrap()]);
+        assert_eq!(a.pick_pod_cidr(&avoid).as_deref(), Some("10.244.2.0/24"));
+        for n in ["10.244.1.0", "10.244.2.0", "10.244.3.0"] {
+            a.observe(&pod_cidr_key(n.parse().unwrap()), true);
+        }
+        assert_eq!(a.pick_pod_cidr(&HashSet::new()), None, "a /22 holds four /24s");
+        a.observe(&pod_cidr_key("10.244.2.0".parse().unwrap()), false);
+        assert_eq!(a.pick_pod_cidr(&HashSet::new()).as_deref(), Some("10.244.2.0/24"));
     }
 
     #[test]

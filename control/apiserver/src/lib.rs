@@ -11,6 +11,7 @@ mod error;
 mod grpc;
 mod metrics;
 mod namespaces;
+mod node_claims;
 mod registry;
 mod rest;
 mod service_claims;
@@ -51,6 +52,11 @@ pub struct Config {
     pub store: Option<String>,
     pub service_cidr: String,
     pub node_port_range: RangeInclusive<u16>,
+    /// The pod network nodes get their podCIDR from; `None`: nodes bring
+    /// their own.
+    pub cluster_cidr: Option<String>,
+    /// Prefix length of one node's podCIDR.
+    pub node_cidr_mask: u8,
 }
 
 impl Default for Config {
@@ -61,6 +67,8 @@ impl Default for Config {
             store: None,
             service_cidr: "10.96.0.0/16".into(),
             node_port_range: 30000..=32767,
+            cluster_cidr: Some("10.244.0.0/16".into()),
+            node_cidr_mask: 24,
         }
     }
 }
@@ -154,6 +162,21 @@ impl Drop for Running {
 pub async fn start(config: Config) -> Result<Running, ServerError> {
     let cidr = Cidr::parse(&config.service_cidr)
         .map_err(|e| ServerError::Config(format!("--service-cidr: {e}")))?;
+    let cluster = match &config.cluster_cidr {
+        Some(c) => {
+            let cluster =
+                Cidr::parse(c).map_err(|e| ServerError::Config(format!("--cluster-cidr: {e}")))?;
+            if config.node_cidr_mask < cluster.prefix() || config.node_cidr_mask > 30 {
+                return Err(ServerError::Config(format!(
+                    "--node-cidr-mask {} must lie between the cluster CIDR's prefix ({}) and 30",
+                    config.node_cidr_mask,
+                    cluster.prefix()
+                )));
+            }
+            Some(cluster)
+        }
+        None => None,
+    };
     let store = skiff_store::open(config.store.as_deref(), &config.data_dir).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -171,7 +194,11 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let start_rev = store.revision().await?;
     let registry = Arc::new(Registry::new(
         store.clone(),
-        alloc::Allocators::new(cidr, config.node_port_range.clone()),
+        match cluster {
+            Some(c) => alloc::Allocators::new(cidr, config.node_port_range.clone())
+                .with_cluster_cidr(c, config.node_cidr_mask),
+            None => alloc::Allocators::new(cidr, config.node_port_range.clone()),
+        },
         WatchCache::new(start_rev, WATCH_WINDOW),
     ));
     let state = Arc::new(AppState {

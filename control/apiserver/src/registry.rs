@@ -12,12 +12,12 @@ use std::sync::Arc;
 use futures::{Stream, StreamExt};
 use rand::Rng;
 use skiff_api::selector::{FieldSelector, Selector};
-use skiff_api::v1::{Namespace, ObjectMeta, Pod, Service};
+use skiff_api::v1::{Namespace, ObjectMeta, Pod};
 use skiff_api::wire::Time;
 use skiff_api::{Kind, Object, Resource, with_resource};
 use skiff_store::{Compare, KeyValue, Op, Revision, Store, Txn};
 
-use crate::alloc::{Allocators, IP_PREFIX, PORT_PREFIX};
+use crate::alloc::{Allocators, IP_PREFIX, POD_CIDR_PREFIX, PORT_PREFIX};
 use crate::error::{ApiError, ApiResult};
 use crate::service_claims::{self, Claim};
 use crate::watch_cache::{CachedEvent, EventObject, Filter, WatchCache, WatchType};
@@ -415,7 +415,8 @@ impl Registry {
         )))
     }
 
-    /// The allocation claims of a write (only Services have any).
+    /// The allocation claims of a write (Services and Nodes have some).
+    /// For Nodes, `avoid_ips` holds podCIDR networks that lost a race.
     fn claims_for<R: Resource>(
         &self,
         obj: &mut R,
@@ -423,6 +424,20 @@ impl Registry {
         avoid_ips: &HashSet<Ipv4Addr>,
         avoid_ports: &HashSet<u16>,
     ) -> ApiResult<Vec<Claim>> {
+        if R::KIND == Kind::Node {
+            let Object::Node(mut node) = obj.clone().into_object() else {
+                unreachable!()
+            };
+            let old_spec = old.and_then(|o| match o.clone().into_object() {
+                Object::Node(n) => n.spec,
+                _ => None,
+            });
+            let spec = node.spec.get_or_insert_with(Default::default);
+            let claims = crate::node_claims::assign(spec, old_spec.as_ref(), &self.alloc, avoid_ips)
+                .map_err(|errors| ApiError::invalid(Kind::Node, &node.meta().name, errors))?;
+            *obj = R::from_object(Object::Node(node)).expect("a node");
+            return Ok(claims);
+        }
         if R::KIND != Kind::Service {
             return Ok(Vec::new());
         }
@@ -460,6 +475,8 @@ impl Registry {
             if c.explicit {
                 let what = if c.key.starts_with(IP_PREFIX) {
                     "IP"
+                } else if c.key.starts_with(POD_CIDR_PREFIX) {
+                    "podCIDR"
                 } else {
                     "port"
                 };
@@ -473,7 +490,12 @@ impl Registry {
                     )],
                 ));
             }
-            if let Some(ip) = c.key.strip_prefix(IP_PREFIX).and_then(|s| s.parse().ok()) {
+            if let Some(ip) = c
+                .key
+                .strip_prefix(IP_PREFIX)
+                .or_else(|| c.key.strip_prefix(POD_CIDR_PREFIX))
+                .and_then(|s| s.parse().ok())
+            {
                 avoid_ips.insert(ip);
             }
             if let Some(p) = c.key.strip_prefix(PORT_PREFIX).and_then(|s| s.parse().ok()) {
@@ -546,9 +568,9 @@ impl Registry {
             }
             let finishing =
                 new.meta().deletion_timestamp.is_some() && new.meta().finalizers.is_empty();
-            let released: Vec<String> = if R::KIND == Kind::Service {
-                let held_now = service_claims::held_keys(&as_service(&new));
-                let held_before = service_claims::held_keys(&as_service(&cur));
+            let released: Vec<String> = if matches!(R::KIND, Kind::Service | Kind::Node) {
+                let held_now = held_keys(&new);
+                let held_before = held_keys(&cur);
                 if finishing {
                     held_before.into_iter().collect()
                 } else {
@@ -667,13 +689,7 @@ impl Registry {
             let mut txn = Txn::default()
                 .when(Compare::ModRevision(key.clone(), kv.mod_revision))
                 .then(Op::Delete { key: key.clone() });
-            let released: Vec<String> = if kind == Kind::Service {
-                service_claims::held_keys(&as_service(&cur))
-                    .into_iter()
-                    .collect()
-            } else {
-                Vec::new()
-            };
+            let released: Vec<String> = held_keys(&cur).into_iter().collect();
             for k in &released {
                 txn = txn.then(Op::Delete { key: k.clone() });
             }
@@ -823,7 +839,7 @@ impl Registry {
 
     /// Loads the allocation hints from the store.
     pub async fn load_allocations(&self) -> ApiResult<()> {
-        for prefix in [IP_PREFIX, PORT_PREFIX] {
+        for prefix in [IP_PREFIX, PORT_PREFIX, POD_CIDR_PREFIX] {
             for kv in self.store.list(prefix).await?.kvs {
                 self.alloc.observe(&kv.key, true);
             }
@@ -862,10 +878,13 @@ fn terminating(kind: Kind, name: &str, ns: &str) -> ApiError {
     )
 }
 
-fn as_service<R: Resource>(obj: &R) -> Service {
+/// The allocation keys an object holds (a Service's ClusterIP and
+/// NodePorts, a Node's podCIDR).
+fn held_keys<R: Resource>(obj: &R) -> std::collections::BTreeSet<String> {
     match obj.clone().into_object() {
-        Object::Service(s) => s,
-        _ => Service::default(),
+        Object::Service(s) => service_claims::held_keys(&s),
+        Object::Node(n) => crate::node_claims::held_keys(&n),
+        _ => Default::default(),
     }
 }
 

@@ -129,7 +129,56 @@ on_both_stores!(
     finalizers_and_graceful_pod_deletion,
     watch_resumes_across_a_restart,
     grpc_client_and_informer,
+    nodes_get_pod_cidrs_that_stay_theirs,
 );
+
+/// Nodes registering without a podCIDR get a /24 of the cluster CIDR, never
+/// one another node holds, kept across updates and restarts, released on
+/// deletion; a podCIDR a node brings is claimed too.
+async fn nodes_get_pod_cidrs_that_stay_theirs(mut s: TestServer) {
+    let nodes = "/api/v1/nodes";
+    let node = |name: &str| json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}});
+    let cidr = |v: &Value| v["spec"]["podCIDR"].as_str().unwrap_or_default().to_string();
+    let (code, own) = s
+        .call("POST", nodes, Some(json!({"metadata": {"name": "own"}, "spec": {"podCIDR": "10.244.0.0/24"}})))
+        .await;
+    assert_eq!(code, 201, "{own}");
+    let mut seen = std::collections::HashSet::from([cidr(&own)]);
+    for i in 0..5 {
+        let (code, n) = s.call("POST", nodes, Some(node(&format!("n{i}")))).await;
+        assert_eq!(code, 201, "{n}");
+        let c = cidr(&n);
+        assert!(c.starts_with("10.244.") && c.ends_with(".0/24"), "{c}");
+        assert!(seen.insert(c.clone()), "{c} handed out twice");
+        assert_eq!(n["spec"]["podCIDRs"], json!([c]));
+    }
+    // Taken: a node asking for it is refused, naming the field.
+    let (code, err) = s
+        .call("POST", nodes, Some(json!({"metadata": {"name": "dup"}, "spec": {"podCIDR": "10.244.0.0/24"}})))
+        .await;
+    assert_eq!(code, 422, "{err}");
+    assert!(err.to_string().contains("spec.podCIDR"), "{err}");
+    // Updates keep it, and may not change it.
+    let (_, n0) = s.call("GET", &format!("{nodes}/n0"), None).await;
+    let (code, kept) = s
+        .call("PATCH", &format!("{nodes}/n0"), Some(json!({"metadata": {"labels": {"a": "b"}}})))
+        .await;
+    assert_eq!(code, 200, "{kept}");
+    assert_eq!(cidr(&kept), cidr(&n0));
+    let (code, _) = s
+        .call("PATCH", &format!("{nodes}/n0"), Some(json!({"spec": {"podCIDR": "10.244.99.0/24"}})))
+        .await;
+    assert_eq!(code, 422);
+    s.restart().await;
+    let (_, after) = s.call("GET", &format!("{nodes}/n0"), None).await;
+    assert_eq!(cidr(&after), cidr(&n0));
+    // Deleting a node frees its podCIDR for the next one.
+    let freed = cidr(&n0);
+    let (code, _) = s.call("DELETE", &format!("{nodes}/n0"), None).await;
+    assert_eq!(code, 200);
+    let (_, next) = s.call("POST", nodes, Some(node("n9"))).await;
+    assert_eq!(cidr(&next), freed, "the lowest free share is reused");
+}
 
 fn pod(name: &str, labels: Value) -> Value {
     json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels},

@@ -66,6 +66,12 @@ pub struct ServerArgs {
     /// Range NodePorts are allocated from
     #[arg(long, default_value = "30000-32767")]
     pub service_node_port_range: String,
+    /// Pod network: each node registering without a podCIDR gets a share of it
+    #[arg(long, default_value = "10.244.0.0/16")]
+    pub cluster_cidr: String,
+    /// Prefix length of each node's podCIDR
+    #[arg(long, default_value_t = 24)]
+    pub node_cidr_mask: u8,
     /// Do not write ~/.skiff/config for the CLI
     #[arg(long)]
     pub no_client_config: bool,
