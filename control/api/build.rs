@@ -8,6 +8,14 @@ use prost_types::field_descriptor_proto::{Label, Type};
 /// Messages whose JSON form is written by hand in `src/wire.rs`.
 const HAND_WRITTEN: &[&str] = &["Time", "Quantity", "IntOrString"];
 
+/// Fields Kubernetes writes even when zero or false (`exitCode: 0`,
+/// `restartCount: 0`, `ready: false`), as `Message.field`.
+const ALWAYS_WRITTEN: &[&str] = &[
+    "ContainerStateTerminated.exit_code",
+    "ContainerStatus.restart_count",
+    "ContainerStatus.ready",
+];
+
 fn main() -> anyhow::Result<()> {
     let files = ["proto/skiff/v1/types.proto", "proto/skiff/v1/api.proto"];
     for f in files {
@@ -44,6 +52,13 @@ fn main() -> anyhow::Result<()> {
                 .map(|n| n.name().to_string())
                 .collect();
             for field in &msg.field {
+                if ALWAYS_WRITTEN.contains(&format!("{}.{}", msg.name(), field.name()).as_str()) {
+                    config = config.field_attribute(
+                        format!("{path}.{}", field.name()),
+                        format!("#[serde(rename = \"{}\")]", field.json_name()),
+                    );
+                    continue;
+                }
                 let is_map = field.r#type() == Type::Message
                     && map_entries
                         .iter()

@@ -85,6 +85,10 @@ fn check_prerequisites() -> Result<()> {
         ("dnsmasq", "dnsmasq-base"),
         ("python3", "python3"),
         ("ip", "iproute2"),
+        ("containerd", "containerd"),
+        ("ctr", "containerd"),
+        ("runc", "runc"),
+        ("busybox", "busybox-static"),
     ] {
         if !have(tool) {
             if ci {

@@ -49,7 +49,9 @@ impl Cidr {
         let ip: Ipv4Addr = ip.parse().map_err(|_| bad())?;
         let prefix: u8 = len.parse().map_err(|_| bad())?;
         if !(8..=30).contains(&prefix) {
-            return Err(format!("CIDR {text:?} must have a prefix between /8 and /30"));
+            return Err(format!(
+                "CIDR {text:?} must have a prefix between /8 and /30"
+            ));
         }
         let mask = u32::MAX << (32 - prefix);
         Ok(Cidr {
@@ -144,7 +146,10 @@ impl Allocators {
             } else {
                 set.remove(&ip)
             };
-        } else if let Some(net) = key.strip_prefix(POD_CIDR_PREFIX).and_then(|s| s.parse().ok()) {
+        } else if let Some(net) = key
+            .strip_prefix(POD_CIDR_PREFIX)
+            .and_then(|s| s.parse().ok())
+        {
             let mut set = self.used_pod_cidrs.lock().expect("allocator poisoned");
             if present {
                 set.insert(net)
@@ -217,16 +222,26 @@ mod tests {
     fn pod_cidrs_are_node_shares_of_the_cluster_cidr() {
         let a = Allocators::new(Cidr::parse("10.96.0.0/16").unwrap(), 30000..=30002)
             .with_cluster_cidr(Cidr::parse("10.244.0.0/22").unwrap(), 24);
-        assert_eq!(a.pick_pod_cidr(&HashSet::new()).as_deref(), Some("10.244.0.0/24"));
+        assert_eq!(
+            a.pick_pod_cidr(&HashSet::new()).as_deref(),
+            Some("10.244.0.0/24")
+        );
         a.observe(&pod_cidr_key("10.244.0.0".parse().unwrap()), true);
         let avoid = HashSet::from(["10.244.1.0".parse().unwrap()]);
         assert_eq!(a.pick_pod_cidr(&avoid).as_deref(), Some("10.244.2.0/24"));
         for n in ["10.244.1.0", "10.244.2.0", "10.244.3.0"] {
             a.observe(&pod_cidr_key(n.parse().unwrap()), true);
         }
-        assert_eq!(a.pick_pod_cidr(&HashSet::new()), None, "a /22 holds four /24s");
+        assert_eq!(
+            a.pick_pod_cidr(&HashSet::new()),
+            None,
+            "a /22 holds four /24s"
+        );
         a.observe(&pod_cidr_key("10.244.2.0".parse().unwrap()), false);
-        assert_eq!(a.pick_pod_cidr(&HashSet::new()).as_deref(), Some("10.244.2.0/24"));
+        assert_eq!(
+            a.pick_pod_cidr(&HashSet::new()).as_deref(),
+            Some("10.244.2.0/24")
+        );
     }
 
     #[test]

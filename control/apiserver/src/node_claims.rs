@@ -97,8 +97,15 @@ mod tests {
 
         let old = spec.clone();
         let mut update = NodeSpec::default();
-        assert!(assign(&mut update, Some(&old), &a, &HashSet::new()).unwrap().is_empty());
-        assert_eq!(update.pod_cidr, "10.244.0.0/24", "an update without podCIDR keeps it");
+        assert!(
+            assign(&mut update, Some(&old), &a, &HashSet::new())
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            update.pod_cidr, "10.244.0.0/24",
+            "an update without podCIDR keeps it"
+        );
 
         let mut changed = NodeSpec {
             pod_cidr: "10.244.9.0/24".into(),

@@ -433,8 +433,9 @@ impl Registry {
                 _ => None,
             });
             let spec = node.spec.get_or_insert_with(Default::default);
-            let claims = crate::node_claims::assign(spec, old_spec.as_ref(), &self.alloc, avoid_ips)
-                .map_err(|errors| ApiError::invalid(Kind::Node, &node.meta().name, errors))?;
+            let claims =
+                crate::node_claims::assign(spec, old_spec.as_ref(), &self.alloc, avoid_ips)
+                    .map_err(|errors| ApiError::invalid(Kind::Node, &node.meta().name, errors))?;
             *obj = R::from_object(Object::Node(node)).expect("a node");
             return Ok(claims);
         }

@@ -138,9 +138,18 @@ on_both_stores!(
 async fn nodes_get_pod_cidrs_that_stay_theirs(mut s: TestServer) {
     let nodes = "/api/v1/nodes";
     let node = |name: &str| json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}});
-    let cidr = |v: &Value| v["spec"]["podCIDR"].as_str().unwrap_or_default().to_string();
+    let cidr = |v: &Value| {
+        v["spec"]["podCIDR"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
     let (code, own) = s
-        .call("POST", nodes, Some(json!({"metadata": {"name": "own"}, "spec": {"podCIDR": "10.244.0.0/24"}})))
+        .call(
+            "POST",
+            nodes,
+            Some(json!({"metadata": {"name": "own"}, "spec": {"podCIDR": "10.244.0.0/24"}})),
+        )
         .await;
     assert_eq!(code, 201, "{own}");
     let mut seen = std::collections::HashSet::from([cidr(&own)]);
@@ -154,19 +163,31 @@ async fn nodes_get_pod_cidrs_that_stay_theirs(mut s: TestServer) {
     }
     // Taken: a node asking for it is refused, naming the field.
     let (code, err) = s
-        .call("POST", nodes, Some(json!({"metadata": {"name": "dup"}, "spec": {"podCIDR": "10.244.0.0/24"}})))
+        .call(
+            "POST",
+            nodes,
+            Some(json!({"metadata": {"name": "dup"}, "spec": {"podCIDR": "10.244.0.0/24"}})),
+        )
         .await;
     assert_eq!(code, 422, "{err}");
     assert!(err.to_string().contains("spec.podCIDR"), "{err}");
     // Updates keep it, and may not change it.
     let (_, n0) = s.call("GET", &format!("{nodes}/n0"), None).await;
     let (code, kept) = s
-        .call("PATCH", &format!("{nodes}/n0"), Some(json!({"metadata": {"labels": {"a": "b"}}})))
+        .call(
+            "PATCH",
+            &format!("{nodes}/n0"),
+            Some(json!({"metadata": {"labels": {"a": "b"}}})),
+        )
         .await;
     assert_eq!(code, 200, "{kept}");
     assert_eq!(cidr(&kept), cidr(&n0));
     let (code, _) = s
-        .call("PATCH", &format!("{nodes}/n0"), Some(json!({"spec": {"podCIDR": "10.244.99.0/24"}})))
+        .call(
+            "PATCH",
+            &format!("{nodes}/n0"),
+            Some(json!({"spec": {"podCIDR": "10.244.99.0/24"}})),
+        )
         .await;
     assert_eq!(code, 422);
     s.restart().await;

@@ -3,6 +3,7 @@
 //! the rule for tools a test needs (in CI, a missing tool fails the test;
 //! elsewhere the test says why it skips).
 
+pub mod cluster;
 pub mod netlab;
 
 use std::net::TcpListener;

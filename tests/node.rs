@@ -1,0 +1,479 @@
+//! The node daemon end to end, as root: real containerd (a private
+//! instance per test), real runc containers of the busybox image, real
+//! network namespaces and veths, the real eBPF datapath — through the
+//! built `skiff` binary and its API.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use skiff_testkit::cluster::Cluster;
+use skiff_testkit::require_tool;
+
+const SKIFF: &str = env!("CARGO_BIN_EXE_skiff");
+const BUSYBOX: &str = "docker.io/library/busybox:latest";
+
+/// A cluster with the busybox image imported; `None` outside CI when a
+/// tool is missing.
+fn cluster(node_flags: &[&str]) -> Option<Cluster> {
+    require_tool("busybox")?;
+    let c = Cluster::start_with(Path::new(SKIFF), node_flags)?;
+    let tar = c.dir.path().join("busybox.tar");
+    c.skiff_ok(&["image", "build-busybox", tar.to_str().unwrap()]);
+    let out = c.skiff_ok(&["image", "import", tar.to_str().unwrap()]);
+    assert_eq!(out.trim(), BUSYBOX);
+    Some(c)
+}
+
+fn pod(c: &Cluster, name: &str) -> Option<Value> {
+    let (ok, out, _) = c.skiff(&["get", "pod", name, "-o", "json"]);
+    ok.then(|| serde_json::from_str(&out).expect("pod JSON"))
+}
+
+/// Polls the pod until `f` holds; fails with the last state seen.
+fn wait_pod(
+    c: &Cluster,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    f: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let p = pod(c, name);
+        if let Some(p) = &p
+            && f(p)
+        {
+            return p.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pod {name}: {what} not reached in {timeout:?}; last: {}\n--- node log ---\n{}",
+            p.map(|p| serde_json::to_string_pretty(&p["status"]).unwrap())
+                .unwrap_or_default(),
+            c.log("node")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn phase(p: &Value) -> &str {
+    p["status"]["phase"].as_str().unwrap_or("")
+}
+
+fn condition(p: &Value, kind: &str) -> String {
+    p["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == kind))
+        .and_then(|c| c["status"].as_str())
+        .unwrap_or("")
+        .to_string()
+}
+
+fn running_ready(p: &Value) -> bool {
+    phase(p) == "Running" && condition(p, "Ready") == "True"
+}
+
+fn restarts(p: &Value) -> i64 {
+    p["status"]["containerStatuses"][0]["restartCount"]
+        .as_i64()
+        .unwrap_or(0)
+}
+
+fn pod_ip(p: &Value) -> String {
+    p["status"]["podIP"].as_str().unwrap_or("").to_string()
+}
+
+fn httpd_pod(name: &str, node: &str, extra: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  labels: {{app: web}}
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: httpd
+    image: busybox
+    command: ["sh", "-c", "echo pod $HOSTNAME starting; exec httpd -f -v -p 8080 -h /var/www"]
+    ports: [{{containerPort: 8080, name: http}}]
+{extra}"#
+    )
+}
+
+/// One HTTP GET to an address inside a namespace this test made.
+fn http_get(ip: &str, port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let addr: std::net::SocketAddr = format!("{ip}:{port}").parse().ok()?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET / HTTP/1.0\r\nHost: {ip}\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+fn list_dir(p: &Path) -> Vec<String> {
+    std::fs::read_dir(p)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_pod_runs_answers_logs_and_is_removed_completely() {
+    let Some(c) = cluster(&[]) else { return };
+    c.apply(&httpd_pod("web", &c.name, ""));
+    let p = wait_pod(
+        &c,
+        "web",
+        "Running and Ready",
+        Duration::from_secs(60),
+        running_ready,
+    );
+    let ip = pod_ip(&p);
+    assert!(
+        ip.starts_with(c.pod_cidr.trim_end_matches("0/24")),
+        "{ip} not in {}",
+        c.pod_cidr
+    );
+    assert_eq!(p["status"]["hostIP"], "127.0.0.1");
+    assert!(p["status"]["startTime"].is_string());
+    let cs = &p["status"]["containerStatuses"][0];
+    assert!(cs["state"]["running"]["startedAt"].is_string(), "{cs}");
+    assert!(
+        cs["containerID"]
+            .as_str()
+            .unwrap()
+            .starts_with("containerd://")
+    );
+    assert_eq!(cs["ready"], true);
+    for kind in ["PodScheduled", "Initialized", "ContainersReady", "Ready"] {
+        assert_eq!(condition(&p, kind), "True", "{kind}");
+    }
+    let body = http_get(&ip, 8080).expect("the pod answers on its address");
+    assert!(body.contains("hello from skiff"), "{body}");
+
+    // The container's output is in its CRI log file.
+    let uid = p["metadata"]["uid"].as_str().unwrap();
+    let log = c
+        .log_dir()
+        .join(format!("default_web_{uid}"))
+        .join("httpd")
+        .join("0.log");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let t = std::fs::read_to_string(&log).unwrap_or_default();
+        if t.contains("response:200") || Instant::now() > deadline {
+            break t;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(text.contains(" stdout F pod web starting"), "{text}");
+    assert!(
+        text.contains(" stderr F ") && text.contains("response:200"),
+        "{text}"
+    );
+
+    // The pod's files: resolv.conf for the cluster DNS.
+    let resolv =
+        std::fs::read_to_string(c.node_dir().join("pods").join(uid).join("etc/resolv.conf"))
+            .unwrap();
+    assert!(
+        resolv.contains("nameserver 10.96.0.10")
+            && resolv.contains("search default.svc.cluster.local")
+    );
+
+    // Deleting removes container, snapshot, namespace, veth and address.
+    c.skiff_ok(&["delete", "pod", "web"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pod(&c, "web").is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "the pod was not removed: {}",
+            c.log("node")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ctr = |what: &str| {
+        let out = std::process::Command::new("ctr")
+            .arg("--address")
+            .arg(&c.containerd_sock)
+            .args(["-n", "skiff", what, "ls"])
+            .output()
+            .unwrap();
+        // Every line after the header names one.
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .skip(1)
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert!(ctr("containers").is_empty(), "{:?}", ctr("containers"));
+    // Only the image's committed layer snapshot is left.
+    assert_eq!(ctr("snapshots").len(), 1, "{:?}", ctr("snapshots"));
+    assert!(list_dir(&c.run_dir().join("netns")).is_empty());
+    let links = std::process::Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .unwrap();
+    let veth = skiff_node::net::podnet::host_veth_name(uid);
+    assert!(
+        !String::from_utf8_lossy(&links.stdout).contains(&veth),
+        "{veth} is still there"
+    );
+    let ipam = c.node_dir().join("ipam").join(c.pod_cidr.replace('/', "_"));
+    assert_eq!(
+        list_dir(&ipam).into_iter().filter(|f| f != "last").count(),
+        0,
+        "an address is still held"
+    );
+}
+
+#[test]
+fn pods_reach_each_other_and_terminal_phases_are_reported() {
+    let Some(c) = cluster(&[]) else { return };
+    c.apply(&httpd_pod("server", &c.name, ""));
+    let server = wait_pod(
+        &c,
+        "server",
+        "Running",
+        Duration::from_secs(60),
+        running_ready,
+    );
+    let ip = pod_ip(&server);
+    // A second pod fetches the page over the pod network and exits.
+    c.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: client}}
+spec:
+  nodeName: {node}
+  restartPolicy: Never
+  containers:
+  - name: get
+    image: busybox
+    command: ["sh", "-c", "printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 3 {ip} 8080 | tail -1"]
+"#,
+        node = c.name
+    ));
+    let done = wait_pod(&c, "client", "Succeeded", Duration::from_secs(60), |p| {
+        phase(p) == "Succeeded"
+    });
+    let t = &done["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!(t["exitCode"], 0, "{t}");
+    assert_eq!(t["reason"], "Completed");
+    let uid = done["metadata"]["uid"].as_str().unwrap();
+    let log = std::fs::read_to_string(c.log_dir().join(format!("default_client_{uid}/get/0.log")))
+        .unwrap();
+    assert!(log.contains("stdout F hello from skiff"), "{log}");
+    assert_eq!(condition(&done, "Ready"), "False");
+
+    // A failing command under Never: Failed, with its exit code.
+    c.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: fails}}\nspec:\n  nodeName: {}\n  restartPolicy: Never\n  containers:\n  - {{name: c, image: busybox, command: [sh, -c, 'exit 7']}}\n",
+        c.name
+    ));
+    let failed = wait_pod(&c, "fails", "Failed", Duration::from_secs(60), |p| {
+        phase(p) == "Failed"
+    });
+    assert_eq!(
+        failed["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"],
+        7
+    );
+    assert_eq!(restarts(&failed), 0);
+}
+
+#[test]
+fn crash_loops_back_off_and_probes_restart_and_gate() {
+    // A 1 s base back-off keeps the test short; the doubling is the same.
+    let Some(c) = cluster(&["--restart-backoff", "1"]) else {
+        return;
+    };
+    c.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: crash}}\nspec:\n  nodeName: {}\n  containers:\n  - {{name: c, image: busybox, command: [sh, -c, 'echo boom; exit 3']}}\n",
+        c.name
+    ));
+    // Restart times as the status shows them.
+    let mut seen: Vec<(i64, Instant)> = Vec::new();
+    let mut backoff_seen = false;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.last().map(|s| s.0).unwrap_or(0) < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "restarts seen: {seen:?}\n{}",
+            c.log("node")
+        );
+        if let Some(p) = pod(&c, "crash") {
+            let n = restarts(&p);
+            if seen.last().map(|s| s.0) != Some(n) {
+                seen.push((n, Instant::now()));
+            }
+            let cs = &p["status"]["containerStatuses"][0];
+            if cs["state"]["waiting"]["reason"] == "CrashLoopBackOff" {
+                backoff_seen = true;
+                assert_eq!(cs["lastState"]["terminated"]["exitCode"], 3, "{cs}");
+                assert_eq!(
+                    phase(&p),
+                    "Running",
+                    "a crash-looping Always pod is Running"
+                );
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(backoff_seen, "CrashLoopBackOff never showed");
+    // Back-offs 1 s, 2 s, 4 s: each gap longer than the one before.
+    let gaps: Vec<f64> = seen
+        .windows(2)
+        .skip(1)
+        .map(|w| (w[1].1 - w[0].1).as_secs_f64())
+        .collect();
+    assert!(gaps.len() >= 3, "{gaps:?}");
+    assert!(
+        gaps.windows(2).all(|g| g[1] > g[0] * 1.3),
+        "back-off did not grow: {gaps:?}"
+    );
+    // Logs of each attempt are kept per restart.
+    let uid = pod(&c, "crash").unwrap()["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dir = c.log_dir().join(format!("default_crash_{uid}/c"));
+    assert!(list_dir(&dir).len() >= 4, "{:?}", list_dir(&dir));
+
+    // Liveness: nothing listens on 8081, so the container is restarted.
+    c.apply(&httpd_pod(
+        "sick",
+        &c.name,
+        "    livenessProbe: {httpGet: {path: /, port: 8081}, periodSeconds: 1, failureThreshold: 2}\n",
+    ));
+    let p = wait_pod(
+        &c,
+        "sick",
+        "a liveness restart",
+        Duration::from_secs(60),
+        |p| restarts(p) >= 1,
+    );
+    assert!(p["status"]["containerStatuses"][0]["lastState"]["terminated"].is_object());
+
+    // Readiness: not ready until the port answers, then ready.
+    c.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: slow}}
+spec:
+  nodeName: {}
+  containers:
+  - name: c
+    image: busybox
+    command: ["sh", "-c", "sleep 3; exec httpd -f -p 8080 -h /var/www"]
+    readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}
+"#,
+        c.name
+    ));
+    let p = wait_pod(&c, "slow", "Running", Duration::from_secs(60), |p| {
+        phase(p) == "Running"
+    });
+    assert_eq!(
+        condition(&p, "Ready"),
+        "False",
+        "ready before the probe passed"
+    );
+    let p = wait_pod(&c, "slow", "Ready", Duration::from_secs(30), running_ready);
+    assert_eq!(restarts(&p), 0);
+}
+
+#[test]
+fn a_restarted_node_adopts_its_running_containers() {
+    let Some(mut c) = cluster(&[]) else { return };
+    c.apply(&httpd_pod("keep", &c.name, ""));
+    let before = wait_pod(
+        &c,
+        "keep",
+        "Running",
+        Duration::from_secs(60),
+        running_ready,
+    );
+    let ip = pod_ip(&before);
+    let id = before["status"]["containerStatuses"][0]["containerID"].clone();
+    c.kill_node();
+    // The pod answers while the node daemon is gone...
+    assert!(http_get(&ip, 8080).is_some_and(|b| b.contains("hello from skiff")));
+    c.start_node();
+    // ...and after it is back, through the same container.
+    std::thread::sleep(Duration::from_secs(2));
+    let after = wait_pod(
+        &c,
+        "keep",
+        "Running",
+        Duration::from_secs(30),
+        running_ready,
+    );
+    assert_eq!(
+        after["status"]["containerStatuses"][0]["containerID"], id,
+        "the container was replaced"
+    );
+    assert_eq!(restarts(&after), 0);
+    assert_eq!(pod_ip(&after), ip);
+    assert!(c.log("node").contains("adopted a running container"));
+    assert!(http_get(&ip, 8080).is_some_and(|b| b.contains("hello from skiff")));
+}
+
+#[test]
+fn bad_pods_get_a_clear_status_and_nothing_crashes() {
+    let Some(c) = cluster(&[]) else { return };
+    c.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: noimage}}\nspec:\n  nodeName: {}\n  containers:\n  - {{name: c, image: 'example.invalid/nothing:1'}}\n",
+        c.name
+    ));
+    let p = wait_pod(
+        &c,
+        "noimage",
+        "an image error",
+        Duration::from_secs(30),
+        |p| {
+            let r = &p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"];
+            r == "ErrImagePull" || r == "ImagePullBackOff"
+        },
+    );
+    let msg = p["status"]["containerStatuses"][0]["state"]["waiting"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(msg.contains("example.invalid/nothing:1"), "{msg}");
+    assert_eq!(phase(&p), "Pending");
+
+    c.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: nocmd}}\nspec:\n  nodeName: {}\n  containers:\n  - {{name: c, image: busybox, command: [/no/such/binary]}}\n",
+        c.name
+    ));
+    let p = wait_pod(&c, "nocmd", "a start error", Duration::from_secs(30), |p| {
+        let w = &p["status"]["containerStatuses"][0]["state"]["waiting"];
+        w["reason"] == "RunContainerError" || w["reason"] == "CrashLoopBackOff"
+    });
+    let w = p["status"]["containerStatuses"][0]["state"]["waiting"].to_string();
+    assert!(
+        w.contains("/no/such/binary") || w.contains("CrashLoopBackOff"),
+        "{w}"
+    );
+
+    // Meanwhile a good pod on the same node is unaffected.
+    c.apply(&httpd_pod("fine", &c.name, ""));
+    wait_pod(
+        &c,
+        "fine",
+        "Running",
+        Duration::from_secs(60),
+        running_ready,
+    );
+    assert!(
+        c.log("node").matches("node ready").count() == 1,
+        "the node restarted"
+    );
+}
