@@ -85,6 +85,7 @@ async fn server(args: skiff_cli::ServerArgs) -> anyhow::Result<()> {
         node_port_range: skiff_cli::args::parse_port_range(&args.service_node_port_range)?,
         cluster_cidr: Some(args.cluster_cidr),
         node_cidr_mask: args.node_cidr_mask,
+        token_file: args.token_file,
     };
     let mut running = skiff_apiserver::start(config).await?;
     eprintln!(

@@ -477,3 +477,157 @@ fn bad_pods_get_a_clear_status_and_nothing_crashes() {
         "the node restarted"
     );
 }
+
+#[test]
+fn logs_and_exec_go_through_the_api_server() {
+    let Some(c) = cluster(&["--restart-backoff", "1"]) else {
+        return;
+    };
+    // Says hello, then counts until told to stop.
+    c.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: talker}}
+spec:
+  nodeName: {}
+  containers:
+  - name: talk
+    image: busybox
+    command: ["sh", "-c", "echo hello; echo oops >&2; if [ ! -e /tmp/x ]; then echo first run; fi; i=0; while [ ! -e /tmp/stop ]; do i=$((i+1)); echo line $i; sleep 0.2; done; echo stopping; exit 1"]
+"#,
+        c.name
+    ));
+    wait_pod(
+        &c,
+        "talker",
+        "Running",
+        Duration::from_secs(60),
+        running_ready,
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    // stdout and stderr are two pipes: their lines interleave by arrival.
+    let without_stderr = |s: &str| {
+        s.lines()
+            .filter(|l| *l != "oops")
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let out = c.skiff_ok(&["logs", "talker"]);
+    assert!(out.lines().any(|l| l == "oops"), "{out}");
+    assert!(
+        without_stderr(&out).starts_with("hello\nfirst run\nline 1\n"),
+        "{out}"
+    );
+    let tail = c.skiff_ok(&["logs", "talker", "--tail", "2"]);
+    assert_eq!(tail.lines().count(), 2, "{tail}");
+    assert!(tail.lines().all(|l| l.starts_with("line ")), "{tail}");
+    let stamped = c.skiff_ok(&["logs", "talker", "--tail", "1", "--timestamps"]);
+    assert!(
+        stamped.starts_with("20") && stamped.contains("Z line "),
+        "{stamped}"
+    );
+
+    // -f keeps streaming: new lines arrive after the command started.
+    let mut follow = std::process::Command::new(SKIFF)
+        .args([
+            "--server",
+            &c.server_url,
+            "logs",
+            "talker",
+            "-f",
+            "--tail",
+            "0",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = follow.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut buf = vec![0u8; 4096];
+        let n = stdout.read(&mut buf).unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    });
+    let first = reader.join().unwrap();
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(first.starts_with("line "), "{first:?}");
+
+    // exec: output, exit code, stdin, and the container's environment.
+    let out = c.skiff_ok(&[
+        "exec",
+        "talker",
+        "--",
+        "sh",
+        "-c",
+        "echo in $HOSTNAME; cat /etc/resolv.conf | head -1",
+    ]);
+    assert_eq!(
+        out,
+        "in talker\nsearch default.svc.cluster.local svc.cluster.local cluster.local\n"
+    );
+    let (ok, _, _) = c.skiff(&["exec", "talker", "--", "sh", "-c", "exit 4"]);
+    assert!(!ok);
+    let code = std::process::Command::new(SKIFF)
+        .args([
+            "--server",
+            &c.server_url,
+            "exec",
+            "talker",
+            "--",
+            "sh",
+            "-c",
+            "exit 4",
+        ])
+        .status()
+        .unwrap();
+    assert_eq!(code.code(), Some(4), "the command's exit code is the CLI's");
+    let mut piped = std::process::Command::new(SKIFF)
+        .args([
+            "--server",
+            &c.server_url,
+            "exec",
+            "-i",
+            "talker",
+            "--",
+            "sh",
+            "-c",
+            "tr a-z A-Z > /tmp/x; cat /tmp/x",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = piped.stdin.take().unwrap();
+        stdin.write_all(b"from stdin\n").unwrap();
+    }
+    let out = piped.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "FROM STDIN\n");
+
+    // --previous: after a restart, the first instance's output.
+    c.skiff_ok(&["exec", "talker", "--", "touch", "/tmp/stop"]);
+    wait_pod(&c, "talker", "a restart", Duration::from_secs(30), |p| {
+        restarts(p) >= 1 && running_ready(p)
+    });
+    let prev = c.skiff_ok(&["logs", "talker", "--previous"]);
+    assert!(
+        without_stderr(&prev).starts_with("hello\nfirst run\n"),
+        "{prev}"
+    );
+    assert!(prev.ends_with("stopping\n"), "{prev}");
+    let now = c.skiff_ok(&["logs", "talker"]);
+    // A fresh filesystem: /tmp/x (written by the exec above) is gone.
+    assert!(
+        without_stderr(&now).starts_with("hello\nfirst run\nline 1"),
+        "{now}"
+    );
+    assert!(!now.contains("stopping"), "{now}");
+
+    // Errors are named.
+    let (ok, _, err) = c.skiff(&["logs", "nosuchpod"]);
+    assert!(!ok && err.contains("nosuchpod"), "{err}");
+    let (ok, _, err) = c.skiff(&["exec", "talker", "-c", "nope", "--", "true"]);
+    assert!(!ok && err.contains("nope"), "{err}");
+}

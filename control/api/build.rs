@@ -17,7 +17,11 @@ const ALWAYS_WRITTEN: &[&str] = &[
 ];
 
 fn main() -> anyhow::Result<()> {
-    let files = ["proto/skiff/v1/types.proto", "proto/skiff/v1/api.proto"];
+    let files = [
+        "proto/skiff/v1/types.proto",
+        "proto/skiff/v1/api.proto",
+        "proto/skiff/v1/pods.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -12,6 +12,7 @@ mod grpc;
 mod metrics;
 mod namespaces;
 mod node_claims;
+pub mod pods_proxy;
 mod registry;
 mod rest;
 mod service_claims;
@@ -57,6 +58,9 @@ pub struct Config {
     pub cluster_cidr: Option<String>,
     /// Prefix length of one node's podCIDR.
     pub node_cidr_mask: u8,
+    /// The cluster token (shared with the nodes: the API server presents it
+    /// when it calls them); default `<data_dir>/token`, made when missing.
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -69,6 +73,7 @@ impl Default for Config {
             node_port_range: 30000..=32767,
             cluster_cidr: Some("10.244.0.0/16".into()),
             node_cidr_mask: 24,
+            token_file: None,
         }
     }
 }
@@ -100,6 +105,9 @@ pub(crate) struct AppState {
 pub struct Running {
     pub addr: SocketAddr,
     pub store: String,
+    /// The cluster token nodes need (see `Config::token_file`).
+    pub token: String,
+    pub token_file: PathBuf,
     registry: Arc<Registry>,
     stop: Option<oneshot::Sender<()>>,
     done: tokio::task::JoinHandle<Result<(), ServerError>>,
@@ -177,6 +185,12 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         }
         None => None,
     };
+    let token_file = config
+        .token_file
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("token"));
+    let token = pods_proxy::load_or_create_token(&token_file)
+        .map_err(|e| ServerError::Config(format!("cluster token {}: {e}", token_file.display())))?;
     let store = skiff_store::open(config.store.as_deref(), &config.data_dir).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -221,6 +235,12 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
             metrics: state.metrics.clone(),
         },
     ))
+    .add_service(skiff_api::v1::pods_server::PodsServer::new(
+        pods_proxy::Service {
+            registry: registry.clone(),
+            token: token.clone(),
+        },
+    ))
     .into_axum_router();
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -256,6 +276,8 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     Ok(Running {
         addr,
         store: store.describe(),
+        token,
+        token_file,
         registry,
         stop: Some(stop),
         done,

@@ -75,6 +75,9 @@ pub struct ServerArgs {
     /// Do not write ~/.skiff/config for the CLI
     #[arg(long)]
     pub no_client_config: bool,
+    /// The cluster token nodes share with the server (default: <data-dir>/token, made when missing)
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -122,6 +125,47 @@ pub enum ClientCommand {
     /// Create an object from the command line
     #[command(subcommand)]
     Create(CreateCommand),
+    /// Print the logs of a pod's container
+    Logs(LogsArgs),
+    /// Run a command in a pod's container
+    Exec(ExecArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    pub pod: String,
+    /// Container (default: the pod's only one)
+    #[arg(short = 'c', long)]
+    pub container: Option<String>,
+    /// Keep printing what the container writes
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// Only the last N lines
+    #[arg(long)]
+    pub tail: Option<i64>,
+    /// The previous instance of the container (before its last restart)
+    #[arg(short = 'p', long)]
+    pub previous: bool,
+    /// Prefix each line with its time
+    #[arg(long)]
+    pub timestamps: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    pub pod: String,
+    /// Container (default: the pod's only one)
+    #[arg(short = 'c', long)]
+    pub container: Option<String>,
+    /// Pass standard input to the command
+    #[arg(short = 'i', long)]
+    pub stdin: bool,
+    /// Give the command a terminal
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// The command and its arguments, after `--`
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -504,6 +548,16 @@ pub struct NodeArgs {
     /// Run without the eBPF datapath
     #[arg(long)]
     pub no_datapath: bool,
+    /// Where the node serves logs and exec to the API server
+    #[arg(long, default_value = "0.0.0.0:10250")]
+    pub listen: std::net::SocketAddr,
+    /// The cluster token (the server's <data-dir>/token)
+    #[arg(
+        long,
+        env = "SKIFF_TOKEN_FILE",
+        default_value = "/var/lib/skiff/server/token"
+    )]
+    pub token_file: PathBuf,
     /// First restart back-off, seconds (doubles up to 300)
     #[arg(long, default_value_t = 10, hide = true)]
     pub restart_backoff: u64,

@@ -11,6 +11,7 @@ mod describe;
 mod get;
 pub mod image;
 pub mod node;
+pub mod stream;
 mod table;
 
 use anyhow::{Context, Result};
@@ -31,5 +32,7 @@ pub async fn run(global: &args::Global, command: ClientCommand) -> Result<()> {
         ClientCommand::Describe(d) => describe::describe(&client, namespace.as_deref(), &d).await,
         ClientCommand::Delete(d) => apply::delete(&client, namespace.as_deref(), &d).await,
         ClientCommand::Create(c) => apply::create(&client, &c).await,
+        ClientCommand::Logs(l) => stream::logs(&client, namespace.as_deref(), l).await,
+        ClientCommand::Exec(e) => stream::exec(&client, namespace.as_deref(), e).await,
     }
 }

@@ -20,6 +20,17 @@ pub fn config(global: &Global, a: NodeArgs) -> Result<NodeConfig> {
     cfg.cluster_domain = a.cluster_domain;
     cfg.cgroup_parent = a.cgroup_parent.clone();
     cfg.base_backoff = std::time::Duration::from_secs(a.restart_backoff.max(1));
+    cfg.listen = a.listen;
+    cfg.token = match std::fs::read_to_string(&a.token_file) {
+        Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
+        Ok(_) | Err(_) => {
+            tracing::warn!(
+                "no cluster token at {} (--token-file): logs and exec of this node's pods will be refused",
+                a.token_file.display()
+            );
+            None
+        }
+    };
     cfg.datapath = if a.no_datapath {
         None
     } else {

@@ -155,6 +155,7 @@ pub type WatchStream<R> = Pin<Box<dyn Stream<Item = Result<WatchEvent<R>>> + Sen
 #[derive(Clone)]
 pub struct Client {
     rpc: ResourcesClient<Channel>,
+    pods: skiff_api::v1::pods_client::PodsClient<Channel>,
     server: String,
 }
 
@@ -185,9 +186,15 @@ impl Client {
             .await
             .map_err(|e| connect_err(source_chain(&e)))?;
         Ok(Client {
-            rpc: ResourcesClient::new(channel).max_decoding_message_size(256 * 1024 * 1024),
+            rpc: ResourcesClient::new(channel.clone()).max_decoding_message_size(256 * 1024 * 1024),
+            pods: skiff_api::v1::pods_client::PodsClient::new(channel),
             server: server.to_string(),
         })
+    }
+
+    /// Logs and exec of pods (relayed by the API server to their node).
+    pub fn pods(&self) -> skiff_api::v1::pods_client::PodsClient<Channel> {
+        self.pods.clone()
     }
 
     pub fn server(&self) -> &str {

@@ -177,6 +177,8 @@ impl Cluster {
                 &self.instance,
                 "--datapath-pods-only",
             ])
+            .args(["--listen", "127.0.0.1:0", "--token-file"])
+            .arg(self.path("server").join("token"))
             .args(&self.node_flags)
             .env("SKIFF_LOG", "info,netlink_packet_route=error")
             .stdout(Stdio::null())

@@ -31,6 +31,9 @@ pub struct NodeConfig {
     pub datapath: Option<DatapathConfig>,
     /// Where the node serves logs and exec to the API server.
     pub listen: SocketAddr,
+    /// The cluster token the API server presents when it calls the node
+    /// (`None`: the endpoint refuses every call).
+    pub token: Option<String>,
     /// The binary containerd's shim runs as the container log writer.
     pub skiff_binary: PathBuf,
     /// Shortest restart back-off (doubles to `max_backoff`).
@@ -71,6 +74,7 @@ impl NodeConfig {
                 ifaces: Vec::new(),
             }),
             listen: SocketAddr::from(([0, 0, 0, 0], 10250)),
+            token: None,
             skiff_binary: std::env::current_exe()
                 .unwrap_or_else(|_| PathBuf::from("/usr/local/bin/skiff")),
             base_backoff: std::time::Duration::from_secs(10),

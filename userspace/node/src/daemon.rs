@@ -63,14 +63,17 @@ pub async fn start(cfg: NodeConfig) -> Result<Running> {
         Cidr::parse(c).context("--pod-cidr")?;
     }
     let client = connect(&cfg.server).await;
-    let mut node = register::register(
-        &client,
-        &cfg.name,
+    // The logs/exec endpoint is bound first: its port goes in the status.
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("binding the node endpoint on {}", cfg.listen))?;
+    let identity = register::Identity {
+        name: cfg.name.clone(),
         node_ip,
-        cfg.pod_cidr.as_deref(),
-        &version,
-    )
-    .await?;
+        port: listener.local_addr()?.port(),
+        runtime_version: version.clone(),
+    };
+    let mut node = register::register(&client, &identity, cfg.pod_cidr.as_deref()).await?;
     // The podCIDR: ours, or the one the server allocates at registration.
     let pod_cidr = loop {
         let spec = node.spec.clone().unwrap_or_default();
@@ -124,12 +127,8 @@ pub async fn start(cfg: NodeConfig) -> Result<Running> {
             }
         }
     }));
-    tasks.push(tokio::spawn(heartbeat(
-        client.clone(),
-        cfg.name.clone(),
-        node_ip,
-        version,
-    )));
+    tasks.push(tokio::spawn(heartbeat(client.clone(), identity)));
+    tasks.push(tokio::spawn(crate::server::serve(listener, ctx.clone())));
     tasks.push(tokio::spawn(routes(client, cfg.name.clone(), netlink)));
     tracing::info!(node = %cfg.name, %node_ip, %pod_cidr, "node ready");
     Ok(Running {
@@ -140,7 +139,8 @@ pub async fn start(cfg: NodeConfig) -> Result<Running> {
 }
 
 /// The Lease every 10 s, the Node's status every minute.
-async fn heartbeat(client: Client, name: String, node_ip: Ipv4Addr, version: String) {
+async fn heartbeat(client: Client, id: register::Identity) {
+    let name = id.name.clone();
     let mut tick = tokio::time::interval(register::RENEW_EVERY);
     let mut n = 0u64;
     loop {
@@ -152,16 +152,13 @@ async fn heartbeat(client: Client, name: String, node_ip: Ipv4Addr, version: Str
         if n.is_multiple_of(6) {
             match client.get::<Node>("", &name).await {
                 Ok(node) => {
-                    if let Err(e) = register::update_status(&client, node, node_ip, &version).await
-                    {
+                    if let Err(e) = register::update_status(&client, node, &id).await {
                         tracing::warn!("updating the node status: {e:#}");
                     }
                 }
                 Err(e) if e.is_not_found() => {
                     // Deleted from under us: register again.
-                    if let Err(e) =
-                        register::register(&client, &name, node_ip, None, &version).await
-                    {
+                    if let Err(e) = register::register(&client, &id, None).await {
                         tracing::warn!("re-registering: {e:#}");
                     }
                 }

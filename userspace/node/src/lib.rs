@@ -12,4 +12,5 @@ pub mod net;
 pub mod pods;
 pub mod register;
 pub mod runtime;
+pub mod server;
 pub mod spec;

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use skiff_api::v1::{
-    Condition, LeaseSpec, NodeAddress, NodeSpec, NodeStatus, NodeSystemInfo, Quantity, Time,
+    Condition, DaemonEndpoint, LeaseSpec, NodeAddress, NodeDaemonEndpoints, NodeSpec, NodeStatus,
+    NodeSystemInfo, Quantity, Time,
 };
 use skiff_api::{Lease, Node, ObjectMeta};
 use skiff_client::Client;
@@ -25,12 +26,19 @@ fn quantities(m: BTreeMap<String, String>) -> BTreeMap<String, Quantity> {
         .collect()
 }
 
+/// What the node says about itself besides host facts.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub name: String,
+    pub node_ip: Ipv4Addr,
+    /// Port of the node's logs/exec endpoint.
+    pub port: u16,
+    pub runtime_version: String,
+}
+
 /// The status this node reports now.
-pub fn node_status(
-    node_ip: Ipv4Addr,
-    runtime_version: &str,
-    previous: Option<&NodeStatus>,
-) -> NodeStatus {
+pub fn node_status(id: &Identity, previous: Option<&NodeStatus>) -> NodeStatus {
+    let (node_ip, runtime_version) = (id.node_ip, id.runtime_version.as_str());
     let (cpus, mem) = (host::cpus(), host::read_mem_total());
     let now = Time::now_seconds();
     let ready_since = previous
@@ -76,17 +84,17 @@ pub fn node_status(
             operating_system: "linux".into(),
             architecture: crate::image::oci::host_platform().architecture,
         }),
+        daemon_endpoints: Some(NodeDaemonEndpoints {
+            kubelet_endpoint: Some(DaemonEndpoint {
+                port: i32::from(id.port),
+            }),
+        }),
     }
 }
 
 /// Creates or refreshes the Node; returns it as stored.
-pub async fn register(
-    client: &Client,
-    name: &str,
-    node_ip: Ipv4Addr,
-    pod_cidr: Option<&str>,
-    runtime_version: &str,
-) -> Result<Node> {
+pub async fn register(client: &Client, id: &Identity, pod_cidr: Option<&str>) -> Result<Node> {
+    let name = id.name.as_str();
     let existing = match client.get::<Node>("", name).await {
         Ok(n) => Some(n),
         Err(e) if e.is_not_found() => None,
@@ -124,16 +132,11 @@ pub async fn register(
             }
         }
     };
-    update_status(client, node, node_ip, runtime_version).await
+    update_status(client, node, id).await
 }
 
-pub async fn update_status(
-    client: &Client,
-    mut node: Node,
-    node_ip: Ipv4Addr,
-    runtime_version: &str,
-) -> Result<Node> {
-    node.status = Some(node_status(node_ip, runtime_version, node.status.as_ref()));
+pub async fn update_status(client: &Client, mut node: Node, id: &Identity) -> Result<Node> {
+    node.status = Some(node_status(id, node.status.as_ref()));
     Ok(client.update_status(&node).await?)
 }
 

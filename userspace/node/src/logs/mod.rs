@@ -2,4 +2,5 @@
 //! and reading logs back (tail, follow, previous).
 
 pub mod cri;
+pub mod read;
 pub mod shim_logger;

@@ -12,9 +12,9 @@ use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClien
 use containerd_client::services::v1::snapshots::{MountsRequest, PrepareSnapshotRequest};
 use containerd_client::services::v1::tasks_client::TasksClient;
 use containerd_client::services::v1::{
-    Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
-    DeleteProcessRequest, DeleteTaskRequest, ExecProcessRequest, KillRequest,
-    ListContainersRequest, ListTasksRequest, StartRequest, WaitRequest,
+    CloseIoRequest, Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
+    DeleteProcessRequest, DeleteTaskRequest, ExecProcessRequest, GetContainerRequest, KillRequest,
+    ListContainersRequest, ListTasksRequest, ResizePtyRequest, StartRequest, WaitRequest,
 };
 use containerd_client::types::v1::Status;
 use tonic::Code;
@@ -384,5 +384,50 @@ impl Containerd {
             Err(s) if s.code() == Code::NotFound => Ok(()),
             Err(s) => Err(status(s, "deleting an exec'd process")).context("exec cleanup"),
         }
+    }
+
+    /// The OCI runtime spec a container was created with.
+    pub async fn container_spec(&self, id: &str) -> Result<serde_json::Value> {
+        let c = ContainersClient::new(self.channel.clone())
+            .get(self.req(GetContainerRequest { id: id.to_string() }, None))
+            .await
+            .map_err(|s| status(s, &format!("reading container {id}")))?
+            .into_inner()
+            .container
+            .context("containerd returned no container")?;
+        let spec = c.spec.context("the container has no spec")?;
+        Ok(serde_json::from_slice(&spec.value)?)
+    }
+
+    pub async fn resize_pty(&self, id: &str, exec_id: &str, width: u32, height: u32) -> Result<()> {
+        TasksClient::new(self.channel.clone())
+            .resize_pty(self.req(
+                ResizePtyRequest {
+                    container_id: id.to_string(),
+                    exec_id: exec_id.to_string(),
+                    width,
+                    height,
+                },
+                None,
+            ))
+            .await
+            .map_err(|s| status(s, "resizing the terminal"))?;
+        Ok(())
+    }
+
+    /// Closes an exec'd process's stdin (it reads EOF).
+    pub async fn close_stdin(&self, id: &str, exec_id: &str) -> Result<()> {
+        TasksClient::new(self.channel.clone())
+            .close_io(self.req(
+                CloseIoRequest {
+                    container_id: id.to_string(),
+                    exec_id: exec_id.to_string(),
+                    stdin: true,
+                },
+                None,
+            ))
+            .await
+            .map_err(|s| status(s, "closing stdin"))?;
+        Ok(())
     }
 }

@@ -1,0 +1,139 @@
+//! `Pods` (logs and exec) for clients: the API server finds the pod's node
+//! and relays the stream to that node's endpoint, presenting the cluster
+//! token. Clients never talk to nodes.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use skiff_api::v1::pods_client::PodsClient;
+use skiff_api::v1::pods_server::Pods;
+use skiff_api::v1::{ExecInput, ExecOutput, LogChunk, LogsRequest, Node, Pod};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::registry::Registry;
+
+type Out<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+pub struct Service {
+    pub registry: Arc<Registry>,
+    pub token: String,
+}
+
+impl Service {
+    /// A client to the node running `ns/pod`.
+    async fn node_for(&self, ns: &str, pod: &str) -> Result<PodsClient<Channel>, Status> {
+        let p: Pod = self
+            .registry
+            .get(ns, pod)
+            .await
+            .map_err(|_| Status::not_found(format!("pod {ns}/{pod} not found")))?;
+        let node_name = p
+            .spec
+            .as_ref()
+            .map(|s| s.node_name.clone())
+            .unwrap_or_default();
+        if node_name.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "pod {ns}/{pod} is not scheduled to a node yet"
+            )));
+        }
+        let node: Node = self.registry.get("", &node_name).await.map_err(|_| {
+            Status::unavailable(format!(
+                "node {node_name} of pod {ns}/{pod} is not registered"
+            ))
+        })?;
+        let status = node.status.unwrap_or_default();
+        let ip = status
+            .addresses
+            .iter()
+            .find(|a| a.r#type == "InternalIP")
+            .map(|a| a.address.clone())
+            .ok_or_else(|| Status::unavailable(format!("node {node_name} has no InternalIP")))?;
+        let port = status
+            .daemon_endpoints
+            .and_then(|d| d.kubelet_endpoint)
+            .map(|e| e.port)
+            .filter(|p| *p > 0)
+            .ok_or_else(|| {
+                Status::unavailable(format!("node {node_name} has not published its endpoint"))
+            })?;
+        let endpoint = Endpoint::from_shared(format!("http://{ip}:{port}"))
+            .map_err(|e| Status::internal(e.to_string()))?
+            .connect_timeout(Duration::from_secs(5));
+        let channel = endpoint.connect().await.map_err(|e| {
+            Status::unavailable(format!("cannot reach node {node_name} at {ip}:{port}: {e}"))
+        })?;
+        Ok(PodsClient::new(channel))
+    }
+
+    fn authorized<T>(&self, msg: T) -> Request<T> {
+        let mut r = Request::new(msg);
+        if let Ok(v) = format!("Bearer {}", self.token).parse() {
+            r.metadata_mut().insert("authorization", v);
+        }
+        r
+    }
+}
+
+#[tonic::async_trait]
+impl Pods for Service {
+    type LogsStream = Out<LogChunk>;
+    type ExecStream = Out<ExecOutput>;
+
+    async fn logs(&self, req: Request<LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
+        let r = req.into_inner();
+        let mut node = self.node_for(&r.namespace, &r.pod).await?;
+        let stream = node.logs(self.authorized(r)).await?.into_inner();
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn exec(
+        &self,
+        req: Request<Streaming<ExecInput>>,
+    ) -> Result<Response<Self::ExecStream>, Status> {
+        let mut input = req.into_inner();
+        let first = input
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty exec stream"))?;
+        let start = first.start.clone().ok_or_else(|| {
+            Status::invalid_argument("the first exec message must say what to run")
+        })?;
+        let mut node = self.node_for(&start.namespace, &start.pod).await?;
+        let rest = futures::stream::iter([first])
+            .chain(input.filter_map(|m| futures::future::ready(m.ok())));
+        let stream = node.exec(self.authorized(rest)).await?.into_inner();
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// The cluster token: read from `path`, or made (random, 0600) when the
+/// file does not exist yet.
+pub fn load_or_create_token(path: &std::path::Path) -> std::io::Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(token.as_bytes())?;
+    f.sync_all()?;
+    Ok(token)
+}
