@@ -92,6 +92,11 @@ async fn server(args: skiff_cli::ServerArgs) -> anyhow::Result<()> {
         "skiff server listening on http://{} (store: {})",
         running.addr, running.store
     );
+    let controllers = if args.no_controllers {
+        None
+    } else {
+        Some(start_controllers(running.addr).await?)
+    };
     if !args.no_client_config {
         let path = skiff_cli::config::write_server_config(running.addr)?;
         eprintln!("client configuration written to {}", path.display());
@@ -103,8 +108,29 @@ async fn server(args: skiff_cli::ServerArgs) -> anyhow::Result<()> {
         _ = term.recv() => {}
     }
     eprintln!("shutting down");
+    if let Some(c) = controllers {
+        c.abort();
+    }
     running.shutdown().await?;
     Ok(())
+}
+
+/// The scheduler and controllers, talking to this server like any client,
+/// while this server holds their lease.
+async fn start_controllers(
+    addr: std::net::SocketAddr,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let client = skiff_client::Client::connect(&format!("http://{addr}")).await?;
+    let identity = format!(
+        "{}-{}",
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "server".into()),
+        std::process::id()
+    );
+    Ok(tokio::spawn(skiff_controllers::run_elected(
+        client, identity,
+    )))
 }
 
 /// Client verbs die quietly when their reader goes away (`skiff get po |

@@ -13,14 +13,46 @@ use skiff_testkit::require_tool;
 const SKIFF: &str = env!("CARGO_BIN_EXE_skiff");
 const BUSYBOX: &str = "docker.io/library/busybox:latest";
 
-/// A cluster with the busybox image imported; `None` outside CI when a
-/// tool is missing.
+/// The test image: busybox with its applets, plus `udp-echo` (a UDP
+/// server and client built static from tests/fixtures, as busybox's nc has
+/// no UDP), as an OCI layout tar; built once per test run.
+fn image_tar() -> &'static Path {
+    static TAR: std::sync::OnceLock<(tempfile::TempDir, std::path::PathBuf)> =
+        std::sync::OnceLock::new();
+    &TAR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("udp-echo");
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/udp-echo.c");
+        let ok = std::process::Command::new("gcc")
+            .args(["-static", "-Os", "-o"])
+            .arg(&bin)
+            .arg(&src)
+            .status()
+            .expect("run gcc");
+        assert!(ok.success(), "building the udp-echo fixture failed");
+        let mut fs = skiff_node::image::build::busybox_rootfs(Path::new("/bin/busybox")).unwrap();
+        fs.file("bin/udp-echo", 0o755, std::fs::read(&bin).unwrap());
+        let tar = dir.path().join("image.tar");
+        let mut f = std::fs::File::create(&tar).unwrap();
+        skiff_node::image::build::write_layout(
+            &mut f,
+            BUSYBOX,
+            &fs,
+            skiff_node::image::build::busybox_run_config(),
+        )
+        .unwrap();
+        (dir, tar)
+    })
+    .1
+}
+
+/// A cluster with the test image imported; `None` outside CI when a tool
+/// is missing.
 fn cluster(node_flags: &[&str]) -> Option<Cluster> {
     require_tool("busybox")?;
+    require_tool("gcc")?;
     let c = Cluster::start_with(Path::new(SKIFF), node_flags)?;
-    let tar = c.dir.path().join("busybox.tar");
-    c.skiff_ok(&["image", "build-busybox", tar.to_str().unwrap()]);
-    let out = c.skiff_ok(&["image", "import", tar.to_str().unwrap()]);
+    let out = c.skiff_ok(&["image", "import", image_tar().to_str().unwrap()]);
     assert_eq!(out.trim(), BUSYBOX);
     Some(c)
 }
@@ -630,4 +662,199 @@ spec:
     assert!(!ok && err.contains("nosuchpod"), "{err}");
     let (ok, _, err) = c.skiff(&["exec", "talker", "-c", "nope", "--", "true"]);
     assert!(!ok && err.contains("nope"), "{err}");
+}
+
+/// A Deployment's pods behind a Service: the scheduler binds them, the
+/// ReplicaSet keeps three, the EndpointSlice controller follows their
+/// readiness, and the datapath carries the ClusterIP — TCP and UDP — from
+/// another pod to all three.
+#[test]
+fn a_deployment_behind_a_service_answers_on_its_cluster_ip() {
+    let Some(c) = cluster(&[]) else { return };
+    c.apply(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {name: echo}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: echo}}
+  template:
+    metadata: {labels: {app: echo}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: echo
+        image: busybox
+        command: ["sh", "-c", "mkdir -p /tmp/www; echo $HOSTNAME > /tmp/www/index.html; udp-echo serve 5353 & exec httpd -f -p 8080 -h /tmp/www"]
+        ports: [{name: http, containerPort: 8080}]
+        readinessProbe: {exec: {command: [cat, /tmp/ready]}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo}
+spec:
+  selector: {app: echo}
+  ports:
+  - {name: http, port: 80, targetPort: http}
+  - {name: dns, port: 53, targetPort: 5353, protocol: UDP}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: c, image: busybox, command: [sleep, "3600"]}
+"#,
+    );
+    let list = |label: &str| -> Vec<Value> {
+        let out = c.skiff_ok(&["get", "pods", "-l", label, "-o", "json"]);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        v["items"].as_array().cloned().unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let pods = loop {
+        let pods = list("app=echo");
+        if pods.len() == 3 && pods.iter().all(|p| phase(p) == "Running") {
+            break pods;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} echo pods: {:?}\n{}",
+            pods.len(),
+            pods.iter().map(|p| p["status"].clone()).collect::<Vec<_>>(),
+            c.log("node")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        pods.iter()
+            .all(|p| p["spec"]["nodeName"] == c.name.as_str()),
+        "scheduled to the node"
+    );
+    wait_pod(
+        &c,
+        "client",
+        "Running",
+        Duration::from_secs(60),
+        running_ready,
+    );
+    let svc: Value =
+        serde_json::from_str(&c.skiff_ok(&["get", "svc", "echo", "-o", "json"])).unwrap();
+    let vip = svc["spec"]["clusterIP"].as_str().unwrap().to_string();
+    let names: Vec<String> = pods
+        .iter()
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+
+    // Who answers the ClusterIP from the client pod, over TCP and UDP.
+    let answers = |proto: &str| -> std::collections::BTreeMap<String, usize> {
+        let script = if proto == "tcp" {
+            format!(
+                "for i in $(seq 60); do printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {vip} 80 | tail -1; done"
+            )
+        } else {
+            format!("udp-echo ask {vip} 53 60")
+        };
+        let out = c.skiff_ok(&["exec", "client", "--", "sh", "-c", &script]);
+        let mut seen = std::collections::BTreeMap::new();
+        for l in out.lines().filter(|l| !l.is_empty()) {
+            *seen.entry(l.to_string()).or_default() += 1;
+        }
+        seen
+    };
+    // None is ready: the ClusterIP refuses (no endpoints are ready).
+    let refused = c.skiff(&[
+        "exec",
+        "client",
+        "--",
+        "sh",
+        "-c",
+        &format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {vip} 80"),
+    ]);
+    assert!(
+        refused.1.is_empty(),
+        "answered before any pod was ready: {refused:?}"
+    );
+    // Two become ready: only those two answer.
+    for n in &names[..2] {
+        c.skiff_ok(&["exec", n, "--", "touch", "/tmp/ready"]);
+    }
+    for n in &names[..2] {
+        wait_pod(&c, n, "Ready", Duration::from_secs(30), running_ready);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let two = loop {
+        let seen = answers("tcp");
+        if seen.len() == 2 || Instant::now() > deadline {
+            break seen;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let ready: std::collections::BTreeSet<String> = names[..2].iter().cloned().collect();
+    assert_eq!(
+        two.keys()
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>(),
+        ready,
+        "{two:?}"
+    );
+    // All three ready: all three answer, over TCP and UDP.
+    c.skiff_ok(&["exec", &names[2], "--", "touch", "/tmp/ready"]);
+    wait_pod(
+        &c,
+        &names[2],
+        "Ready",
+        Duration::from_secs(30),
+        running_ready,
+    );
+    let all: std::collections::BTreeSet<String> = names.iter().cloned().collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let tcp = answers("tcp");
+        if tcp
+            .keys()
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>()
+            == all
+        {
+            assert_eq!(tcp.values().sum::<usize>(), 60, "{tcp:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "TCP answers: {tcp:?}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let udp = answers("udp");
+        if udp
+            .keys()
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>()
+            == all
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "UDP answers: {udp:?}");
+    }
+    // The ReplicaSet replaces a deleted pod.
+    c.skiff_ok(&["delete", "pod", &names[0], "--grace-period", "1"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = list("app=echo");
+        let fresh = now
+            .iter()
+            .filter(|p| !names.contains(&p["metadata"]["name"].as_str().unwrap().to_string()))
+            .count();
+        if now.len() == 3 && fresh == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no replacement: {:?}",
+            now.iter()
+                .map(|p| p["metadata"]["name"].clone())
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

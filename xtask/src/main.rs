@@ -89,6 +89,7 @@ fn check_prerequisites() -> Result<()> {
         ("ctr", "containerd"),
         ("runc", "runc"),
         ("busybox", "busybox-static"),
+        ("gcc", "gcc"),
     ] {
         if !have(tool) {
             if ci {

@@ -78,6 +78,9 @@ pub struct ServerArgs {
     /// The cluster token nodes share with the server (default: <data-dir>/token, made when missing)
     #[arg(long)]
     pub token_file: Option<PathBuf>,
+    /// Do not run the scheduler and controllers in this server
+    #[arg(long)]
+    pub no_controllers: bool,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -1,0 +1,571 @@
+//! Deployment → ReplicaSets: one ReplicaSet per pod template (named and
+//! labelled by the template's hash), rolled by RollingUpdate within
+//! maxSurge / maxUnavailable as pods become available, or by Recreate;
+//! old ReplicaSets beyond revisionHistoryLimit are removed; status and the
+//! Available / Progressing conditions are reported.
+
+use std::collections::{BTreeSet, HashMap};
+
+use skiff_api::v1::{
+    Condition, DeploymentStatus, IntOrString, LabelSelector, ObjectMeta, PodTemplateSpec,
+    ReplicaSetSpec, Time,
+};
+use skiff_api::{Deployment, ReplicaSet, Resource};
+use skiff_client::{Client, Informer, ListParams};
+
+use crate::pods::{controller_of, owner_ref, template_hash};
+use crate::queue::Queue;
+use crate::store::Store;
+
+pub const HASH_LABEL: &str = "pod-template-hash";
+pub const REVISION: &str = "deployment.kubernetes.io/revision";
+
+type Key = (String, String);
+
+/// `25%` of 10 rounds up for surge and down for unavailability.
+pub fn resolve(v: Option<&IntOrString>, total: i32, round_up: bool, default: &str) -> i32 {
+    let (is_pct, text, int) = match v {
+        Some(v) if v.is_string || !v.str_val.is_empty() => (true, v.str_val.clone(), 0),
+        Some(v) => (false, String::new(), v.int_val),
+        None => (true, default.to_string(), 0),
+    };
+    if !is_pct {
+        return int.max(0);
+    }
+    let pct: i64 = text.trim_end_matches('%').parse().unwrap_or(25);
+    let scaled = i64::from(total) * pct;
+    let n = if round_up {
+        (scaled + 99) / 100
+    } else {
+        scaled / 100
+    };
+    n.max(0) as i32
+}
+
+/// (maxSurge, maxUnavailable) of a deployment; never both zero.
+pub fn surge_and_unavailable(d: &Deployment) -> (i32, i32) {
+    let spec = d.spec.clone().unwrap_or_default();
+    let replicas = spec.replicas.unwrap_or(1);
+    let ru = spec
+        .strategy
+        .and_then(|s| s.rolling_update)
+        .unwrap_or_default();
+    let surge = resolve(ru.max_surge.as_ref(), replicas, true, "25%");
+    let mut unavailable = resolve(ru.max_unavailable.as_ref(), replicas, false, "25%");
+    if surge == 0 && unavailable == 0 {
+        unavailable = 1;
+    }
+    (surge, unavailable.min(replicas.max(0)))
+}
+
+/// One ReplicaSet as the rollout sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RsView {
+    pub name: String,
+    pub replicas: i32,
+    pub available: i32,
+    pub created: i64,
+}
+
+/// Desired replica counts for the new and the old ReplicaSets
+/// (RollingUpdate, as Kubernetes' deployment controller computes them).
+pub fn rolling(
+    desired: i32,
+    surge: i32,
+    max_unavailable: i32,
+    new: &RsView,
+    old: &[RsView],
+) -> (i32, Vec<(String, i32)>) {
+    let all: i32 = new.replicas + old.iter().map(|o| o.replicas).sum::<i32>();
+    // Scale the new ReplicaSet up, as far as the surge allows.
+    let new_target = if new.replicas >= desired {
+        desired
+    } else {
+        let room = (desired + surge - all).max(0);
+        new.replicas + room.min(desired - new.replicas)
+    };
+    // Scale old ones down, as far as availability allows.
+    let min_available = desired - max_unavailable;
+    let available: i32 = new.available + old.iter().map(|o| o.available).sum::<i32>();
+    let new_unavailable = (new.replicas - new.available).max(0);
+    let all_after = all - new.replicas + new_target;
+    let mut can_remove = (all_after - min_available - new_unavailable).max(0);
+    let mut by_age: Vec<&RsView> = old.iter().collect();
+    by_age.sort_by_key(|o| o.created);
+    let mut old_targets = Vec::new();
+    // Unavailable old pods go first: removing them costs no availability.
+    let mut budget_available = (available - min_available).max(0);
+    for o in &by_age {
+        let unavailable = (o.replicas - o.available).max(0);
+        let take_unavail = unavailable.min(can_remove);
+        can_remove -= take_unavail;
+        let take_avail = (o.replicas - take_unavail)
+            .min(can_remove)
+            .min(budget_available);
+        can_remove -= take_avail;
+        budget_available -= take_avail;
+        old_targets.push((o.name.clone(), o.replicas - take_unavail - take_avail));
+    }
+    (new_target, old_targets)
+}
+
+fn owned_by(rs: &ReplicaSet, d: &Deployment) -> bool {
+    rs.metadata
+        .as_ref()
+        .and_then(|m| controller_of(&m.owner_references))
+        .is_some_and(|o| o.uid == d.meta().uid)
+}
+
+fn revision(rs: &ReplicaSet) -> i64 {
+    rs.metadata
+        .as_ref()
+        .and_then(|m| m.annotations.get(REVISION))
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0)
+}
+
+fn view(rs: &ReplicaSet) -> RsView {
+    RsView {
+        name: rs.name().to_string(),
+        replicas: rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0),
+        available: rs
+            .status
+            .as_ref()
+            .map(|s| s.available_replicas)
+            .unwrap_or(0),
+        created: rs.meta().creation_timestamp.map(|t| t.seconds).unwrap_or(0),
+    }
+}
+
+/// The ReplicaSet for the deployment's current template.
+pub fn new_replicaset(d: &Deployment, hash: &str, replicas: i32, rev: i64) -> ReplicaSet {
+    let meta = d.metadata.clone().unwrap_or_default();
+    let spec = d.spec.clone().unwrap_or_default();
+    let mut template: PodTemplateSpec = spec.template.clone().unwrap_or_default();
+    template
+        .metadata
+        .get_or_insert_with(Default::default)
+        .labels
+        .insert(HASH_LABEL.into(), hash.to_string());
+    let mut selector: LabelSelector = spec.selector.clone().unwrap_or_default();
+    selector
+        .match_labels
+        .insert(HASH_LABEL.into(), hash.to_string());
+    let mut labels = template
+        .metadata
+        .as_ref()
+        .map(|m| m.labels.clone())
+        .unwrap_or_default();
+    labels.insert(HASH_LABEL.into(), hash.to_string());
+    ReplicaSet {
+        api_version: "apps/v1".into(),
+        kind: "ReplicaSet".into(),
+        metadata: Some(ObjectMeta {
+            name: format!("{}-{hash}", meta.name),
+            namespace: meta.namespace.clone(),
+            labels,
+            annotations: [(REVISION.to_string(), rev.to_string())].into(),
+            owner_references: vec![owner_ref("Deployment", "apps/v1", &meta.name, &meta.uid)],
+            ..Default::default()
+        }),
+        spec: Some(ReplicaSetSpec {
+            replicas: Some(replicas),
+            min_ready_seconds: spec.min_ready_seconds,
+            selector: Some(selector),
+            template: Some(template),
+        }),
+        status: None,
+    }
+}
+
+pub fn status(
+    d: &Deployment,
+    new: Option<&ReplicaSet>,
+    all: &[&ReplicaSet],
+    max_unavailable: i32,
+) -> DeploymentStatus {
+    let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let sum = |f: fn(&skiff_api::v1::ReplicaSetStatus) -> i32| -> i32 {
+        all.iter().filter_map(|r| r.status.as_ref()).map(f).sum()
+    };
+    let available = sum(|s| s.available_replicas);
+    let updated = new
+        .and_then(|n| n.status.as_ref())
+        .map(|s| s.replicas)
+        .unwrap_or(0);
+    let now = Time::now_seconds();
+    let prev = d.status.clone().unwrap_or_default();
+    let cond = |kind: &str, ok: bool, reason: &str, message: String| {
+        let status = if ok { "True" } else { "False" };
+        let same = prev
+            .conditions
+            .iter()
+            .find(|c| c.r#type == kind && c.status == status);
+        Condition {
+            r#type: kind.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message,
+            last_transition_time: Some(same.and_then(|c| c.last_transition_time).unwrap_or(now)),
+            last_update_time: Some(same.and_then(|c| c.last_update_time).unwrap_or(now)),
+            ..Default::default()
+        }
+    };
+    let is_available = available >= desired - max_unavailable;
+    let complete = updated == desired
+        && available >= desired
+        && all.len()
+            <= 1 + all
+                .iter()
+                .filter(|r| r.spec.as_ref().and_then(|s| s.replicas) == Some(0))
+                .count();
+    let name = d.name();
+    DeploymentStatus {
+        observed_generation: d.meta().generation,
+        replicas: sum(|s| s.replicas),
+        updated_replicas: updated,
+        ready_replicas: sum(|s| s.ready_replicas),
+        available_replicas: available,
+        unavailable_replicas: (desired - available).max(0),
+        conditions: vec![
+            cond(
+                "Available",
+                is_available,
+                if is_available {
+                    "MinimumReplicasAvailable"
+                } else {
+                    "MinimumReplicasUnavailable"
+                },
+                if is_available {
+                    "Deployment has minimum availability.".into()
+                } else {
+                    "Deployment does not have minimum availability.".into()
+                },
+            ),
+            cond(
+                "Progressing",
+                true,
+                if complete {
+                    "NewReplicaSetAvailable"
+                } else {
+                    "ReplicaSetUpdated"
+                },
+                match new {
+                    Some(n) if complete => {
+                        format!("ReplicaSet \"{}\" has successfully progressed.", n.name())
+                    }
+                    Some(n) => format!("ReplicaSet \"{}\" is progressing.", n.name()),
+                    None => format!("Deployment \"{name}\" is progressing."),
+                },
+            ),
+        ],
+        collision_count: None,
+    }
+}
+
+struct Controller {
+    client: Client,
+    deps: Store<Deployment>,
+    rss: Store<ReplicaSet>,
+    queue: Queue<Key>,
+}
+
+pub async fn run(client: Client) {
+    let (_c1, mut d_rx, _t1) =
+        Informer::<Deployment>::new(client.clone(), "", ListParams::default()).spawn();
+    let (_c2, mut rs_rx, _t2) =
+        Informer::<ReplicaSet>::new(client.clone(), "", ListParams::default()).spawn();
+    let mut c = Controller {
+        client,
+        deps: Store::default(),
+        rss: Store::default(),
+        queue: Queue::default(),
+    };
+    let mut uid_to_dep: HashMap<String, Key> = HashMap::new();
+    loop {
+        tokio::select! {
+            ev = d_rx.recv() => {
+                let Some(ev) = ev else { return };
+                let (old, new) = c.deps.apply(ev);
+                if let Some(d) = &new {
+                    uid_to_dep.insert(d.meta().uid.clone(), key(d));
+                    c.queue.add(key(d));
+                } else if let Some(d) = old {
+                    uid_to_dep.remove(&d.meta().uid);
+                    c.delete_owned(&d).await;
+                }
+            }
+            ev = rs_rx.recv() => {
+                let Some(ev) = ev else { return };
+                let (old, new) = c.rss.apply(ev);
+                for rs in [old, new].into_iter().flatten() {
+                    if let Some(o) = rs.metadata.as_ref().and_then(|m| controller_of(&m.owner_references))
+                        && let Some(k) = uid_to_dep.get(&o.uid)
+                    {
+                        c.queue.add(k.clone());
+                    }
+                }
+            }
+            k = c.queue.next_retry() => if let Some(k) = k { c.queue.add(k) },
+        }
+        if c.deps.synced() && c.rss.synced() {
+            while let Some(k) = c.queue.pop() {
+                match c.sync(&k).await {
+                    Ok(()) => c.queue.done(&k),
+                    Err(e) => {
+                        tracing::warn!(deployment = %format!("{}/{}", k.0, k.1), "sync: {e}");
+                        c.queue.retry(k);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn key<R: Resource>(r: &R) -> Key {
+    (r.namespace().to_string(), r.name().to_string())
+}
+
+impl Controller {
+    /// A deleted Deployment's ReplicaSets go too (background propagation).
+    async fn delete_owned(&mut self, d: &Deployment) {
+        let owned: Vec<String> = self
+            .rss
+            .in_namespace(d.namespace())
+            .filter(|rs| owned_by(rs, d))
+            .map(|rs| rs.name().to_string())
+            .collect();
+        for name in owned {
+            if let Err(e) = self.client.delete::<ReplicaSet>(d.namespace(), &name).await
+                && !e.is_not_found()
+            {
+                tracing::warn!("deleting ReplicaSet {name}: {e}");
+            }
+        }
+    }
+
+    async fn set_replicas(&self, rs: &ReplicaSet, n: i32) -> anyhow::Result<()> {
+        if rs.spec.as_ref().and_then(|s| s.replicas) == Some(n) {
+            return Ok(());
+        }
+        let mut u = rs.clone();
+        u.spec.get_or_insert_with(Default::default).replicas = Some(n);
+        self.client.update(&u).await?;
+        Ok(())
+    }
+
+    async fn sync(&mut self, k: &Key) -> anyhow::Result<()> {
+        let Some(d) = self.deps.get(&k.0, &k.1).cloned() else {
+            return Ok(());
+        };
+        if d.meta().deletion_timestamp.is_some() {
+            return Ok(());
+        }
+        let spec = d.spec.clone().unwrap_or_default();
+        let desired = spec.replicas.unwrap_or(1).max(0);
+        let template = spec.template.clone().unwrap_or_default();
+        let hash = template_hash(&template);
+        let owned: Vec<ReplicaSet> = self
+            .rss
+            .in_namespace(&k.0)
+            .filter(|rs| owned_by(rs, &d))
+            .cloned()
+            .collect();
+        let new = owned
+            .iter()
+            .find(|rs| rs.meta().labels.get(HASH_LABEL) == Some(&hash))
+            .cloned();
+        let old: Vec<ReplicaSet> = owned
+            .iter()
+            .filter(|rs| rs.meta().labels.get(HASH_LABEL) != Some(&hash))
+            .cloned()
+            .collect();
+        let (surge, max_unavailable) = surge_and_unavailable(&d);
+        let recreate = spec
+            .strategy
+            .as_ref()
+            .is_some_and(|s| s.r#type == "Recreate");
+        if !spec.paused {
+            let new = match new.clone() {
+                Some(n) => n,
+                None => {
+                    let rev = owned.iter().map(revision).max().unwrap_or(0) + 1;
+                    let old_total: i32 = old.iter().map(|o| view(o).replicas).sum();
+                    let start = if recreate {
+                        if old_total > 0 { 0 } else { desired }
+                    } else {
+                        (desired + surge - old_total).clamp(0, desired)
+                    };
+                    let rs = new_replicaset(&d, &hash, start, rev);
+                    match self.client.create(&rs).await {
+                        Ok(created) => created,
+                        Err(e) if e.is_already_exists() => return Ok(()),
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            };
+            if recreate {
+                let old_running: i32 = old
+                    .iter()
+                    .map(|o| o.status.as_ref().map(|s| s.replicas).unwrap_or(0))
+                    .sum();
+                for o in &old {
+                    self.set_replicas(o, 0).await?;
+                }
+                if old_running == 0 {
+                    self.set_replicas(&new, desired).await?;
+                }
+            } else {
+                let (new_target, old_targets) = rolling(
+                    desired,
+                    surge,
+                    max_unavailable,
+                    &view(&new),
+                    &old.iter().map(view).collect::<Vec<_>>(),
+                );
+                self.set_replicas(&new, new_target).await?;
+                for (name, n) in old_targets {
+                    if let Some(o) = old.iter().find(|o| o.name() == name) {
+                        self.set_replicas(o, n).await?;
+                    }
+                }
+            }
+            self.prune_history(&d, &old).await?;
+        }
+        let all: Vec<&ReplicaSet> = owned.iter().collect();
+        let st = status(&d, new.as_ref(), &all, max_unavailable);
+        let changed = d.status.as_ref().is_none_or(|s| {
+            let mut a = s.clone();
+            let mut b = st.clone();
+            for c in a.conditions.iter_mut().chain(b.conditions.iter_mut()) {
+                c.last_update_time = None;
+            }
+            a != b
+        });
+        if changed {
+            let mut u = d.clone();
+            u.status = Some(st);
+            match self.client.update_status(&u).await {
+                Ok(_) => {}
+                Err(e) if e.is_not_found() || e.is_conflict() => self.queue.add(k.clone()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps `revisionHistoryLimit` (default 10) scaled-down old
+    /// ReplicaSets, the newest ones.
+    async fn prune_history(&self, d: &Deployment, old: &[ReplicaSet]) -> anyhow::Result<()> {
+        let limit = d
+            .spec
+            .as_ref()
+            .and_then(|s| s.revision_history_limit)
+            .unwrap_or(10)
+            .max(0) as usize;
+        let mut idle: Vec<&ReplicaSet> = old
+            .iter()
+            .filter(|o| {
+                o.spec.as_ref().and_then(|s| s.replicas) == Some(0)
+                    && o.status.as_ref().is_none_or(|s| s.replicas == 0)
+            })
+            .collect();
+        if idle.len() <= limit {
+            return Ok(());
+        }
+        idle.sort_by_key(|o| revision(o));
+        let excess: BTreeSet<String> = idle[..idle.len() - limit]
+            .iter()
+            .map(|o| o.name().to_string())
+            .collect();
+        for name in excess {
+            if let Err(e) = self.client.delete::<ReplicaSet>(d.namespace(), &name).await
+                && !e.is_not_found()
+            {
+                return Err(e.into());
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rs(name: &str, replicas: i32, available: i32, created: i64) -> RsView {
+        RsView {
+            name: name.into(),
+            replicas,
+            available,
+            created,
+        }
+    }
+
+    fn pct(s: &str) -> IntOrString {
+        IntOrString {
+            str_val: s.into(),
+            is_string: true,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn percentages_round_like_kubernetes() {
+        assert_eq!(resolve(Some(&pct("25%")), 10, true, "25%"), 3);
+        assert_eq!(resolve(Some(&pct("25%")), 10, false, "25%"), 2);
+        assert_eq!(resolve(None, 3, true, "25%"), 1);
+        assert_eq!(resolve(None, 3, false, "25%"), 0);
+        let two = IntOrString {
+            int_val: 2,
+            ..Default::default()
+        };
+        assert_eq!(resolve(Some(&two), 10, true, "25%"), 2);
+    }
+
+    /// A rollout simulated to the end never leaves the bounds.
+    #[test]
+    fn rolling_stays_within_surge_and_unavailability() {
+        let (desired, surge, unavail) = (10, 3, 2);
+        let mut new = rs("new", 0, 0, 2);
+        let mut old = vec![rs("old", 10, 10, 1)];
+        for step in 0..50 {
+            let (nt, ot) = rolling(desired, surge, unavail, &new, &old);
+            new.replicas = nt;
+            for (name, n) in ot {
+                let o = old.iter_mut().find(|o| o.name == name).unwrap();
+                o.replicas = n;
+                o.available = o.available.min(n);
+            }
+            let total: i32 = new.replicas + old.iter().map(|o| o.replicas).sum::<i32>();
+            let available: i32 = new.available + old.iter().map(|o| o.available).sum::<i32>();
+            assert!(total <= desired + surge, "step {step}: {total} pods");
+            assert!(
+                available >= desired - unavail,
+                "step {step}: {available} available"
+            );
+            // The new pods become available by the next step.
+            new.available = new.replicas;
+            if new.replicas == desired && old.iter().all(|o| o.replicas == 0) {
+                return;
+            }
+        }
+        panic!("the rollout did not finish: new {new:?} old {old:?}");
+    }
+
+    #[test]
+    fn zero_surge_and_unavailability_is_refused() {
+        let mut d = Deployment::default();
+        let spec = d.spec.get_or_insert_with(Default::default);
+        spec.replicas = Some(4);
+        let zero = IntOrString::default();
+        spec.strategy = Some(skiff_api::v1::DeploymentStrategy {
+            r#type: "RollingUpdate".into(),
+            rolling_update: Some(skiff_api::v1::RollingUpdateDeployment {
+                max_unavailable: Some(zero.clone()),
+                max_surge: Some(zero),
+            }),
+        });
+        assert_eq!(surge_and_unavailable(&d), (0, 1));
+    }
+}

@@ -1,0 +1,498 @@
+//! The scheduler: pods without a node are placed on one that fits —
+//! Ready and schedulable, taints tolerated, nodeSelector and required node
+//! affinity met, requests within allocatable minus what bound pods request
+//! — preferring the least allocated node and spreading one owner's pods.
+//! A pod no node takes gets PodScheduled=False with the reasons, and is
+//! tried again when nodes or bound pods change, not on a timer.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use skiff_api::v1::{Condition, NodeSelectorRequirement, Taint, Time, Toleration};
+use skiff_api::{Node, ParsedQuantity, Pod, Resource};
+use skiff_client::{Client, Informer, InformerEvent, ListParams};
+
+use crate::pods::{self, controller_of};
+use crate::queue::Queue;
+use crate::store::Store;
+
+type Key = (String, String);
+
+/// What a pod asks for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Request {
+    pub cpu_milli: i64,
+    pub memory: i64,
+}
+
+pub fn request(p: &Pod) -> Request {
+    let mut r = Request::default();
+    for c in p.spec.iter().flat_map(|s| s.containers.iter()) {
+        let res = c.resources.as_ref();
+        let q = |name: &str| {
+            res.and_then(|r| r.requests.get(name).or_else(|| r.limits.get(name)))
+                .and_then(|q| ParsedQuantity::parse(&q.value).ok())
+        };
+        r.cpu_milli += q("cpu").map(|q| q.milli_value()).unwrap_or(0);
+        r.memory += q("memory").map(|q| q.value()).unwrap_or(0);
+    }
+    r
+}
+
+/// A node's room, as the scheduler tracks it.
+#[derive(Debug, Clone, Default)]
+pub struct NodeInfo {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub ready: bool,
+    pub unschedulable: bool,
+    pub taints: Vec<Taint>,
+    pub cpu_milli: i64,
+    pub memory: i64,
+    pub pods: i64,
+    pub used: Request,
+    pub used_pods: i64,
+    /// Pods per owner uid (spreading).
+    pub owners: HashMap<String, i64>,
+}
+
+pub fn node_info(n: &Node) -> NodeInfo {
+    let status = n.status.clone().unwrap_or_default();
+    let spec = n.spec.clone().unwrap_or_default();
+    let alloc = |k: &str| {
+        status
+            .allocatable
+            .get(k)
+            .and_then(|q| ParsedQuantity::parse(&q.value).ok())
+    };
+    NodeInfo {
+        name: n.name().to_string(),
+        labels: n.meta().labels.clone(),
+        ready: status
+            .conditions
+            .iter()
+            .any(|c| c.r#type == "Ready" && c.status == "True"),
+        unschedulable: spec.unschedulable,
+        taints: spec.taints,
+        cpu_milli: alloc("cpu").map(|q| q.milli_value()).unwrap_or(0),
+        memory: alloc("memory").map(|q| q.value()).unwrap_or(0),
+        pods: alloc("pods").map(|q| q.value()).unwrap_or(110),
+        ..Default::default()
+    }
+}
+
+fn tolerates(tolerations: &[Toleration], t: &Taint) -> bool {
+    tolerations.iter().any(|tol| {
+        let key_ok = tol.key.is_empty() && tol.operator == "Exists" || tol.key == t.key;
+        let value_ok = tol.operator == "Exists" || tol.value == t.value;
+        let effect_ok = tol.effect.is_empty() || tol.effect == t.effect;
+        key_ok && value_ok && effect_ok
+    })
+}
+
+fn requirement_met(r: &NodeSelectorRequirement, labels: &BTreeMap<String, String>) -> bool {
+    let v = labels.get(&r.key);
+    match r.operator.as_str() {
+        "In" => v.is_some_and(|v| r.values.contains(v)),
+        "NotIn" => v.is_none_or(|v| !r.values.contains(v)),
+        "Exists" => v.is_some(),
+        "DoesNotExist" => v.is_none(),
+        "Gt" | "Lt" => {
+            let (Some(v), Some(bound)) = (
+                v.and_then(|v| v.parse::<i64>().ok()),
+                r.values.first().and_then(|b| b.parse::<i64>().ok()),
+            ) else {
+                return false;
+            };
+            if r.operator == "Gt" {
+                v > bound
+            } else {
+                v < bound
+            }
+        }
+        _ => false,
+    }
+}
+
+/// Why a node does not fit, in the words Kubernetes uses; `None`: it fits.
+pub fn unfit(pod: &Pod, req: Request, n: &NodeInfo) -> Option<&'static str> {
+    let spec = pod.spec.clone().unwrap_or_default();
+    if !n.ready {
+        return Some("node(s) were not ready");
+    }
+    if n.unschedulable {
+        return Some("node(s) were unschedulable");
+    }
+    if n.taints.iter().any(|t| {
+        (t.effect == "NoSchedule" || t.effect == "NoExecute") && !tolerates(&spec.tolerations, t)
+    }) {
+        return Some("node(s) had untolerated taint");
+    }
+    if !spec
+        .node_selector
+        .iter()
+        .all(|(k, v)| n.labels.get(k) == Some(v))
+    {
+        return Some("node(s) didn't match Pod's node affinity/selector");
+    }
+    let required = spec
+        .affinity
+        .as_ref()
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|a| {
+            a.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        });
+    if let Some(sel) = required
+        && !sel.node_selector_terms.is_empty()
+        && !sel.node_selector_terms.iter().any(|t| {
+            t.match_expressions
+                .iter()
+                .all(|r| requirement_met(r, &n.labels))
+        })
+    {
+        return Some("node(s) didn't match Pod's node affinity/selector");
+    }
+    if n.used_pods + 1 > n.pods {
+        return Some("Too many pods");
+    }
+    if req.cpu_milli > 0 && n.used.cpu_milli + req.cpu_milli > n.cpu_milli {
+        return Some("Insufficient cpu");
+    }
+    if req.memory > 0 && n.used.memory + req.memory > n.memory {
+        return Some("Insufficient memory");
+    }
+    None
+}
+
+/// Higher is better: least allocated after placing the pod, minus a
+/// penalty per pod of the same owner already there.
+pub fn score(req: Request, n: &NodeInfo, owner: Option<&str>) -> i64 {
+    let free = |cap: i64, used: i64| {
+        if cap <= 0 {
+            0
+        } else {
+            ((cap - used) * 100 / cap).max(0)
+        }
+    };
+    let cpu = free(n.cpu_milli, n.used.cpu_milli + req.cpu_milli);
+    let mem = free(n.memory, n.used.memory + req.memory);
+    let same = owner.and_then(|o| n.owners.get(o)).copied().unwrap_or(0);
+    (cpu + mem) / 2 - same * 10
+}
+
+/// The best node, or the summary of why none fits.
+pub fn pick<'a>(pod: &Pod, nodes: impl Iterator<Item = &'a NodeInfo>) -> Result<String, String> {
+    let req = request(pod);
+    let owner = pod
+        .metadata
+        .as_ref()
+        .and_then(|m| controller_of(&m.owner_references))
+        .map(|o| o.uid.clone());
+    let mut best: Option<(i64, &str)> = None;
+    let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut total = 0;
+    for n in nodes {
+        total += 1;
+        match unfit(pod, req, n) {
+            Some(why) => *reasons.entry(why).or_default() += 1,
+            None => {
+                let s = score(req, n, owner.as_deref());
+                if best.is_none_or(|(b, name)| s > b || (s == b && n.name.as_str() < name)) {
+                    best = Some((s, &n.name));
+                }
+            }
+        }
+    }
+    match best {
+        Some((_, name)) => Ok(name.to_string()),
+        None => {
+            let parts: Vec<String> = reasons
+                .iter()
+                .map(|(why, n)| format!("{n} {why}"))
+                .collect();
+            Err(format!(
+                "0/{total} nodes are available: {}.",
+                parts.join(", ")
+            ))
+        }
+    }
+}
+
+fn schedulable_here(p: &Pod) -> bool {
+    let spec = p.spec.as_ref();
+    let name = spec.map(|s| s.scheduler_name.as_str()).unwrap_or("");
+    !pods::scheduled(p) && pods::active(p) && (name.is_empty() || name == "default-scheduler")
+}
+
+fn owner_uid(p: &Pod) -> Option<String> {
+    p.metadata
+        .as_ref()
+        .and_then(|m| controller_of(&m.owner_references))
+        .map(|o| o.uid.clone())
+}
+
+struct Scheduler {
+    client: Client,
+    nodes: BTreeMap<String, NodeInfo>,
+    pods: Store<Pod>,
+    node_store: Store<Node>,
+    queue: Queue<Key>,
+    /// Pods no node fits now: tried again when the cluster changes.
+    parked: BTreeSet<Key>,
+}
+
+pub async fn run(client: Client) {
+    let (_a, mut node_rx, _t1) =
+        Informer::<Node>::new(client.clone(), "", ListParams::default()).spawn();
+    let (_b, mut pod_rx, _t2) =
+        Informer::<Pod>::new(client.clone(), "", ListParams::default()).spawn();
+    let mut s = Scheduler {
+        client,
+        nodes: BTreeMap::new(),
+        pods: Store::default(),
+        node_store: Store::default(),
+        queue: Queue::default(),
+        parked: BTreeSet::new(),
+    };
+    loop {
+        tokio::select! {
+            ev = node_rx.recv() => {
+                let Some(ev) = ev else { return };
+                let (_old, new) = s.node_store.apply(ev.clone());
+                match ev {
+                    InformerEvent::Deleted(n) => { s.nodes.remove(n.name()); }
+                    _ => if let Some(n) = new {
+                        let mut info = node_info(&n);
+                        if let Some(prev) = s.nodes.get(&info.name) {
+                            info.used = prev.used;
+                            info.used_pods = prev.used_pods;
+                            info.owners = prev.owners.clone();
+                        }
+                        s.nodes.insert(info.name.clone(), info);
+                    }
+                }
+                s.unpark();
+            }
+            ev = pod_rx.recv() => {
+                let Some(ev) = ev else { return };
+                let (old, new) = s.pods.apply(ev);
+                if let Some(p) = &old { s.account(p, -1); }
+                if let Some(p) = &new {
+                    s.account(p, 1);
+                    if schedulable_here(p) {
+                        s.queue.add((p.namespace().to_string(), p.name().to_string()));
+                    }
+                }
+                // A bound pod that went away frees room.
+                if new.is_none() && old.as_ref().is_some_and(pods::scheduled) {
+                    s.unpark();
+                }
+            }
+            k = s.queue.next_retry() => if let Some(k) = k { s.queue.add(k) },
+        }
+        if s.pods.synced() && s.node_store.synced() {
+            while let Some(k) = s.queue.pop() {
+                if let Err(e) = s.schedule(&k).await {
+                    tracing::warn!(pod = %format!("{}/{}", k.0, k.1), "scheduling: {e}");
+                    s.queue.retry(k);
+                }
+            }
+        }
+    }
+}
+
+impl Scheduler {
+    /// Adds (or removes) a bound, active pod's requests to its node.
+    fn account(&mut self, p: &Pod, sign: i64) {
+        if !pods::scheduled(p) || !pods::active(p) {
+            return;
+        }
+        let node = p
+            .spec
+            .as_ref()
+            .map(|s| s.node_name.clone())
+            .unwrap_or_default();
+        let Some(n) = self.nodes.get_mut(&node) else {
+            return;
+        };
+        let r = request(p);
+        n.used.cpu_milli += sign * r.cpu_milli;
+        n.used.memory += sign * r.memory;
+        n.used_pods += sign;
+        if let Some(o) = owner_uid(p) {
+            let c = n.owners.entry(o.clone()).or_default();
+            *c += sign;
+            if *c <= 0 {
+                n.owners.remove(&o);
+            }
+        }
+    }
+
+    fn unpark(&mut self) {
+        for k in std::mem::take(&mut self.parked) {
+            self.queue.add(k);
+        }
+    }
+
+    async fn schedule(&mut self, k: &Key) -> anyhow::Result<()> {
+        let Some(pod) = self.pods.get(&k.0, &k.1).cloned() else {
+            return Ok(());
+        };
+        if !schedulable_here(&pod) {
+            return Ok(());
+        }
+        match pick(&pod, self.nodes.values()) {
+            Ok(node) => {
+                let mut bound = pod.clone();
+                bound.spec.get_or_insert_with(Default::default).node_name = node.clone();
+                // The resourceVersion makes this a compare-and-set: a pod
+                // bound meanwhile is never bound again.
+                match self.client.update(&bound).await {
+                    Ok(b) => {
+                        // Count it now; the watch event would be late.
+                        self.account(&b, 1);
+                        self.pods.apply(InformerEvent::Updated {
+                            old: pod.clone(),
+                            new: b,
+                        });
+                        tracing::debug!(pod = %format!("{}/{}", k.0, k.1), %node, "scheduled");
+                    }
+                    Err(e) if e.is_conflict() || e.is_not_found() => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Err(why) => {
+                self.parked.insert(k.clone());
+                let mut p = pod.clone();
+                let status = p.status.get_or_insert_with(Default::default);
+                let cond = Condition {
+                    r#type: "PodScheduled".into(),
+                    status: "False".into(),
+                    reason: "Unschedulable".into(),
+                    message: why.clone(),
+                    last_transition_time: Some(Time::now_seconds()),
+                    ..Default::default()
+                };
+                let same = status
+                    .conditions
+                    .iter()
+                    .any(|c| c.r#type == "PodScheduled" && c.status == "False" && c.message == why);
+                if !same {
+                    status.conditions.retain(|c| c.r#type != "PodScheduled");
+                    status.conditions.push(cond);
+                    if status.phase.is_empty() {
+                        status.phase = "Pending".into();
+                    }
+                    match self.client.update_status(&p).await {
+                        Ok(_) | Err(_) => {}
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skiff_api::v1::{Container, ObjectMeta, PodSpec, Quantity, ResourceRequirements};
+
+    fn node(name: &str, cpu: i64) -> NodeInfo {
+        NodeInfo {
+            name: name.into(),
+            ready: true,
+            cpu_milli: cpu,
+            memory: 8 << 30,
+            pods: 110,
+            ..Default::default()
+        }
+    }
+
+    fn pod_asking(cpu: &str) -> Pod {
+        Pod {
+            metadata: Some(ObjectMeta {
+                name: "p".into(),
+                ..Default::default()
+            }),
+            spec: Some(PodSpec {
+                containers: vec![Container {
+                    resources: Some(ResourceRequirements {
+                        requests: [("cpu".to_string(), Quantity { value: cpu.into() })].into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn fits_prefers_room_and_explains_refusals() {
+        let mut busy = node("a", 2000);
+        busy.used.cpu_milli = 1500;
+        let idle = node("b", 2000);
+        assert_eq!(
+            pick(&pod_asking("200m"), [&busy, &idle].into_iter()),
+            Ok("b".into())
+        );
+        assert_eq!(
+            pick(&pod_asking("600m"), [&busy].into_iter()),
+            Err("0/1 nodes are available: 1 Insufficient cpu.".into())
+        );
+        let mut tainted = node("c", 4000);
+        tainted.taints.push(Taint {
+            key: "k".into(),
+            value: "v".into(),
+            effect: "NoSchedule".into(),
+            time_added: None,
+        });
+        let mut down = node("d", 4000);
+        down.ready = false;
+        let err = pick(&pod_asking("600m"), [&busy, &tainted, &down].into_iter()).unwrap_err();
+        assert_eq!(
+            err,
+            "0/3 nodes are available: 1 Insufficient cpu, 1 node(s) had untolerated taint, 1 node(s) were not ready."
+        );
+        let mut tolerant = pod_asking("600m");
+        tolerant
+            .spec
+            .as_mut()
+            .unwrap()
+            .tolerations
+            .push(Toleration {
+                key: "k".into(),
+                operator: "Equal".into(),
+                value: "v".into(),
+                effect: "NoSchedule".into(),
+                toleration_seconds: None,
+            });
+        assert_eq!(
+            pick(&tolerant, [&busy, &tainted].into_iter()),
+            Ok("c".into())
+        );
+    }
+
+    #[test]
+    fn selectors_and_spreading() {
+        let mut a = node("a", 4000);
+        a.labels.insert("disk".into(), "ssd".into());
+        let b = node("b", 4000);
+        let mut p = pod_asking("100m");
+        p.spec
+            .as_mut()
+            .unwrap()
+            .node_selector
+            .insert("disk".into(), "ssd".into());
+        assert_eq!(pick(&p, [&a, &b].into_iter()), Ok("a".into()));
+        // Same free room: the node without a sibling wins.
+        let mut a2 = node("a", 4000);
+        a2.owners.insert("rs1".into(), 2);
+        assert!(
+            score(Request::default(), &a2, Some("rs1"))
+                < score(Request::default(), &b, Some("rs1"))
+        );
+    }
+}
