@@ -1,5 +1,7 @@
 //! `skiff`: parses the command line and hands off to the library crates.
 
+mod up;
+
 use clap::Parser;
 use skiff_cli::{Cli, Command};
 
@@ -15,7 +17,11 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     if !matches!(
         cli.command,
-        Command::Server(_) | Command::Dns(_) | Command::Node(_) | Command::ShimLogger { .. }
+        Command::Server(_)
+            | Command::Dns(_)
+            | Command::Node(_)
+            | Command::Up(_)
+            | Command::ShimLogger { .. }
     ) {
         default_sigpipe();
     }
@@ -27,6 +33,7 @@ async fn main() -> std::process::ExitCode {
         Command::Node(args) => skiff_cli::node::run(&cli.global, args).await,
         Command::ShimLogger { path } => skiff_node::logs::shim_logger::run(&path),
         Command::Dns(args) => dns(&cli.global, args).await,
+        Command::Up(args) => up::up(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

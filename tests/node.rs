@@ -425,6 +425,15 @@ spec:
 fn a_restarted_node_adopts_its_running_containers() {
     let Some(mut c) = cluster(&[]) else { return };
     c.apply(&httpd_pod("keep", &c.name, ""));
+    c.apply(
+        r#"apiVersion: v1
+kind: Service
+metadata: {name: keep}
+spec:
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}]
+"#,
+    );
     let before = wait_pod(
         &c,
         "keep",
@@ -434,8 +443,67 @@ fn a_restarted_node_adopts_its_running_containers() {
     );
     let ip = pod_ip(&before);
     let id = before["status"]["containerStatuses"][0]["containerID"].clone();
+    let svc: Value =
+        serde_json::from_str(&c.skiff_ok(&["get", "svc", "keep", "-o", "json"])).unwrap();
+    let vip = svc["spec"]["clusterIP"].as_str().unwrap().to_string();
+    // A client pod asks the ClusterIP five times a second and logs each answer.
+    c.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: asker
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: busybox
+    command:
+    - sh
+    - -c
+    - |
+      while true; do
+        printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 1 {vip} 80 | tail -1 | grep -q 'hello from skiff' && echo ok || echo FAIL
+        sleep 0.2
+      done
+"#,
+        node = c.name
+    ));
+    let asker = wait_pod(
+        &c,
+        "asker",
+        "Running",
+        Duration::from_secs(60),
+        running_ready,
+    );
+    let asker_log = c.log_dir().join(format!(
+        "default_asker_{}/c/0.log",
+        asker["metadata"]["uid"].as_str().unwrap()
+    ));
+    let count = |word: &str| {
+        std::fs::read_to_string(&asker_log)
+            .unwrap_or_default()
+            .matches(word)
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count("stdout F ok") < 5 {
+        assert!(
+            Instant::now() < deadline,
+            "the ClusterIP never answered: {}",
+            std::fs::read_to_string(&asker_log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let fails_before = count("FAIL");
     c.kill_node();
-    // The pod answers while the node daemon is gone...
+    // The pod and its ClusterIP answer while the node daemon is gone...
+    let ok_at_kill = count("stdout F ok");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        count("stdout F ok") >= ok_at_kill + 5,
+        "the ClusterIP stopped answering with the node daemon down"
+    );
     assert!(http_get(&ip, 8080).is_some_and(|b| b.contains("hello from skiff")));
     c.start_node();
     // ...and after it is back, through the same container.
@@ -455,6 +523,18 @@ fn a_restarted_node_adopts_its_running_containers() {
     assert_eq!(pod_ip(&after), ip);
     assert!(c.log("node").contains("adopted a running container"));
     assert!(http_get(&ip, 8080).is_some_and(|b| b.contains("hello from skiff")));
+    let ok_after = count("stdout F ok");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        count("stdout F ok") > ok_after,
+        "the ClusterIP stopped answering after the restart"
+    );
+    assert_eq!(
+        count("FAIL"),
+        fails_before,
+        "a request through the ClusterIP failed across the restart"
+    );
+    assert_eq!(restarts(&pod(&c, "asker").unwrap()), 0);
 }
 
 #[test]

@@ -1,11 +1,10 @@
 //! Project automation: `cargo xtask test` runs every check and test;
-//! `cargo xtask bench api` measures the API server against raw etcd.
+//! `cargo xtask up` installs what is missing and brings up a one-node
+//! cluster; `cargo xtask bench ...` runs the benchmarks (xtask/bench).
+//! This crate depends on nothing of the project's, so it builds on a fresh
+//! machine before anything is installed.
 
-mod bench_api;
-mod bench_datapath;
-mod bench_dns;
-mod benchkit;
-mod netperf;
+mod up;
 
 use std::process::{Command, ExitCode};
 
@@ -14,6 +13,8 @@ use anyhow::{Context, Result, bail};
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
+  up [skiff up flags]     install what is missing (root), start containerd,
+                          build skiff, import the demo image and run `skiff up`
   test [--quick]          fmt check, clippy, then every test of the workspace
                           (--quick: tests only)
   bench api [--quick]     API server throughput and watch latency, embedded
@@ -30,11 +31,13 @@ fn main() -> ExitCode {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let result = match args.as_slice() {
         ["test", rest @ ..] => test(rest.contains(&"--quick")),
-        ["bench", "api", rest @ ..] => bench_api::run(rest.contains(&"--quick")),
-        ["bench", "datapath", rest @ ..] => bench_datapath::datapath(rest.contains(&"--quick")),
-        ["bench", "sync", rest @ ..] => bench_datapath::sync(rest.contains(&"--quick")),
-        ["bench", "dns", rest @ ..] => bench_dns::run(rest.contains(&"--quick")),
-        ["netperf", rest @ ..] => netperf::run(rest),
+        ["up", rest @ ..] => up::run_up(rest),
+        ["bench", rest @ ..] if !rest.is_empty() => run(
+            "skiff-bench",
+            cargo()
+                .args(["run", "--quiet", "-p", "skiff-bench", "--", "bench"])
+                .args(rest),
+        ),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);

@@ -34,6 +34,8 @@ pub enum Command {
     Server(ServerArgs),
     /// Run the cluster DNS addon
     Dns(DnsArgs),
+    /// The whole single-node cluster in one process (root): server, controllers, node, DNS
+    Up(UpArgs),
     /// Inspect and drive the eBPF service datapath on this node (root)
     #[command(subcommand)]
     Bpf(BpfCommand),
@@ -564,4 +566,31 @@ pub struct NodeArgs {
     /// First restart back-off, seconds (doubles up to 300)
     #[arg(long, default_value_t = 10, hide = true)]
     pub restart_backoff: u64,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct UpArgs {
+    /// State of the server (server/) and the node (node/)
+    #[arg(long, default_value = "/var/lib/skiff")]
+    pub data_dir: PathBuf,
+    /// Address of the API server
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    pub listen: SocketAddr,
+    /// This node's name (default: the host name)
+    #[arg(long)]
+    pub name: Option<String>,
+    /// This node's address (default: the default route's source)
+    #[arg(long)]
+    pub node_ip: Option<std::net::Ipv4Addr>,
+    #[command(flatten)]
+    pub containerd: ContainerdArgs,
+    /// Interfaces facing other hosts (NodePort and ExternalIPs from outside), comma-separated
+    #[arg(long, value_delimiter = ',')]
+    pub iface: Vec<String>,
+    /// Do not run the DNS addon
+    #[arg(long)]
+    pub no_dns: bool,
+    /// Do not write ~/.skiff/config for the CLI
+    #[arg(long)]
+    pub no_client_config: bool,
 }

@@ -17,7 +17,9 @@ mod table;
 use anyhow::{Context, Result};
 use skiff_client::Client;
 
-pub use args::{BpfCommand, Cli, ClientCommand, Command, ImageCommand, NodeArgs, ServerArgs};
+pub use args::{
+    BpfCommand, Cli, ClientCommand, Command, ImageCommand, NodeArgs, ServerArgs, UpArgs,
+};
 
 /// Runs one client verb. Errors carry the reason for stderr.
 pub async fn run(global: &args::Global, command: ClientCommand) -> Result<()> {

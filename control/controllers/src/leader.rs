@@ -84,7 +84,16 @@ pub async fn run_elected<F>(client: Client, me: String, start: F)
 where
     F: Fn(Client) -> Vec<tokio::task::JoinHandle<()>>,
 {
-    let mut running: Option<Vec<tokio::task::JoinHandle<()>>> = None;
+    // Dropping this future (the task aborted) stops what it started.
+    struct Started(Vec<tokio::task::JoinHandle<()>>);
+    impl Drop for Started {
+        fn drop(&mut self) {
+            for t in &self.0 {
+                t.abort();
+            }
+        }
+    }
+    let mut running: Option<Started> = None;
     let mut last_ok = std::time::Instant::now();
     loop {
         let held = match try_acquire(&client, &me).await {
@@ -103,13 +112,11 @@ where
         match (held, running.is_some()) {
             (true, false) => {
                 tracing::info!(identity = %me, "leading: starting the controllers and scheduler");
-                running = Some(start(client.clone()));
+                running = Some(Started(start(client.clone())));
             }
             (false, true) => {
                 tracing::warn!(identity = %me, "lost the lease: stopping the controllers and scheduler");
-                for t in running.take().unwrap_or_default() {
-                    t.abort();
-                }
+                running = None;
             }
             _ => {}
         }

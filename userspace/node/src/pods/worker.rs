@@ -59,6 +59,9 @@ struct Ctr {
     /// Terminated for good (its restart policy says so).
     done: bool,
     probers: Vec<JoinHandle<()>>,
+    /// Probers were started for the current container (they may have been
+    /// stopped since, when a liveness failure is killing it).
+    probing: bool,
     /// Per probe kind: consecutive successes and failures.
     probe_runs: HashMap<ProbeKind, (u32, u32)>,
     startup_passed: bool,
@@ -80,6 +83,7 @@ impl Ctr {
             retry_at: None,
             done: false,
             probers: Vec::new(),
+            probing: false,
             probe_runs: HashMap::new(),
             startup_passed: false,
             image_id: String::new(),
@@ -226,7 +230,14 @@ impl Worker {
                 c.state = CState::Running { started_at };
                 c.started_at = Some(started_at);
                 c.started = Some(Instant::now());
-                c.ready = c.spec.readiness_probe.is_none();
+                // Readiness as reported before the restart: endpoints do not
+                // flap because the node daemon restarted. Probes resume in
+                // the next sync and correct it.
+                c.ready = api
+                    .filter(|s| s.container_id == format!("containerd://{}", a.id))
+                    .map(|s| s.ready)
+                    .unwrap_or(c.spec.readiness_probe.is_none());
+                c.startup_passed = c.spec.startup_probe.is_none() || c.ready;
                 tracing::info!(pod = %self.uid, container = %name, id = %a.id, "adopted a running container");
                 let (ctd, tx, id, n) = (
                     self.ctx.ctd.clone(),
@@ -347,6 +358,7 @@ impl Worker {
             return;
         }
         c.stop_probers();
+        c.probing = false;
         c.ready = false;
         let code = status.code as i32;
         let finished_at = if status.at > 0 {
@@ -489,6 +501,18 @@ impl Worker {
         }
         if self.start_time.is_none() {
             self.start_time = Some(Time::now_seconds());
+        }
+        if let Some(sb) = &self.sandbox {
+            let pod_ip = IpAddr::V4(sb.ip);
+            let adopted: Vec<String> = self
+                .ctrs
+                .iter()
+                .filter(|(_, c)| matches!(c.state, CState::Running { .. }) && !c.probing)
+                .map(|(n, _)| n.clone())
+                .collect();
+            for name in adopted {
+                self.start_probers(&name, pod_ip);
+            }
         }
         if self.sandbox.is_some() {
             let now = Instant::now();
@@ -691,6 +715,20 @@ impl Worker {
         c.state = CState::Running { started_at };
         c.image_id = image.config_digest.clone();
         c.ready = c.spec.readiness_probe.is_none() && c.spec.startup_probe.is_none();
+        self.start_probers(name, pod_ip);
+        let msg = format!("Started container {name}");
+        self.ctx.event(&self.pod, "Normal", "Started", &msg);
+        tracing::info!(pod = %self.uid, container = %name, %id, "started");
+        Ok(())
+    }
+
+    /// One task per probe of a running container, reporting to the worker.
+    fn start_probers(&mut self, name: &str, pod_ip: IpAddr) {
+        let Some(c) = self.ctrs.get_mut(name) else {
+            return;
+        };
+        let Some(id) = c.id.clone() else { return };
+        c.probing = true;
         for (kind, p) in [
             (ProbeKind::Startup, c.spec.startup_probe.clone()),
             (ProbeKind::Liveness, c.spec.liveness_probe.clone()),
@@ -726,10 +764,6 @@ impl Worker {
                 }
             }));
         }
-        let msg = format!("Started container {name}");
-        self.ctx.event(&self.pod, "Normal", "Started", &msg);
-        tracing::info!(pod = %self.uid, container = %name, %id, "started");
-        Ok(())
     }
 
     /// The container's environment with every valueFrom resolved.

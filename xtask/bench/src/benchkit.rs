@@ -26,7 +26,7 @@ pub fn machine() -> (usize, String) {
     (cores, kernel.trim().to_string())
 }
 
-/// A load generator must not be an unoptimized build: re-runs this xtask
+/// A load generator must not be an unoptimized build: re-runs this benchmark
 /// command in release when it runs in debug. Returns true when it did (the
 /// caller is done).
 pub fn rerun_in_release(args: &[&str]) -> Result<bool> {
@@ -35,7 +35,7 @@ pub fn rerun_in_release(args: &[&str]) -> Result<bool> {
     }
     eprintln!("==> building the load generator (release)");
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["run", "--quiet", "--release", "-p", "xtask", "--"])
+        .args(["run", "--quiet", "--release", "-p", "skiff-bench", "--"])
         .args(args)
         .status()?;
     if !status.success() {
@@ -46,7 +46,7 @@ pub fn rerun_in_release(args: &[&str]) -> Result<bool> {
 
 pub fn write_json(name: &str, value: &serde_json::Value) -> Result<PathBuf> {
     let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../target/bench/{name}.json"));
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../../target/bench/{name}.json"));
     std::fs::create_dir_all(path.parent().expect("parent"))?;
     std::fs::write(&path, serde_json::to_string_pretty(value)?)?;
     Ok(path)

@@ -42,7 +42,7 @@ pub(crate) fn build_skiff(quick: bool) -> Result<PathBuf> {
     if !cmd.status()?.success() {
         bail!("building skiff failed");
     }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     Ok(root.join("target").join(profile).join("skiff"))
 }
 

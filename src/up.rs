@@ -1,0 +1,134 @@
+//! `skiff up`: the whole single-node cluster in one process — embedded
+//! store and API server, scheduler and controllers, the node daemon with
+//! its datapath, and the DNS addon — each the same library the separate
+//! commands run.
+
+use std::net::{Ipv4Addr, SocketAddr};
+
+use anyhow::{Context, Result, bail};
+use skiff_cli::UpArgs;
+use skiff_node::config::{DatapathConfig, NodeConfig};
+
+pub async fn up(a: UpArgs) -> Result<()> {
+    if !is_root() {
+        bail!("skiff up runs pods and programs the kernel: run it as root (sudo skiff up)");
+    }
+    let node_ip = match a.node_ip {
+        Some(ip) => ip,
+        None => skiff_node::host::default_ipv4()
+            .context("cannot tell this host's address (no default route): pass --node-ip")?,
+    };
+    eprintln!(
+        "==> starting the API server on {} (embedded store in {})",
+        a.listen,
+        a.data_dir.join("server").display()
+    );
+    let server = skiff_apiserver::start(skiff_apiserver::Config {
+        listen: a.listen,
+        data_dir: a.data_dir.join("server"),
+        ..Default::default()
+    })
+    .await?;
+    let url = format!("http://{}", loopback_if_unspecified(server.addr));
+    let client = skiff_client::Client::connect(&url).await?;
+    let controllers = tokio::spawn(skiff_controllers::run_elected(
+        client,
+        format!("{}-up", skiff_node::host::hostname()),
+    ));
+    eprintln!("==> scheduler and controllers running");
+
+    let name = a.name.clone().unwrap_or_else(skiff_node::host::hostname);
+    let mut node = NodeConfig::new(&url, &name);
+    node.node_ip = Some(node_ip);
+    node.data_dir = a.data_dir.join("node");
+    node.containerd = a.containerd.containerd.clone();
+    node.containerd_namespace = a.containerd.containerd_namespace.clone();
+    node.token = Some(server.token.clone());
+    node.listen = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 10250));
+    node.datapath = Some(DatapathConfig {
+        instance: "default".into(),
+        cgroup: None,
+        ifaces: a.iface.clone(),
+    });
+    eprintln!(
+        "==> starting node {name} ({node_ip}) on containerd at {}",
+        node.containerd.display()
+    );
+    let running_node = skiff_node::daemon::start(node).await?;
+
+    let dns = if a.no_dns {
+        None
+    } else {
+        let mut started = None;
+        // Port 53 on the node's address, else any port: the kube-dns
+        // Service's targetPort follows wherever it listens.
+        for port in [53, 0] {
+            let config = skiff_dns::Config {
+                server: url.clone(),
+                listen: SocketAddr::from((node_ip, port)),
+                domain: "cluster.local".into(),
+                upstreams: None,
+                ttl: 5,
+                metrics_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 9153)),
+                cache_size: 10_000,
+                register: Some("10.96.0.10".into()),
+            };
+            match skiff_dns::start(config).await {
+                Ok(r) => {
+                    started = Some(r);
+                    break;
+                }
+                Err(e) if port == 53 => {
+                    eprintln!("    port 53 on {node_ip} is taken ({e:#}); DNS takes another port")
+                }
+                Err(e) => return Err(e.context("starting the DNS addon")),
+            }
+        }
+        let r = started.expect("started or returned");
+        eprintln!(
+            "==> cluster DNS answering on {} as 10.96.0.10 (kube-system/kube-dns)",
+            r.dns
+        );
+        Some(r)
+    };
+    if !a.no_client_config {
+        let path = skiff_cli::config::write_server_config(server.addr)?;
+        eprintln!("==> client configuration written to {}", path.display());
+    }
+    eprintln!(
+        "\nskiff is up: node {name}, podCIDR {}, API {url}\n\n  skiff get nodes\n  skiff apply -f deploy/examples/hello.yaml\n  skiff get pods,svc -o wide\n  curl http://<ClusterIP>/        (from this host or any pod)\n  skiff logs <pod>   skiff exec <pod> -- sh\n\nCtrl-C stops skiff; pods keep running and the next `skiff up` adopts them.",
+        running_node.pod_cidr
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    eprintln!("stopping skiff (pods keep running)");
+    running_node.stop();
+    controllers.abort();
+    if let Some(d) = dns {
+        d.shutdown().await?;
+    }
+    server.shutdown().await?;
+    Ok(())
+}
+
+fn loopback_if_unspecified(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port()))
+    } else {
+        addr
+    }
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}
