@@ -718,6 +718,25 @@ spec:
     let out = piped.wait_with_output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "FROM STDIN\n");
 
+    // -it: a terminal in the container (script(1) gives this side one).
+    if require_tool("script").is_some() {
+        let out = std::process::Command::new("script")
+            .args(["-eqc"])
+            .arg(format!(
+                "{SKIFF} --server {} exec -it talker -- sh -c 'tty; exit 6'",
+                c.server_url
+            ))
+            .arg("/dev/null")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(6), "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("/dev/pts/"),
+            "{out:?}"
+        );
+    }
+
     // --previous: after a restart, the first instance's output.
     c.skiff_ok(&["exec", "talker", "--", "touch", "/tmp/stop"]);
     wait_pod(&c, "talker", "a restart", Duration::from_secs(30), |p| {

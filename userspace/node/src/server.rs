@@ -178,9 +178,12 @@ impl Pods for Service {
         }
         let (tx, rx) = mpsc::channel::<Result<ExecOutput, Status>>(64);
         // stdin and terminal size, from the caller.
+        // Shared with the exit path, which closes it: the shim copies stdin
+        // until every writer is gone, and only then lets the exec go.
+        let stdin_w = std::sync::Arc::new(tokio::sync::Mutex::new(in_tx));
         {
             let (ctx, cid, exec_id) = (ctx.clone(), cid.clone(), exec_id.clone());
-            let mut in_tx = in_tx;
+            let stdin_w = stdin_w.clone();
             tokio::spawn(async move {
                 while let Ok(Some(m)) = input.message().await {
                     if let Some(size) = m.resize {
@@ -189,14 +192,15 @@ impl Pods for Service {
                             .resize_pty(&cid, &exec_id, size.width, size.height)
                             .await;
                     }
+                    let mut w = stdin_w.lock().await;
                     if !m.stdin.is_empty()
-                        && let Some(w) = in_tx.as_mut()
-                        && w.write_all(&m.stdin).await.is_err()
+                        && let Some(pipe) = w.as_mut()
+                        && pipe.write_all(&m.stdin).await.is_err()
                     {
-                        in_tx = None;
+                        *w = None;
                     }
                     if m.stdin_eof {
-                        in_tx = None;
+                        *w = None;
                         let _ = ctx.ctd.close_stdin(&cid, &exec_id).await;
                     }
                 }
@@ -243,8 +247,6 @@ impl Pods for Service {
             if let Some(t) = err_task {
                 t.abort();
             }
-            let _ = ctx.ctd.delete_exec(&cid, &exec_id).await;
-            let _ = std::fs::remove_dir_all(&dir);
             let msg = match status {
                 Ok(s) => Ok(ExecOutput {
                     exit_code: Some(s.code as i32),
@@ -253,6 +255,12 @@ impl Pods for Service {
                 Err(e) => Err(internal(format!("{e:#}"))),
             };
             let _ = tx.send(msg).await;
+            drop(tx);
+            // Then the cleanup, which waits for the shim's copies to end.
+            *stdin_w.lock().await = None;
+            let _ = ctx.ctd.close_stdin(&cid, &exec_id).await;
+            let _ = ctx.ctd.delete_exec(&cid, &exec_id).await;
+            let _ = std::fs::remove_dir_all(&dir);
         });
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
