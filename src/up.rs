@@ -26,6 +26,8 @@ pub async fn up(a: UpArgs) -> Result<()> {
     let server = skiff_apiserver::start(skiff_apiserver::Config {
         listen: a.listen,
         data_dir: a.data_dir.join("server"),
+        service_cidr: a.service_cidr.clone(),
+        cluster_cidr: Some(a.cluster_cidr.clone()),
         ..Default::default()
     })
     .await?;
@@ -44,9 +46,17 @@ pub async fn up(a: UpArgs) -> Result<()> {
     node.containerd = a.containerd.containerd.clone();
     node.containerd_namespace = a.containerd.containerd_namespace.clone();
     node.token = Some(server.token.clone());
-    node.listen = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 10250));
+    node.listen = a.node_listen;
+    node.run_dir = a.run_dir.clone();
+    node.log_dir = a.log_dir.clone();
+    node.cluster_dns = a.cluster_dns;
+    node.cgroup_parent = if a.datapath_instance == "default" {
+        "skiff".into()
+    } else {
+        format!("skiff-{}", a.datapath_instance)
+    };
     node.datapath = Some(DatapathConfig {
-        instance: "default".into(),
+        instance: a.datapath_instance.clone(),
         cgroup: None,
         ifaces: a.iface.clone(),
     });
@@ -59,35 +69,42 @@ pub async fn up(a: UpArgs) -> Result<()> {
     let dns = if a.no_dns {
         None
     } else {
-        let mut started = None;
         // Port 53 on the node's address, else any port: the kube-dns
         // Service's targetPort follows wherever it listens.
-        for port in [53, 0] {
+        let tries = match a.dns_listen {
+            Some(addr) => vec![addr],
+            None => vec![
+                SocketAddr::from((node_ip, 53)),
+                SocketAddr::from((node_ip, 0)),
+            ],
+        };
+        let mut started = None;
+        for (i, listen) in tries.iter().enumerate() {
             let config = skiff_dns::Config {
                 server: url.clone(),
-                listen: SocketAddr::from((node_ip, port)),
+                listen: *listen,
                 domain: "cluster.local".into(),
                 upstreams: None,
                 ttl: 5,
-                metrics_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 9153)),
+                metrics_listen: a.dns_metrics_listen,
                 cache_size: 10_000,
-                register: Some("10.96.0.10".into()),
+                register: Some(a.cluster_dns.to_string()),
             };
             match skiff_dns::start(config).await {
                 Ok(r) => {
                     started = Some(r);
                     break;
                 }
-                Err(e) if port == 53 => {
-                    eprintln!("    port 53 on {node_ip} is taken ({e:#}); DNS takes another port")
+                Err(e) if i + 1 < tries.len() => {
+                    eprintln!("    {listen} is taken ({e:#}); DNS takes another port")
                 }
                 Err(e) => return Err(e.context("starting the DNS addon")),
             }
         }
         let r = started.expect("started or returned");
         eprintln!(
-            "==> cluster DNS answering on {} as 10.96.0.10 (kube-system/kube-dns)",
-            r.dns
+            "==> cluster DNS answering on {} as {} (kube-system/kube-dns)",
+            r.dns, a.cluster_dns
         );
         Some(r)
     };
@@ -96,7 +113,7 @@ pub async fn up(a: UpArgs) -> Result<()> {
         eprintln!("==> client configuration written to {}", path.display());
     }
     eprintln!(
-        "\nskiff is up: node {name}, podCIDR {}, API {url}\n\n  skiff get nodes\n  skiff apply -f deploy/examples/hello.yaml\n  skiff get pods,svc -o wide\n  curl http://<ClusterIP>/        (from this host or any pod)\n  skiff logs <pod>   skiff exec <pod> -- sh\n\nCtrl-C stops skiff; pods keep running and the next `skiff up` adopts them.",
+        "\nskiff is up: node {name}, podCIDR {}, API {url}\n\n  skiff get nodes\n  skiff apply -f deploy/examples/hello.yaml\n  skiff get pods -o wide\n  skiff get svc\n  curl http://<ClusterIP>/        (from this host or any pod)\n  skiff logs <pod>   skiff exec <pod> -- sh\n\nCtrl-C stops skiff; pods keep running and the next `skiff up` adopts them.",
         running_node.pod_cidr
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -593,4 +593,31 @@ pub struct UpArgs {
     /// Do not write ~/.skiff/config for the CLI
     #[arg(long)]
     pub no_client_config: bool,
+    /// Range ClusterIPs are allocated from
+    #[arg(long, default_value = "10.96.0.0/16")]
+    pub service_cidr: String,
+    /// Pod network (this node's podCIDR is a /24 of it)
+    #[arg(long, default_value = "10.244.0.0/16")]
+    pub cluster_cidr: String,
+    /// The cluster DNS Service's ClusterIP (inside --service-cidr)
+    #[arg(long, default_value = "10.96.0.10")]
+    pub cluster_dns: std::net::Ipv4Addr,
+    /// Where the DNS addon listens (default: the node's address, port 53, else any port)
+    #[arg(long)]
+    pub dns_listen: Option<SocketAddr>,
+    /// Where the DNS addon serves /metrics
+    #[arg(long, default_value = "127.0.0.1:9153")]
+    pub dns_metrics_listen: SocketAddr,
+    /// Where the node serves logs and exec to the API server
+    #[arg(long, default_value = "0.0.0.0:10250")]
+    pub node_listen: SocketAddr,
+    /// Runtime state of the node (pod network namespaces)
+    #[arg(long, default_value = "/run/skiff/node")]
+    pub run_dir: PathBuf,
+    /// Container logs
+    #[arg(long, default_value = "/var/log/skiff/pods")]
+    pub log_dir: PathBuf,
+    /// Datapath instance (pinned under /sys/fs/bpf/skiff/<instance>)
+    #[arg(long, default_value = "default")]
+    pub datapath_instance: String,
 }

@@ -38,7 +38,7 @@ fn unique() -> String {
 }
 
 /// A /24 of 10.128.0.0/9 no route of this host uses yet.
-fn free_pod_cidr() -> String {
+pub fn free_pod_cidr() -> String {
     let routes = Command::new("ip")
         .args(["-4", "route", "show"])
         .output()
@@ -298,7 +298,7 @@ impl Drop for Cluster {
     }
 }
 
-fn cgroup_roots() -> Vec<PathBuf> {
+pub fn cgroup_roots() -> Vec<PathBuf> {
     let root = Path::new("/sys/fs/cgroup");
     if root.join("cgroup.controllers").exists() {
         vec![root.to_path_buf()]
@@ -308,7 +308,7 @@ fn cgroup_roots() -> Vec<PathBuf> {
 }
 
 /// Removes a cgroup subtree (bottom up) in every hierarchy.
-fn remove_cgroups(parent: &str) {
+pub fn remove_cgroups(parent: &str) {
     fn rm(dir: &Path) {
         if let Ok(rd) = std::fs::read_dir(dir) {
             for e in rd.flatten() {
@@ -337,7 +337,7 @@ fn remove_cgroups(parent: &str) {
 
 /// Lazily unmounts everything mounted below `dir` (rootfs overlays,
 /// pinned network namespaces), deepest first.
-fn unmount_under(dir: &Path) {
+pub fn unmount_under(dir: &Path) {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return;
     };
