@@ -957,3 +957,171 @@ spec:
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// A plain HTTP/1.1 exchange on loopback: (status, headers, body).
+fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+) -> (u16, String, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    s.write_all(body).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let split = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(out.len(), |i| i + 4);
+    let head = String::from_utf8_lossy(&out[..split]).to_string();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, head, out[split..].to_vec())
+}
+
+/// Pushes the test image's OCI layout to a registry as `repo:tag`.
+fn push(port: u16, repo: &str, tag: &str) {
+    let mut archive = tar::Archive::new(std::fs::File::open(image_tar()).unwrap());
+    let mut blobs: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut index = Vec::new();
+    for e in archive.entries().unwrap() {
+        let mut e = e.unwrap();
+        let path = e.path().unwrap().to_string_lossy().to_string();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut e, &mut data).unwrap();
+        if let Some(hex) = path.strip_prefix("blobs/sha256/") {
+            blobs.push((format!("sha256:{hex}"), data));
+        } else if path == "index.json" {
+            index = data;
+        }
+    }
+    let index: Value = serde_json::from_slice(&index).unwrap();
+    let manifest_digest = index["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for (digest, data) in &blobs {
+        if *digest == manifest_digest {
+            continue;
+        }
+        let (code, head, _) = http(
+            port,
+            "POST",
+            &format!("/v2/{repo}/blobs/uploads/"),
+            "application/octet-stream",
+            b"",
+        );
+        assert_eq!(code, 202, "{head}");
+        let location = head
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("Location: ")
+                    .or_else(|| l.strip_prefix("location: "))
+            })
+            .unwrap()
+            .trim()
+            .to_string();
+        let path = location
+            .split_once("://")
+            .map_or(location.clone(), |(_, r)| {
+                format!("/{}", r.split_once('/').unwrap().1)
+            });
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let (code, head, _) = http(
+            port,
+            "PUT",
+            &format!("{path}{sep}digest={digest}"),
+            "application/octet-stream",
+            data,
+        );
+        assert_eq!(code, 201, "{head}");
+    }
+    let manifest = &blobs.iter().find(|(d, _)| *d == manifest_digest).unwrap().1;
+    let (code, head, body) = http(
+        port,
+        "PUT",
+        &format!("/v2/{repo}/manifests/{tag}"),
+        "application/vnd.oci.image.manifest.v1+json",
+        manifest,
+    );
+    assert_eq!(code, 201, "{head}{}", String::from_utf8_lossy(&body));
+}
+
+#[test]
+fn images_are_pulled_from_a_registry_when_missing() {
+    if require_tool("docker-registry").is_none() {
+        return;
+    }
+    let Some(c) = cluster(&[]) else { return };
+    // A local registry (Docker's distribution) on loopback.
+    let port = skiff_testkit::free_port();
+    let root = c.dir.path().join("registry");
+    let config = c.dir.path().join("registry.yml");
+    std::fs::write(
+        &config,
+        format!("version: 0.1\nlog: {{level: warn}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\nhttp: {{addr: 127.0.0.1:{port}}}\n", root.display()),
+    )
+    .unwrap();
+    let _registry = skiff_testkit::KillOnDrop(
+        std::process::Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(
+        skiff_testkit::wait_http_ok(
+            &format!("127.0.0.1:{port}"),
+            "/v2/",
+            Duration::from_secs(20)
+        ),
+        "the registry did not start"
+    );
+    push(port, "demo/web", "v1");
+    let image = format!("127.0.0.1:{port}/demo/web:v1");
+    c.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: pulled}}\nspec:\n  nodeName: {}\n  containers:\n  - {{name: c, image: '{image}', command: [httpd, -f, -p, '8080', -h, /var/www]}}\n",
+        c.name
+    ));
+    let p = wait_pod(
+        &c,
+        "pulled",
+        "Running",
+        Duration::from_secs(60),
+        running_ready,
+    );
+    assert!(http_get(&pod_ip(&p), 8080).is_some_and(|b| b.contains("hello from skiff")));
+    let images = c.skiff_ok(&["image", "ls"]);
+    assert!(images.contains(&image), "{images}");
+    // A tag the registry does not have: ErrImagePull / ImagePullBackOff, named.
+    c.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: missing}}\nspec:\n  nodeName: {}\n  containers:\n  - {{name: c, image: '127.0.0.1:{port}/demo/web:nope'}}\n",
+        c.name
+    ));
+    let p = wait_pod(
+        &c,
+        "missing",
+        "ImagePullBackOff",
+        Duration::from_secs(60),
+        |p| p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "ImagePullBackOff",
+    );
+    let msg = p["status"]["containerStatuses"][0]["state"]["waiting"]["message"].to_string();
+    assert!(
+        msg.contains("not found") && msg.contains("demo/web:nope"),
+        "{msg}"
+    );
+}

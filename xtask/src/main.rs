@@ -93,6 +93,8 @@ fn check_prerequisites() -> Result<()> {
         ("runc", "runc"),
         ("busybox", "busybox-static"),
         ("gcc", "gcc"),
+        ("docker-registry", "docker-registry"),
+        ("script", "bsdutils"),
     ] {
         if !have(tool) {
             if ci {

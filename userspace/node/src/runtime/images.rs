@@ -152,7 +152,7 @@ impl Containerd {
         Ok(names)
     }
 
-    async fn has_content(&self, digest: &str) -> Result<bool> {
+    pub(crate) async fn has_content(&self, digest: &str) -> Result<bool> {
         let r = ContentClient::new(self.channel.clone())
             .info(self.req(
                 InfoRequest {
@@ -169,7 +169,7 @@ impl Containerd {
     }
 
     /// Writes one blob from memory.
-    async fn write_blob(
+    pub(crate) async fn write_blob(
         &self,
         d: &Descriptor,
         data: Vec<u8>,
@@ -184,7 +184,7 @@ impl Containerd {
 
     /// Writes one blob whose bytes arrive on `chunks`, committing it under
     /// its expected digest (containerd verifies it).
-    async fn write_stream(
+    pub(crate) async fn write_stream(
         &self,
         d: &Descriptor,
         chunks: tokio::sync::mpsc::Receiver<Vec<u8>>,
@@ -266,7 +266,7 @@ impl Containerd {
         Ok(())
     }
 
-    async fn put_image(&self, name: &str, target: &Descriptor) -> Result<()> {
+    pub(crate) async fn put_image(&self, name: &str, target: &Descriptor) -> Result<()> {
         let image = Image {
             name: name.to_string(),
             labels: HashMap::new(),
@@ -427,7 +427,7 @@ impl Containerd {
     }
 
     /// Applies the layers of an image to snapshots named by chain ID.
-    async fn unpack(&self, name: &str, lease: &str) -> Result<()> {
+    pub(crate) async fn unpack(&self, name: &str, lease: &str) -> Result<()> {
         let target = self
             .image_target(name)
             .await?

@@ -136,7 +136,7 @@ impl Containerd {
 
     /// Creates a lease that expires by itself after `ttl` should this
     /// process die before deleting it.
-    async fn lease(&self, ttl: Duration) -> Result<String> {
+    pub(crate) async fn lease(&self, ttl: Duration) -> Result<String> {
         use containerd_client::services::v1::CreateRequest;
         use containerd_client::services::v1::leases_client::LeasesClient;
         let id = format!("skiff-{}", unique());
@@ -158,7 +158,7 @@ impl Containerd {
         Ok(id)
     }
 
-    async fn drop_lease(&self, id: &str) {
+    pub(crate) async fn drop_lease(&self, id: &str) {
         use containerd_client::services::v1::DeleteRequest;
         use containerd_client::services::v1::leases_client::LeasesClient;
         let r = LeasesClient::new(self.channel.clone())
