@@ -1125,3 +1125,159 @@ fn images_are_pulled_from_a_registry_when_missing() {
         "{msg}"
     );
 }
+
+#[test]
+fn faults_get_a_clear_status_and_the_node_carries_on() {
+    // A /30: room for one pod.
+    let cidr = skiff_testkit::cluster::free_pod_cidr().replace("/24", "/30");
+    let Some(mut c) = cluster(&["--pod-cidr", &cidr]) else {
+        return;
+    };
+    c.apply(&httpd_pod("first", &c.name, ""));
+    let first = wait_pod(
+        &c,
+        "first",
+        "Running",
+        Duration::from_secs(60),
+        running_ready,
+    );
+    let ip = pod_ip(&first);
+    c.apply(&httpd_pod("second", &c.name, ""));
+    let p = wait_pod(
+        &c,
+        "second",
+        "a sandbox error",
+        Duration::from_secs(30),
+        |p| p["status"]["reason"] == "FailedCreatePodSandBox",
+    );
+    let msg = p["status"]["message"].as_str().unwrap_or("");
+    assert!(msg.contains("exhausted") && msg.contains(&cidr), "{msg}");
+    assert_eq!(phase(&p), "Pending");
+    let events = c.skiff_ok(&["get", "events", "-o", "json"]);
+    assert!(
+        events.contains("FailedCreatePodSandBox"),
+        "no event: {events}"
+    );
+
+    // The API server dies: pods keep running, the node keeps going...
+    c.kill_server();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(http_get(&ip, 8080).is_some_and(|b| b.contains("hello from skiff")));
+    // ...and resyncs when it is back: deleting the first pod frees the
+    // address the second one waits for.
+    c.start_server();
+    c.skiff_ok(&["delete", "pod", "first", "--grace-period", "1"]);
+    let p = wait_pod(
+        &c,
+        "second",
+        "Running",
+        Duration::from_secs(60),
+        running_ready,
+    );
+    assert_eq!(pod_ip(&p), ip, "the freed address is the only one");
+    assert_eq!(
+        c.log("node").matches("node ready").count(),
+        1,
+        "the node restarted"
+    );
+}
+
+#[test]
+fn config_maps_empty_dirs_env_and_limits_reach_the_containers() {
+    let Some(c) = cluster(&[]) else { return };
+    c.apply(&format!(
+        r#"apiVersion: v1
+kind: ConfigMap
+metadata: {{name: settings}}
+data:
+  greeting: hello
+  app.conf: |
+    port=8080
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: vols
+  labels: {{tier: web}}
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 1
+  volumes:
+  - name: shared
+    emptyDir: {{}}
+  - name: cfg
+    configMap: {{name: settings}}
+  containers:
+  - name: writer
+    image: busybox
+    command: [sh, -c, "echo written > /shared/note; exec sleep 3600"]
+    volumeMounts: [{{name: shared, mountPath: /shared}}]
+    resources:
+      limits: {{memory: 48Mi, cpu: 200m}}
+  - name: reader
+    image: busybox
+    command: [sleep, "3600"]
+    env:
+    - {{name: GREETING, valueFrom: {{configMapKeyRef: {{name: settings, key: greeting}}}}}}
+    - {{name: MY_IP, valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}}}
+    - {{name: MY_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}
+    - {{name: TIER, valueFrom: {{fieldRef: {{fieldPath: "metadata.labels['tier']"}}}}}}
+    - {{name: PLAIN, value: literal}}
+    volumeMounts:
+    - {{name: shared, mountPath: /data, readOnly: true}}
+    - {{name: cfg, mountPath: /etc/app}}
+"#,
+        node = c.name
+    ));
+    let p = wait_pod(
+        &c,
+        "vols",
+        "Running",
+        Duration::from_secs(60),
+        running_ready,
+    );
+    let ip = pod_ip(&p);
+    let out = c.skiff_ok(&["exec", "vols", "-c", "reader", "--", "sh", "-c", "cat /data/note /etc/app/greeting; echo; cat /etc/app/app.conf; echo $GREETING $MY_IP $MY_NAME $TIER $PLAIN"]);
+    assert_eq!(
+        out,
+        format!("written\nhello\nport=8080\nhello {ip} vols web literal\n")
+    );
+    let (ok, _, err) = c.skiff(&["exec", "vols", "-c", "reader", "--", "touch", "/data/x"]);
+    assert!(!ok, "a read-only mount was written: {err}");
+    // The limits are the container's cgroup's.
+    let uid = p["metadata"]["uid"].as_str().unwrap();
+    let id = p["status"]["containerStatuses"][0]["containerID"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("containerd://")
+        .to_string();
+    let memory = std::path::Path::new("/sys/fs/cgroup/memory")
+        .join(&c.cgroup_parent)
+        .join(format!("pod{uid}"))
+        .join(&id)
+        .join("memory.limit_in_bytes");
+    if memory.exists() {
+        assert_eq!(
+            std::fs::read_to_string(&memory).unwrap().trim(),
+            (48u64 << 20).to_string()
+        );
+        let quota = memory
+            .parent()
+            .unwrap()
+            .to_string_lossy()
+            .replace("/memory/", "/cpu/");
+        let quota =
+            std::fs::read_to_string(std::path::Path::new(&quota).join("cpu.cfs_quota_us")).unwrap();
+        assert_eq!(quota.trim(), "20000");
+    } else {
+        let max = std::path::Path::new("/sys/fs/cgroup")
+            .join(&c.cgroup_parent)
+            .join(format!("pod{uid}"))
+            .join(&id)
+            .join("memory.max");
+        assert_eq!(
+            std::fs::read_to_string(&max).unwrap().trim(),
+            (48u64 << 20).to_string()
+        );
+    }
+}

@@ -91,6 +91,11 @@ impl Cluster {
             server: None,
             node: None,
         };
+        // A --pod-cidr among the flags replaces the unique /24.
+        if let Some(i) = c.node_flags.iter().position(|f| f == "--pod-cidr") {
+            c.pod_cidr = c.node_flags[i + 1].clone();
+            c.node_flags.drain(i..i + 2);
+        }
         c.start_containerd();
         c.start_server();
         c.start_node();
@@ -126,10 +131,23 @@ impl Cluster {
         }
     }
 
-    fn start_server(&mut self) {
-        let port = free_port();
+    /// Starts (or starts again, on the same port and data) the server.
+    pub fn start_server(&mut self) {
+        let port = match self
+            .server_url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+        {
+            Some(p) => p,
+            None => free_port(),
+        };
         self.server_url = format!("http://127.0.0.1:{port}");
-        let log = std::fs::File::create(self.path("server.log")).expect("log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("server.log"))
+            .expect("log file");
         let child = Command::new(&self.skiff)
             .args(["server", "--no-client-config", "--listen"])
             .arg(format!("127.0.0.1:{port}"))
@@ -200,6 +218,13 @@ impl Cluster {
                 panic!("skiff node exited with {status}: {}", self.log("node"));
             }
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// kill -9 of the API server, as a crash.
+    pub fn kill_server(&mut self) {
+        if let Some(mut s) = self.server.take() {
+            s.kill();
         }
     }
 
