@@ -24,7 +24,9 @@ commands:
   bench sync [--quick]    programming services and one endpoint change,
                           against iptables-restore (root)
   bench dns [--quick]     dnsperf against skiff dns and dnsmasq serving 10k
-                          Services, and API-to-answer latency";
+                          Services, and API-to-answer latency
+  bench pods [--quick]    50 pods create -> Running and -> answering via their
+                          Service, against ctr run -d (root)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -4,6 +4,7 @@
 mod bench_api;
 mod bench_datapath;
 mod bench_dns;
+mod bench_pods;
 mod benchkit;
 mod netperf;
 
@@ -19,7 +20,9 @@ benchmarks:
   bench sync [--quick]      programming services and one endpoint change,
                             against iptables-restore (root)
   bench dns [--quick]       dnsperf against skiff dns and dnsmasq serving 10k
-                            Services, and API-to-answer latency";
+                            Services, and API-to-answer latency
+  bench pods [--quick]      50 pods create -> Running and -> answering via their
+                            Service, against ctr run -d (root)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -29,6 +32,7 @@ fn main() -> ExitCode {
         ["bench", "datapath", rest @ ..] => bench_datapath::datapath(rest.contains(&"--quick")),
         ["bench", "sync", rest @ ..] => bench_datapath::sync(rest.contains(&"--quick")),
         ["bench", "dns", rest @ ..] => bench_dns::run(rest.contains(&"--quick")),
+        ["bench", "pods", rest @ ..] => bench_pods::run(rest.contains(&"--quick")),
         ["netperf", rest @ ..] => netperf::run(rest),
         _ => {
             eprintln!("{USAGE}");

@@ -290,7 +290,7 @@ mod tests {
     #[test]
     fn phases_follow_the_kubelet() {
         let pulling = view(CState::waiting("ContainerCreating", ""), None, false);
-        assert_eq!(phase(&[pulling.clone()], "Always"), "Pending");
+        assert_eq!(phase(std::slice::from_ref(&pulling), "Always"), "Pending");
         assert_eq!(
             phase(&[view(running(), None, true), pulling], "Always"),
             "Pending"
