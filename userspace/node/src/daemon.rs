@@ -48,8 +48,22 @@ async fn connect(server: &str) -> Client {
     }
 }
 
+/// containerd may start after the node (or restart): wait for it, saying
+/// what is missing, instead of giving up.
+async fn wait_for_containerd(cfg: &NodeConfig) -> Containerd {
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match Containerd::connect(&cfg.containerd, &cfg.containerd_namespace).await {
+            Ok(c) => return c,
+            Err(e) => tracing::warn!("{e:#}; retrying in {delay:?}"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+}
+
 pub async fn start(cfg: NodeConfig) -> Result<Running> {
-    let ctd = Containerd::connect(&cfg.containerd, &cfg.containerd_namespace).await?;
+    let ctd = wait_for_containerd(&cfg).await;
     let version = ctd.version().await?;
     let node_ip = match cfg.node_ip {
         Some(ip) => ip,

@@ -101,6 +101,13 @@ impl Registry {
 }
 
 pub async fn pull(ctd: &Containerd, reference: &Reference) -> Result<()> {
+    let name = reference.to_string();
+    pull_named(ctd, reference)
+        .await
+        .with_context(|| format!("pulling {name}"))
+}
+
+async fn pull_named(ctd: &Containerd, reference: &Reference) -> Result<()> {
     let base = base_url(&reference.registry)?;
     let reg = Registry {
         http: reqwest::Client::builder()
@@ -119,7 +126,7 @@ pub async fn pull(ctd: &Containerd, reference: &Reference) -> Result<()> {
     let lease = ctd.lease(Duration::from_secs(3600)).await?;
     let r = pull_in(ctd, &reg, &wanted, &name, &lease).await;
     ctd.drop_lease(&lease).await;
-    r.with_context(|| format!("pulling {name}"))
+    r
 }
 
 async fn pull_in(
