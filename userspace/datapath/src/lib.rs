@@ -21,7 +21,7 @@ pub mod sync;
 use std::path::PathBuf;
 
 pub use desired::{InputError, Options, desired};
-pub use loader::{AttachOptions, MapSizes, attach, detach, forget_iface};
+pub use loader::{AttachOptions, MapSizes, PodAttacher, attach, detach, forget_iface};
 pub use maps::Maps;
 pub use model::{Algorithm, BackendAddr, Desired, Frontend, FrontendKind, Proto, ServiceDef};
 pub use pins::{BPFFS, default_cgroup, instance_dir, is_bpffs_mounted};

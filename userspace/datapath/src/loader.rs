@@ -386,6 +386,97 @@ fn attach_here(options: &AttachOptions) -> Result<AttachReport, Error> {
     Ok(report)
 }
 
+/// Puts the packet-level program on pod veths as they come, with the
+/// program loaded (and verified) once: a pod's attach is then one tcx link
+/// and its pin. For an instance `attach` has set up.
+pub struct PodAttacher {
+    ebpf: aya::Ebpf,
+    links: PathBuf,
+}
+
+impl PodAttacher {
+    pub fn new(instance: &str) -> Result<PodAttacher, Error> {
+        let dir = pins::instance_dir(instance)?;
+        let mut loader = aya::EbpfLoader::new();
+        loader.default_map_pin_directory(&dir);
+        let mut ebpf = loader.load(OBJECT).map_err(|e| Error::Load(Box::new(e)))?;
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(TC_PROGRAM)
+            .ok_or_else(|| Error::Kernel(format!("program {TC_PROGRAM} missing from the object")))?
+            .try_into()
+            .map_err(|e| Error::Program {
+                program: TC_PROGRAM.into(),
+                source: Box::new(e),
+            })?;
+        prog.load().map_err(|e| Error::Program {
+            program: TC_PROGRAM.into(),
+            source: Box::new(e),
+        })?;
+        Ok(PodAttacher {
+            ebpf,
+            links: pins::links_dir(&dir),
+        })
+    }
+
+    /// Attaches to `iface` (a pod veth's host side); `false` when a live
+    /// link was there already.
+    pub fn attach(&mut self, iface: &str) -> Result<bool, Error> {
+        let pin = self.links.join(format!("tc-{iface}"));
+        if adopt(&pin)? {
+            return Ok(false);
+        }
+        let index = rustix::net::netdevice::name_to_index(
+            &rustix::net::socket(
+                rustix::net::AddressFamily::INET,
+                rustix::net::SocketType::DGRAM,
+                None,
+            )
+            .map_err(|e| Error::io("socket".into(), e.into()))?,
+            iface,
+        )
+        .map_err(|_| Error::NoSuchInterface(iface.to_string()))?;
+        {
+            let mut roles: aya::maps::HashMap<_, u32, u32> = aya::maps::HashMap::try_from(
+                self.ebpf
+                    .map_mut(maps::IFACES)
+                    .ok_or_else(|| Error::Kernel("map SKIFF_IFACES missing".into()))?,
+            )
+            .map_err(|e| Error::Map {
+                map: maps::IFACES.into(),
+                what: "open".into(),
+                source: Box::new(e),
+            })?;
+            roles
+                .insert(index, 0, 0)
+                .map_err(|e| Error::from_map_write(maps::IFACES, e))?;
+        }
+        let path = format!("/proc/sys/net/ipv4/conf/{iface}/forwarding");
+        fs::write(&path, "1")
+            .map_err(|e| Error::io(format!("enable forwarding on {iface} ({path})"), e))?;
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(TC_PROGRAM)
+            .ok_or_else(|| Error::Kernel(format!("program {TC_PROGRAM} missing from the object")))?
+            .try_into()
+            .map_err(|e| Error::Program {
+                program: TC_PROGRAM.into(),
+                source: Box::new(e),
+            })?;
+        let id = prog
+            .attach(iface, TcAttachType::Ingress)
+            .map_err(|e| Error::Program {
+                program: format!("{TC_PROGRAM} on {iface}"),
+                source: Box::new(e),
+            })?;
+        let link = prog.take_link(id).map_err(|e| Error::Program {
+            program: TC_PROGRAM.into(),
+            source: Box::new(e),
+        })?;
+        pin_link(link, &format!("{TC_PROGRAM} on {iface}"), &pin)?;
+        Ok(true)
+    }
+}
+
 /// Whether the link pinned at `path` is alive (adopted as it is); a stale
 /// pin is removed so the attachment is made again.
 fn adopt(path: &Path) -> Result<bool, Error> {

@@ -22,6 +22,8 @@ pub struct Datapath {
     node_ips: Vec<std::net::Ipv4Addr>,
     /// Attach calls are serialized (they share the pinned links directory).
     attach_lock: Mutex<()>,
+    /// The packet-level program, loaded once for every pod veth.
+    pods: Mutex<Option<skiff_datapath::PodAttacher>>,
 }
 
 impl Datapath {
@@ -35,6 +37,7 @@ impl Datapath {
             cgroup: cfg.cgroup.clone(),
             node_ips: vec![node_ip],
             attach_lock: Mutex::new(()),
+            pods: Mutex::new(None),
         });
         let ifaces = cfg.ifaces.clone();
         let d2 = d.clone();
@@ -72,8 +75,15 @@ impl Datapath {
     pub async fn add_pod_iface(self: &Arc<Self>, iface: &str) -> Result<()> {
         let d = self.clone();
         let iface = iface.to_string();
-        tokio::task::spawn_blocking(move || d.attach_with(Vec::new(), vec![iface]).map(|_| ()))
-            .await?
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            let mut pods = d.pods.lock().unwrap_or_else(|e| e.into_inner());
+            if pods.is_none() {
+                *pods = Some(skiff_datapath::PodAttacher::new(&d.instance)?);
+            }
+            pods.as_mut().expect("made above").attach(&iface)?;
+            Ok(())
+        })
+        .await?
     }
 
     /// Forgets a pod's veth (its links are unpinned).

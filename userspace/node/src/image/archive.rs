@@ -284,6 +284,39 @@ mod tests {
         assert!(a.blobs.contains_key(&m.layers[0].digest));
     }
 
+    /// `docker save`'s classic layout: manifest.json, <id>.json, <id>/layer.tar.
+    #[test]
+    fn reads_a_docker_archive() {
+        let layer = b"pretend layer tar".to_vec();
+        let config =
+            br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#
+                .to_vec();
+        let manifest = br#"[{"Config":"abc.json","RepoTags":["busybox:1.36","example.com/x/y:2"],"Layers":["l1/layer.tar"]}]"#.to_vec();
+        let mut tar = tar::Builder::new(Vec::new());
+        for (path, data) in [
+            ("manifest.json", &manifest),
+            ("abc.json", &config),
+            ("l1/layer.tar", &layer),
+        ] {
+            let mut h = tar::Header::new_ustar();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            tar.append_data(&mut h, path, data.as_slice()).unwrap();
+        }
+        let bytes = tar.into_inner().unwrap();
+        let a = Archive::from_files(scan(bytes.as_slice()).unwrap()).unwrap();
+        let names: Vec<&str> = a.images.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["docker.io/library/busybox:1.36", "example.com/x/y:2"]
+        );
+        let m: Manifest = serde_json::from_slice(a.json(&a.images[0].1.digest).unwrap()).unwrap();
+        assert_eq!(m.media_type, oci::DOCKER_MANIFEST);
+        assert_eq!(m.config.digest, oci::sha256_digest(&config));
+        assert_eq!(m.layers[0].digest, oci::sha256_digest(&layer));
+        assert_eq!(m.layers[0].media_type, oci::DOCKER_LAYER);
+    }
+
     #[test]
     fn refuses_tampered_blobs_and_nameless_images() {
         let mut fs = RootfsBuilder::default();
