@@ -188,17 +188,7 @@ fn attach_here(options: &AttachOptions) -> Result<AttachReport, Error> {
         .map(|i| (i, true))
         .chain(options.pod_ifaces.iter().map(|i| (i, false)))
     {
-        let index = rustix::net::netdevice::name_to_index(
-            &rustix::net::socket(
-                rustix::net::AddressFamily::INET,
-                rustix::net::SocketType::DGRAM,
-                None,
-            )
-            .map_err(|e| Error::io("socket".into(), e.into()))?,
-            name,
-        )
-        .map_err(|_| Error::NoSuchInterface(name.clone()))?;
-        ifaces.push((name.clone(), index, external));
+        ifaces.push((name.clone(), if_index(name)?, external));
     }
     let mut ebpf = loader.load(OBJECT).map_err(|e| Error::Load(Box::new(e)))?;
     let mut node_ips = options.node_ips.clone();
@@ -223,31 +213,14 @@ fn attach_here(options: &AttachOptions) -> Result<AttachReport, Error> {
             ips.insert(u32::from(*ip).to_be(), 1, 0)
                 .map_err(|e| Error::from_map_write(maps::NODE_IPS, e))?;
         }
-        let mut roles: aya::maps::HashMap<_, u32, u32> = aya::maps::HashMap::try_from(
-            ebpf.map_mut(maps::IFACES)
-                .ok_or_else(|| Error::Kernel("map SKIFF_IFACES missing".into()))?,
-        )
-        .map_err(|e| Error::Map {
-            map: maps::IFACES.into(),
-            what: "open".into(),
-            source: Box::new(e),
-        })?;
-        for (_, index, external) in &ifaces {
-            let flags = if *external { iface_flags::EXTERNAL } else { 0 };
-            roles
-                .insert(*index, flags, 0)
-                .map_err(|e| Error::from_map_write(maps::IFACES, e))?;
-        }
+    }
+    for (_, index, external) in &ifaces {
+        let flags = if *external { iface_flags::EXTERNAL } else { 0 };
+        set_role(&mut ebpf, *index, flags)?;
     }
     report.node_ips = node_ips;
-    // The FIB lookups of the packet path answer "forwarding disabled" on
-    // an interface that does not forward; a node forwards (as kube-proxy
-    // requires net.ipv4.ip_forward).
     for (name, _, _) in &ifaces {
-        // /proc/sys/net is the opening thread's network namespace.
-        let path = format!("/proc/sys/net/ipv4/conf/{name}/forwarding");
-        fs::write(&path, "1")
-            .map_err(|e| Error::io(format!("enable forwarding on {name} ({path})"), e))?;
+        enable_forwarding(name)?;
     }
     let mut tc_missing = Vec::new();
     for (name, _, _) in &ifaces {
@@ -259,34 +232,13 @@ fn attach_here(options: &AttachOptions) -> Result<AttachReport, Error> {
         }
     }
     if !tc_missing.is_empty() {
-        let prog: &mut SchedClassifier = ebpf
-            .program_mut(TC_PROGRAM)
-            .ok_or_else(|| Error::Kernel(format!("program {TC_PROGRAM} missing from the object")))?
-            .try_into()
-            .map_err(|e| Error::Program {
-                program: TC_PROGRAM.into(),
-                source: Box::new(e),
-            })?;
+        let prog = tc_program(&mut ebpf)?;
         prog.load().map_err(|e| Error::Program {
             program: TC_PROGRAM.into(),
             source: Box::new(e),
         })?;
         for (iface, pin) in tc_missing {
-            let id = prog
-                .attach(&iface, TcAttachType::Ingress)
-                .map_err(|e| Error::Program {
-                    program: format!("{TC_PROGRAM} on {iface}"),
-                    source: Box::new(e),
-                })?;
-            let link = prog.take_link(id).map_err(|e| Error::Program {
-                program: TC_PROGRAM.into(),
-                source: Box::new(e),
-            })?;
-            pin_link(
-                link,
-                &format!("{TC_PROGRAM} on {iface} (tcx needs Linux 6.6)"),
-                &links.join(&pin),
-            )?;
+            attach_tc(prog, &iface, &links.join(&pin))?;
             report.attached.push(pin);
         }
     }
@@ -400,15 +352,7 @@ impl PodAttacher {
         let mut loader = aya::EbpfLoader::new();
         loader.default_map_pin_directory(&dir);
         let mut ebpf = loader.load(OBJECT).map_err(|e| Error::Load(Box::new(e)))?;
-        let prog: &mut SchedClassifier = ebpf
-            .program_mut(TC_PROGRAM)
-            .ok_or_else(|| Error::Kernel(format!("program {TC_PROGRAM} missing from the object")))?
-            .try_into()
-            .map_err(|e| Error::Program {
-                program: TC_PROGRAM.into(),
-                source: Box::new(e),
-            })?;
-        prog.load().map_err(|e| Error::Program {
+        tc_program(&mut ebpf)?.load().map_err(|e| Error::Program {
             program: TC_PROGRAM.into(),
             source: Box::new(e),
         })?;
@@ -425,56 +369,78 @@ impl PodAttacher {
         if adopt(&pin)? {
             return Ok(false);
         }
-        let index = rustix::net::netdevice::name_to_index(
-            &rustix::net::socket(
-                rustix::net::AddressFamily::INET,
-                rustix::net::SocketType::DGRAM,
-                None,
-            )
-            .map_err(|e| Error::io("socket".into(), e.into()))?,
-            iface,
-        )
-        .map_err(|_| Error::NoSuchInterface(iface.to_string()))?;
-        {
-            let mut roles: aya::maps::HashMap<_, u32, u32> = aya::maps::HashMap::try_from(
-                self.ebpf
-                    .map_mut(maps::IFACES)
-                    .ok_or_else(|| Error::Kernel("map SKIFF_IFACES missing".into()))?,
-            )
-            .map_err(|e| Error::Map {
-                map: maps::IFACES.into(),
-                what: "open".into(),
-                source: Box::new(e),
-            })?;
-            roles
-                .insert(index, 0, 0)
-                .map_err(|e| Error::from_map_write(maps::IFACES, e))?;
-        }
-        let path = format!("/proc/sys/net/ipv4/conf/{iface}/forwarding");
-        fs::write(&path, "1")
-            .map_err(|e| Error::io(format!("enable forwarding on {iface} ({path})"), e))?;
-        let prog: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(TC_PROGRAM)
-            .ok_or_else(|| Error::Kernel(format!("program {TC_PROGRAM} missing from the object")))?
-            .try_into()
-            .map_err(|e| Error::Program {
-                program: TC_PROGRAM.into(),
-                source: Box::new(e),
-            })?;
-        let id = prog
-            .attach(iface, TcAttachType::Ingress)
-            .map_err(|e| Error::Program {
-                program: format!("{TC_PROGRAM} on {iface}"),
-                source: Box::new(e),
-            })?;
-        let link = prog.take_link(id).map_err(|e| Error::Program {
-            program: TC_PROGRAM.into(),
-            source: Box::new(e),
-        })?;
-        pin_link(link, &format!("{TC_PROGRAM} on {iface}"), &pin)?;
+        set_role(&mut self.ebpf, if_index(iface)?, 0)?;
+        enable_forwarding(iface)?;
+        attach_tc(tc_program(&mut self.ebpf)?, iface, &pin)?;
         Ok(true)
     }
+}
+
+fn if_index(name: &str) -> Result<u32, Error> {
+    rustix::net::netdevice::name_to_index(
+        &rustix::net::socket(
+            rustix::net::AddressFamily::INET,
+            rustix::net::SocketType::DGRAM,
+            None,
+        )
+        .map_err(|e| Error::io("socket".into(), e.into()))?,
+        name,
+    )
+    .map_err(|_| Error::NoSuchInterface(name.to_string()))
+}
+
+/// Records an interface's role (external or pod) for the packet path.
+fn set_role(ebpf: &mut aya::Ebpf, index: u32, flags: u32) -> Result<(), Error> {
+    let mut roles: aya::maps::HashMap<_, u32, u32> = aya::maps::HashMap::try_from(
+        ebpf.map_mut(maps::IFACES)
+            .ok_or_else(|| Error::Kernel("map SKIFF_IFACES missing".into()))?,
+    )
+    .map_err(|e| Error::Map {
+        map: maps::IFACES.into(),
+        what: "open".into(),
+        source: Box::new(e),
+    })?;
+    roles
+        .insert(index, flags, 0)
+        .map_err(|e| Error::from_map_write(maps::IFACES, e))
+}
+
+/// The FIB lookups of the packet path answer "forwarding disabled" on an
+/// interface that does not forward; a node forwards (as kube-proxy
+/// requires net.ipv4.ip_forward). /proc/sys/net is the calling thread's
+/// network namespace.
+fn enable_forwarding(name: &str) -> Result<(), Error> {
+    let path = format!("/proc/sys/net/ipv4/conf/{name}/forwarding");
+    fs::write(&path, "1").map_err(|e| Error::io(format!("enable forwarding on {name} ({path})"), e))
+}
+
+fn tc_program(ebpf: &mut aya::Ebpf) -> Result<&mut SchedClassifier, Error> {
+    ebpf.program_mut(TC_PROGRAM)
+        .ok_or_else(|| Error::Kernel(format!("program {TC_PROGRAM} missing from the object")))?
+        .try_into()
+        .map_err(|e| Error::Program {
+            program: TC_PROGRAM.into(),
+            source: Box::new(e),
+        })
+}
+
+/// The (loaded) packet-level program on `iface`'s ingress, its link pinned.
+fn attach_tc(prog: &mut SchedClassifier, iface: &str, pin: &Path) -> Result<(), Error> {
+    let id = prog
+        .attach(iface, TcAttachType::Ingress)
+        .map_err(|e| Error::Program {
+            program: format!("{TC_PROGRAM} on {iface}"),
+            source: Box::new(e),
+        })?;
+    let link = prog.take_link(id).map_err(|e| Error::Program {
+        program: TC_PROGRAM.into(),
+        source: Box::new(e),
+    })?;
+    pin_link(
+        link,
+        &format!("{TC_PROGRAM} on {iface} (tcx needs Linux 6.6)"),
+        pin,
+    )
 }
 
 /// Whether the link pinned at `path` is alive (adopted as it is); a stale

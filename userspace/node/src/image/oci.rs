@@ -140,6 +140,28 @@ pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
     out
 }
 
+/// Whether an index entry is for this node's platform (an entry without a
+/// platform is taken to be).
+pub fn for_this_platform(d: &Descriptor) -> bool {
+    let want = host_platform();
+    d.platform
+        .as_ref()
+        .is_none_or(|p| p.os == want.os && p.architecture == want.architecture)
+}
+
+/// The position of this platform's manifest in an index.
+pub fn pick_platform(idx: &Index) -> anyhow::Result<usize> {
+    idx.manifests
+        .iter()
+        .position(for_this_platform)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "the image has no manifest for linux/{}",
+                host_platform().architecture
+            )
+        })
+}
+
 /// The platform this node runs, in OCI's words.
 pub fn host_platform() -> Platform {
     let arch = match std::env::consts::ARCH {

@@ -139,18 +139,7 @@ async fn pull_in(
     let (top, top_body) = reg.manifest(wanted).await?;
     let (manifest_desc, manifest_body, index) = if oci::is_index(&top.media_type) {
         let idx: Index = serde_json::from_slice(&top_body).context("the image index")?;
-        let want = oci::host_platform();
-        let pick = idx
-            .manifests
-            .iter()
-            .position(|m| {
-                m.platform
-                    .as_ref()
-                    .is_none_or(|p| p.os == want.os && p.architecture == want.architecture)
-            })
-            .with_context(|| {
-                format!("the image has no manifest for linux/{}", want.architecture)
-            })?;
+        let pick = oci::pick_platform(&idx)?;
         let (d, body) = reg.manifest(&idx.manifests[pick].digest).await?;
         (d, body, Some((pick, idx.manifests[pick].digest.clone())))
     } else {

@@ -92,10 +92,7 @@ impl Containerd {
                     .with_context(|| format!("index {}", d.digest))?;
                 for (i, m) in idx.manifests.iter().enumerate() {
                     // Only this platform's manifests need to be present.
-                    if m.platform.as_ref().is_none_or(|p| {
-                        p.os == "linux" && p.architecture == oci::host_platform().architecture
-                    }) && archive.blobs.contains_key(&m.digest)
-                    {
+                    if oci::for_this_platform(m) && archive.blobs.contains_key(&m.digest) {
                         labels.insert(
                             format!("containerd.io/gc.ref.content.m.{i}"),
                             m.digest.clone(),
@@ -367,18 +364,7 @@ impl Containerd {
                 bail!("unsupported image media type {}", d.media_type);
             }
             let idx: Index = serde_json::from_slice(&data)?;
-            let want = oci::host_platform();
-            d = idx
-                .manifests
-                .into_iter()
-                .find(|m| {
-                    m.platform
-                        .as_ref()
-                        .is_none_or(|p| p.os == want.os && p.architecture == want.architecture)
-                })
-                .with_context(|| {
-                    format!("the image has no manifest for linux/{}", want.architecture)
-                })?;
+            d = idx.manifests[oci::pick_platform(&idx)?].clone();
         }
         bail!("image indexes nested too deep")
     }
