@@ -1281,3 +1281,122 @@ spec:
         );
     }
 }
+
+#[test]
+fn init_containers_run_first_in_order() {
+    let Some(c) = cluster(&["--restart-backoff", "1"]) else {
+        return;
+    };
+    c.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: staged}}
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 1
+  volumes: [{{name: work, emptyDir: {{}}}}]
+  initContainers:
+  - {{name: first, image: busybox, command: [sh, -c, "echo one > /work/index.html"], volumeMounts: [{{name: work, mountPath: /work}}]}}
+  - {{name: second, image: busybox, command: [sh, -c, "sleep 1; echo two >> /work/index.html"], volumeMounts: [{{name: work, mountPath: /work}}]}}
+  containers:
+  - {{name: web, image: busybox, command: [httpd, -f, -p, "8080", -h, /work], volumeMounts: [{{name: work, mountPath: /work}}]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: blocked}}
+spec:
+  nodeName: {node}
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 1
+  initContainers:
+  - {{name: fails, image: busybox, command: [sh, -c, "exit 9"]}}
+  containers:
+  - {{name: never, image: busybox, command: [sleep, "3600"]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: retried}}
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 1
+  initContainers:
+  - {{name: flaky, image: busybox, command: [sh, -c, "exit 1"]}}
+  containers:
+  - {{name: app, image: busybox, command: [sleep, "3600"]}}
+"#,
+        node = c.name
+    ));
+    // While the second init container runs, the pod is Pending.
+    let p = wait_pod(&c, "staged", "initializing", Duration::from_secs(60), |p| {
+        p["status"]["initContainerStatuses"][1]["state"]["running"].is_object()
+    });
+    assert_eq!(phase(&p), "Pending");
+    assert_eq!(condition(&p, "Initialized"), "False");
+    assert_eq!(
+        p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"],
+        "PodInitializing"
+    );
+    let p = wait_pod(
+        &c,
+        "staged",
+        "Running",
+        Duration::from_secs(60),
+        running_ready,
+    );
+    assert_eq!(condition(&p, "Initialized"), "True");
+    for i in 0..2 {
+        let t = &p["status"]["initContainerStatuses"][i]["state"]["terminated"];
+        assert_eq!(
+            (t["exitCode"].as_i64(), t["reason"].as_str()),
+            (Some(0), Some("Completed")),
+            "{t}"
+        );
+    }
+    let body = http_get(&pod_ip(&p), 8080).unwrap();
+    assert!(
+        body.ends_with("one\ntwo\n"),
+        "the init containers ran in order: {body}"
+    );
+
+    // A failing init container under Never: Failed, the app never started.
+    let p = wait_pod(&c, "blocked", "Failed", Duration::from_secs(60), |p| {
+        phase(p) == "Failed"
+    });
+    assert_eq!(
+        p["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"],
+        9
+    );
+    assert!(p["status"]["containerStatuses"][0]["state"]["running"].is_null());
+    // Under Always it is retried with back-off; the app waits.
+    let p = wait_pod(
+        &c,
+        "retried",
+        "init retries",
+        Duration::from_secs(60),
+        |p| {
+            p["status"]["initContainerStatuses"][0]["restartCount"]
+                .as_i64()
+                .unwrap_or(0)
+                >= 2
+        },
+    );
+    assert_eq!(phase(&p), "Pending");
+    assert!(p["status"]["containerStatuses"][0]["state"]["running"].is_null());
+
+    // A node restart does not run completed init containers again.
+    let mut c = c;
+    c.kill_node();
+    c.start_node();
+    std::thread::sleep(Duration::from_secs(3));
+    let p = wait_pod(
+        &c,
+        "staged",
+        "Running",
+        Duration::from_secs(30),
+        running_ready,
+    );
+    assert_eq!(p["status"]["initContainerStatuses"][1]["restartCount"], 0);
+    assert_eq!(restarts(&p), 0);
+    let body = http_get(&pod_ip(&p), 8080).unwrap();
+    assert!(body.ends_with("one\ntwo\n"), "{body}");
+}

@@ -170,13 +170,42 @@ pub struct PodFacts {
     pub problem: Option<(String, String)>,
 }
 
+/// The state of the init containers: all completed, still running through
+/// them, or one failed for good (restartPolicy Never).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitState {
+    Done,
+    Running,
+    Failed,
+}
+
+pub fn init_state(inits: &[ContainerView], restart_policy: &str) -> InitState {
+    let exit = |v: &ContainerView| match &v.state {
+        CState::Terminated { exit_code, .. } => Some(*exit_code),
+        _ => None,
+    };
+    if inits.iter().all(|v| exit(v) == Some(0)) {
+        return InitState::Done;
+    }
+    if restart_policy == "Never" && inits.iter().any(|v| exit(v).is_some_and(|c| c != 0)) {
+        return InitState::Failed;
+    }
+    InitState::Running
+}
+
 pub fn pod_status(
     prev: Option<&PodStatus>,
+    inits: &[ContainerView],
     views: &[ContainerView],
     facts: &PodFacts,
     now: Time,
 ) -> PodStatus {
-    let phase = phase(views, &facts.restart_policy);
+    let init = init_state(inits, &facts.restart_policy);
+    let phase = match init {
+        InitState::Done => phase(views, &facts.restart_policy),
+        InitState::Running => "Pending",
+        InitState::Failed => "Failed",
+    };
     let all_ready = !views.is_empty() && views.iter().all(|v| v.ready);
     let not_ready: Vec<&str> = views
         .iter()
@@ -204,30 +233,34 @@ pub fn pod_status(
             "",
             now,
         ),
-        condition(prev, "Initialized", true, "", now),
+        condition(
+            prev,
+            "Initialized",
+            init == InitState::Done,
+            "ContainersNotInitialized",
+            now,
+        ),
         ready_cond,
         cr_cond,
         condition(prev, "PodScheduled", true, "", now),
     ];
-    let statuses = views
-        .iter()
-        .map(|v| ContainerStatus {
-            name: v.name.clone(),
-            state: Some(v.state.to_api()),
-            last_state: Some(
-                v.last_state
-                    .as_ref()
-                    .map(CState::to_api)
-                    .unwrap_or_default(),
-            ),
-            ready: v.ready,
-            restart_count: v.restart_count,
-            image: v.image.clone(),
-            image_id: v.image_id.clone(),
-            container_id: v.container_id.clone(),
-            started: Some(matches!(v.state, CState::Running { .. })),
-        })
-        .collect();
+    let to_status = |v: &ContainerView| ContainerStatus {
+        name: v.name.clone(),
+        state: Some(v.state.to_api()),
+        last_state: Some(
+            v.last_state
+                .as_ref()
+                .map(CState::to_api)
+                .unwrap_or_default(),
+        ),
+        ready: v.ready,
+        restart_count: v.restart_count,
+        image: v.image.clone(),
+        image_id: v.image_id.clone(),
+        container_id: v.container_id.clone(),
+        started: Some(matches!(v.state, CState::Running { .. })),
+    };
+    let statuses = views.iter().map(to_status).collect();
     let (reason, message) = facts.problem.clone().unwrap_or_default();
     PodStatus {
         phase: phase.to_string(),
@@ -242,7 +275,7 @@ pub fn pod_status(
             .map(|ip| PodIp { ip: ip.clone() })
             .collect(),
         start_time: facts.start_time,
-        init_container_statuses: vec![],
+        init_container_statuses: inits.iter().map(to_status).collect(),
         container_statuses: statuses,
         qos_class: prev.map(|p| p.qos_class.clone()).unwrap_or_default(),
     }
@@ -315,6 +348,47 @@ mod tests {
     }
 
     #[test]
+    fn init_containers_gate_the_pod() {
+        let waiting = view(CState::waiting("PodInitializing", ""), None, false);
+        assert_eq!(init_state(&[], "Always"), InitState::Done);
+        assert_eq!(
+            init_state(&[view(exited(0), None, true)], "Always"),
+            InitState::Done
+        );
+        assert_eq!(
+            init_state(&[view(running(), None, false)], "Always"),
+            InitState::Running
+        );
+        assert_eq!(
+            init_state(&[view(exited(1), None, false)], "OnFailure"),
+            InitState::Running
+        );
+        assert_eq!(
+            init_state(&[view(exited(1), None, false)], "Never"),
+            InitState::Failed
+        );
+        let facts = PodFacts {
+            restart_policy: "Always".into(),
+            ..Default::default()
+        };
+        let s = pod_status(
+            None,
+            &[view(running(), None, false)],
+            &[waiting],
+            &facts,
+            Time::default(),
+        );
+        assert_eq!(s.phase, "Pending");
+        let init = s
+            .conditions
+            .iter()
+            .find(|c| c.r#type == "Initialized")
+            .unwrap();
+        assert_eq!(init.status, "False");
+        assert_eq!(s.init_container_statuses.len(), 1);
+    }
+
+    #[test]
     fn conditions_keep_their_transition_time() {
         let facts = PodFacts {
             restart_policy: "Always".into(),
@@ -330,7 +404,7 @@ mod tests {
             seconds: 200,
             nanos: 0,
         };
-        let s1 = pod_status(None, &[view(running(), None, true)], &facts, t1);
+        let s1 = pod_status(None, &[], &[view(running(), None, true)], &facts, t1);
         let ready = |s: &PodStatus| {
             s.conditions
                 .iter()
@@ -339,13 +413,13 @@ mod tests {
                 .unwrap()
         };
         assert_eq!(ready(&s1).status, "True");
-        let s2 = pod_status(Some(&s1), &[view(running(), None, true)], &facts, t2);
+        let s2 = pod_status(Some(&s1), &[], &[view(running(), None, true)], &facts, t2);
         assert_eq!(
             ready(&s2).last_transition_time,
             Some(t1),
             "unchanged condition keeps its time"
         );
-        let s3 = pod_status(Some(&s2), &[view(running(), None, false)], &facts, t2);
+        let s3 = pod_status(Some(&s2), &[], &[view(running(), None, false)], &facts, t2);
         assert_eq!(ready(&s3).status, "False");
         assert_eq!(ready(&s3).last_transition_time, Some(t2));
         assert!(ready(&s3).message.contains("[c]"));

@@ -45,6 +45,8 @@ pub enum Msg {
 
 struct Ctr {
     spec: Container,
+    /// An init container: runs to completion, in order, before the others.
+    init: bool,
     /// containerd id of the current container.
     id: Option<String>,
     restart_count: i32,
@@ -69,9 +71,10 @@ struct Ctr {
 }
 
 impl Ctr {
-    fn new(spec: Container, ctx: &Ctx) -> Ctr {
+    fn new(spec: Container, init: bool, ctx: &Ctx) -> Ctr {
         Ctr {
             spec,
+            init,
             id: None,
             restart_count: 0,
             state: CState::waiting("ContainerCreating", ""),
@@ -88,6 +91,11 @@ impl Ctr {
             startup_passed: false,
             image_id: String::new(),
         }
+    }
+
+    /// An init container that finished with exit code 0.
+    fn completed(&self) -> bool {
+        self.init && self.done && matches!(self.state, CState::Terminated { exit_code: 0, .. })
     }
 
     fn stop_probers(&mut self) {
@@ -109,6 +117,7 @@ pub struct Worker {
     sandbox_error: Option<(String, String)>,
     ctrs: BTreeMap<String, Ctr>,
     order: Vec<String>,
+    init_order: Vec<String>,
     start_time: Option<Time>,
     pushed: Option<PodStatus>,
     push_retry: Option<Instant>,
@@ -125,15 +134,20 @@ impl Worker {
     pub fn new(ctx: Arc<Ctx>, pod: Pod, tx: mpsc::Sender<Msg>) -> Worker {
         let uid = uid_of(&pod).to_string();
         let mut ctrs = BTreeMap::new();
+        let spec = pod.spec.clone().unwrap_or_default();
+        let mut init_order = Vec::new();
+        for c in spec.init_containers {
+            init_order.push(c.name.clone());
+            ctrs.insert(c.name.clone(), Ctr::new(c, true, &ctx));
+        }
         let mut order = Vec::new();
-        for c in pod
-            .spec
-            .as_ref()
-            .map(|s| s.containers.clone())
-            .unwrap_or_default()
-        {
+        for c in spec.containers {
             order.push(c.name.clone());
-            ctrs.insert(c.name.clone(), Ctr::new(c, &ctx));
+            let mut ctr = Ctr::new(c, false, &ctx);
+            if !init_order.is_empty() {
+                ctr.state = CState::waiting("PodInitializing", "");
+            }
+            ctrs.insert(ctr.spec.name.clone(), ctr);
         }
         let start_time = pod.status.as_ref().and_then(|s| s.start_time);
         let pushed = pod.status.clone();
@@ -147,6 +161,7 @@ impl Worker {
             sandbox_error: None,
             ctrs,
             order,
+            init_order,
             start_time,
             pushed,
             push_retry: None,
@@ -215,7 +230,11 @@ impl Worker {
             };
             c.id = Some(a.id.clone());
             c.restart_count = a.restart;
-            let api = prev.container_statuses.iter().find(|s| s.name == name);
+            let api = prev
+                .container_statuses
+                .iter()
+                .chain(prev.init_container_statuses.iter())
+                .find(|s| s.name == name);
             if let Some(s) = api {
                 c.image_id = s.image_id.clone();
                 c.last_state = s.last_state.as_ref().and_then(terminated_state);
@@ -257,10 +276,19 @@ impl Worker {
                     }
                 });
             } else {
-                // It stopped while the node was away (or never started).
+                // It stopped while the node was away (or never started, or
+                // ended before: then the API's record of it counts).
+                let recorded = api
+                    .and_then(|s| s.state.as_ref())
+                    .and_then(|st| st.terminated.as_ref())
+                    .filter(|t| t.container_id == format!("containerd://{}", a.id))
+                    .map(|t| ExitStatus {
+                        code: t.exit_code as u32,
+                        at: t.finished_at.map(|f| f.seconds).unwrap_or(0),
+                    });
                 let status = match self.ctx.ctd.delete_task(&a.id).await {
                     Ok(Some(s)) => s,
-                    Ok(None) => ExitStatus { code: 255, at: 0 },
+                    Ok(None) => recorded.unwrap_or(ExitStatus { code: 255, at: 0 }),
                     Err(e) => {
                         tracing::warn!(pod = %self.uid, container = %name, "a stopped task could not be deleted: {e:#}");
                         ExitStatus { code: 255, at: 0 }
@@ -386,7 +414,14 @@ impl Worker {
         c.started = None;
         let _ = self.ctx.ctd.delete_task(id).await;
         tracing::info!(pod = %self.uid, container = %name, exit = code, "container exited");
-        if !should_restart(&policy, code) || self.gone {
+        // An init container that succeeded is done; one that failed runs
+        // again unless the pod never restarts anything.
+        let restart = if c.init {
+            code != 0 && policy != "Never"
+        } else {
+            should_restart(&policy, code)
+        };
+        if !restart || self.gone {
             c.state = terminated;
             c.done = true;
             return;
@@ -516,8 +551,19 @@ impl Worker {
         }
         if self.sandbox.is_some() {
             let now = Instant::now();
-            let due: Vec<String> = self
-                .order
+            // Init containers one at a time, in order; the others only
+            // once every init container has completed.
+            let pending_init = self
+                .init_order
+                .iter()
+                .find(|n| !self.ctrs[*n].completed())
+                .cloned();
+            let candidates: Vec<String> = match pending_init {
+                Some(n) if self.ctrs[&n].done => Vec::new(), // failed for good
+                Some(n) => vec![n],
+                None => self.order.clone(),
+            };
+            let due: Vec<String> = candidates
                 .iter()
                 .filter(|n| {
                     let c = &self.ctrs[*n];
@@ -628,12 +674,16 @@ impl Worker {
             };
             mounts.push((src, m.mount_path.clone(), m.read_only));
         }
-        let id = format!(
-            "{}.{}.{}",
-            self.uid,
-            self.order.iter().position(|n| n == name).unwrap_or(0),
-            restart
-        );
+        let slot = match self.init_order.iter().position(|n| n == name) {
+            Some(i) => format!("i{i}"),
+            None => self
+                .order
+                .iter()
+                .position(|n| n == name)
+                .unwrap_or(0)
+                .to_string(),
+        };
+        let id = format!("{}.{slot}.{restart}", self.uid);
         let oci = spec::build(&SpecInput {
             container: &spec_c,
             image: &image.config,
@@ -833,8 +883,8 @@ impl Worker {
         Ok(out)
     }
 
-    fn views(&self) -> Vec<ContainerView> {
-        self.order
+    fn views(&self, names: &[String]) -> Vec<ContainerView> {
+        names
             .iter()
             .map(|n| {
                 let c = &self.ctrs[n];
@@ -850,7 +900,7 @@ impl Worker {
                     state: c.state.clone(),
                     last_state: c.last_state.clone(),
                     restart_count: c.restart_count,
-                    ready: c.ready,
+                    ready: c.ready || c.completed(),
                 }
             })
             .collect()
@@ -866,7 +916,8 @@ impl Worker {
         };
         let status = pod_status(
             self.pushed.as_ref(),
-            &self.views(),
+            &self.views(&self.init_order),
+            &self.views(&self.order),
             &facts,
             Time::now_seconds(),
         );
