@@ -22,6 +22,7 @@ async fn main() -> std::process::ExitCode {
             | Command::Node(_)
             | Command::Up(_)
             | Command::ShimLogger { .. }
+            | Command::Sim(_)
     ) {
         default_sigpipe();
     }
@@ -33,6 +34,7 @@ async fn main() -> std::process::ExitCode {
         Command::Node(args) => skiff_cli::node::run(&cli.global, args).await,
         Command::ShimLogger { path } => skiff_node::logs::shim_logger::run(&path),
         Command::Dns(args) => dns(&cli.global, args).await,
+        Command::Sim(cmd) => skiff_cli::sim(&cli.global, cmd).await,
         Command::Up(args) => up::up(args).await,
     };
     match result {
@@ -102,7 +104,15 @@ async fn server(args: skiff_cli::ServerArgs) -> anyhow::Result<()> {
     let controllers = if args.no_controllers {
         None
     } else {
-        Some(start_controllers(running.addr).await?)
+        let cfg = skiff_controllers::Config {
+            node_lifecycle: skiff_controllers::nodelifecycle::Config {
+                grace: std::time::Duration::from_secs(args.node_monitor_grace_period),
+                default_toleration: std::time::Duration::from_secs(
+                    args.default_unreachable_toleration_seconds,
+                ),
+            },
+        };
+        Some(start_controllers(running.addr, cfg).await?)
     };
     if !args.no_client_config {
         let path = skiff_cli::config::write_server_config(running.addr)?;
@@ -126,6 +136,7 @@ async fn server(args: skiff_cli::ServerArgs) -> anyhow::Result<()> {
 /// while this server holds their lease.
 async fn start_controllers(
     addr: std::net::SocketAddr,
+    cfg: skiff_controllers::Config,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let client = skiff_client::Client::connect(&format!("http://{addr}")).await?;
     let identity = format!(
@@ -136,7 +147,7 @@ async fn start_controllers(
         std::process::id()
     );
     Ok(tokio::spawn(skiff_controllers::run_elected(
-        client, identity,
+        client, identity, cfg,
     )))
 }
 

@@ -36,6 +36,7 @@ pub async fn up(a: UpArgs) -> Result<()> {
     let controllers = tokio::spawn(skiff_controllers::run_elected(
         client,
         format!("{}-up", skiff_node::host::hostname()),
+        skiff_controllers::Config::default(),
     ));
     eprintln!("==> scheduler and controllers running");
 

@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::registry::{DeleteOptions, ListOptions, Registry};
+use crate::registry::{DeleteOptions, ListOptions, Propagation, Registry};
 use crate::watch_cache::Filter;
 
 pub struct Service {
@@ -150,6 +150,7 @@ impl Resources for Service {
         let opts = DeleteOptions {
             resource_version,
             grace_period_seconds: r.grace_period_seconds,
+            propagation: Propagation::parse(&r.propagation_policy).map_err(|e| e.to_grpc())?,
         };
         let out = with_resource!(k, R => self.registry.delete::<R>(&r.namespace, &r.name, &opts).await.map(|(o, _)| raw(&o)));
         self.observe("delete", k, &out);

@@ -54,6 +54,45 @@ pub struct DeleteOptions {
     pub resource_version: Option<Revision>,
     /// For pods: how long the node gets to stop them; 0 deletes at once.
     pub grace_period_seconds: Option<i64>,
+    /// What happens to the objects it owns.
+    pub propagation: Propagation,
+}
+
+/// Kubernetes' propagationPolicy: `Background` deletes the object now and
+/// the garbage collector its dependents after; `Foreground` marks it with
+/// the `foregroundDeletion` finalizer until its dependents are gone;
+/// `Orphan` marks it with the `orphan` finalizer until the collector has
+/// removed the references to it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Propagation {
+    #[default]
+    Background,
+    Foreground,
+    Orphan,
+}
+
+pub const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
+pub const ORPHAN_FINALIZER: &str = "orphan";
+
+impl Propagation {
+    pub fn parse(s: &str) -> Result<Propagation, ApiError> {
+        match s {
+            "" | "Background" => Ok(Propagation::Background),
+            "Foreground" => Ok(Propagation::Foreground),
+            "Orphan" => Ok(Propagation::Orphan),
+            other => Err(ApiError::bad_request(format!(
+                "propagationPolicy: Unsupported value: \"{other}\": supported values: \"Background\", \"Foreground\", \"Orphan\""
+            ))),
+        }
+    }
+
+    fn finalizer(self) -> Option<&'static str> {
+        match self {
+            Propagation::Background => None,
+            Propagation::Foreground => Some(FOREGROUND_FINALIZER),
+            Propagation::Orphan => Some(ORPHAN_FINALIZER),
+        }
+    }
 }
 
 pub type WatchItem = ApiResult<(WatchType, Arc<EventObject>)>;
@@ -567,8 +606,7 @@ impl Registry {
             if new == cur {
                 return Ok(cur);
             }
-            let finishing =
-                new.meta().deletion_timestamp.is_some() && new.meta().finalizers.is_empty();
+            let finishing = finished(&new);
             let released: Vec<String> = if matches!(R::KIND, Kind::Service | Kind::Node) {
                 let held_now = held_keys(&new);
                 let held_before = held_keys(&cur);
@@ -654,19 +692,27 @@ impl Registry {
             }
             let cur: R = decode(&kv)?;
             let grace = self.grace_period(&cur, opts);
-            let graceful = !cur.meta().finalizers.is_empty() || grace > 0;
+            let finalizer = opts
+                .propagation
+                .finalizer()
+                .filter(|f| !cur.meta().finalizers.iter().any(|x| x == f));
+            let graceful = !cur.meta().finalizers.is_empty() || grace > 0 || finalizer.is_some();
             if graceful {
                 let mut marked = cur.clone();
                 let meta = marked.meta_mut();
-                if meta.deletion_timestamp.is_some()
-                    && meta
-                        .deletion_grace_period_seconds
-                        .is_none_or(|g| g <= grace)
-                {
+                let shorter = meta
+                    .deletion_grace_period_seconds
+                    .is_some_and(|g| g > grace);
+                if meta.deletion_timestamp.is_some() && !shorter && finalizer.is_none() {
                     return Ok((cur, false));
                 }
-                meta.deletion_timestamp = Some(Time::now_seconds());
-                meta.deletion_grace_period_seconds = Some(grace);
+                if let Some(f) = finalizer {
+                    meta.finalizers.push(f.to_string());
+                }
+                if meta.deletion_timestamp.is_none() || shorter {
+                    meta.deletion_timestamp = Some(Time::now_seconds());
+                    meta.deletion_grace_period_seconds = Some(grace);
+                }
                 let mut as_obj = marked.into_object();
                 if let Object::Namespace(ns) = &mut as_obj {
                     ns.status.get_or_insert_with(Default::default).phase = "Terminating".into();
@@ -869,6 +915,22 @@ fn put_with_claims<R: Resource>(
         });
     }
     Ok(txn)
+}
+
+/// A deleted object whose last finalizer went is removed by that update —
+/// except a pod whose node has not confirmed it stopped (grace left).
+fn finished<R: Resource>(obj: &R) -> bool {
+    let meta = obj.meta();
+    if meta.deletion_timestamp.is_none() || !meta.finalizers.is_empty() {
+        return false;
+    }
+    match obj.clone().into_object() {
+        Object::Pod(p) => {
+            let bound = p.spec.as_ref().is_some_and(|s| !s.node_name.is_empty());
+            !bound || meta.deletion_grace_period_seconds.unwrap_or(0) == 0
+        }
+        _ => true,
+    }
 }
 
 fn terminating(kind: Kind, name: &str, ns: &str) -> ApiError {

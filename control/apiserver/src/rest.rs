@@ -18,7 +18,7 @@ use skiff_api::{Kind, Object, Resource, with_resource};
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
-use crate::registry::{DeleteOptions, ListOptions};
+use crate::registry::{DeleteOptions, ListOptions, Propagation};
 use crate::watch_cache::Filter;
 
 /// What a path names.
@@ -425,10 +425,22 @@ async fn dispatch<R: Resource>(
             let mut opts = DeleteOptions {
                 resource_version: None,
                 grace_period_seconds: query.get("gracePeriodSeconds").and_then(|g| g.parse().ok()),
+                propagation: Propagation::parse(
+                    query
+                        .get("propagationPolicy")
+                        .map(String::as_str)
+                        .unwrap_or(""),
+                )?,
             };
             if !body.is_empty()
                 && let Ok(v) = serde_json::from_slice::<Value>(body)
             {
+                if let Some(p) = v.get("propagationPolicy").and_then(Value::as_str) {
+                    opts.propagation = Propagation::parse(p)?;
+                }
+                if v.get("orphanDependents").and_then(Value::as_bool) == Some(true) {
+                    opts.propagation = Propagation::Orphan;
+                }
                 if let Some(g) = v.get("gracePeriodSeconds").and_then(Value::as_i64) {
                     opts.grace_period_seconds = Some(g);
                 }

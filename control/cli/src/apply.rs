@@ -274,15 +274,23 @@ pub async fn delete(client: &Client, namespace: Option<&str>, args: &DeleteArgs)
         };
         targets.extend(names.into_iter().map(|n| (kind, ns.clone(), n)));
     }
+    // kubectl's spelling: --cascade=true is background, false orphan.
+    let propagation = match args.cascade.as_str() {
+        "foreground" => "Foreground",
+        "orphan" | "false" => "Orphan",
+        _ => "Background",
+    };
     let mut failed = 0;
     for (kind, ns, name) in targets {
-        let result = match (kind, args.grace_period) {
-            (Kind::Pod, Some(g)) => client
-                .delete_with_grace::<skiff_api::v1::Pod>(&ns, &name, g)
-                .await
-                .map(|_| ()),
-            _ => client.delete_object(kind, &ns, &name).await.map(|_| ()),
+        let grace = if kind == Kind::Pod {
+            args.grace_period
+        } else {
+            None
         };
+        let result = client
+            .delete_object_with(kind, &ns, &name, grace, propagation)
+            .await
+            .map(|_| ());
         match result {
             Ok(()) => println!("{} {name:?} deleted", kind.qualified_name()),
             Err(e) => {

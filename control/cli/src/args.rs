@@ -44,6 +44,9 @@ pub enum Command {
     Image(ImageCommand),
     /// Run the node daemon: pods through containerd, pod networking, the datapath (root)
     Node(NodeArgs),
+    /// Simulated nodes for load tests (kwok-like): no containers, no traffic
+    #[command(subcommand)]
+    Sim(SimCommand),
     /// The container log writer containerd's shim runs (internal)
     #[command(hide = true)]
     ShimLogger { path: PathBuf },
@@ -83,6 +86,14 @@ pub struct ServerArgs {
     /// Do not run the scheduler and controllers in this server
     #[arg(long)]
     pub no_controllers: bool,
+    /// Seconds a node may go without renewing its Lease before it is marked
+    /// Ready=Unknown and tainted unreachable
+    #[arg(long, default_value_t = 40)]
+    pub node_monitor_grace_period: u64,
+    /// Seconds pods without their own toleration stay on an unreachable node
+    /// before they are evicted
+    #[arg(long, default_value_t = 300)]
+    pub default_unreachable_toleration_seconds: u64,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -134,6 +145,59 @@ pub enum ClientCommand {
     Logs(LogsArgs),
     /// Run a command in a pod's container
     Exec(ExecArgs),
+    /// Set the replicas of a Deployment or ReplicaSet
+    Scale(ScaleArgs),
+    /// Follow, list, undo and restart the rollouts of a Deployment
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ScaleArgs {
+    /// deployment/NAME, rs/NAME, or KIND NAME
+    #[arg(required = true, num_args = 1..=2)]
+    pub target: Vec<String>,
+    /// The new number of replicas
+    #[arg(long)]
+    pub replicas: i32,
+    /// Only scale when the current replicas are this many
+    #[arg(long)]
+    pub current_replicas: Option<i32>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// Wait for the rollout to finish, printing its progress
+    Status {
+        /// deployment/NAME
+        #[arg(required = true, num_args = 1..=2)]
+        target: Vec<String>,
+        /// Give up after this many seconds
+        #[arg(long)]
+        timeout: Option<u64>,
+        /// Keep watching until done (`--watch=false`: print the state once)
+        #[arg(short = 'w', long, default_value_t = true, action = clap::ArgAction::Set)]
+        watch: bool,
+    },
+    /// The revisions of a Deployment, or one revision's pod template
+    History {
+        #[arg(required = true, num_args = 1..=2)]
+        target: Vec<String>,
+        #[arg(long)]
+        revision: Option<i64>,
+    },
+    /// Go back to the previous revision (or --to-revision)
+    Undo {
+        #[arg(required = true, num_args = 1..=2)]
+        target: Vec<String>,
+        #[arg(long)]
+        to_revision: Option<i64>,
+    },
+    /// Replace every pod, one rolling update (the restartedAt annotation)
+    Restart {
+        #[arg(required = true, num_args = 1..=2)]
+        target: Vec<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -227,6 +291,10 @@ pub struct DeleteArgs {
     /// Seconds a pod gets to stop (0: at once)
     #[arg(long)]
     pub grace_period: Option<i64>,
+    /// What happens to the objects it owns: background (deleted after it),
+    /// foreground (deleted before it), orphan (kept, no longer owned)
+    #[arg(long, default_value = "background", value_parser = ["background", "foreground", "orphan", "true", "false"])]
+    pub cascade: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -620,4 +688,39 @@ pub struct UpArgs {
     /// Datapath instance (pinned under /sys/fs/bpf/skiff/<instance>)
     #[arg(long, default_value = "default")]
     pub datapath_instance: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SimCommand {
+    /// Create Node objects that renew their Leases and (with --pods-running)
+    /// report their pods Running; runs until Ctrl-C, then removes them
+    Nodes(SimNodesArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct SimNodesArgs {
+    /// How many nodes
+    #[arg(long, default_value_t = 1)]
+    pub count: usize,
+    /// CPU of each node (a Kubernetes quantity: 4, 3500m)
+    #[arg(long, default_value = "4")]
+    pub cpu: String,
+    /// Memory of each node (a Kubernetes quantity: 8Gi)
+    #[arg(long, default_value = "8Gi")]
+    pub memory: String,
+    /// Pods each node takes
+    #[arg(long, default_value_t = 110)]
+    pub max_pods: u32,
+    /// Names are PREFIX-0, PREFIX-1, ...
+    #[arg(long, default_value = "sim")]
+    pub prefix: String,
+    /// Report pods bound to these nodes Running and Ready, with an address
+    #[arg(long)]
+    pub pods_running: bool,
+    /// Seconds between two renewals of each node's Lease
+    #[arg(long, default_value_t = 10)]
+    pub heartbeat_seconds: u64,
+    /// Leave the nodes behind on exit
+    #[arg(long)]
+    pub keep: bool,
 }

@@ -11,6 +11,8 @@ mod describe;
 mod get;
 pub mod image;
 pub mod node;
+mod rollout;
+pub mod sim;
 pub mod stream;
 mod table;
 
@@ -18,7 +20,7 @@ use anyhow::{Context, Result};
 use skiff_client::Client;
 
 pub use args::{
-    BpfCommand, Cli, ClientCommand, Command, ImageCommand, NodeArgs, ServerArgs, UpArgs,
+    BpfCommand, Cli, ClientCommand, Command, ImageCommand, NodeArgs, ServerArgs, SimCommand, UpArgs,
 };
 
 /// Runs one client verb. Errors carry the reason for stderr.
@@ -36,5 +38,18 @@ pub async fn run(global: &args::Global, command: ClientCommand) -> Result<()> {
         ClientCommand::Create(c) => apply::create(&client, &c).await,
         ClientCommand::Logs(l) => stream::logs(&client, namespace.as_deref(), l).await,
         ClientCommand::Exec(e) => stream::exec(&client, namespace.as_deref(), e).await,
+        ClientCommand::Scale(a) => rollout::scale(&client, namespace.as_deref(), &a).await,
+        ClientCommand::Rollout(c) => rollout::rollout(&client, namespace.as_deref(), c).await,
+    }
+}
+
+/// `skiff sim ...`: long-running like the daemons, but a client of the API.
+pub async fn sim(global: &args::Global, command: SimCommand) -> Result<()> {
+    let server = config::server_url(global.server.as_deref())?;
+    let client = Client::connect(&server)
+        .await
+        .with_context(|| format!("connect to {server}"))?;
+    match command {
+        SimCommand::Nodes(a) => sim::nodes(&client, a).await,
     }
 }

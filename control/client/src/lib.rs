@@ -392,12 +392,40 @@ impl Client {
         name: &str,
         grace: Option<i64>,
     ) -> Result<RawObject> {
+        self.delete_raw_with(kind, namespace, name, grace, "").await
+    }
+
+    /// Deletes with a propagation policy for what the object owns:
+    /// `Background` (or empty), `Foreground` or `Orphan`.
+    pub async fn delete_object_with(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        grace: Option<i64>,
+        propagation: &str,
+    ) -> Result<Object> {
+        let raw = self
+            .delete_raw_with(kind, namespace, name, grace, propagation)
+            .await?;
+        Object::from_raw(&raw).map_err(ClientError::Decode)
+    }
+
+    async fn delete_raw_with(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        grace: Option<i64>,
+        propagation: &str,
+    ) -> Result<RawObject> {
         let req = DeleteRequest {
             kind: kind.name().into(),
             namespace: namespace.into(),
             name: name.into(),
             resource_version: String::new(),
             grace_period_seconds: grace,
+            propagation_policy: propagation.into(),
         };
         Ok(self
             .rpc

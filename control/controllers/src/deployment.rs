@@ -13,6 +13,7 @@ use skiff_api::v1::{
 use skiff_api::{Deployment, ReplicaSet, Resource};
 use skiff_client::{Client, Informer, ListParams};
 
+use crate::events::{NORMAL, Recorder};
 use crate::pods::{controller_of, owner_ref, template_hash};
 use crate::queue::Queue;
 use crate::store::Store;
@@ -265,6 +266,7 @@ pub fn status(
 
 struct Controller {
     client: Client,
+    events: Recorder,
     deps: Store<Deployment>,
     rss: Store<ReplicaSet>,
     queue: Queue<Key>,
@@ -276,6 +278,7 @@ pub async fn run(client: Client) {
     let (_c2, mut rs_rx, _t2) =
         Informer::<ReplicaSet>::new(client.clone(), "", ListParams::default()).spawn();
     let mut c = Controller {
+        events: Recorder::new(client.clone(), "deployment-controller"),
         client,
         deps: Store::default(),
         rss: Store::default(),
@@ -291,8 +294,8 @@ pub async fn run(client: Client) {
                     uid_to_dep.insert(d.meta().uid.clone(), key(d));
                     c.queue.add(key(d));
                 } else if let Some(d) = old {
+                    // Its ReplicaSets are the garbage collector's business.
                     uid_to_dep.remove(&d.meta().uid);
-                    c.delete_owned(&d).await;
                 }
             }
             ev = rs_rx.recv() => {
@@ -327,30 +330,17 @@ fn key<R: Resource>(r: &R) -> Key {
 }
 
 impl Controller {
-    /// A deleted Deployment's ReplicaSets go too (background propagation).
-    async fn delete_owned(&mut self, d: &Deployment) {
-        let owned: Vec<String> = self
-            .rss
-            .in_namespace(d.namespace())
-            .filter(|rs| owned_by(rs, d))
-            .map(|rs| rs.name().to_string())
-            .collect();
-        for name in owned {
-            if let Err(e) = self.client.delete::<ReplicaSet>(d.namespace(), &name).await
-                && !e.is_not_found()
-            {
-                tracing::warn!("deleting ReplicaSet {name}: {e}");
-            }
-        }
-    }
-
-    async fn set_replicas(&self, rs: &ReplicaSet, n: i32) -> anyhow::Result<()> {
+    async fn set_replicas(&self, d: &Deployment, rs: &ReplicaSet, n: i32) -> anyhow::Result<()> {
+        let was = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
         if rs.spec.as_ref().and_then(|s| s.replicas) == Some(n) {
             return Ok(());
         }
         let mut u = rs.clone();
         u.spec.get_or_insert_with(Default::default).replicas = Some(n);
         self.client.update(&u).await?;
+        let dir = if n > was { "up" } else { "down" };
+        let msg = format!("Scaled {dir} replica set {} from {was} to {n}", rs.name());
+        self.events.record(d, NORMAL, "ScalingReplicaSet", &msg);
         Ok(())
     }
 
@@ -387,7 +377,30 @@ impl Controller {
             .is_some_and(|s| s.r#type == "Recreate");
         if !spec.paused {
             let new = match new.clone() {
-                Some(n) => n,
+                Some(n) => {
+                    // An older template again (rollout undo): its ReplicaSet
+                    // becomes the newest revision, as in Kubernetes.
+                    let top = owned.iter().map(revision).max().unwrap_or(0);
+                    if revision(&n) < top {
+                        let mut u = n.clone();
+                        u.meta_mut()
+                            .annotations
+                            .insert(REVISION.into(), (top + 1).to_string());
+                        self.client.update(&u).await?;
+                        self.events.record(
+                            &d,
+                            NORMAL,
+                            "DeploymentRollback",
+                            &format!(
+                                "Rolled back to revision {} as revision {}",
+                                revision(&n),
+                                top + 1
+                            ),
+                        );
+                        return Ok(());
+                    }
+                    n
+                }
                 None => {
                     let rev = owned.iter().map(revision).max().unwrap_or(0) + 1;
                     let old_total: i32 = old.iter().map(|o| view(o).replicas).sum();
@@ -410,10 +423,10 @@ impl Controller {
                     .map(|o| o.status.as_ref().map(|s| s.replicas).unwrap_or(0))
                     .sum();
                 for o in &old {
-                    self.set_replicas(o, 0).await?;
+                    self.set_replicas(&d, o, 0).await?;
                 }
                 if old_running == 0 {
-                    self.set_replicas(&new, desired).await?;
+                    self.set_replicas(&d, &new, desired).await?;
                 }
             } else {
                 let (new_target, old_targets) = rolling(
@@ -423,10 +436,10 @@ impl Controller {
                     &view(&new),
                     &old.iter().map(view).collect::<Vec<_>>(),
                 );
-                self.set_replicas(&new, new_target).await?;
+                self.set_replicas(&d, &new, new_target).await?;
                 for (name, n) in old_targets {
                     if let Some(o) = old.iter().find(|o| o.name() == name) {
-                        self.set_replicas(o, n).await?;
+                        self.set_replicas(&d, o, n).await?;
                     }
                 }
             }
@@ -447,7 +460,9 @@ impl Controller {
             u.status = Some(st);
             match self.client.update_status(&u).await {
                 Ok(_) => {}
-                Err(e) if e.is_not_found() || e.is_conflict() => self.queue.add(k.clone()),
+                // Our copy is stale: the watch brings the newer one, which
+                // syncs again (re-queueing here would spin on the stale copy).
+                Err(e) if e.is_not_found() || e.is_conflict() => {}
                 Err(e) => return Err(e.into()),
             }
         }

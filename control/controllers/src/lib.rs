@@ -1,10 +1,14 @@
-//! The control loops that run inside `skiff server`: the scheduler and the
-//! ReplicaSet, Deployment and EndpointSlice controllers. Each is one task
-//! fed by informers, with its decisions in pure functions.
+//! The control loops that run inside `skiff server`: the scheduler, the
+//! ReplicaSet, Deployment, EndpointSlice and node lifecycle controllers and
+//! the garbage collector. Each is one task fed by informers, with its
+//! decisions in pure functions.
 
 pub mod deployment;
 pub mod endpointslice;
+pub mod events;
+pub mod gc;
 pub mod leader;
+pub mod nodelifecycle;
 pub mod pods;
 pub mod queue;
 pub mod replicaset;
@@ -13,18 +17,26 @@ pub mod store;
 
 use skiff_client::Client;
 
+/// Settings of the loops (`skiff server` flags).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Config {
+    pub node_lifecycle: nodelifecycle::Config,
+}
+
 /// Starts every loop; they run until the returned tasks are aborted.
-pub fn start(client: Client) -> Vec<tokio::task::JoinHandle<()>> {
+pub fn start(client: Client, cfg: Config) -> Vec<tokio::task::JoinHandle<()>> {
     vec![
         tokio::spawn(scheduler::run(client.clone())),
         tokio::spawn(replicaset::run(client.clone())),
         tokio::spawn(deployment::run(client.clone())),
-        tokio::spawn(endpointslice::run(client)),
+        tokio::spawn(endpointslice::run(client.clone())),
+        tokio::spawn(nodelifecycle::run(client.clone(), cfg.node_lifecycle)),
+        tokio::spawn(gc::run(client)),
     ]
 }
 
 /// Runs the loops in this process while it holds the controllers' lease
 /// (several servers on one etcd run them once).
-pub async fn run_elected(client: Client, identity: String) {
-    leader::run_elected(client, identity, start).await
+pub async fn run_elected(client: Client, identity: String, cfg: Config) {
+    leader::run_elected(client, identity, move |c| start(c, cfg)).await
 }

@@ -11,6 +11,7 @@ use skiff_api::v1::{ObjectMeta, ReplicaSetStatus};
 use skiff_api::{Pod, ReplicaSet, Resource};
 use skiff_client::{Client, Informer, InformerEvent, ListParams};
 
+use crate::events::{NORMAL, Recorder, WARNING};
 use crate::pods::{self, active, controller_of, owner_ref, ready};
 use crate::queue::Queue;
 use crate::store::Store;
@@ -142,6 +143,7 @@ fn selector(rs: &ReplicaSet) -> Option<Selector> {
 
 struct Controller {
     client: Client,
+    events: Recorder,
     rss: Store<ReplicaSet>,
     pods: Store<Pod>,
     /// ReplicaSet uid → its pods (namespace, name).
@@ -157,6 +159,7 @@ pub async fn run(client: Client) {
     let (_c2, mut pod_rx, _t2) =
         Informer::<Pod>::new(client.clone(), "", ListParams::default()).spawn();
     let mut c = Controller {
+        events: Recorder::new(client.clone(), "replicaset-controller"),
         client,
         rss: Store::default(),
         pods: Store::default(),
@@ -168,7 +171,7 @@ pub async fn run(client: Client) {
     loop {
         tokio::select! {
             ev = rs_rx.recv() => match ev {
-                Some(ev) => c.on_rs(ev).await,
+                Some(ev) => c.on_rs(ev),
                 None => return,
             },
             ev = pod_rx.recv() => match ev {
@@ -192,7 +195,7 @@ pub async fn run(client: Client) {
 }
 
 impl Controller {
-    async fn on_rs(&mut self, ev: InformerEvent<ReplicaSet>) {
+    fn on_rs(&mut self, ev: InformerEvent<ReplicaSet>) {
         let (old, new) = self.rss.apply(ev);
         if let Some(rs) = &new {
             self.uid_to_rs
@@ -200,17 +203,11 @@ impl Controller {
             self.queue
                 .add((rs.namespace().to_string(), rs.name().to_string()));
         } else if let Some(rs) = old {
-            // Deleted: its pods go with it (background propagation).
+            // Deleted: what happens to its pods is the garbage collector's
+            // business (background, foreground or orphan).
             self.uid_to_rs.remove(&uid(&rs));
             self.expect
                 .remove(&(rs.namespace().to_string(), rs.name().to_string()));
-            for (ns, name) in self.owned.remove(&uid(&rs)).unwrap_or_default() {
-                if let Err(e) = self.client.delete::<Pod>(&ns, &name).await
-                    && !e.is_not_found()
-                {
-                    tracing::warn!("deleting pod {ns}/{name} of a deleted ReplicaSet: {e}");
-                }
-            }
         }
     }
 
@@ -337,6 +334,10 @@ impl Controller {
             let n = batch.min(left);
             let pod = pod_for(rs);
             let results = futures::future::join_all((0..n).map(|_| self.client.create(&pod))).await;
+            for made in results.iter().flatten() {
+                let msg = format!("Created pod: {}", made.name());
+                self.events.record(rs, NORMAL, "SuccessfulCreate", &msg);
+            }
             let failed = results.iter().filter(|r| r.is_err()).count();
             left -= n;
             if failed > 0 {
@@ -348,6 +349,12 @@ impl Controller {
                     .into_iter()
                     .find_map(|r| r.err())
                     .expect("a failure");
+                self.events.record(
+                    rs,
+                    WARNING,
+                    "FailedCreate",
+                    &format!("Error creating: {err}"),
+                );
                 anyhow::bail!("creating pods: {err}");
             }
             batch *= 2;
@@ -357,7 +364,15 @@ impl Controller {
             .delete
             .iter()
             .map(|name| self.client.delete::<Pod>(&ns, name));
-        for r in futures::future::join_all(deletes).await {
+        for (r, name) in futures::future::join_all(deletes)
+            .await
+            .into_iter()
+            .zip(&p.delete)
+        {
+            if r.is_ok() {
+                let msg = format!("Deleted pod: {name}");
+                self.events.record(rs, NORMAL, "SuccessfulDelete", &msg);
+            }
             if let Err(e) = r
                 && !e.is_not_found()
             {

@@ -11,6 +11,7 @@ use skiff_api::v1::{Condition, NodeSelectorRequirement, Taint, Time, Toleration}
 use skiff_api::{Node, ParsedQuantity, Pod, Resource};
 use skiff_client::{Client, Informer, InformerEvent, ListParams};
 
+use crate::events::{NORMAL, Recorder, WARNING};
 use crate::pods::{self, controller_of};
 use crate::queue::Queue;
 use crate::store::Store;
@@ -80,7 +81,7 @@ pub fn node_info(n: &Node) -> NodeInfo {
     }
 }
 
-fn tolerates(tolerations: &[Toleration], t: &Taint) -> bool {
+pub fn tolerates(tolerations: &[Toleration], t: &Taint) -> bool {
     tolerations.iter().any(|tol| {
         let key_ok = tol.key.is_empty() && tol.operator == "Exists" || tol.key == t.key;
         let value_ok = tol.operator == "Exists" || tol.value == t.value;
@@ -233,6 +234,7 @@ fn owner_uid(p: &Pod) -> Option<String> {
 
 struct Scheduler {
     client: Client,
+    events: Recorder,
     nodes: BTreeMap<String, NodeInfo>,
     pods: Store<Pod>,
     node_store: Store<Node>,
@@ -247,6 +249,7 @@ pub async fn run(client: Client) {
     let (_b, mut pod_rx, _t2) =
         Informer::<Pod>::new(client.clone(), "", ListParams::default()).spawn();
     let mut s = Scheduler {
+        events: Recorder::new(client.clone(), "default-scheduler"),
         client,
         nodes: BTreeMap::new(),
         pods: Store::default(),
@@ -356,6 +359,8 @@ impl Scheduler {
                             new: b,
                         });
                         tracing::debug!(pod = %format!("{}/{}", k.0, k.1), %node, "scheduled");
+                        let msg = format!("Successfully assigned {}/{} to {node}", k.0, k.1);
+                        self.events.record(&pod, NORMAL, "Scheduled", &msg);
                     }
                     Err(e) if e.is_conflict() || e.is_not_found() => {}
                     Err(e) => return Err(e.into()),
@@ -383,8 +388,8 @@ impl Scheduler {
                     if status.phase.is_empty() {
                         status.phase = "Pending".into();
                     }
-                    match self.client.update_status(&p).await {
-                        Ok(_) | Err(_) => {}
+                    if self.client.update_status(&p).await.is_ok() {
+                        self.events.record(&pod, WARNING, "FailedScheduling", &why);
                     }
                 }
             }

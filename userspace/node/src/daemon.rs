@@ -152,7 +152,9 @@ pub async fn start(cfg: NodeConfig) -> Result<Running> {
     })
 }
 
-/// The Lease every 10 s, the Node's status every minute.
+/// The Lease every 10 s, the Node's status every minute — or at once when
+/// the node lifecycle controller marked it not Ready (the node was cut off
+/// and is back).
 async fn heartbeat(client: Client, id: register::Identity) {
     let name = id.name.clone();
     let mut tick = tokio::time::interval(register::RENEW_EVERY);
@@ -163,21 +165,27 @@ async fn heartbeat(client: Client, id: register::Identity) {
             tracing::warn!("renewing the node lease: {e:#}");
         }
         n += 1;
-        if n.is_multiple_of(6) {
-            match client.get::<Node>("", &name).await {
-                Ok(node) => {
-                    if let Err(e) = register::update_status(&client, node, &id).await {
-                        tracing::warn!("updating the node status: {e:#}");
-                    }
+        match client.get::<Node>("", &name).await {
+            Ok(node) => {
+                let ready = node.status.as_ref().is_some_and(|s| {
+                    s.conditions
+                        .iter()
+                        .any(|c| c.r#type == "Ready" && c.status == "True")
+                });
+                if ready && !n.is_multiple_of(6) {
+                    continue;
                 }
-                Err(e) if e.is_not_found() => {
-                    // Deleted from under us: register again.
-                    if let Err(e) = register::register(&client, &id, None).await {
-                        tracing::warn!("re-registering: {e:#}");
-                    }
+                if let Err(e) = register::update_status(&client, node, &id).await {
+                    tracing::warn!("updating the node status: {e:#}");
                 }
-                Err(e) => tracing::warn!("reading the node: {e}"),
             }
+            Err(e) if e.is_not_found() => {
+                // Deleted from under us: register again.
+                if let Err(e) = register::register(&client, &id, None).await {
+                    tracing::warn!("re-registering: {e:#}");
+                }
+            }
+            Err(e) => tracing::warn!("reading the node: {e}"),
         }
     }
 }

@@ -358,6 +358,18 @@ impl Worker {
         match msg {
             Msg::Update(p) => {
                 if uid_of(&p) == self.uid {
+                    // The node lifecycle controller marked the pod not ready
+                    // while this node was cut off: say the truth again.
+                    let marked = |s: Option<&PodStatus>| {
+                        s.is_some_and(|s| {
+                            s.conditions
+                                .iter()
+                                .any(|c| c.r#type == "Ready" && c.reason == "NodeNotReady")
+                        })
+                    };
+                    if marked(p.status.as_ref()) && !marked(self.pushed.as_ref()) {
+                        self.pushed = p.status.clone();
+                    }
                     self.pod = *p;
                 }
             }
