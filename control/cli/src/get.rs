@@ -52,7 +52,9 @@ pub async fn get(client: &Client, namespace: Option<&str>, args: &GetArgs) -> Re
         }
     }
     let show_ns = args.all_namespaces && kind.namespaced();
-    print_objects(kind, &objects, args.output, show_ns, true)?;
+    // kubectl's shapes: one object when one was named, else a List.
+    let single = args.names.len() == 1;
+    print_objects(kind, &objects, args.output, show_ns, true, single)?;
     if args.names.is_empty() && objects.is_empty() && args.output.is_none() && !args.watch {
         if ns.is_empty() {
             eprintln!("No resources found");
@@ -78,6 +80,7 @@ pub async fn get(client: &Client, namespace: Option<&str>, args: &GetArgs) -> Re
                 args.output,
                 show_ns,
                 false,
+                true,
             )?;
         }
     }
@@ -90,11 +93,12 @@ fn print_objects(
     output: Option<Output>,
     show_ns: bool,
     header: bool,
+    single: bool,
 ) -> Result<()> {
     match output {
         Some(Output::Json) | Some(Output::Yaml) => {
             let items: Vec<Value> = objects.iter().map(Object::to_json).collect();
-            let v = if items.len() == 1 {
+            let v = if single && items.len() == 1 {
                 items.into_iter().next().expect("one")
             } else {
                 list_value(items)

@@ -11,7 +11,7 @@ use skiff_api::v1::{
     ReplicaSetSpec, Time,
 };
 use skiff_api::{Deployment, ReplicaSet, Resource};
-use skiff_client::{Client, Informer, ListParams};
+use skiff_client::{Client, Informer, InformerEvent, ListParams};
 
 use crate::events::{NORMAL, Recorder};
 use crate::pods::{controller_of, owner_ref, template_hash};
@@ -316,7 +316,7 @@ pub async fn run(client: Client) {
                 match c.sync(&k).await {
                     Ok(()) => c.queue.done(&k),
                     Err(e) => {
-                        tracing::warn!(deployment = %format!("{}/{}", k.0, k.1), "sync: {e}");
+                        crate::log_sync_error("deployment sync", &k, &e);
                         c.queue.retry(k);
                     }
                 }
@@ -330,14 +330,23 @@ fn key<R: Resource>(r: &R) -> Key {
 }
 
 impl Controller {
-    async fn set_replicas(&self, d: &Deployment, rs: &ReplicaSet, n: i32) -> anyhow::Result<()> {
+    async fn set_replicas(
+        &mut self,
+        d: &Deployment,
+        rs: &ReplicaSet,
+        n: i32,
+    ) -> anyhow::Result<()> {
         let was = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
         if rs.spec.as_ref().and_then(|s| s.replicas) == Some(n) {
             return Ok(());
         }
         let mut u = rs.clone();
         u.spec.get_or_insert_with(Default::default).replicas = Some(n);
-        self.client.update(&u).await?;
+        let written = self.client.update(&u).await?;
+        self.rss.apply(InformerEvent::Updated {
+            old: rs.clone(),
+            new: written,
+        });
         let dir = if n > was { "up" } else { "down" };
         let msg = format!("Scaled {dir} replica set {} from {was} to {n}", rs.name());
         self.events.record(d, NORMAL, "ScalingReplicaSet", &msg);
@@ -411,7 +420,12 @@ impl Controller {
                     };
                     let rs = new_replicaset(&d, &hash, start, rev);
                     match self.client.create(&rs).await {
-                        Ok(created) => created,
+                        Ok(created) => {
+                            let msg =
+                                format!("Scaled up replica set {} to {start}", created.name());
+                            self.events.record(&d, NORMAL, "ScalingReplicaSet", &msg);
+                            created
+                        }
                         Err(e) if e.is_already_exists() => return Ok(()),
                         Err(e) => return Err(e.into()),
                     }
@@ -459,7 +473,12 @@ impl Controller {
             let mut u = d.clone();
             u.status = Some(st);
             match self.client.update_status(&u).await {
-                Ok(_) => {}
+                Ok(written) => {
+                    self.deps.apply(InformerEvent::Updated {
+                        old: d.clone(),
+                        new: written,
+                    });
+                }
                 // Our copy is stale: the watch brings the newer one, which
                 // syncs again (re-queueing here would spin on the stale copy).
                 Err(e) if e.is_not_found() || e.is_conflict() => {}

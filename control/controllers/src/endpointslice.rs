@@ -12,7 +12,7 @@ use skiff_api::v1::{
     Endpoint, EndpointConditions, EndpointPort, LabelSelector, ObjectMeta, ObjectReference,
 };
 use skiff_api::{EndpointSlice, Pod, Resource, Service};
-use skiff_client::{Client, Informer, ListParams};
+use skiff_client::{Client, Informer, InformerEvent, ListParams};
 
 use crate::pods::{self, owner_ref};
 use crate::queue::Queue;
@@ -292,20 +292,8 @@ pub async fn run(client: Client) {
             }
             ev = sl_rx.recv() => {
                 let Some(ev) = ev else { return };
-                let (old, new) = c.slices.apply(ev);
-                if let Some(s) = &old
-                    && let Some(k) = managed_service(s)
-                    && let Some(set) = c.by_service.get_mut(&k)
-                {
-                    set.remove(s.name());
-                }
-                if let Some(s) = &new
-                    && let Some(k) = managed_service(s)
-                {
-                    c.by_service.entry(k.clone()).or_default().insert(s.name().to_string());
-                }
                 // A slice changed or removed by someone else is put right.
-                if let Some(k) = new.as_ref().or(old.as_ref()).and_then(managed_service) {
+                if let Some(k) = c.on_slice(ev) {
                     c.queue.add(k);
                 }
             }
@@ -316,7 +304,7 @@ pub async fn run(client: Client) {
                 match c.sync(&k).await {
                     Ok(()) => c.queue.done(&k),
                     Err(e) => {
-                        tracing::warn!(service = %format!("{}/{}", k.0, k.1), "endpoint slices: {e}");
+                        crate::log_sync_error("endpoint slices", &k, &e);
                         c.queue.retry(k);
                     }
                 }
@@ -326,6 +314,28 @@ pub async fn run(client: Client) {
 }
 
 impl Controller {
+    /// Takes a slice event (from the watch, or our own write, so the next
+    /// sync sees what we wrote even before the watch does); returns the
+    /// service it belongs to.
+    fn on_slice(&mut self, ev: InformerEvent<EndpointSlice>) -> Option<Key> {
+        let (old, new) = self.slices.apply(ev);
+        if let Some(s) = &old
+            && let Some(k) = managed_service(s)
+            && let Some(set) = self.by_service.get_mut(&k)
+        {
+            set.remove(s.name());
+        }
+        if let Some(s) = &new
+            && let Some(k) = managed_service(s)
+        {
+            self.by_service
+                .entry(k.clone())
+                .or_default()
+                .insert(s.name().to_string());
+        }
+        new.as_ref().or(old.as_ref()).and_then(managed_service)
+    }
+
     async fn sync(&mut self, k: &Key) -> anyhow::Result<()> {
         let existing: Vec<EndpointSlice> = self
             .by_service
@@ -363,7 +373,12 @@ impl Controller {
         let changes = reconcile(&svc, &selected, &slices);
         for s in changes.update {
             match self.client.update(&s).await {
-                Ok(_) => {}
+                Ok(written) => {
+                    self.on_slice(InformerEvent::Updated {
+                        old: s,
+                        new: written,
+                    });
+                }
                 Err(e) if e.is_conflict() || e.is_not_found() => {
                     // Our copy is stale: the watch brings the news, then we retry.
                     self.queue.retry(k.clone());
@@ -372,13 +387,16 @@ impl Controller {
             }
         }
         for s in changes.create {
-            self.client.create(&s).await?;
+            let written = self.client.create(&s).await?;
+            self.on_slice(InformerEvent::Added(written));
         }
         for name in changes.delete {
-            if let Err(e) = self.client.delete::<EndpointSlice>(&k.0, &name).await
-                && !e.is_not_found()
-            {
-                return Err(e.into());
+            match self.client.delete::<EndpointSlice>(&k.0, &name).await {
+                Ok(gone) => {
+                    self.on_slice(InformerEvent::Deleted(gone));
+                }
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e.into()),
             }
         }
         Ok(())

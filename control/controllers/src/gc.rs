@@ -225,7 +225,7 @@ pub async fn run(client: Client) {
             match sync(&client, &graph, &item).await {
                 Ok(()) => queue.done(&item),
                 Err(e) => {
-                    tracing::warn!(?item, "garbage collection: {e}");
+                    crate::log_sync_error("garbage collection", &item, &e);
                     queue.retry(item);
                 }
             }

@@ -40,3 +40,17 @@ pub fn start(client: Client, cfg: Config) -> Vec<tokio::task::JoinHandle<()>> {
 pub async fn run_elected(client: Client, identity: String, cfg: Config) {
     leader::run_elected(client, identity, move |c| start(c, cfg)).await
 }
+
+/// Logs a failed sync: a conflict is routine (another writer got there
+/// first; the watch brings the newer object and the key is synced again),
+/// anything else is worth a warning.
+pub(crate) fn log_sync_error(what: &str, key: &dyn std::fmt::Debug, e: &anyhow::Error) {
+    let conflict = e
+        .downcast_ref::<skiff_client::ClientError>()
+        .is_some_and(|c| c.is_conflict());
+    if conflict {
+        tracing::debug!(?key, "{what}: {e}");
+    } else {
+        tracing::warn!(?key, "{what}: {e}");
+    }
+}

@@ -279,7 +279,7 @@ pub async fn run(client: Client, cfg: Config) {
                 match r {
                     Ok(()) => c.queue.done(&k),
                     Err(e) => {
-                        tracing::warn!(item = ?k, "node lifecycle: {e}");
+                        crate::log_sync_error("node lifecycle", &k, &e);
                         c.queue.retry(k);
                     }
                 }

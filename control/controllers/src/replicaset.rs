@@ -185,7 +185,7 @@ pub async fn run(client: Client) {
                 match c.sync(&k).await {
                     Ok(()) => c.queue.done(&k),
                     Err(e) => {
-                        tracing::warn!(replicaset = %format!("{}/{}", k.0, k.1), "sync: {e}");
+                        crate::log_sync_error("replicaset sync", &k, &e);
                         c.queue.retry(k);
                     }
                 }
@@ -316,8 +316,15 @@ impl Controller {
             let mut updated = rs.clone();
             updated.status = Some(st);
             match self.client.update_status(&updated).await {
-                Ok(_) => {}
-                Err(e) if e.is_not_found() => {}
+                // Our own write, in our copy before the watch brings it.
+                Ok(written) => {
+                    self.rss.apply(InformerEvent::Updated {
+                        old: rs.clone(),
+                        new: written,
+                    });
+                }
+                // A stale copy: the newer one is on its way and syncs again.
+                Err(e) if e.is_not_found() || e.is_conflict() => {}
                 Err(e) => return Err(e.into()),
             }
         }

@@ -296,7 +296,7 @@ pub async fn run(client: Client) {
         if s.pods.synced() && s.node_store.synced() {
             while let Some(k) = s.queue.pop() {
                 if let Err(e) = s.schedule(&k).await {
-                    tracing::warn!(pod = %format!("{}/{}", k.0, k.1), "scheduling: {e}");
+                    crate::log_sync_error("scheduling", &k, &e);
                     s.queue.retry(k);
                 }
             }

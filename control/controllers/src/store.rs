@@ -6,6 +6,10 @@ use std::collections::{BTreeMap, HashMap};
 use skiff_api::Resource;
 use skiff_client::InformerEvent;
 
+fn revision<R: Resource>(o: &R) -> u64 {
+    o.meta().resource_version.parse().unwrap_or(0)
+}
+
 pub struct Store<R> {
     by_ns: HashMap<String, BTreeMap<String, R>>,
     synced: bool,
@@ -24,13 +28,16 @@ impl<R: Resource + Clone> Store<R> {
     /// Applies an event; returns the object before and after it.
     pub fn apply(&mut self, ev: InformerEvent<R>) -> (Option<R>, Option<R>) {
         match ev {
-            InformerEvent::Added(o) => {
+            InformerEvent::Added(o) | InformerEvent::Updated { new: o, .. } => {
+                // A controller may have put its own newer write here first:
+                // an older event does not go back in time.
+                if let Some(cur) = self.get(o.namespace(), o.name())
+                    && revision(cur) > revision(&o)
+                {
+                    return (Some(cur.clone()), Some(cur.clone()));
+                }
                 let old = self.insert(o.clone());
                 (old, Some(o))
-            }
-            InformerEvent::Updated { new, .. } => {
-                let old = self.insert(new.clone());
-                (old, Some(new))
             }
             InformerEvent::Deleted(o) => {
                 let old = self.remove(o.namespace(), o.name());

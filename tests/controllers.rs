@@ -1,0 +1,894 @@
+//! The control loops end to end: real `skiff server` processes (embedded
+//! store, or two on one real etcd), simulated nodes from `skiff sim nodes`
+//! (no containers: what kwok does), the CLI as a user runs it and the REST
+//! watch read by curl.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use skiff_testkit::{EtcdServer, KillOnDrop, free_port, wait_http_ok};
+
+const SKIFF: &str = env!("CARGO_BIN_EXE_skiff");
+
+/// A `skiff server` with its own port, data dir and HOME.
+struct Server {
+    proc: Option<KillOnDrop>,
+    addr: String,
+    _data: tempfile::TempDir,
+    home: tempfile::TempDir,
+}
+
+impl Server {
+    fn start(flags: &[&str]) -> Server {
+        let data = tempfile::tempdir().unwrap();
+        let home = tempfile::tempdir().unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let log = std::fs::File::create(home.path().join("server.log")).unwrap();
+        let proc = Command::new(SKIFF)
+            .args([
+                "server",
+                "--no-client-config",
+                "--listen",
+                &addr,
+                "--data-dir",
+            ])
+            .arg(data.path())
+            .args(flags)
+            .env("HOME", home.path())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start skiff server");
+        assert!(
+            wait_http_ok(&addr, "/readyz", Duration::from_secs(30)),
+            "skiff server did not become ready"
+        );
+        Server {
+            proc: Some(KillOnDrop(proc)),
+            addr,
+            _data: data,
+            home,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.proc.as_ref().expect("running").0.id()
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.home.path().join("server.log")).unwrap_or_default()
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(SKIFF);
+        c.args(args)
+            .env("HOME", self.home.path())
+            .env("SKIFF_SERVER", format!("http://{}", self.addr));
+        c
+    }
+
+    fn skiff(&self, args: &[&str]) -> (bool, String, String) {
+        let out = self.cmd(args).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.skiff(args);
+        assert!(ok, "skiff {args:?} failed: {err}\n{out}");
+        out
+    }
+
+    fn apply(&self, manifest: &str) {
+        use std::io::Write;
+        let mut child = self
+            .cmd(&["apply", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(manifest.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "apply failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn get(&self, args: &[&str]) -> Value {
+        let mut a = vec!["get"];
+        a.extend_from_slice(args);
+        a.extend_from_slice(&["-o", "json"]);
+        serde_json::from_str(&self.ok(&a)).expect("JSON from skiff get")
+    }
+
+    fn items(&self, args: &[&str]) -> Vec<Value> {
+        self.get(args)["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// `skiff sim nodes` against this server; killed (-9) on drop, like a
+    /// lost machine.
+    fn sim(&self, prefix: &str, flags: &[&str]) -> KillOnDrop {
+        let mut args = vec![
+            "sim",
+            "nodes",
+            "--prefix",
+            prefix,
+            "--heartbeat-seconds",
+            "1",
+        ];
+        args.extend_from_slice(flags);
+        let mut child = self
+            .cmd(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // It says so once its nodes are registered.
+        let mut err = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = err.read_line(&mut line).unwrap();
+            assert!(n > 0, "skiff sim nodes ended early");
+            if line.contains("simulated nodes ready") {
+                break;
+            }
+        }
+        std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+        KillOnDrop(child)
+    }
+
+    /// Records the REST watch of pods with `selector` from now on.
+    fn record_pods(&self, selector: &str) -> Recorder {
+        let list: Value = rest(
+            &self.addr,
+            &format!("/api/v1/namespaces/default/pods?labelSelector={selector}"),
+        );
+        let rv = list["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let proc = Command::new("curl")
+            .args([
+                "-sN",
+                &format!(
+                    "http://{}/api/v1/namespaces/default/pods?watch=true&labelSelector={selector}&resourceVersion={rv}",
+                    self.addr
+                ),
+            ])
+            .stdout(file.reopen().unwrap())
+            .spawn()
+            .unwrap();
+        Recorder {
+            initial: list["items"].as_array().cloned().unwrap_or_default(),
+            file,
+            proc: KillOnDrop(proc),
+        }
+    }
+}
+
+fn rest(addr: &str, path: &str) -> Value {
+    let out = Command::new("curl")
+        .args(["-sf", &format!("http://{addr}{path}")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "curl {path} failed");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+struct Recorder {
+    initial: Vec<Value>,
+    file: tempfile::NamedTempFile,
+    proc: KillOnDrop,
+}
+
+impl Recorder {
+    /// The states of the pods after each watch event, starting from the list.
+    fn states(mut self) -> Vec<BTreeMap<String, Value>> {
+        std::thread::sleep(Duration::from_millis(500));
+        self.proc.kill();
+        let text = std::fs::read_to_string(self.file.path()).unwrap();
+        let mut cur: BTreeMap<String, Value> = self
+            .initial
+            .iter()
+            .map(|p| (name(p).to_string(), p.clone()))
+            .collect();
+        let mut out = vec![cur.clone()];
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let ev: Value = serde_json::from_str(line).expect("watch event JSON");
+            let obj = ev["object"].clone();
+            match ev["type"].as_str().unwrap() {
+                "DELETED" => {
+                    cur.remove(name(&obj));
+                }
+                _ => {
+                    cur.insert(name(&obj).to_string(), obj);
+                }
+            }
+            out.push(cur.clone());
+        }
+        out
+    }
+}
+
+fn name(o: &Value) -> &str {
+    o["metadata"]["name"].as_str().unwrap_or("")
+}
+
+fn terminating(p: &Value) -> bool {
+    !p["metadata"]["deletionTimestamp"].is_null()
+}
+
+fn ready(p: &Value) -> bool {
+    p["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+}
+
+fn node_of(p: &Value) -> &str {
+    p["spec"]["nodeName"].as_str().unwrap_or("")
+}
+
+/// Polls `f` until it returns `Some`; panics with `what` after `timeout`.
+fn wait<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Pods of `app` that are not being deleted.
+fn live_pods(s: &Server, app: &str) -> Vec<Value> {
+    s.items(&["pods", "-l", &format!("app={app}")])
+        .into_iter()
+        .filter(|p| !terminating(p))
+        .collect()
+}
+
+fn wait_ready_pods(s: &Server, app: &str, n: usize) -> Vec<Value> {
+    wait(
+        &format!("{n} ready pods of {app}"),
+        Duration::from_secs(60),
+        || {
+            let pods = live_pods(s, app);
+            (pods.len() == n && pods.iter().all(ready)).then_some(pods)
+        },
+    )
+}
+
+fn deployment(name: &str, replicas: u32, image: &str, extra_spec: &str) -> String {
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {name}
+spec:
+  replicas: {replicas}
+  strategy:
+    type: RollingUpdate
+    rollingUpdate: {{maxSurge: 1, maxUnavailable: 1}}
+  selector:
+    matchLabels: {{app: {name}}}
+  template:
+    metadata:
+      labels: {{app: {name}}}
+    spec:
+      containers:
+      - name: main
+        image: {image}
+        ports: [{{name: http, containerPort: 8080}}]
+{extra_spec}
+"#
+    )
+}
+
+fn unique(tag: &str) -> String {
+    format!("{tag}{}", std::process::id())
+}
+
+fn events(s: &Server) -> Vec<Value> {
+    s.items(&["events", "-A"])
+}
+
+#[test]
+fn deployment_scales_replaces_rolls_out_and_undoes() {
+    let s = Server::start(&[]);
+    let prefix = unique("d");
+    let _nodes = s.sim(&prefix, &["--count", "3", "--pods-running"]);
+    s.apply(&deployment("web", 4, "demo:1", ""));
+
+    let pods = wait_ready_pods(&s, "web", 4);
+    let nodes: BTreeSet<&str> = pods.iter().map(node_of).collect();
+    assert!(
+        nodes.iter().all(|n| n.starts_with(&prefix)),
+        "bound to the simulated nodes: {nodes:?}"
+    );
+    assert_eq!(nodes.len(), 3, "one owner's pods spread over the nodes");
+
+    // Events of the scheduler, the ReplicaSet and Deployment controllers.
+    wait("controller events", Duration::from_secs(20), || {
+        let reasons: BTreeSet<String> = events(&s)
+            .iter()
+            .map(|e| e["reason"].as_str().unwrap_or("").to_string())
+            .collect();
+        ["Scheduled", "SuccessfulCreate", "ScalingReplicaSet"]
+            .iter()
+            .all(|r| reasons.contains(*r))
+            .then_some(())
+    });
+    let described = s.ok(&["describe", "deployment", "web"]);
+    assert!(described.contains("ScalingReplicaSet"), "{described}");
+
+    // Scale up and down.
+    assert_eq!(
+        s.ok(&["scale", "deployment/web", "--replicas", "6"]).trim(),
+        "deployment.apps/web scaled"
+    );
+    wait_ready_pods(&s, "web", 6);
+    s.ok(&["scale", "deployment", "web", "--replicas", "2"]);
+    let pods = wait_ready_pods(&s, "web", 2);
+    let (ok, _, err) = s.skiff(&[
+        "scale",
+        "deployment/web",
+        "--replicas",
+        "3",
+        "--current-replicas",
+        "5",
+    ]);
+    assert!(
+        !ok && err.contains("expected replicas to be 5, was 2"),
+        "{err}"
+    );
+
+    // A deleted pod is replaced.
+    let victim = name(&pods[0]).to_string();
+    s.ok(&["delete", "pod", &victim]);
+    let pods = wait_ready_pods(&s, "web", 2);
+    assert!(
+        pods.iter().all(|p| name(p) != victim),
+        "a new pod replaced {victim}"
+    );
+
+    // Rolling update, recorded from the watch.
+    s.ok(&["scale", "deployment/web", "--replicas", "4"]);
+    wait_ready_pods(&s, "web", 4);
+    wait("status caught up", Duration::from_secs(20), || {
+        let d = s.get(&["deployment", "web"]);
+        (d["status"]["availableReplicas"] == 4 && d["status"]["updatedReplicas"] == 4).then_some(())
+    });
+    let rec = s.record_pods("app%3Dweb");
+    s.apply(&deployment("web", 4, "demo:2", ""));
+    let out = s.ok(&["rollout", "status", "deployment/web", "--timeout", "60"]);
+    assert!(
+        out.contains("deployment \"web\" successfully rolled out"),
+        "{out}"
+    );
+    let pods = wait_ready_pods(&s, "web", 4);
+    assert!(
+        pods.iter()
+            .all(|p| p["spec"]["containers"][0]["image"] == "demo:2")
+    );
+    let states = rec.states();
+    assert!(
+        states.len() > 8,
+        "the watch saw the rollout: {} states",
+        states.len()
+    );
+    for st in &states {
+        let live: Vec<&Value> = st.values().filter(|p| !terminating(p)).collect();
+        let ready_n = live.iter().filter(|p| ready(p)).count();
+        assert!(
+            live.len() <= 5,
+            "more than replicas + maxSurge pods: {}",
+            live.len()
+        );
+        assert!(
+            ready_n >= 3,
+            "fewer than replicas - maxUnavailable ready: {ready_n}"
+        );
+    }
+
+    // History and undo.
+    let history = s.ok(&["rollout", "history", "deployment/web"]);
+    let revisions: Vec<&str> = history
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(revisions, ["1", "2"], "{history}");
+    assert_eq!(
+        s.ok(&["rollout", "undo", "deployment/web"]).trim(),
+        "deployment.apps/web rolled back"
+    );
+    s.ok(&["rollout", "status", "deployment/web", "--timeout", "60"]);
+    let d = s.get(&["deployment", "web"]);
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["image"],
+        "demo:1"
+    );
+    let pods = wait_ready_pods(&s, "web", 4);
+    assert!(
+        pods.iter()
+            .all(|p| p["spec"]["containers"][0]["image"] == "demo:1")
+    );
+    let history = s.ok(&["rollout", "history", "deployment/web"]);
+    let revisions: Vec<&str> = history
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(
+        revisions,
+        ["2", "3"],
+        "revision 1 came back as 3: {history}"
+    );
+
+    // Restart replaces every pod.
+    let before: BTreeSet<String> = pods.iter().map(|p| name(p).to_string()).collect();
+    s.ok(&["rollout", "restart", "deployment/web"]);
+    s.ok(&["rollout", "status", "deployment/web", "--timeout", "60"]);
+    let after = wait_ready_pods(&s, "web", 4);
+    assert!(
+        after.iter().all(|p| !before.contains(name(p))),
+        "all pods replaced"
+    );
+    assert!(
+        after[0]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"].is_string(),
+        "{}",
+        after[0]
+    );
+}
+
+#[test]
+fn endpointslices_follow_pods_in_slices_of_100() {
+    let s = Server::start(&[]);
+    let prefix = unique("e");
+    let _nodes = s.sim(&prefix, &["--count", "3", "--pods-running"]);
+    s.apply(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: big}
+spec:
+  selector: {app: big}
+  ports: [{port: 80, targetPort: http}]
+"#,
+    );
+    s.apply(&deployment("big", 250, "demo:1", ""));
+    let slices = || s.items(&["endpointslices", "-l", "kubernetes.io/service-name=big"]);
+    let endpoints = |slices: &[Value]| -> Vec<Value> {
+        slices
+            .iter()
+            .flat_map(|sl| sl["endpoints"].as_array().cloned().unwrap_or_default())
+            .collect()
+    };
+    let found = wait("250 ready endpoints", Duration::from_secs(120), || {
+        let sl = slices();
+        let eps = endpoints(&sl);
+        (eps.len() == 250 && eps.iter().all(|e| e["conditions"]["ready"] == true)).then_some(sl)
+    });
+    assert_eq!(found.len(), 3, "250 endpoints in 3 slices");
+    for sl in &found {
+        assert!(sl["endpoints"].as_array().unwrap().len() <= 100);
+        assert_eq!(sl["ports"][0]["port"], 8080, "named targetPort resolved");
+    }
+
+    // Scaled down: deleted pods leave the slices.
+    s.ok(&["scale", "deployment/big", "--replicas", "10"]);
+    let pods = wait_ready_pods(&s, "big", 10);
+    let ips: BTreeSet<String> = pods
+        .iter()
+        .map(|p| p["status"]["podIP"].as_str().unwrap().to_string())
+        .collect();
+    wait(
+        "10 endpoints, those of the pods",
+        Duration::from_secs(60),
+        || {
+            let eps = endpoints(&slices());
+            let have: BTreeSet<String> = eps
+                .iter()
+                .map(|e| e["addresses"][0].as_str().unwrap().to_string())
+                .collect();
+            (have == ips).then_some(())
+        },
+    );
+}
+
+#[test]
+fn unreachable_node_is_tainted_and_its_pods_evicted() {
+    let s = Server::start(&[
+        "--node-monitor-grace-period",
+        "3",
+        "--default-unreachable-toleration-seconds",
+        "3600",
+    ]);
+    let a = unique("a");
+    let mut lost = s.sim(&a, &["--count", "1", "--pods-running"]);
+    let node_a = format!("{a}-0");
+    s.apply(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: tol}
+spec:
+  selector: {app: tol}
+  ports: [{port: 80}]
+"#,
+    );
+    let tolerate = r#"      tolerations:
+      - {key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 4}"#;
+    s.apply(&deployment("tol", 2, "demo:1", tolerate));
+    s.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: stay, labels: {{app: stay}}}}
+spec:
+  nodeSelector: {{kubernetes.io/hostname: {node_a}}}
+  containers: [{{name: main, image: demo:1}}]
+"#
+    ));
+    let first = wait_ready_pods(&s, "tol", 2);
+    wait_ready_pods(&s, "stay", 1);
+    let ready_endpoints = || {
+        s.items(&["endpointslices", "-l", "kubernetes.io/service-name=tol"])
+            .iter()
+            .flat_map(|sl| sl["endpoints"].as_array().cloned().unwrap_or_default())
+            .filter(|e| e["conditions"]["ready"] == true)
+            .count()
+    };
+    wait("2 ready endpoints", Duration::from_secs(30), || {
+        (ready_endpoints() == 2).then_some(())
+    });
+
+    // The machine is lost: its Lease is no longer renewed.
+    lost.kill();
+    let node = wait(
+        "Ready=Unknown and the unreachable taint",
+        Duration::from_secs(30),
+        || {
+            let n = s.get(&["node", &node_a]);
+            let unknown = n["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "Unknown");
+            let tainted = n["spec"]["taints"].as_array().is_some_and(|t| {
+                t.iter().any(|t| {
+                    t["key"] == "node.kubernetes.io/unreachable" && t["effect"] == "NoExecute"
+                })
+            });
+            (unknown && tainted).then_some(n)
+        },
+    );
+    assert_eq!(
+        node["status"]["conditions"][0]["reason"],
+        "NodeStatusUnknown"
+    );
+    wait("endpoints not ready", Duration::from_secs(15), || {
+        (ready_endpoints() == 0).then_some(())
+    });
+
+    // After their 4 s toleration the pods are evicted; the one with the
+    // default toleration (an hour here) stays.
+    let first_names: BTreeSet<String> = first.iter().map(|p| name(p).to_string()).collect();
+    wait(
+        "eviction of the tolerating pods",
+        Duration::from_secs(30),
+        || {
+            let evicted = first_names.iter().all(|n| {
+                let p = s.get(&["pod", n]);
+                terminating(&p)
+            });
+            evicted.then_some(())
+        },
+    );
+    assert!(
+        !terminating(&s.get(&["pod", "stay"])),
+        "the default toleration still holds"
+    );
+    wait(
+        "TaintManagerEviction events",
+        Duration::from_secs(10),
+        || {
+            events(&s)
+                .iter()
+                .any(|e| e["reason"] == "TaintManagerEviction")
+                .then_some(())
+        },
+    );
+    assert!(
+        events(&s).iter().any(|e| e["reason"] == "NodeNotReady"),
+        "a NodeNotReady event"
+    );
+
+    // A new machine takes the replacements; the tainted one gets none.
+    let b = unique("b");
+    let _nodes_b = s.sim(&b, &["--count", "1", "--pods-running"]);
+    let replacements = wait_ready_pods(&s, "tol", 2);
+    assert!(replacements.iter().all(|p| node_of(p) == format!("{b}-0")));
+
+    // The lost node is deleted: what was bound to it goes.
+    s.ok(&["delete", "node", &node_a]);
+    wait(
+        "pods of the deleted node removed",
+        Duration::from_secs(30),
+        || {
+            let left: Vec<Value> = s
+                .items(&["pods"])
+                .into_iter()
+                .filter(|p| node_of(p) == node_a)
+                .collect();
+            left.is_empty().then_some(())
+        },
+    );
+}
+
+#[test]
+fn unschedulable_pod_says_why_then_lands_when_a_node_fits() {
+    let s = Server::start(&[]);
+    let small = unique("small");
+    let _small = s.sim(&small, &["--count", "2", "--cpu", "1", "--pods-running"]);
+    s.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: hungry}
+spec:
+  containers:
+  - name: main
+    image: demo:1
+    resources: {requests: {cpu: "2"}}
+"#,
+    );
+    let cond = wait("PodScheduled=False", Duration::from_secs(30), || {
+        let p = s.get(&["pod", "hungry"]);
+        p["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "PodScheduled" && c["status"] == "False")
+            .cloned()
+    });
+    assert_eq!(cond["reason"], "Unschedulable");
+    assert_eq!(
+        cond["message"],
+        "0/2 nodes are available: 2 Insufficient cpu."
+    );
+    wait("a FailedScheduling event", Duration::from_secs(10), || {
+        events(&s)
+            .iter()
+            .any(|e| e["reason"] == "FailedScheduling" && e["involvedObject"]["name"] == "hungry")
+            .then_some(())
+    });
+
+    let big = unique("big");
+    let _big = s.sim(&big, &["--count", "1", "--cpu", "4", "--pods-running"]);
+    let p = wait(
+        "scheduled onto the big node",
+        Duration::from_secs(30),
+        || {
+            let p = s.get(&["pod", "hungry"]);
+            ready(&p).then_some(p)
+        },
+    );
+    assert_eq!(node_of(&p), format!("{big}-0"));
+}
+
+#[test]
+fn garbage_collection_background_foreground_and_orphan() {
+    // No nodes: the pods stay Pending, and deleting them is immediate.
+    let s = Server::start(&[]);
+    let rs_of = |app: &str| s.items(&["replicasets", "-l", &format!("app={app}")]);
+    let pods_of = |app: &str| s.items(&["pods", "-l", &format!("app={app}")]);
+    for app in ["orph", "fore", "back"] {
+        s.apply(&deployment(app, 2, "demo:1", ""));
+    }
+    for app in ["orph", "fore", "back"] {
+        wait(&format!("pods of {app}"), Duration::from_secs(30), || {
+            (pods_of(app).len() == 2).then_some(())
+        });
+    }
+
+    // Orphan: the ReplicaSet stays, without its owner reference.
+    s.ok(&["delete", "deployment", "orph", "--cascade=orphan"]);
+    let rs = wait(
+        "deployment gone, ReplicaSet released",
+        Duration::from_secs(30),
+        || {
+            let (exists, _, _) = s.skiff(&["get", "deployment", "orph"]);
+            let rs = rs_of("orph");
+            (!exists
+                && rs.len() == 1
+                && rs[0]["metadata"]["ownerReferences"]
+                    .as_array()
+                    .is_none_or(|r| r.is_empty()))
+            .then(|| rs[0].clone())
+        },
+    );
+    assert_eq!(pods_of("orph").len(), 2, "its pods are kept");
+    // Deleting the released ReplicaSet (background) takes its pods.
+    s.ok(&["delete", "rs", name(&rs)]);
+    wait(
+        "orphaned ReplicaSet's pods collected",
+        Duration::from_secs(30),
+        || pods_of("orph").is_empty().then_some(()),
+    );
+
+    // Foreground: once the Deployment is gone, nothing of it is left.
+    s.ok(&["delete", "deployment", "fore", "--cascade=foreground"]);
+    wait("foreground deletion", Duration::from_secs(30), || {
+        let (exists, _, _) = s.skiff(&["get", "deployment", "fore"]);
+        if exists {
+            return None;
+        }
+        assert!(
+            rs_of("fore").is_empty(),
+            "the ReplicaSet went before the Deployment"
+        );
+        assert!(
+            pods_of("fore").is_empty(),
+            "the pods went before the Deployment"
+        );
+        Some(())
+    });
+
+    // Background (the default): the Deployment goes at once, the rest after.
+    s.ok(&["delete", "deployment", "back"]);
+    let (exists, _, _) = s.skiff(&["get", "deployment", "back"]);
+    assert!(!exists);
+    wait("background collection", Duration::from_secs(30), || {
+        (rs_of("back").is_empty() && pods_of("back").is_empty()).then_some(())
+    });
+
+    // A bad propagation policy is refused by name.
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-X",
+            "DELETE",
+            &format!(
+                "http://{}/api/v1/namespaces/default/pods/x?propagationPolicy=Sideways",
+                s.addr
+            ),
+        ])
+        .output()
+        .unwrap();
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        body.contains("propagationPolicy: Unsupported value: \\\"Sideways\\\""),
+        "{body}"
+    );
+}
+
+/// The holder of the controllers' Lease, as `hostname-pid`.
+fn leader(s: &Server) -> Option<String> {
+    let (ok, out, _) = s.skiff(&[
+        "get",
+        "lease",
+        "-n",
+        "kube-system",
+        "skiff-controllers",
+        "-o",
+        "json",
+    ]);
+    if !ok {
+        return None;
+    }
+    let l: Value = serde_json::from_str(&out).ok()?;
+    l["spec"]["holderIdentity"].as_str().map(str::to_string)
+}
+
+#[test]
+fn leader_killed_another_server_takes_over_and_nothing_is_scheduled_twice() {
+    let Some(etcd) = EtcdServer::start() else {
+        return;
+    };
+    let url = etcd.url();
+    let mut servers = [
+        Server::start(&["--store", &url]),
+        Server::start(&["--store", &url]),
+    ];
+    let holder = wait("a leader", Duration::from_secs(30), || leader(&servers[0]));
+    let li = servers
+        .iter()
+        .position(|s| holder.ends_with(&format!("-{}", s.pid())))
+        .expect("the leader is one of the two servers");
+    let fi = 1 - li;
+    let follower = &servers[fi];
+    let prefix = unique("f");
+    let _nodes = follower.sim(&prefix, &["--count", "3", "--pods-running"]);
+    follower.apply(&deployment("one", 6, "demo:1", ""));
+    wait_ready_pods(follower, "one", 6);
+
+    let rec = follower.record_pods("tier%3Dha");
+    let killed_at = Instant::now();
+    servers[li].kill();
+    let follower = &servers[fi];
+    let ha = |name: &str| {
+        deployment(name, 6, "demo:1", "").replace(
+            &format!("labels: {{app: {name}}}\n    spec"),
+            &format!("labels: {{app: {name}, tier: ha}}\n    spec"),
+        )
+    };
+    follower.apply(&ha("two"));
+    let new_holder = wait("a new leader", Duration::from_secs(30), || {
+        leader(follower).filter(|h| *h != holder)
+    });
+    let took = killed_at.elapsed();
+    assert!(new_holder.ends_with(&format!("-{}", follower.pid())));
+    assert!(
+        took <= Duration::from_secs(15),
+        "the other server took over after {took:?}, more than 15 s\n{}",
+        servers[li].log()
+    );
+    let follower = &servers[fi];
+    wait_ready_pods(follower, "two", 6);
+    follower.apply(&ha("three"));
+    wait_ready_pods(follower, "three", 6);
+
+    // Every pod was bound once, to one node, and scheduled once.
+    let states = rec.states();
+    let mut bound: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for st in &states {
+        for (n, p) in st {
+            if !node_of(p).is_empty() {
+                bound
+                    .entry(n.clone())
+                    .or_default()
+                    .insert(node_of(p).to_string());
+            }
+        }
+    }
+    assert_eq!(bound.len(), 12, "12 pods bound: {bound:?}");
+    assert!(
+        bound.values().all(|nodes| nodes.len() == 1),
+        "a pod changed nodes: {bound:?}"
+    );
+    let scheduled: Vec<String> = events(follower)
+        .iter()
+        .filter(|e| e["reason"] == "Scheduled")
+        .map(|e| {
+            e["involvedObject"]["name"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+        .filter(|n| bound.contains_key(n))
+        .collect();
+    let distinct: BTreeSet<&String> = scheduled.iter().collect();
+    assert_eq!(
+        scheduled.len(),
+        distinct.len(),
+        "a pod was scheduled twice: {scheduled:?}"
+    );
+}
