@@ -6,10 +6,13 @@
 //! tried again when nodes or bound pods change, not on a timer.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
+use std::sync::Arc;
 
-use skiff_api::v1::{Condition, NodeSelectorRequirement, Taint, Time, Toleration};
+use skiff_api::v1::{Condition, NodeSelectorRequirement, PodSpec, Taint, Time, Toleration};
 use skiff_api::{Node, ParsedQuantity, Pod, Resource};
 use skiff_client::{Client, Informer, InformerEvent, ListParams};
+use tokio::sync::{Semaphore, mpsc};
 
 use crate::events::{NORMAL, Recorder, WARNING};
 use crate::pods::{self, controller_of};
@@ -115,8 +118,7 @@ fn requirement_met(r: &NodeSelectorRequirement, labels: &BTreeMap<String, String
 }
 
 /// Why a node does not fit, in the words Kubernetes uses; `None`: it fits.
-pub fn unfit(pod: &Pod, req: Request, n: &NodeInfo) -> Option<&'static str> {
-    let spec = pod.spec.clone().unwrap_or_default();
+pub fn unfit(spec: &PodSpec, req: Request, n: &NodeInfo) -> Option<&'static str> {
     if !n.ready {
         return Some("node(s) were not ready");
     }
@@ -181,31 +183,67 @@ pub fn score(req: Request, n: &NodeInfo, owner: Option<&str>) -> i64 {
     (cpu + mem) / 2 - same * 10
 }
 
-/// The best node, or the summary of why none fits.
-pub fn pick<'a>(pod: &Pod, nodes: impl Iterator<Item = &'a NodeInfo>) -> Result<String, String> {
+/// How many feasible nodes are enough to choose from, as kube-scheduler's
+/// adaptive percentageOfNodesToScore: every node below 100, else 50 %
+/// minus 1 % per 125 nodes, at least 5 % and at least 100 nodes.
+pub fn enough_feasible(nodes: usize) -> usize {
+    if nodes < 100 {
+        return nodes.max(1);
+    }
+    let pct = (50 - nodes as i64 / 125).max(5) as usize;
+    (nodes * pct / 100).max(100)
+}
+
+/// The chosen node, and the last node examined (the next pod starts after
+/// it, so the sampled window rotates over the cluster).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Picked {
+    pub node: String,
+    pub last: String,
+}
+
+/// The best of the first `enough` feasible nodes, or the summary of why
+/// none fits (every node examined then).
+pub fn pick<'a>(
+    pod: &Pod,
+    nodes: impl Iterator<Item = &'a NodeInfo>,
+    enough: usize,
+) -> Result<Picked, String> {
     let req = request(pod);
     let owner = pod
         .metadata
         .as_ref()
         .and_then(|m| controller_of(&m.owner_references))
-        .map(|o| o.uid.clone());
+        .map(|o| o.uid.as_str());
+    let default = PodSpec::default();
+    let spec = pod.spec.as_ref().unwrap_or(&default);
     let mut best: Option<(i64, &str)> = None;
     let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
     let mut total = 0;
+    let mut feasible = 0;
+    let mut last = "";
     for n in nodes {
         total += 1;
-        match unfit(pod, req, n) {
+        last = &n.name;
+        match unfit(spec, req, n) {
             Some(why) => *reasons.entry(why).or_default() += 1,
             None => {
-                let s = score(req, n, owner.as_deref());
+                feasible += 1;
+                let s = score(req, n, owner);
                 if best.is_none_or(|(b, name)| s > b || (s == b && n.name.as_str() < name)) {
                     best = Some((s, &n.name));
+                }
+                if feasible >= enough {
+                    break;
                 }
             }
         }
     }
     match best {
-        Some((_, name)) => Ok(name.to_string()),
+        Some((_, name)) => Ok(Picked {
+            node: name.to_string(),
+            last: last.to_string(),
+        }),
         None => {
             let parts: Vec<String> = reasons
                 .iter()
@@ -241,6 +279,21 @@ struct Scheduler {
     queue: Queue<Key>,
     /// Pods no node fits now: tried again when the cluster changes.
     parked: BTreeSet<Key>,
+    /// Where the next pod's look over the nodes starts.
+    cursor: String,
+    /// Bindings in flight, at most `BINDS` at once.
+    binds: Arc<Semaphore>,
+    bound_tx: mpsc::UnboundedSender<Binding>,
+}
+
+/// Bindings run in the background (as kube-scheduler's binding cycle):
+/// the pod is assumed on its node at once, so the next decision counts it.
+const BINDS: usize = 64;
+
+struct Binding {
+    original: Pod,
+    assumed: Pod,
+    result: Result<(), skiff_client::ClientError>,
 }
 
 pub async fn run(client: Client) {
@@ -248,6 +301,7 @@ pub async fn run(client: Client) {
         Informer::<Node>::new(client.clone(), "", ListParams::default()).spawn();
     let (_b, mut pod_rx, _t2) =
         Informer::<Pod>::new(client.clone(), "", ListParams::default()).spawn();
+    let (bound_tx, mut bound_rx) = mpsc::unbounded_channel();
     let mut s = Scheduler {
         events: Recorder::new(client.clone(), "default-scheduler"),
         client,
@@ -256,6 +310,9 @@ pub async fn run(client: Client) {
         node_store: Store::default(),
         queue: Queue::default(),
         parked: BTreeSet::new(),
+        cursor: String::new(),
+        binds: Arc::new(Semaphore::new(BINDS)),
+        bound_tx,
     };
     loop {
         tokio::select! {
@@ -292,6 +349,7 @@ pub async fn run(client: Client) {
                 }
             }
             k = s.queue.next_retry() => if let Some(k) = k { s.queue.add(k) },
+            b = bound_rx.recv() => if let Some(b) = b { s.bound(b) },
         }
         if s.pods.synced() && s.node_store.synced() {
             while let Some(k) = s.queue.pop() {
@@ -331,6 +389,48 @@ impl Scheduler {
         }
     }
 
+    /// A binding finished: an event when it took; when it did not and our
+    /// copy still holds the assumption, the pod is un-assumed.
+    fn bound(&mut self, b: Binding) {
+        let (ns, name) = (
+            b.assumed.namespace().to_string(),
+            b.assumed.name().to_string(),
+        );
+        let node = b
+            .assumed
+            .spec
+            .as_ref()
+            .map(|s| s.node_name.clone())
+            .unwrap_or_default();
+        let e = match b.result {
+            Ok(()) => {
+                tracing::debug!(pod = %format!("{ns}/{name}"), %node, "scheduled");
+                let msg = format!("Successfully assigned {ns}/{name} to {node}");
+                self.events.record(&b.original, NORMAL, "Scheduled", &msg);
+                return;
+            }
+            Err(e) => e,
+        };
+        let ours = self.pods.get(&ns, &name).is_some_and(|cur| {
+            cur.meta().resource_version == b.assumed.meta().resource_version
+                && pods::scheduled(cur)
+                && cur.spec.as_ref().map(|s| s.node_name.as_str()) == Some(node.as_str())
+        });
+        if ours {
+            self.account(&b.assumed, -1);
+            self.pods.apply(InformerEvent::Updated {
+                old: b.assumed,
+                new: b.original,
+            });
+        }
+        // A conflict or a deletion: the watch brings the news (and the
+        // pod again if it still waits); anything else is tried again.
+        if !e.is_conflict() && !e.is_not_found() {
+            tracing::warn!(pod = %format!("{ns}/{name}"), "binding: {e}");
+            self.queue.retry((ns, name));
+        }
+    }
+
     fn unpark(&mut self) {
         for k in std::mem::take(&mut self.parked) {
             self.queue.add(k);
@@ -344,27 +444,40 @@ impl Scheduler {
         if !schedulable_here(&pod) {
             return Ok(());
         }
-        match pick(&pod, self.nodes.values()) {
-            Ok(node) => {
-                let mut bound = pod.clone();
-                bound.spec.get_or_insert_with(Default::default).node_name = node.clone();
-                // The resourceVersion makes this a compare-and-set: a pod
-                // bound meanwhile is never bound again.
-                match self.client.update(&bound).await {
-                    Ok(b) => {
-                        // Count it now; the watch event would be late.
-                        self.account(&b, 1);
-                        self.pods.apply(InformerEvent::Updated {
-                            old: pod.clone(),
-                            new: b,
-                        });
-                        tracing::debug!(pod = %format!("{}/{}", k.0, k.1), %node, "scheduled");
-                        let msg = format!("Successfully assigned {}/{} to {node}", k.0, k.1);
-                        self.events.record(&pod, NORMAL, "Scheduled", &msg);
-                    }
-                    Err(e) if e.is_conflict() || e.is_not_found() => {}
-                    Err(e) => return Err(e.into()),
-                }
+        // The look over the nodes starts after where the last one stopped.
+        let start = self.cursor.as_str();
+        let nodes = self
+            .nodes
+            .range::<str, _>((Bound::Excluded(start), Bound::Unbounded))
+            .chain(
+                self.nodes
+                    .range::<str, _>((Bound::Unbounded, Bound::Included(start))),
+            )
+            .map(|(_, n)| n);
+        match pick(&pod, nodes, enough_feasible(self.nodes.len())) {
+            Ok(picked) => {
+                self.cursor = picked.last;
+                let mut assumed = pod.clone();
+                assumed.spec.get_or_insert_with(Default::default).node_name = picked.node;
+                // Assume it there now; the watch event would be late.
+                self.account(&assumed, 1);
+                self.pods.apply(InformerEvent::Updated {
+                    old: pod.clone(),
+                    new: assumed.clone(),
+                });
+                let permit = self.binds.clone().acquire_owned().await?;
+                let (client, tx) = (self.client.clone(), self.bound_tx.clone());
+                tokio::spawn(async move {
+                    // The resourceVersion makes this a compare-and-set: a pod
+                    // bound (or changed) meanwhile is never bound again.
+                    let result = client.update(&assumed).await.map(|_| ());
+                    drop(permit);
+                    let _ = tx.send(Binding {
+                        original: pod,
+                        assumed,
+                        result,
+                    });
+                });
             }
             Err(why) => {
                 self.parked.insert(k.clone());
@@ -440,11 +553,11 @@ mod tests {
         busy.used.cpu_milli = 1500;
         let idle = node("b", 2000);
         assert_eq!(
-            pick(&pod_asking("200m"), [&busy, &idle].into_iter()),
+            pick(&pod_asking("200m"), [&busy, &idle].into_iter(), usize::MAX).map(|p| p.node),
             Ok("b".into())
         );
         assert_eq!(
-            pick(&pod_asking("600m"), [&busy].into_iter()),
+            pick(&pod_asking("600m"), [&busy].into_iter(), usize::MAX),
             Err("0/1 nodes are available: 1 Insufficient cpu.".into())
         );
         let mut tainted = node("c", 4000);
@@ -456,7 +569,12 @@ mod tests {
         });
         let mut down = node("d", 4000);
         down.ready = false;
-        let err = pick(&pod_asking("600m"), [&busy, &tainted, &down].into_iter()).unwrap_err();
+        let err = pick(
+            &pod_asking("600m"),
+            [&busy, &tainted, &down].into_iter(),
+            usize::MAX,
+        )
+        .unwrap_err();
         assert_eq!(
             err,
             "0/3 nodes are available: 1 Insufficient cpu, 1 node(s) had untolerated taint, 1 node(s) were not ready."
@@ -475,7 +593,7 @@ mod tests {
                 toleration_seconds: None,
             });
         assert_eq!(
-            pick(&tolerant, [&busy, &tainted].into_iter()),
+            pick(&tolerant, [&busy, &tainted].into_iter(), usize::MAX).map(|p| p.node),
             Ok("c".into())
         );
     }
@@ -491,7 +609,24 @@ mod tests {
             .unwrap()
             .node_selector
             .insert("disk".into(), "ssd".into());
-        assert_eq!(pick(&p, [&a, &b].into_iter()), Ok("a".into()));
+        assert_eq!(
+            pick(&p, [&a, &b].into_iter(), usize::MAX).map(|p| p.node),
+            Ok("a".into())
+        );
+        // Enough feasible nodes found: the rest are not looked at.
+        let c = node("c", 8000);
+        let q = pod_asking("100m");
+        assert_eq!(
+            pick(&q, [&b, &c].into_iter(), 1),
+            Ok(Picked {
+                node: "b".into(),
+                last: "b".into()
+            })
+        );
+        assert_eq!(enough_feasible(50), 50);
+        assert_eq!(enough_feasible(1000), 420);
+        assert_eq!(enough_feasible(5000), 500);
+        assert_eq!(enough_feasible(20000), 1000);
         // Same free room: the node without a sibling wins.
         let mut a2 = node("a", 4000);
         a2.owners.insert("rs1".into(), 2);

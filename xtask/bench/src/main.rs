@@ -5,6 +5,7 @@ mod bench_api;
 mod bench_datapath;
 mod bench_dns;
 mod bench_pods;
+mod bench_scheduler;
 mod benchkit;
 mod netperf;
 
@@ -22,7 +23,9 @@ benchmarks:
   bench dns [--quick]       dnsperf against skiff dns and dnsmasq serving 10k
                             Services, and API-to-answer latency
   bench pods [--quick]      50 pods create -> Running and -> answering via their
-                            Service, against ctr run -d (root)";
+                            Service, against ctr run -d (root)
+  bench scheduler [--quick] 10k pods onto 1k and 5k simulated nodes: pods bound/s
+                            and create -> bound, against a naive first-fit binder";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -33,6 +36,7 @@ fn main() -> ExitCode {
         ["bench", "sync", rest @ ..] => bench_datapath::sync(rest.contains(&"--quick")),
         ["bench", "dns", rest @ ..] => bench_dns::run(rest.contains(&"--quick")),
         ["bench", "pods", rest @ ..] => bench_pods::run(rest.contains(&"--quick")),
+        ["bench", "scheduler", rest @ ..] => bench_scheduler::run(rest.contains(&"--quick")),
         ["netperf", rest @ ..] => netperf::run(rest),
         _ => {
             eprintln!("{USAGE}");
