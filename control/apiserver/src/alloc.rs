@@ -105,6 +105,9 @@ pub struct Allocators {
     used_ips: Mutex<HashSet<Ipv4Addr>>,
     used_ports: Mutex<HashSet<u16>>,
     used_pod_cidrs: Mutex<HashSet<Ipv4Addr>>,
+    /// Where the next podCIDR search starts: concurrent registrations in
+    /// this server get different candidates instead of racing for one.
+    pod_cidr_cursor: std::sync::atomic::AtomicU32,
 }
 
 impl Allocators {
@@ -116,6 +119,7 @@ impl Allocators {
             used_ips: Mutex::new(HashSet::new()),
             used_ports: Mutex::new(HashSet::new()),
             used_pod_cidrs: Mutex::new(HashSet::new()),
+            pod_cidr_cursor: std::sync::atomic::AtomicU32::new(0),
         }
     }
 
@@ -131,10 +135,23 @@ impl Allocators {
         let used = self.used_pod_cidrs.lock().expect("allocator poisoned");
         let step = 1u32 << (32 - prefix);
         let count = cluster.size() / step;
-        (0..count)
-            .map(|i| Ipv4Addr::from(cluster.base + i * step))
-            .find(|n| !used.contains(n) && !avoid.contains(n))
-            .map(|n| format!("{n}/{prefix}"))
+        if count == 0 {
+            return None;
+        }
+        let start = self
+            .pod_cidr_cursor
+            .load(std::sync::atomic::Ordering::Relaxed)
+            % count;
+        let i = (0..count).map(|k| (start + k) % count).find(|i| {
+            let n = Ipv4Addr::from(cluster.base + i * step);
+            !used.contains(&n) && !avoid.contains(&n)
+        })?;
+        self.pod_cidr_cursor
+            .store((i + 1) % count, std::sync::atomic::Ordering::Relaxed);
+        Some(format!(
+            "{}/{prefix}",
+            Ipv4Addr::from(cluster.base + i * step)
+        ))
     }
 
     /// Follows one allocation key being written or deleted.

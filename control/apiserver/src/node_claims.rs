@@ -55,7 +55,12 @@ pub fn assign(
             Some(c) => spec.pod_cidr = c,
             None => {
                 if alloc.cluster_cidr.is_some() {
-                    tracing::warn!("the cluster CIDR has no podCIDR left for a new node");
+                    // Once per server: every further node would say it again.
+                    static SAID: std::sync::atomic::AtomicBool =
+                        std::sync::atomic::AtomicBool::new(false);
+                    if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        tracing::warn!("the cluster CIDR has no podCIDR left for new nodes");
+                    }
                 }
                 return Ok(Vec::new());
             }

@@ -60,6 +60,8 @@ fn server(bin: &Path, data: &Path, binder: Binder) -> Result<(KillOnDrop, String
     // The simulated nodes renew their Leases once a minute here (10k
     // renewals/min at 5k nodes would be the load of another benchmark).
     .args(["--node-monitor-grace-period", "600"])
+    // A pod network with room for a podCIDR per node at 5,000 nodes.
+    .args(["--cluster-cidr", "100.64.0.0/10"])
     .env("SKIFF_LOG", "warn")
     .stdout(Stdio::null())
     .stderr(Stdio::inherit());
@@ -86,11 +88,13 @@ fn sim(bin: &Path, url: &str, nodes: usize) -> Result<KillOnDrop> {
         .context("start skiff sim nodes")?;
     let mut err = BufReader::new(child.stderr.take().context("sim stderr")?);
     let mut line = String::new();
+    let mut said = String::new();
     loop {
         line.clear();
         if err.read_line(&mut line)? == 0 {
-            bail!("skiff sim nodes ended before its nodes were ready");
+            bail!("skiff sim nodes ended before its nodes were ready: {said}");
         }
+        said.push_str(&line);
         if line.contains("simulated nodes ready") {
             break;
         }
