@@ -102,17 +102,26 @@ pub fn run_up(args: &[&str]) -> Result<()> {
     }
     let images = Path::new("/var/lib/skiff/images");
     std::fs::create_dir_all(images)?;
-    let tar = images.join("busybox.tar");
-    run(
-        "building the demo image from busybox-static",
-        Command::new(&skiff)
-            .args(["image", "build-busybox"])
-            .arg(&tar),
-    )?;
-    run(
-        "importing the demo image",
-        Command::new(&skiff).args(["image", "import"]).arg(&tar),
-    )?;
+    for (what, file, demo) in [
+        ("busybox", "busybox.tar", false),
+        (
+            "the demo web server (skiff.local/demo:1.0)",
+            "demo.tar",
+            true,
+        ),
+    ] {
+        let tar = images.join(file);
+        let mut build = Command::new(&skiff);
+        build.args(["image", "build-busybox"]).arg(&tar);
+        if demo {
+            build.arg("--demo");
+        }
+        run(&format!("building {what} from busybox-static"), &mut build)?;
+        run(
+            &format!("importing {what}"),
+            Command::new(&skiff).args(["image", "import"]).arg(&tar),
+        )?;
+    }
     eprintln!("==> skiff up {}", args.join(" "));
     use std::os::unix::process::CommandExt;
     let err = Command::new(&skiff).arg("up").args(args).exec();

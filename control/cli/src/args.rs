@@ -574,8 +574,14 @@ pub enum ImageCommand {
         out: PathBuf,
         #[arg(long, default_value = "/bin/busybox")]
         busybox: PathBuf,
-        #[arg(long, default_value = "docker.io/library/busybox:latest")]
-        name: String,
+        /// Image name (default: docker.io/library/busybox:latest, or
+        /// skiff.local/demo:1.0 with --demo)
+        #[arg(long)]
+        name: Option<String>,
+        /// The demo web server: httpd on port 80 by default, as an nginx
+        /// image (public manifests run with only their image swapped)
+        #[arg(long)]
+        demo: bool,
     },
 }
 

@@ -45,9 +45,20 @@ pub async fn run(cmd: ImageCommand) -> Result<()> {
             c.remove_image(&name).await?;
             println!("{name} removed");
         }
-        ImageCommand::BuildBusybox { out, busybox, name } => {
-            let name = skiff_node::image::Reference::parse(&name)?.to_string();
-            skiff_node::image::build::busybox_image(&busybox, &name, &out)?;
+        ImageCommand::BuildBusybox {
+            out,
+            busybox,
+            name,
+            demo,
+        } => {
+            let default = if demo {
+                skiff_node::image::build::DEMO_IMAGE
+            } else {
+                "docker.io/library/busybox:latest"
+            };
+            let name = name.as_deref().unwrap_or(default);
+            let name = skiff_node::image::Reference::parse(name)?.to_string();
+            skiff_node::image::build::image(&busybox, &name, &out, demo)?;
             println!("{name} written to {}", out.display());
         }
     }

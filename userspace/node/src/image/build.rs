@@ -194,12 +194,35 @@ pub fn busybox_run_config() -> RunConfig {
     }
 }
 
-/// Builds the busybox image as an OCI layout tar at `out`.
-pub fn busybox_image(busybox: &Path, name: &str, out: &Path) -> Result<()> {
+/// The demo image's name: a web server on port 80 by default, so public
+/// manifests (nginx-deployment.yaml) run with only their image swapped.
+pub const DEMO_IMAGE: &str = "skiff.local/demo:1.0";
+
+/// busybox plus a default command: `httpd` on port 80 answering
+/// "hello from <pod name>" — what an nginx image does, in 1 MiB.
+pub fn demo_run_config() -> RunConfig {
+    RunConfig {
+        cmd: Some(vec![
+            "sh".into(),
+            "-c".into(),
+            "mkdir -p /www && echo \"hello from $(hostname)\" > /www/index.html && exec httpd -f -v -p 80 -h /www".into(),
+        ]),
+        ..busybox_run_config()
+    }
+}
+
+/// Builds the busybox image (`demo`: the demo web server) as an OCI
+/// layout tar at `out`.
+pub fn image(busybox: &Path, name: &str, out: &Path, demo: bool) -> Result<()> {
     let fs = busybox_rootfs(busybox)?;
     let tmp = out.with_extension("tmp");
     let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-    write_layout(&mut f, name, &fs, busybox_run_config())?;
+    let config = if demo {
+        demo_run_config()
+    } else {
+        busybox_run_config()
+    };
+    write_layout(&mut f, name, &fs, config)?;
     f.into_inner()?.sync_all()?;
     std::fs::rename(&tmp, out)?;
     Ok(())
