@@ -691,6 +691,39 @@ spec:
             .then_some(())
     });
 
+    // Required anti-affinity on the hostname: one pod per node.
+    let apart = r#"      affinity:
+        podAntiAffinity:
+          requiredDuringSchedulingIgnoredDuringExecution:
+          - labelSelector: {matchLabels: {app: apart}}
+            topologyKey: kubernetes.io/hostname"#;
+    s.apply(&deployment("apart", 3, "demo:1", apart));
+    let pending = wait("two placed, one refused", Duration::from_secs(30), || {
+        let pods = live_pods(&s, "apart");
+        let placed = pods.iter().filter(|p| ready(p)).count();
+        let refused: Vec<Value> = pods
+            .into_iter()
+            .filter(|p| {
+                p["status"]["conditions"].as_array().is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c["type"] == "PodScheduled" && c["status"] == "False")
+                })
+            })
+            .collect();
+        (placed == 2 && refused.len() == 1).then(|| refused[0].clone())
+    });
+    let msg = pending["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "PodScheduled")
+        .unwrap()["message"]
+        .clone();
+    assert_eq!(
+        msg,
+        "0/2 nodes are available: 2 node(s) didn't match pod anti-affinity rules."
+    );
+
     let big = unique("big");
     let _big = s.sim(&big, &["--count", "1", "--cpu", "4", "--pods-running"]);
     let p = wait(
@@ -702,6 +735,9 @@ spec:
         },
     );
     assert_eq!(node_of(&p), format!("{big}-0"));
+    let apart = wait_ready_pods(&s, "apart", 3);
+    let nodes: BTreeSet<&str> = apart.iter().map(node_of).collect();
+    assert_eq!(nodes.len(), 3, "one per node: {nodes:?}");
 }
 
 #[test]

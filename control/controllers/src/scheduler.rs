@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 use std::sync::Arc;
 
+use skiff_api::selector::Selector;
 use skiff_api::v1::{Condition, NodeSelectorRequirement, PodSpec, Taint, Time, Toleration};
 use skiff_api::{Node, ParsedQuantity, Pod, Resource};
 use skiff_client::{Client, Informer, InformerEvent, ListParams};
@@ -57,6 +58,64 @@ pub struct NodeInfo {
     pub used_pods: i64,
     /// Pods per owner uid (spreading).
     pub owners: HashMap<String, i64>,
+    /// The pods here: (namespace, name) → labels (pod anti-affinity).
+    pub residents: HashMap<(String, String), BTreeMap<String, String>>,
+    /// The hostname anti-affinity terms of the pods here, which keep
+    /// matching pods away (the rule is symmetric, as in Kubernetes).
+    pub anti: HashMap<(String, String), Vec<AntiTerm>>,
+}
+
+/// A required pod anti-affinity term on `kubernetes.io/hostname`: no two
+/// pods where one's term selects the other share a node.
+#[derive(Debug, Clone)]
+pub struct AntiTerm {
+    pub namespaces: Vec<String>,
+    pub selector: Selector,
+}
+
+pub const HOSTNAME: &str = "kubernetes.io/hostname";
+
+/// The pod's required anti-affinity terms on the hostname topology
+/// (other topology keys are not enforced yet).
+pub fn anti_terms(p: &Pod) -> Vec<AntiTerm> {
+    let ns = p.namespace().to_string();
+    p.spec
+        .as_ref()
+        .and_then(|s| s.affinity.as_ref())
+        .and_then(|a| a.pod_anti_affinity.as_ref())
+        .map(|a| {
+            a.required_during_scheduling_ignored_during_execution
+                .iter()
+                .filter(|t| t.topology_key == HOSTNAME)
+                .filter_map(|t| {
+                    let selector =
+                        Selector::from_label_selector(t.label_selector.as_ref()?).ok()?;
+                    let namespaces = if t.namespaces.is_empty() {
+                        vec![ns.clone()]
+                    } else {
+                        t.namespaces.clone()
+                    };
+                    Some(AntiTerm {
+                        namespaces,
+                        selector,
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn term_selects(t: &AntiTerm, ns: &str, labels: &BTreeMap<String, String>) -> bool {
+    t.namespaces.iter().any(|n| n == ns) && t.selector.matches(labels)
+}
+
+/// What `unfit` needs of the pod, worked out once per decision.
+pub struct Candidate<'a> {
+    pub namespace: &'a str,
+    pub labels: &'a BTreeMap<String, String>,
+    pub spec: &'a PodSpec,
+    pub anti: Vec<AntiTerm>,
+    pub req: Request,
 }
 
 pub fn node_info(n: &Node) -> NodeInfo {
@@ -118,7 +177,8 @@ fn requirement_met(r: &NodeSelectorRequirement, labels: &BTreeMap<String, String
 }
 
 /// Why a node does not fit, in the words Kubernetes uses; `None`: it fits.
-pub fn unfit(spec: &PodSpec, req: Request, n: &NodeInfo) -> Option<&'static str> {
+pub fn unfit(c: &Candidate, n: &NodeInfo) -> Option<&'static str> {
+    let (spec, req) = (c.spec, c.req);
     if !n.ready {
         return Some("node(s) were not ready");
     }
@@ -163,6 +223,20 @@ pub fn unfit(spec: &PodSpec, req: Request, n: &NodeInfo) -> Option<&'static str>
     }
     if req.memory > 0 && n.used.memory + req.memory > n.memory {
         return Some("Insufficient memory");
+    }
+    if c.anti.iter().any(|t| {
+        n.residents
+            .iter()
+            .any(|((ns, _), labels)| term_selects(t, ns, labels))
+    }) {
+        return Some("node(s) didn't match pod anti-affinity rules");
+    }
+    if n.anti
+        .values()
+        .flatten()
+        .any(|t| term_selects(t, c.namespace, c.labels))
+    {
+        return Some("node(s) didn't satisfy existing pods anti-affinity rules");
     }
     None
 }
@@ -216,7 +290,18 @@ pub fn pick<'a>(
         .and_then(|m| controller_of(&m.owner_references))
         .map(|o| o.uid.as_str());
     let default = PodSpec::default();
-    let spec = pod.spec.as_ref().unwrap_or(&default);
+    let no_labels = BTreeMap::new();
+    let candidate = Candidate {
+        namespace: pod.namespace(),
+        labels: pod
+            .metadata
+            .as_ref()
+            .map(|m| &m.labels)
+            .unwrap_or(&no_labels),
+        spec: pod.spec.as_ref().unwrap_or(&default),
+        anti: anti_terms(pod),
+        req,
+    };
     let mut best: Option<(i64, &str)> = None;
     let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
     let mut total = 0;
@@ -225,7 +310,7 @@ pub fn pick<'a>(
     for n in nodes {
         total += 1;
         last = &n.name;
-        match unfit(spec, req, n) {
+        match unfit(&candidate, n) {
             Some(why) => *reasons.entry(why).or_default() += 1,
             None => {
                 feasible += 1;
@@ -323,10 +408,12 @@ pub async fn run(client: Client) {
                     InformerEvent::Deleted(n) => { s.nodes.remove(n.name()); }
                     _ => if let Some(n) = new {
                         let mut info = node_info(&n);
-                        if let Some(prev) = s.nodes.get(&info.name) {
+                        if let Some(prev) = s.nodes.get_mut(&info.name) {
                             info.used = prev.used;
                             info.used_pods = prev.used_pods;
-                            info.owners = prev.owners.clone();
+                            info.owners = std::mem::take(&mut prev.owners);
+                            info.residents = std::mem::take(&mut prev.residents);
+                            info.anti = std::mem::take(&mut prev.anti);
                         }
                         s.nodes.insert(info.name.clone(), info);
                     }
@@ -380,6 +467,22 @@ impl Scheduler {
         n.used.cpu_milli += sign * r.cpu_milli;
         n.used.memory += sign * r.memory;
         n.used_pods += sign;
+        let key = (p.namespace().to_string(), p.name().to_string());
+        if sign > 0 {
+            let labels = p
+                .metadata
+                .as_ref()
+                .map(|m| m.labels.clone())
+                .unwrap_or_default();
+            n.residents.insert(key.clone(), labels);
+            let terms = anti_terms(p);
+            if !terms.is_empty() {
+                n.anti.insert(key, terms);
+            }
+        } else {
+            n.residents.remove(&key);
+            n.anti.remove(&key);
+        }
         if let Some(o) = owner_uid(p) {
             let c = n.owners.entry(o.clone()).or_default();
             *c += sign;
@@ -596,6 +699,71 @@ mod tests {
             pick(&tolerant, [&busy, &tainted].into_iter(), usize::MAX).map(|p| p.node),
             Ok("c".into())
         );
+    }
+
+    #[test]
+    fn hostname_anti_affinity_both_ways() {
+        use skiff_api::v1::{Affinity, LabelSelector, PodAffinity, PodAffinityTerm};
+        let labelled = |name: &str, app: &str, avoid: Option<&str>| {
+            let mut p = pod_asking("100m");
+            let m = p.metadata.get_or_insert_with(Default::default);
+            m.name = name.into();
+            m.namespace = "default".into();
+            m.labels.insert("app".into(), app.into());
+            if let Some(avoid) = avoid {
+                p.spec.as_mut().unwrap().affinity = Some(Affinity {
+                    pod_anti_affinity: Some(PodAffinity {
+                        required_during_scheduling_ignored_during_execution: vec![
+                            PodAffinityTerm {
+                                label_selector: Some(LabelSelector {
+                                    match_labels: [("app".to_string(), avoid.to_string())].into(),
+                                    ..Default::default()
+                                }),
+                                namespaces: vec![],
+                                topology_key: HOSTNAME.into(),
+                            },
+                        ],
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                });
+            }
+            p
+        };
+        let place = |n: &mut NodeInfo, p: &Pod| {
+            let key = (p.namespace().to_string(), p.name().to_string());
+            n.residents
+                .insert(key.clone(), p.metadata.as_ref().unwrap().labels.clone());
+            let t = anti_terms(p);
+            if !t.is_empty() {
+                n.anti.insert(key, t);
+            }
+        };
+        let mut a = node("a", 4000);
+        let b = node("b", 4000);
+        place(&mut a, &labelled("web-1", "web", Some("web")));
+        // A second web pod avoids the first one's node.
+        let web2 = labelled("web-2", "web", Some("web"));
+        assert_eq!(
+            pick(&web2, [&a, &b].into_iter(), usize::MAX).map(|p| p.node),
+            Ok("b".into())
+        );
+        assert_eq!(
+            pick(&web2, [&a].into_iter(), usize::MAX),
+            Err("0/1 nodes are available: 1 node(s) didn't match pod anti-affinity rules.".into())
+        );
+        // Symmetric: a pod without terms is kept away by the resident's.
+        let plain = labelled("web-3", "web", None);
+        assert_eq!(
+            pick(&plain, [&a].into_iter(), usize::MAX),
+            Err(
+                "0/1 nodes are available: 1 node(s) didn't satisfy existing pods anti-affinity rules."
+                    .into()
+            )
+        );
+        // Other labels are welcome.
+        let db = labelled("db-1", "db", None);
+        assert!(pick(&db, [&a].into_iter(), usize::MAX).is_ok());
     }
 
     #[test]
