@@ -11,9 +11,10 @@ use skiff_api::v1::{
     ReplicaSetSpec, Time,
 };
 use skiff_api::{Deployment, ReplicaSet, Resource};
-use skiff_client::{Client, Informer, InformerEvent, ListParams};
+use skiff_client::{Client, InformerEvent};
 
 use crate::events::{NORMAL, Recorder};
+use crate::informers::Events;
 use crate::pods::{controller_of, owner_ref, template_hash};
 use crate::queue::Queue;
 use crate::store::Store;
@@ -272,11 +273,7 @@ struct Controller {
     queue: Queue<Key>,
 }
 
-pub async fn run(client: Client) {
-    let (_c1, mut d_rx, _t1) =
-        Informer::<Deployment>::new(client.clone(), "", ListParams::default()).spawn();
-    let (_c2, mut rs_rx, _t2) =
-        Informer::<ReplicaSet>::new(client.clone(), "", ListParams::default()).spawn();
+pub async fn run(client: Client, mut d_rx: Events<Deployment>, mut rs_rx: Events<ReplicaSet>) {
     let mut c = Controller {
         events: Recorder::new(client.clone(), "deployment-controller"),
         client,

@@ -12,8 +12,9 @@ use skiff_api::v1::{
     Endpoint, EndpointConditions, EndpointPort, LabelSelector, ObjectMeta, ObjectReference,
 };
 use skiff_api::{EndpointSlice, Pod, Resource, Service};
-use skiff_client::{Client, Informer, InformerEvent, ListParams};
+use skiff_client::{Client, InformerEvent, ListParams};
 
+use crate::informers::Events;
 use crate::pods::{self, owner_ref};
 use crate::queue::Queue;
 use crate::store::Store;
@@ -245,17 +246,17 @@ struct Controller {
     queue: Queue<Key>,
 }
 
-pub async fn run(client: Client) {
-    let (_a, mut svc_rx, _t1) =
-        Informer::<Service>::new(client.clone(), "", ListParams::default()).spawn();
-    let (_b, mut pod_rx, _t2) =
-        Informer::<Pod>::new(client.clone(), "", ListParams::default()).spawn();
-    let (_c, mut sl_rx, _t3) = Informer::<EndpointSlice>::new(
-        client.clone(),
-        "",
-        ListParams::default().labels(&format!("{MANAGED_BY}={CONTROLLER}")),
-    )
-    .spawn();
+/// The slices this controller manages (its watch is filtered to them).
+pub fn managed() -> ListParams {
+    ListParams::default().labels(&format!("{MANAGED_BY}={CONTROLLER}"))
+}
+
+pub async fn run(
+    client: Client,
+    mut svc_rx: Events<Service>,
+    mut pod_rx: Events<Pod>,
+    mut sl_rx: Events<EndpointSlice>,
+) {
     let mut c = Controller {
         client,
         services: Store::default(),

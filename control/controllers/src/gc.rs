@@ -17,9 +17,10 @@ use skiff_api::v1::OwnerReference;
 use skiff_api::{
     ConfigMap, Deployment, EndpointSlice, Kind, Lease, Pod, ReplicaSet, Resource, Service,
 };
-use skiff_client::{Client, Informer, InformerEvent, ListParams};
+use skiff_client::{Client, InformerEvent};
 use tokio::sync::mpsc;
 
+use crate::informers::{Events, Informers};
 use crate::queue::Queue;
 
 pub const FOREGROUND: &str = "foregroundDeletion";
@@ -107,11 +108,8 @@ struct Change {
     synced: bool,
 }
 
-fn watch<R: Resource>(client: &Client, tx: mpsc::Sender<Change>) -> tokio::task::JoinHandle<()> {
-    let (_cache, mut rx, task) =
-        Informer::<R>::new(client.clone(), "", ListParams::default()).spawn();
+fn watch<R: Resource>(mut rx: Events<R>, tx: mpsc::Sender<Change>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let _task = AbortOnDrop(task);
         while let Some(ev) = rx.recv().await {
             let change = match ev {
                 InformerEvent::Added(o) => Change {
@@ -193,16 +191,41 @@ impl Graph {
     }
 }
 
-pub async fn run(client: Client) {
+/// What the collector watches: every kind that can own or be owned.
+pub struct Watched {
+    pub pods: Events<Pod>,
+    pub replicasets: Events<ReplicaSet>,
+    pub deployments: Events<Deployment>,
+    pub services: Events<Service>,
+    pub slices: Events<EndpointSlice>,
+    pub configmaps: Events<ConfigMap>,
+    pub leases: Events<Lease>,
+}
+
+impl Watched {
+    pub fn subscribe(inf: &mut Informers) -> Watched {
+        Watched {
+            pods: inf.all(),
+            replicasets: inf.all(),
+            deployments: inf.all(),
+            services: inf.all(),
+            slices: inf.all(),
+            configmaps: inf.all(),
+            leases: inf.all(),
+        }
+    }
+}
+
+pub async fn run(client: Client, w: Watched) {
     let (tx, mut rx) = mpsc::channel(1024);
     let _tasks: Vec<AbortOnDrop> = vec![
-        AbortOnDrop(watch::<Pod>(&client, tx.clone())),
-        AbortOnDrop(watch::<ReplicaSet>(&client, tx.clone())),
-        AbortOnDrop(watch::<Deployment>(&client, tx.clone())),
-        AbortOnDrop(watch::<Service>(&client, tx.clone())),
-        AbortOnDrop(watch::<EndpointSlice>(&client, tx.clone())),
-        AbortOnDrop(watch::<ConfigMap>(&client, tx.clone())),
-        AbortOnDrop(watch::<Lease>(&client, tx)),
+        AbortOnDrop(watch(w.pods, tx.clone())),
+        AbortOnDrop(watch(w.replicasets, tx.clone())),
+        AbortOnDrop(watch(w.deployments, tx.clone())),
+        AbortOnDrop(watch(w.services, tx.clone())),
+        AbortOnDrop(watch(w.slices, tx.clone())),
+        AbortOnDrop(watch(w.configmaps, tx.clone())),
+        AbortOnDrop(watch(w.leases, tx)),
     ];
     let mut graph = Graph::default();
     let mut queue: Queue<Item> = Queue::default();

@@ -7,6 +7,7 @@ pub mod deployment;
 pub mod endpointslice;
 pub mod events;
 pub mod gc;
+pub mod informers;
 pub mod leader;
 pub mod nodelifecycle;
 pub mod pods;
@@ -23,16 +24,32 @@ pub struct Config {
     pub node_lifecycle: nodelifecycle::Config,
 }
 
-/// Starts every loop; they run until the returned tasks are aborted.
+/// Starts every loop, on shared informers; they run until the returned
+/// tasks are aborted.
 pub fn start(client: Client, cfg: Config) -> Vec<tokio::task::JoinHandle<()>> {
-    vec![
-        tokio::spawn(scheduler::run(client.clone())),
-        tokio::spawn(replicaset::run(client.clone())),
-        tokio::spawn(deployment::run(client.clone())),
-        tokio::spawn(endpointslice::run(client.clone())),
-        tokio::spawn(nodelifecycle::run(client.clone(), cfg.node_lifecycle)),
-        tokio::spawn(gc::run(client)),
-    ]
+    let mut inf = informers::Informers::new(client.clone());
+    let c = || client.clone();
+    let mut tasks = vec![
+        tokio::spawn(scheduler::run(c(), inf.all(), inf.all())),
+        tokio::spawn(replicaset::run(c(), inf.all(), inf.all())),
+        tokio::spawn(deployment::run(c(), inf.all(), inf.all())),
+        tokio::spawn(endpointslice::run(
+            c(),
+            inf.all(),
+            inf.all(),
+            inf.subscribe("", endpointslice::managed()),
+        )),
+        tokio::spawn(nodelifecycle::run(
+            c(),
+            cfg.node_lifecycle,
+            inf.all(),
+            inf.subscribe(nodelifecycle::LEASE_NAMESPACE, Default::default()),
+            inf.all(),
+        )),
+        tokio::spawn(gc::run(c(), gc::Watched::subscribe(&mut inf))),
+    ];
+    tasks.extend(inf.start());
+    tasks
 }
 
 /// Runs the loops in this process while it holds the controllers' lease

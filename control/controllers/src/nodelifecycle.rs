@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 
 use skiff_api::v1::{Condition, Taint, Time, Toleration};
 use skiff_api::{Lease, Node, Pod, Resource};
-use skiff_client::{Client, Informer, InformerEvent, ListParams};
+use skiff_client::{Client, InformerEvent};
 
 use crate::events::{NORMAL, Recorder, WARNING};
+use crate::informers::Events;
 use crate::pods;
 use crate::queue::Queue;
 use crate::store::Store;
@@ -194,13 +195,13 @@ fn node_of(p: &Pod) -> &str {
     p.spec.as_ref().map(|s| s.node_name.as_str()).unwrap_or("")
 }
 
-pub async fn run(client: Client, cfg: Config) {
-    let (_a, mut node_rx, _t1) =
-        Informer::<Node>::new(client.clone(), "", ListParams::default()).spawn();
-    let (_b, mut lease_rx, _t2) =
-        Informer::<Lease>::new(client.clone(), LEASE_NAMESPACE, ListParams::default()).spawn();
-    let (_c, mut pod_rx, _t3) =
-        Informer::<Pod>::new(client.clone(), "", ListParams::default()).spawn();
+pub async fn run(
+    client: Client,
+    cfg: Config,
+    mut node_rx: Events<Node>,
+    mut lease_rx: Events<Lease>,
+    mut pod_rx: Events<Pod>,
+) {
     let mut c = Controller {
         events: Recorder::new(client.clone(), "node-controller"),
         client,

@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 use skiff_api::selector::Selector;
 use skiff_api::v1::{ObjectMeta, ReplicaSetStatus};
 use skiff_api::{Pod, ReplicaSet, Resource};
-use skiff_client::{Client, Informer, InformerEvent, ListParams};
+use skiff_client::{Client, InformerEvent};
 
 use crate::events::{NORMAL, Recorder, WARNING};
+use crate::informers::Events;
 use crate::pods::{self, active, controller_of, owner_ref, ready};
 use crate::queue::Queue;
 use crate::store::Store;
@@ -153,11 +154,7 @@ struct Controller {
     queue: Queue<Key>,
 }
 
-pub async fn run(client: Client) {
-    let (_c1, mut rs_rx, _t1) =
-        Informer::<ReplicaSet>::new(client.clone(), "", ListParams::default()).spawn();
-    let (_c2, mut pod_rx, _t2) =
-        Informer::<Pod>::new(client.clone(), "", ListParams::default()).spawn();
+pub async fn run(client: Client, mut rs_rx: Events<ReplicaSet>, mut pod_rx: Events<Pod>) {
     let mut c = Controller {
         events: Recorder::new(client.clone(), "replicaset-controller"),
         client,

@@ -12,10 +12,11 @@ use std::sync::Arc;
 use skiff_api::selector::Selector;
 use skiff_api::v1::{Condition, NodeSelectorRequirement, PodSpec, Taint, Time, Toleration};
 use skiff_api::{Node, ParsedQuantity, Pod, Resource};
-use skiff_client::{Client, Informer, InformerEvent, ListParams};
+use skiff_client::{Client, InformerEvent};
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::events::{NORMAL, Recorder, WARNING};
+use crate::informers::Events;
 use crate::pods::{self, controller_of};
 use crate::queue::Queue;
 use crate::store::Store;
@@ -381,11 +382,7 @@ struct Binding {
     result: Result<(), skiff_client::ClientError>,
 }
 
-pub async fn run(client: Client) {
-    let (_a, mut node_rx, _t1) =
-        Informer::<Node>::new(client.clone(), "", ListParams::default()).spawn();
-    let (_b, mut pod_rx, _t2) =
-        Informer::<Pod>::new(client.clone(), "", ListParams::default()).spawn();
+pub async fn run(client: Client, mut node_rx: Events<Node>, mut pod_rx: Events<Pod>) {
     let (bound_tx, mut bound_rx) = mpsc::unbounded_channel();
     let mut s = Scheduler {
         events: Recorder::new(client.clone(), "default-scheduler"),
