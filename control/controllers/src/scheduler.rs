@@ -58,7 +58,8 @@ pub struct NodeInfo {
     pub used: Request,
     pub used_pods: i64,
     /// Pods per owner uid (spreading).
-    pub owners: HashMap<String, i64>,
+    /// (owner key, pods) — a handful per node: a scan beats hashing.
+    pub owners: Vec<(u64, i64)>,
     /// The pods here: (namespace, name) → labels (pod anti-affinity).
     pub residents: HashMap<(String, String), BTreeMap<String, String>>,
     /// The hostname anti-affinity terms of the pods here, which keep
@@ -242,9 +243,16 @@ pub fn unfit(c: &Candidate, n: &NodeInfo) -> Option<&'static str> {
     None
 }
 
+/// A cheap key for an owner uid (FNV-1a), computed once per decision.
+pub fn owner_key(uid: &str) -> u64 {
+    uid.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// Higher is better: least allocated after placing the pod, minus a
 /// penalty per pod of the same owner already there.
-pub fn score(req: Request, n: &NodeInfo, owner: Option<&str>) -> i64 {
+pub fn score(req: Request, n: &NodeInfo, owner: Option<u64>) -> i64 {
     let free = |cap: i64, used: i64| {
         if cap <= 0 {
             0
@@ -254,7 +262,10 @@ pub fn score(req: Request, n: &NodeInfo, owner: Option<&str>) -> i64 {
     };
     let cpu = free(n.cpu_milli, n.used.cpu_milli + req.cpu_milli);
     let mem = free(n.memory, n.used.memory + req.memory);
-    let same = owner.and_then(|o| n.owners.get(o)).copied().unwrap_or(0);
+    let same = owner
+        .and_then(|o| n.owners.iter().find(|(k, _)| *k == o))
+        .map(|(_, c)| *c)
+        .unwrap_or(0);
     (cpu + mem) / 2 - same * 10
 }
 
@@ -289,7 +300,7 @@ pub fn pick<'a>(
         .metadata
         .as_ref()
         .and_then(|m| controller_of(&m.owner_references))
-        .map(|o| o.uid.as_str());
+        .map(|o| owner_key(&o.uid));
     let default = PodSpec::default();
     let no_labels = BTreeMap::new();
     let candidate = Candidate {
@@ -316,7 +327,9 @@ pub fn pick<'a>(
             None => {
                 feasible += 1;
                 let s = score(req, n, owner);
-                if best.is_none_or(|(b, name)| s > b || (s == b && n.name.as_str() < name)) {
+                // Ties go to the first seen: the look starts at a rotating
+                // place, which spreads them.
+                if best.is_none_or(|(b, _)| s > b) {
                     best = Some((s, &n.name));
                 }
                 if feasible >= enough {
@@ -481,10 +494,16 @@ impl Scheduler {
             n.anti.remove(&key);
         }
         if let Some(o) = owner_uid(p) {
-            let c = n.owners.entry(o.clone()).or_default();
-            *c += sign;
-            if *c <= 0 {
-                n.owners.remove(&o);
+            let k = owner_key(&o);
+            match n.owners.iter_mut().position(|(x, _)| *x == k) {
+                Some(i) => {
+                    n.owners[i].1 += sign;
+                    if n.owners[i].1 <= 0 {
+                        n.owners.swap_remove(i);
+                    }
+                }
+                None if sign > 0 => n.owners.push((k, sign)),
+                None => {}
             }
         }
     }
@@ -794,10 +813,10 @@ mod tests {
         assert_eq!(enough_feasible(20000), 1000);
         // Same free room: the node without a sibling wins.
         let mut a2 = node("a", 4000);
-        a2.owners.insert("rs1".into(), 2);
+        a2.owners.push((owner_key("rs1"), 2));
         assert!(
-            score(Request::default(), &a2, Some("rs1"))
-                < score(Request::default(), &b, Some("rs1"))
+            score(Request::default(), &a2, Some(owner_key("rs1")))
+                < score(Request::default(), &b, Some(owner_key("rs1")))
         );
     }
 }
