@@ -928,3 +928,69 @@ fn leader_killed_another_server_takes_over_and_nothing_is_scheduled_twice() {
         "a pod was scheduled twice: {scheduled:?}"
     );
 }
+
+#[test]
+fn deleting_a_namespace_removes_everything_in_it() {
+    let s = Server::start(&[]);
+    let prefix = unique("n");
+    let _nodes = s.sim(&prefix, &["--count", "2", "--pods-running"]);
+    s.ok(&["create", "namespace", "team"]);
+    let in_team = |m: &str| {
+        m.replace(
+            "metadata:\n  name:",
+            "metadata:\n  namespace: team\n  name:",
+        )
+    };
+    s.apply(&in_team(&deployment("app", 3, "demo:1", "")));
+    s.apply(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  namespace: team\n  name: app\nspec:\n  selector: {app: app}\n  ports: [{port: 80}]\n",
+    );
+    s.apply("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  namespace: team\n  name: settings\ndata: {a: b}\n");
+    let team_pods = || s.items(&["pods", "-n", "team"]);
+    wait("3 pods in team", Duration::from_secs(30), || {
+        let p = team_pods();
+        (p.len() == 3 && p.iter().all(ready)).then_some(())
+    });
+
+    s.ok(&["delete", "namespace", "team"]);
+    // Terminating: nothing new may be created in it meanwhile.
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"late"}}"#,
+            &format!("http://{}/api/v1/namespaces/team/configmaps", s.addr),
+        ])
+        .output()
+        .unwrap();
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        body.contains("being terminated") || body.contains("not found"),
+        "{body}"
+    );
+    wait(
+        "the namespace and its content gone",
+        Duration::from_secs(60),
+        || {
+            let (exists, _, _) = s.skiff(&["get", "namespace", "team"]);
+            (!exists).then_some(())
+        },
+    );
+    for kind in [
+        "pods",
+        "deployments",
+        "replicasets",
+        "services",
+        "endpointslices",
+        "configmaps",
+    ] {
+        assert!(
+            s.items(&[kind, "-n", "team"]).is_empty(),
+            "{kind} left in team"
+        );
+    }
+}
