@@ -692,9 +692,13 @@ impl Registry {
             }
             let cur: R = decode(&kv)?;
             let grace = self.grace_period(&cur, opts);
+            // Kinds the garbage collector does not follow (nothing is
+            // owned by them) go as in the background.
+            let followed = !matches!(kind, Kind::Namespace | Kind::Node | Kind::Event);
             let finalizer = opts
                 .propagation
                 .finalizer()
+                .filter(|_| followed)
                 .filter(|f| !cur.meta().finalizers.iter().any(|x| x == f));
             let graceful = !cur.meta().finalizers.is_empty() || grace > 0 || finalizer.is_some();
             if graceful {

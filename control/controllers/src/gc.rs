@@ -317,8 +317,9 @@ async fn owner_state(
         });
     }
     let Some(kind) = Kind::from_name(&r.kind) else {
-        // A kind this server does not serve cannot exist here.
-        return Ok(OwnerState::Absent);
+        // A kind this server does not serve: what it means is unknown, so
+        // nothing is deleted on its account (Kubernetes waits too).
+        return Ok(OwnerState::Alive);
     };
     let ns = if kind.namespaced() {
         dep.namespace.as_str()
