@@ -243,6 +243,17 @@ pub fn unfit(c: &Candidate, n: &NodeInfo) -> Option<&'static str> {
     None
 }
 
+/// Whether a node update leaves everything the filters look at as it was.
+fn same_constraints(a: &NodeInfo, b: &NodeInfo) -> bool {
+    a.ready == b.ready
+        && a.unschedulable == b.unschedulable
+        && a.cpu_milli == b.cpu_milli
+        && a.memory == b.memory
+        && a.pods == b.pods
+        && a.labels == b.labels
+        && a.taints == b.taints
+}
+
 /// A cheap key for an owner uid (FNV-1a), computed once per decision.
 pub fn owner_key(uid: &str) -> u64 {
     uid.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
@@ -414,21 +425,30 @@ pub async fn run(client: Client, mut node_rx: Events<Node>, mut pod_rx: Events<P
             ev = node_rx.recv() => {
                 let Some(ev) = ev else { return };
                 let (_old, new) = s.node_store.apply(ev.clone());
+                // Parked pods are tried again only when a node could now
+                // take more (not on every status heartbeat).
+                let mut more_room = false;
                 match ev {
                     InformerEvent::Deleted(n) => { s.nodes.remove(n.name()); }
                     _ => if let Some(n) = new {
                         let mut info = node_info(&n);
-                        if let Some(prev) = s.nodes.get_mut(&info.name) {
-                            info.used = prev.used;
-                            info.used_pods = prev.used_pods;
-                            info.owners = std::mem::take(&mut prev.owners);
-                            info.residents = std::mem::take(&mut prev.residents);
-                            info.anti = std::mem::take(&mut prev.anti);
+                        match s.nodes.get_mut(&info.name) {
+                            Some(prev) => {
+                                more_room = !same_constraints(prev, &info);
+                                info.used = prev.used;
+                                info.used_pods = prev.used_pods;
+                                info.owners = std::mem::take(&mut prev.owners);
+                                info.residents = std::mem::take(&mut prev.residents);
+                                info.anti = std::mem::take(&mut prev.anti);
+                            }
+                            None => more_room = true,
                         }
                         s.nodes.insert(info.name.clone(), info);
                     }
                 }
-                s.unpark();
+                if more_room {
+                    s.unpark();
+                }
             }
             ev = pod_rx.recv() => {
                 let Some(ev) = ev else { return };
