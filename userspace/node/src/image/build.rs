@@ -205,7 +205,11 @@ pub fn demo_run_config() -> RunConfig {
         cmd: Some(vec![
             "sh".into(),
             "-c".into(),
-            "mkdir -p /www && echo \"hello from $(hostname)\" > /www/index.html && exec httpd -f -v -p 80 -h /www".into(),
+            // sh stays PID 1 with a TERM trap: httpd as PID 1 would ignore
+            // SIGTERM and every deletion would wait out its grace period.
+            "mkdir -p /www; echo \"hello from $(hostname)\" > /www/index.html; \
+             trap 'kill $pid; exit 0' TERM INT; httpd -f -v -p 80 -h /www & pid=$!; wait"
+                .into(),
         ]),
         ..busybox_run_config()
     }
