@@ -994,3 +994,64 @@ fn deleting_a_namespace_removes_everything_in_it() {
         );
     }
 }
+
+fn signal(p: &KillOnDrop, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &p.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+fn node_state(s: &Server, name: &str) -> (String, bool) {
+    let n = s.get(&["node", name]);
+    let ready = n["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Ready")
+        .map(|c| c["status"].as_str().unwrap_or("").to_string())
+        .unwrap_or_default();
+    let tainted = n["spec"]["taints"].as_array().is_some_and(|t| {
+        t.iter()
+            .any(|t| t["key"] == "node.kubernetes.io/unreachable")
+    });
+    (ready, tainted)
+}
+
+#[test]
+fn a_node_that_comes_back_is_untainted_and_its_pods_ready_again() {
+    let s = Server::start(&["--node-monitor-grace-period", "3"]);
+    let prefix = unique("c");
+    let machine = s.sim(&prefix, &["--count", "1", "--pods-running"]);
+    let node = format!("{prefix}-0");
+    s.apply(&deployment("back", 2, "demo:1", ""));
+    let before: BTreeSet<String> = wait_ready_pods(&s, "back", 2)
+        .iter()
+        .map(|p| name(p).to_string())
+        .collect();
+
+    // Frozen (no Lease renewals): unreachable, its pods not ready.
+    signal(&machine, "-STOP");
+    wait("the node unreachable", Duration::from_secs(30), || {
+        (node_state(&s, &node) == ("Unknown".to_string(), true)).then_some(())
+    });
+    wait("its pods not ready", Duration::from_secs(15), || {
+        live_pods(&s, "back")
+            .iter()
+            .all(|p| !ready(p))
+            .then_some(())
+    });
+
+    // Back: the taints go, the node and its pods are Ready again, and
+    // nothing was evicted (the default toleration is 300 s).
+    signal(&machine, "-CONT");
+    wait("the node back", Duration::from_secs(30), || {
+        (node_state(&s, &node) == ("True".to_string(), false)).then_some(())
+    });
+    let after: BTreeSet<String> = wait_ready_pods(&s, "back", 2)
+        .iter()
+        .map(|p| name(p).to_string())
+        .collect();
+    assert_eq!(before, after, "the same pods, not replacements");
+}

@@ -67,6 +67,7 @@ pub async fn nodes(client: &Client, args: SimNodesArgs) -> Result<()> {
         names.clone(),
         Duration::from_secs(args.heartbeat_seconds.max(1)),
     ));
+    let ready = tokio::spawn(keep_ready(client.clone(), names.iter().cloned().collect()));
     let pods = tokio::spawn(run_pods(client.clone(), cidrs, args.pods_running));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -74,6 +75,7 @@ pub async fn nodes(client: &Client, args: SimNodesArgs) -> Result<()> {
         _ = term.recv() => {}
     }
     heartbeat.abort();
+    ready.abort();
     pods.abort();
     if args.keep {
         return Ok(());
@@ -126,15 +128,7 @@ async fn register(client: &Client, name: &str, args: &SimNodesArgs) -> Result<No
     stored.status = Some(NodeStatus {
         capacity: resources.clone(),
         allocatable: resources,
-        conditions: vec![Condition {
-            r#type: "Ready".into(),
-            status: "True".into(),
-            last_heartbeat_time: Some(now),
-            last_transition_time: Some(now),
-            reason: "KubeletReady".into(),
-            message: "simulated node is ready".into(),
-            ..Default::default()
-        }],
+        conditions: vec![ready_condition(now)],
         addresses: vec![NodeAddress {
             r#type: "Hostname".into(),
             address: name.to_string(),
@@ -145,16 +139,26 @@ async fn register(client: &Client, name: &str, args: &SimNodesArgs) -> Result<No
         .update_status(&stored)
         .await
         .with_context(|| format!("node {name} status"))?;
-    renew(client, name).await?;
+    renew(client, name, None).await?;
     Ok(stored)
 }
 
-async fn renew(client: &Client, name: &str) -> Result<()> {
+/// Renews the node's Lease from `cached` (one write, as a kubelet does),
+/// or reads (or creates) it first when there is none or it changed.
+async fn renew(client: &Client, name: &str, cached: Option<Lease>) -> Result<Lease> {
     let now = Time::now();
+    if let Some(mut l) = cached {
+        l.spec.get_or_insert_with(Default::default).renew_time = Some(now);
+        match client.update(&l).await {
+            Ok(l) => return Ok(l),
+            Err(e) if e.is_conflict() || e.is_not_found() => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
     match client.get::<Lease>(LEASE_NAMESPACE, name).await {
         Ok(mut l) => {
             l.spec.get_or_insert_with(Default::default).renew_time = Some(now);
-            client.update(&l).await?;
+            Ok(client.update(&l).await?)
         }
         Err(e) if e.is_not_found() => {
             let l = Lease {
@@ -173,51 +177,72 @@ async fn renew(client: &Client, name: &str) -> Result<()> {
                     lease_transitions: Some(0),
                 }),
             };
-            client.create(&l).await?;
+            Ok(client.create(&l).await?)
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => Err(e.into()),
     }
-    Ok(())
 }
 
-/// Renews every Lease once per `every`, spread over the interval; a node
-/// whose Ready condition was taken away (it was cut off) reports Ready
-/// again, as a kubelet does.
+/// Renews every Lease once per `every`, spread over the interval.
 async fn heartbeats(client: Client, names: Vec<String>, every: Duration) {
     let gap = every / names.len().max(1) as u32;
     let mut tick = tokio::time::interval(gap.max(Duration::from_millis(1)));
+    let leases: Arc<Mutex<HashMap<String, Lease>>> = Arc::default();
     let mut i = 0;
     loop {
         tick.tick().await;
         let name = names[i % names.len()].clone();
         i += 1;
-        let client = client.clone();
+        let (client, leases) = (client.clone(), leases.clone());
         tokio::spawn(async move {
-            if let Err(e) = renew(&client, &name).await {
-                tracing::warn!(node = %name, "renewing the lease: {e}");
-            }
-            if let Ok(mut n) = client.get::<Node>("", &name).await {
-                let status = n.status.get_or_insert_with(Default::default);
-                let ready = status
-                    .conditions
-                    .iter()
-                    .any(|c| c.r#type == "Ready" && c.status == "True");
-                if !ready {
-                    let now = Time::now_seconds();
-                    status.conditions.retain(|c| c.r#type != "Ready");
-                    status.conditions.push(Condition {
-                        r#type: "Ready".into(),
-                        status: "True".into(),
-                        last_heartbeat_time: Some(now),
-                        last_transition_time: Some(now),
-                        reason: "KubeletReady".into(),
-                        message: "simulated node is ready".into(),
-                        ..Default::default()
-                    });
-                    let _ = client.update_status(&n).await;
+            let cached = leases.lock().expect("leases").remove(&name);
+            match renew(&client, &name, cached).await {
+                Ok(l) => {
+                    leases.lock().expect("leases").insert(name, l);
                 }
+                Err(e) => tracing::warn!(node = %name, "renewing the lease: {e}"),
             }
         });
+    }
+}
+
+/// A node of ours whose Ready condition was taken away (it was cut off)
+/// reports Ready again at once, as a kubelet does — from a watch, not by
+/// asking.
+async fn keep_ready(client: Client, ours: HashSet<String>) {
+    let params = ListParams::default().labels(&format!("{SIM_LABEL}=true"));
+    let (_cache, mut rx, _task) = Informer::<Node>::new(client.clone(), "", params).spawn();
+    while let Some(ev) = rx.recv().await {
+        let (InformerEvent::Added(mut n) | InformerEvent::Updated { new: mut n, .. }) = ev else {
+            continue;
+        };
+        if !ours.contains(n.name()) {
+            continue;
+        }
+        let status = n.status.get_or_insert_with(Default::default);
+        if status
+            .conditions
+            .iter()
+            .any(|c| c.r#type == "Ready" && c.status == "True")
+        {
+            continue;
+        }
+        let now = Time::now_seconds();
+        status.conditions.retain(|c| c.r#type != "Ready");
+        status.conditions.push(ready_condition(now));
+        let _ = client.update_status(&n).await;
+    }
+}
+
+fn ready_condition(now: Time) -> Condition {
+    Condition {
+        r#type: "Ready".into(),
+        status: "True".into(),
+        last_heartbeat_time: Some(now),
+        last_transition_time: Some(now),
+        reason: "KubeletReady".into(),
+        message: "simulated node is ready".into(),
+        ..Default::default()
     }
 }
 
