@@ -343,9 +343,10 @@ impl Registry {
 
     pub async fn create<R: Resource>(&self, mut obj: R) -> ApiResult<R> {
         let kind = R::KIND;
+        let generated = obj.meta().name.is_empty() && !obj.meta().generate_name.is_empty();
         {
             let meta = obj.meta_mut();
-            if meta.name.is_empty() && !meta.generate_name.is_empty() {
+            if generated {
                 meta.name = format!("{}{}", meta.generate_name, random_suffix());
             }
             if !kind.namespaced() {
@@ -382,8 +383,8 @@ impl Registry {
             }
         };
         crate::defaults::apply(&mut obj);
-        let obj = R::from_object(obj).expect("same kind");
-        let name = obj.name().to_string();
+        let mut obj = R::from_object(obj).expect("same kind");
+        let mut name = obj.name().to_string();
         let errors = obj.validate();
         if !errors.is_empty() {
             return Err(ApiError::invalid(kind, &name, errors));
@@ -396,7 +397,7 @@ impl Registry {
         } else {
             None
         };
-        let key = obj.key();
+        let mut key = obj.key();
         let (mut avoid_ips, mut avoid_ports) = (HashSet::new(), HashSet::new());
         for _ in 0..ATTEMPTS {
             let mut candidate = obj.clone();
@@ -421,7 +422,16 @@ impl Registry {
                 return Ok(candidate);
             }
             if r.current[0].is_some() {
-                return Err(ApiError::already_exists(kind, &name));
+                if !generated {
+                    return Err(ApiError::already_exists(kind, &name));
+                }
+                // A generated name that is taken: another suffix (five
+                // characters collide among thousands of pods of one owner).
+                let meta = obj.meta_mut();
+                meta.name = format!("{}{}", meta.generate_name, random_suffix());
+                name = meta.name.clone();
+                key = obj.key();
+                continue;
             }
             let claim_results = if let Some(rev) = ns_rev {
                 match &r.current[1] {

@@ -667,6 +667,68 @@ async fn finalizers_and_graceful_pod_deletion(s: TestServer) {
     assert_eq!(code, 200);
     assert_eq!(s.call("GET", &format!("{pods}/bound"), None).await.0, 404);
 
+    // Propagation policies mark the object with their finalizer (the
+    // garbage collector removes it); a bound pod whose finalizer goes still
+    // waits for its node.
+    let mut p = pod("fg", json!({}));
+    p["spec"]["nodeName"] = json!("node-1");
+    assert_eq!(s.call("POST", pods, Some(p)).await.0, 201);
+    let (code, marked) = s
+        .call(
+            "DELETE",
+            &format!("{pods}/fg?propagationPolicy=Foreground"),
+            None,
+        )
+        .await;
+    assert_eq!(code, 202);
+    assert_eq!(
+        marked["metadata"]["finalizers"],
+        json!(["foregroundDeletion"])
+    );
+    let unfinalize = json!({"metadata": {"finalizers": null}});
+    let (code, _) = s
+        .call("PATCH", &format!("{pods}/fg"), Some(unfinalize.clone()))
+        .await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        s.call("GET", &format!("{pods}/fg"), None).await.0,
+        200,
+        "the node has not confirmed yet"
+    );
+    let (code, _) = s
+        .call("DELETE", &format!("{pods}/fg?gracePeriodSeconds=0"), None)
+        .await;
+    assert_eq!(code, 200);
+    assert_eq!(s.call("GET", &format!("{pods}/fg"), None).await.0, 404);
+    assert_eq!(
+        s.call("POST", cms, Some(json!({"metadata": {"name": "orph"}})))
+            .await
+            .0,
+        201
+    );
+    let (code, marked) = s
+        .call(
+            "DELETE",
+            &format!("{cms}/orph"),
+            Some(json!({"propagationPolicy": "Orphan"})),
+        )
+        .await;
+    assert_eq!(code, 202);
+    assert_eq!(marked["metadata"]["finalizers"], json!(["orphan"]));
+    let (code, _) = s
+        .call("PATCH", &format!("{cms}/orph"), Some(unfinalize))
+        .await;
+    assert_eq!(code, 200);
+    assert_eq!(s.call("GET", &format!("{cms}/orph"), None).await.0, 404);
+    let (code, err) = s
+        .call(
+            "DELETE",
+            &format!("{cms}/x?propagationPolicy=Sideways"),
+            None,
+        )
+        .await;
+    assert_eq!(code, 400, "{err}");
+
     // A namespace goes with its content.
     assert_eq!(
         s.call(

@@ -14,7 +14,7 @@ use skiff_api::v1::{
 use skiff_api::{EndpointSlice, Pod, Resource, Service};
 use skiff_client::{Client, InformerEvent, ListParams};
 
-use crate::informers::Events;
+use crate::informers::{Events, drain};
 use crate::pods::{self, owner_ref};
 use crate::queue::Queue;
 use crate::store::Store;
@@ -276,20 +276,7 @@ pub async fn run(
             }
             ev = pod_rx.recv() => {
                 let Some(ev) = ev else { return };
-                let (old, new) = c.pods.apply(ev);
-                // Services selecting the pod before or after the change.
-                let mut keys = BTreeSet::new();
-                for p in [old.as_ref(), new.as_ref()].into_iter().flatten() {
-                    let labels = p.metadata.as_ref().map(|m| m.labels.clone()).unwrap_or_default();
-                    for s in c.services.in_namespace(p.namespace()) {
-                        if service_selector(s).is_some_and(|sel| sel.matches(&labels)) {
-                            keys.insert((s.namespace().to_string(), s.name().to_string()));
-                        }
-                    }
-                }
-                for k in keys {
-                    c.queue.add(k);
-                }
+                c.on_pod(ev);
             }
             ev = sl_rx.recv() => {
                 let Some(ev) = ev else { return };
@@ -300,6 +287,7 @@ pub async fn run(
             }
             k = c.queue.next_retry() => if let Some(k) = k { c.queue.add(k) },
         }
+        drain(&mut pod_rx, |ev| c.on_pod(ev));
         if c.services.synced() && c.pods.synced() && c.slices.synced() {
             while let Some(k) = c.queue.pop() {
                 match c.sync(&k).await {
@@ -315,6 +303,25 @@ pub async fn run(
 }
 
 impl Controller {
+    /// Queues the services selecting the pod before or after the change.
+    fn on_pod(&mut self, ev: InformerEvent<Pod>) {
+        let (old, new) = self.pods.apply(ev);
+        let mut keys = BTreeSet::new();
+        for p in [old.as_ref(), new.as_ref()].into_iter().flatten() {
+            let Some(labels) = p.metadata.as_ref().map(|m| &m.labels) else {
+                continue;
+            };
+            for s in self.services.in_namespace(p.namespace()) {
+                if service_selector(s).is_some_and(|sel| sel.matches(labels)) {
+                    keys.insert((s.namespace().to_string(), s.name().to_string()));
+                }
+            }
+        }
+        for k in keys {
+            self.queue.add(k);
+        }
+    }
+
     /// Takes a slice event (from the watch, or our own write, so the next
     /// sync sees what we wrote even before the watch does); returns the
     /// service it belongs to.
@@ -361,14 +368,7 @@ impl Controller {
         let selected: Vec<&Pod> = self
             .pods
             .in_namespace(&k.0)
-            .filter(|p| {
-                sel.matches(
-                    &p.metadata
-                        .as_ref()
-                        .map(|m| m.labels.clone())
-                        .unwrap_or_default(),
-                )
-            })
+            .filter(|p| p.metadata.as_ref().is_some_and(|m| sel.matches(&m.labels)))
             .collect();
         let slices: Vec<&EndpointSlice> = existing.iter().collect();
         let changes = reconcile(&svc, &selected, &slices);

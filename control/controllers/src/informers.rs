@@ -57,6 +57,17 @@ impl Drop for Abort {
     }
 }
 
+/// Takes what else has already arrived (up to a bound), so a burst of
+/// events becomes one sync per key instead of one per event.
+pub fn drain<R>(rx: &mut Events<R>, mut f: impl FnMut(InformerEvent<R>)) {
+    for _ in 0..4096 {
+        match rx.try_recv() {
+            Ok(ev) => f(ev),
+            Err(_) => return,
+        }
+    }
+}
+
 /// Subscriptions are taken first, then `start` runs one informer per
 /// distinct (kind, namespace, selectors).
 pub struct Informers {

@@ -12,7 +12,7 @@ use skiff_api::{Pod, ReplicaSet, Resource};
 use skiff_client::{Client, InformerEvent};
 
 use crate::events::{NORMAL, Recorder, WARNING};
-use crate::informers::Events;
+use crate::informers::{Events, drain};
 use crate::pods::{self, active, controller_of, owner_ref, ready};
 use crate::queue::Queue;
 use crate::store::Store;
@@ -177,6 +177,8 @@ pub async fn run(client: Client, mut rs_rx: Events<ReplicaSet>, mut pod_rx: Even
             },
             k = c.queue.next_retry() => if let Some(k) = k { c.queue.add(k) },
         }
+        drain(&mut rs_rx, |ev| c.on_rs(ev));
+        drain(&mut pod_rx, |ev| c.on_pod(ev));
         if c.rss.synced() && c.pods.synced() {
             while let Some(k) = c.queue.pop() {
                 match c.sync(&k).await {
@@ -274,28 +276,33 @@ impl Controller {
         }
         let rs_uid = uid(&rs);
         self.adopt_orphans(&rs).await?;
-        let owned: Vec<Pod> = self
-            .owned
-            .get(&rs_uid)
-            .into_iter()
-            .flatten()
-            .filter_map(|(ns, n)| self.pods.get(ns, n).cloned())
-            .collect();
-        let owned_refs: Vec<&Pod> = owned.iter().collect();
         let satisfied = match self.expect.get(key) {
             None => true,
             Some(e) => (e.adds <= 0 && e.dels <= 0) || e.since.elapsed() > EXPECTATION_TIMEOUT,
         };
-        if satisfied {
+        // Borrowed from our copy, never cloned: a sync costs O(its pods).
+        let (work, st) = {
+            let owned_refs: Vec<&Pod> = self
+                .owned
+                .get(&rs_uid)
+                .into_iter()
+                .flatten()
+                .filter_map(|(ns, n)| self.pods.get(ns, n))
+                .collect();
+            let work = satisfied.then(|| {
+                let desired = rs
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.replicas)
+                    .unwrap_or(1)
+                    .max(0) as usize;
+                let act: Vec<&Pod> = owned_refs.iter().copied().filter(|p| active(p)).collect();
+                plan(desired, &act)
+            });
+            (work, status(&rs, &owned_refs))
+        };
+        if let Some(p) = work {
             self.expect.remove(key);
-            let desired = rs
-                .spec
-                .as_ref()
-                .and_then(|s| s.replicas)
-                .unwrap_or(1)
-                .max(0) as usize;
-            let act: Vec<&Pod> = owned_refs.iter().copied().filter(|p| active(p)).collect();
-            let p = plan(desired, &act);
             if p.create > 0 || !p.delete.is_empty() {
                 self.expect.insert(
                     key.clone(),
@@ -308,7 +315,6 @@ impl Controller {
                 self.execute(&rs, p).await?;
             }
         }
-        let st = status(&rs, &owned_refs);
         if rs.status.as_ref() != Some(&st) {
             let mut updated = rs.clone();
             updated.status = Some(st);
@@ -398,8 +404,9 @@ impl Controller {
             .pods
             .in_namespace(rs.namespace())
             .filter(|p| {
-                let m = p.metadata.clone().unwrap_or_default();
-                controller_of(&m.owner_references).is_none() && active(p) && sel.matches(&m.labels)
+                p.metadata.as_ref().is_some_and(|m| {
+                    controller_of(&m.owner_references).is_none() && sel.matches(&m.labels)
+                }) && active(p)
             })
             .cloned()
             .collect();
