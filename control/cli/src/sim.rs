@@ -250,6 +250,8 @@ fn ready_condition(now: Time) -> Condition {
 /// 198.18.0.0/15 (the benchmarking range) when the node has none.
 struct Addresses {
     next: HashMap<String, u32>,
+    /// Addresses of deleted pods, per node, handed out again first.
+    free: HashMap<String, Vec<Ipv4Addr>>,
     cidrs: HashMap<String, (u32, u32)>,
     spare: u32,
 }
@@ -267,12 +269,20 @@ impl Addresses {
             .collect();
         Addresses {
             next: HashMap::new(),
+            free: HashMap::new(),
             cidrs: parsed,
             spare: 0,
         }
     }
 
+    fn give_back(&mut self, node: &str, ip: Ipv4Addr) {
+        self.free.entry(node.to_string()).or_default().push(ip);
+    }
+
     fn take(&mut self, node: &str) -> Ipv4Addr {
+        if let Some(ip) = self.free.get_mut(node).and_then(Vec::pop) {
+            return ip;
+        }
         if let Some((base, size)) = self.cidrs.get(node) {
             let n = self.next.entry(node.to_string()).or_insert(2);
             if *n + 1 < *size {
@@ -354,12 +364,15 @@ async fn run_pods(client: Client, cidrs: HashMap<String, String>, running: bool)
     let (_cache, mut rx, _task) =
         Informer::<Pod>::new(client.clone(), "", ListParams::default()).spawn();
     let limit = Arc::new(tokio::sync::Semaphore::new(PARALLEL));
-    let mut ips: HashMap<String, Ipv4Addr> = HashMap::new();
+    // Pod uid → (node, address).
+    let mut ips: HashMap<String, (String, Ipv4Addr)> = HashMap::new();
     while let Some(ev) = rx.recv().await {
         let pod = match ev {
             InformerEvent::Added(p) | InformerEvent::Updated { new: p, .. } => p,
             InformerEvent::Deleted(p) => {
-                ips.remove(&p.meta().uid);
+                if let Some((node, ip)) = ips.remove(&p.meta().uid) {
+                    addresses.lock().expect("addresses").give_back(&node, ip);
+                }
                 continue;
             }
             InformerEvent::Synced => continue,
@@ -372,9 +385,9 @@ async fn run_pods(client: Client, cidrs: HashMap<String, String>, running: bool)
         if !ours.contains(&node) {
             continue;
         }
-        let permit = limit.clone().acquire_owned().await;
         let client = client.clone();
         if pod.meta().deletion_timestamp.is_some() {
+            let permit = limit.clone().acquire_owned().await;
             tokio::spawn(async move {
                 let _permit = permit;
                 let _ = client
@@ -386,9 +399,14 @@ async fn run_pods(client: Client, cidrs: HashMap<String, String>, running: bool)
         if !running || !needs_running(&pod) {
             continue;
         }
-        let ip = *ips
+        let ip = ips
             .entry(pod.meta().uid.clone())
-            .or_insert_with(|| addresses.lock().expect("addresses").take(&node));
+            .or_insert_with(|| {
+                let ip = addresses.lock().expect("addresses").take(&node);
+                (node.clone(), ip)
+            })
+            .1;
+        let permit = limit.clone().acquire_owned().await;
         tokio::spawn(async move {
             let _permit = permit;
             let mut p = pod;
@@ -400,5 +418,24 @@ async fn run_pods(client: Client, cidrs: HashMap<String, String>, running: bool)
                 tracing::warn!(pod = %p.name(), "simulated status: {e}");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_addresses_come_from_the_node_and_are_reused() {
+        let mut a = Addresses::new([("n".to_string(), "10.0.0.0/29".to_string())].into());
+        let first: Vec<Ipv4Addr> = (0..5).map(|_| a.take("n")).collect();
+        let want: Vec<Ipv4Addr> = (2..7).map(|h| Ipv4Addr::new(10, 0, 0, h)).collect();
+        assert_eq!(first, want, "hosts .2 to .6 of the /29");
+        // The range is used up: the benchmarking range, never another node's.
+        assert_eq!(a.take("n"), Ipv4Addr::new(198, 18, 0, 1));
+        a.give_back("n", Ipv4Addr::new(10, 0, 0, 4));
+        assert_eq!(a.take("n"), Ipv4Addr::new(10, 0, 0, 4));
+        // A node without a podCIDR.
+        assert_eq!(a.take("other"), Ipv4Addr::new(198, 18, 0, 2));
     }
 }
