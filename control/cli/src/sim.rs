@@ -17,8 +17,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use futures::StreamExt;
 use skiff_api::v1::{
-    Condition, ContainerState, ContainerStateRunning, ContainerStatus, LeaseSpec, NodeAddress,
-    NodeSpec, NodeStatus, ObjectMeta, PodIp, PodStatus, Quantity, Time,
+    Condition, ContainerState, ContainerStateRunning, ContainerStatus, NodeAddress, NodeSpec,
+    NodeStatus, ObjectMeta, PodIp, PodStatus, Quantity, Time,
 };
 use skiff_api::{Lease, Node, ParsedQuantity, Pod, Resource};
 use skiff_client::{Client, Informer, InformerEvent, ListParams};
@@ -26,7 +26,7 @@ use skiff_client::{Client, Informer, InformerEvent, ListParams};
 use crate::args::SimNodesArgs;
 
 pub const SIM_LABEL: &str = "skiff.io/simulated";
-const LEASE_NAMESPACE: &str = "kube-node-lease";
+use skiff_node::register::LEASE_NAMESPACE;
 /// Updates in flight at once (node creation, lease renewals, pod status).
 const PARALLEL: usize = 32;
 
@@ -160,25 +160,9 @@ async fn renew(client: &Client, name: &str, cached: Option<Lease>) -> Result<Lea
             l.spec.get_or_insert_with(Default::default).renew_time = Some(now);
             Ok(client.update(&l).await?)
         }
-        Err(e) if e.is_not_found() => {
-            let l = Lease {
-                api_version: "coordination.k8s.io/v1".into(),
-                kind: "Lease".into(),
-                metadata: Some(ObjectMeta {
-                    name: name.to_string(),
-                    namespace: LEASE_NAMESPACE.into(),
-                    ..Default::default()
-                }),
-                spec: Some(LeaseSpec {
-                    holder_identity: Some(name.to_string()),
-                    lease_duration_seconds: Some(40),
-                    acquire_time: Some(now),
-                    renew_time: Some(now),
-                    lease_transitions: Some(0),
-                }),
-            };
-            Ok(client.create(&l).await?)
-        }
+        Err(e) if e.is_not_found() => Ok(client
+            .create(&skiff_node::register::new_lease(name, now))
+            .await?),
         Err(e) => Err(e.into()),
     }
 }

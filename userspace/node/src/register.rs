@@ -140,6 +140,26 @@ pub async fn update_status(client: &Client, mut node: Node, id: &Identity) -> Re
     Ok(client.update_status(&node).await?)
 }
 
+/// A node's heartbeat Lease as first created (also for simulated nodes).
+pub fn new_lease(name: &str, now: Time) -> Lease {
+    Lease {
+        api_version: "coordination.k8s.io/v1".into(),
+        kind: "Lease".into(),
+        metadata: Some(ObjectMeta {
+            name: name.to_string(),
+            namespace: LEASE_NAMESPACE.into(),
+            ..Default::default()
+        }),
+        spec: Some(LeaseSpec {
+            holder_identity: Some(name.to_string()),
+            lease_duration_seconds: Some(LEASE_SECONDS),
+            acquire_time: Some(now),
+            renew_time: Some(now),
+            lease_transitions: Some(0),
+        }),
+    }
+}
+
 /// Renews the node's Lease: creates it when missing.
 pub async fn renew_lease(client: &Client, name: &str) -> Result<()> {
     let now = Time::now();
@@ -152,23 +172,7 @@ pub async fn renew_lease(client: &Client, name: &str) -> Result<()> {
             client.update(&lease).await?;
         }
         Err(e) if e.is_not_found() => {
-            let lease = Lease {
-                api_version: "coordination.k8s.io/v1".into(),
-                kind: "Lease".into(),
-                metadata: Some(ObjectMeta {
-                    name: name.to_string(),
-                    namespace: LEASE_NAMESPACE.into(),
-                    ..Default::default()
-                }),
-                spec: Some(LeaseSpec {
-                    holder_identity: Some(name.to_string()),
-                    lease_duration_seconds: Some(LEASE_SECONDS),
-                    acquire_time: Some(now),
-                    renew_time: Some(now),
-                    lease_transitions: Some(0),
-                }),
-            };
-            client.create(&lease).await?;
+            client.create(&new_lease(name, now)).await?;
         }
         Err(e) => return Err(e.into()),
     }

@@ -47,9 +47,19 @@ pub(crate) fn build_skiff(quick: bool) -> Result<PathBuf> {
 }
 
 pub(crate) fn start_server(
-    bin: &PathBuf,
+    bin: &std::path::Path,
     data: &std::path::Path,
     store: Option<&str>,
+) -> Result<(KillOnDrop, String)> {
+    start_server_with(bin, data, store, &[])
+}
+
+/// `start_server` with more `skiff server` flags.
+pub(crate) fn start_server_with(
+    bin: &std::path::Path,
+    data: &std::path::Path,
+    store: Option<&str>,
+    flags: &[&str],
 ) -> Result<(KillOnDrop, String)> {
     let addr = format!("127.0.0.1:{}", free_port());
     let mut cmd = Command::new(bin);
@@ -67,6 +77,7 @@ pub(crate) fn start_server(
     if let Some(s) = store {
         cmd.args(["--store", s]);
     }
+    cmd.args(flags);
     let child = KillOnDrop(cmd.spawn().context("start skiff server")?);
     if !wait_http_ok(&addr, "/readyz", Duration::from_secs(30)) {
         bail!("skiff server on {addr} did not become ready");

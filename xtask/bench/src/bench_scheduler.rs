@@ -24,9 +24,9 @@ use skiff_api::v1::{
 };
 use skiff_api::{Node, ObjectMeta, ParsedQuantity, Pod, Resource};
 use skiff_client::{Client, ListParams, WatchEvent};
-use skiff_testkit::{KillOnDrop, free_port, wait_http_ok};
+use skiff_testkit::KillOnDrop;
 
-use crate::bench_api::build_skiff;
+use crate::bench_api::{build_skiff, start_server_with};
 use crate::benchkit::{machine, percentile, rerun_in_release, write_json};
 
 const NS: &str = "bench";
@@ -49,32 +49,19 @@ struct Outcome {
 }
 
 fn server(bin: &Path, data: &Path, binder: Binder) -> Result<(KillOnDrop, String)> {
-    let addr = format!("127.0.0.1:{}", free_port());
-    let mut cmd = Command::new(bin);
-    cmd.args([
-        "server",
-        "--no-client-config",
-        "--listen",
-        &addr,
-        "--data-dir",
-    ])
-    .arg(data)
-    // The simulated nodes renew their Leases once a minute here (10k
-    // renewals/min at 5k nodes would be the load of another benchmark).
-    .args(["--node-monitor-grace-period", "600"])
-    // A pod network with room for a podCIDR per node at 5,000 nodes.
-    .args(["--cluster-cidr", "100.64.0.0/10"])
-    .env("SKIFF_LOG", "warn")
-    .stdout(Stdio::null())
-    .stderr(Stdio::inherit());
+    let mut flags = vec![
+        // The simulated nodes renew their Leases once a minute here (10k
+        // renewals/min at 5k nodes would be the load of another benchmark).
+        "--node-monitor-grace-period",
+        "600",
+        // A pod network with room for a podCIDR per node at 5,000 nodes.
+        "--cluster-cidr",
+        "100.64.0.0/10",
+    ];
     if binder == Binder::NaiveFirstFit {
-        cmd.arg("--no-controllers");
+        flags.push("--no-controllers");
     }
-    let child = KillOnDrop(cmd.spawn().context("start skiff server")?);
-    if !wait_http_ok(&addr, "/readyz", Duration::from_secs(30)) {
-        bail!("skiff server on {addr} did not become ready");
-    }
-    Ok((child, format!("http://{addr}")))
+    start_server_with(bin, data, None, &flags)
 }
 
 fn sim(bin: &Path, url: &str, nodes: usize) -> Result<KillOnDrop> {
