@@ -388,7 +388,14 @@ fn deployment_scales_replaces_rolls_out_and_undoes() {
         (d["status"]["availableReplicas"] == 4 && d["status"]["updatedReplicas"] == 4).then_some(())
     });
     let rec = s.record_pods("app%3Dweb");
-    s.apply(&deployment("web", 4, "demo:2", ""));
+    let annotated = |image: &str, cause: &str| {
+        deployment("web", 4, image, "").replacen(
+            "  name: web\n",
+            &format!("  name: web\n  annotations: {{kubernetes.io/change-cause: \"{cause}\"}}\n"),
+            1,
+        )
+    };
+    s.apply(&annotated("demo:2", "image demo:2"));
     let out = s.ok(&["rollout", "status", "deployment/web", "--timeout", "60"]);
     assert!(
         out.contains("deployment \"web\" successfully rolled out"),
@@ -421,12 +428,12 @@ fn deployment_scales_replaces_rolls_out_and_undoes() {
 
     // History and undo.
     let history = s.ok(&["rollout", "history", "deployment/web"]);
-    let revisions: Vec<&str> = history
-        .lines()
-        .skip(2)
-        .filter_map(|l| l.split_whitespace().next())
-        .collect();
-    assert_eq!(revisions, ["1", "2"], "{history}");
+    let lines: Vec<&str> = history.lines().skip(2).map(str::trim_end).collect();
+    assert_eq!(
+        lines,
+        ["1         <none>", "2         image demo:2"],
+        "{history}"
+    );
     assert_eq!(
         s.ok(&["rollout", "undo", "deployment/web"]).trim(),
         "deployment.apps/web rolled back"
@@ -443,14 +450,10 @@ fn deployment_scales_replaces_rolls_out_and_undoes() {
             .all(|p| p["spec"]["containers"][0]["image"] == "demo:1")
     );
     let history = s.ok(&["rollout", "history", "deployment/web"]);
-    let revisions: Vec<&str> = history
-        .lines()
-        .skip(2)
-        .filter_map(|l| l.split_whitespace().next())
-        .collect();
+    let lines: Vec<&str> = history.lines().skip(2).map(str::trim_end).collect();
     assert_eq!(
-        revisions,
-        ["2", "3"],
+        lines,
+        ["2         image demo:2", "3         <none>"],
         "revision 1 came back as 3: {history}"
     );
 
@@ -468,6 +471,43 @@ fn deployment_scales_replaces_rolls_out_and_undoes() {
         "{}",
         after[0]
     );
+
+    // Paused: a template change is recorded but rolls out only on resume.
+    assert_eq!(
+        s.ok(&["rollout", "pause", "deployment/web"]).trim(),
+        "deployment.apps/web paused"
+    );
+    let replicasets = s.items(&["replicasets", "-l", "app=web"]).len();
+    s.apply(&annotated("demo:3", "image demo:3"));
+    wait(
+        "the paused change observed",
+        Duration::from_secs(30),
+        || {
+            let d = s.get(&["deployment", "web"]);
+            (d["status"]["observedGeneration"] == d["metadata"]["generation"]).then_some(())
+        },
+    );
+    assert_eq!(
+        s.items(&["replicasets", "-l", "app=web"]).len(),
+        replicasets
+    );
+    assert!(
+        live_pods(&s, "web")
+            .iter()
+            .all(|p| p["spec"]["containers"][0]["image"] == "demo:1")
+    );
+    assert_eq!(
+        s.ok(&["rollout", "resume", "deployment/web"]).trim(),
+        "deployment.apps/web resumed"
+    );
+    s.ok(&["rollout", "status", "deployment/web", "--timeout", "60"]);
+    let pods = wait_ready_pods(&s, "web", 4);
+    assert!(
+        pods.iter()
+            .all(|p| p["spec"]["containers"][0]["image"] == "demo:3")
+    );
+    let history = s.ok(&["rollout", "history", "deployment/web"]);
+    assert!(history.trim_end().ends_with("image demo:3"), "{history}");
 }
 
 #[test]

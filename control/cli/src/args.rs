@@ -198,6 +198,16 @@ pub enum RolloutCommand {
         #[arg(required = true, num_args = 1..=2)]
         target: Vec<String>,
     },
+    /// Hold rollouts: template changes wait until `resume`
+    Pause {
+        #[arg(required = true, num_args = 1..=2)]
+        target: Vec<String>,
+    },
+    /// Let a paused Deployment roll out again
+    Resume {
+        #[arg(required = true, num_args = 1..=2)]
+        target: Vec<String>,
+    },
 }
 
 #[derive(Debug, Args)]

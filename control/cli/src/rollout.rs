@@ -101,6 +101,14 @@ pub async fn rollout(client: &Client, namespace: Option<&str>, cmd: RolloutComma
             let (_, name) = target_deployment(&target)?;
             restart(client, &ns, &name).await
         }
+        RolloutCommand::Pause { target } => {
+            let (_, name) = target_deployment(&target)?;
+            set_paused(client, &ns, &name, true).await
+        }
+        RolloutCommand::Resume { target } => {
+            let (_, name) = target_deployment(&target)?;
+            set_paused(client, &ns, &name, false).await
+        }
     }
 }
 
@@ -286,6 +294,13 @@ async fn undo(client: &Client, ns: &str, name: &str, to: Option<i64>) -> Result<
             }
         };
         let template = deployment_template(target);
+        // The revision's change cause comes back with it (as kubectl does).
+        let cause = target.meta().annotations.get(CHANGE_CAUSE).cloned();
+        let annotations = &mut d.meta_mut().annotations;
+        match cause {
+            Some(c) => annotations.insert(CHANGE_CAUSE.into(), c),
+            None => annotations.remove(CHANGE_CAUSE),
+        };
         let spec = d.spec.get_or_insert_with(Default::default);
         if spec.template.as_ref() == Some(&template) {
             println!(
@@ -298,6 +313,27 @@ async fn undo(client: &Client, ns: &str, name: &str, to: Option<i64>) -> Result<
         match client.update(&d).await {
             Ok(_) => {
                 println!("deployment.apps/{name} rolled back");
+                return Ok(());
+            }
+            Err(e) if e.is_conflict() => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+async fn set_paused(client: &Client, ns: &str, name: &str, paused: bool) -> Result<()> {
+    let word = if paused { "paused" } else { "resumed" };
+    loop {
+        let mut d = client.get::<Deployment>(ns, name).await?;
+        let spec = d.spec.get_or_insert_with(Default::default);
+        if spec.paused == paused {
+            let state = if paused { "paused" } else { "not paused" };
+            bail!("deployment.apps/{name} is already {state}");
+        }
+        spec.paused = paused;
+        match client.update(&d).await {
+            Ok(_) => {
+                println!("deployment.apps/{name} {word}");
                 return Ok(());
             }
             Err(e) if e.is_conflict() => continue,

@@ -21,6 +21,14 @@ use crate::store::Store;
 
 pub const HASH_LABEL: &str = "pod-template-hash";
 pub const REVISION: &str = "deployment.kubernetes.io/revision";
+/// What `rollout history` shows for a revision; set on the Deployment
+/// (`kubectl annotate ... kubernetes.io/change-cause=...`), carried by its
+/// newest ReplicaSet.
+pub const CHANGE_CAUSE: &str = "kubernetes.io/change-cause";
+
+fn change_cause<R: Resource>(r: &R) -> Option<&String> {
+    r.meta().annotations.get(CHANGE_CAUSE)
+}
 
 type Key = (String, String);
 
@@ -166,7 +174,14 @@ pub fn new_replicaset(d: &Deployment, hash: &str, replicas: i32, rev: i64) -> Re
             name: format!("{}-{hash}", meta.name),
             namespace: meta.namespace.clone(),
             labels,
-            annotations: [(REVISION.to_string(), rev.to_string())].into(),
+            annotations: [(REVISION.to_string(), rev.to_string())]
+                .into_iter()
+                .chain(
+                    meta.annotations
+                        .get(CHANGE_CAUSE)
+                        .map(|c| (CHANGE_CAUSE.to_string(), c.clone())),
+                )
+                .collect(),
             owner_references: vec![owner_ref("Deployment", "apps/v1", &meta.name, &meta.uid)],
             ..Default::default()
         }),
@@ -403,6 +418,17 @@ impl Controller {
                                 top + 1
                             ),
                         );
+                        return Ok(());
+                    }
+                    // The change cause annotated after the rollout began.
+                    if let Some(cause) = change_cause(&d)
+                        && change_cause(&n) != Some(cause)
+                    {
+                        let mut u = n.clone();
+                        u.meta_mut()
+                            .annotations
+                            .insert(CHANGE_CAUSE.into(), cause.clone());
+                        self.client.update(&u).await?;
                         return Ok(());
                     }
                     n
