@@ -37,8 +37,12 @@ fn unique() -> String {
     )
 }
 
-/// A /24 of 10.128.0.0/9 no route of this host uses yet.
+/// A /24 of 10.128.0.0/9 no route of this host uses yet, and never one
+/// handed out before in this process: tests start clusters in parallel,
+/// before either has a route, so the routes alone cannot tell them apart.
 pub fn free_pod_cidr() -> String {
+    static TAKEN: std::sync::Mutex<std::collections::BTreeSet<u32>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
     let routes = Command::new("ip")
         .args(["-4", "route", "show"])
         .output()
@@ -48,11 +52,13 @@ pub fn free_pod_cidr() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0)
-        ^ std::process::id().rotate_left(16);
-    for i in 0..1000u32 {
+        ^ std::process::id();
+    let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
+    for i in 0..32768u32 {
         let n = (seed.wrapping_mul(2_654_435_761).wrapping_add(i * 7919)) % 32768;
         let net = format!("10.{}.{}.", 128 + n / 256, n % 256);
-        if !routes.contains(&net) {
+        if !taken.contains(&n) && !routes.contains(&net) {
+            taken.insert(n);
             return format!("{net}0/24");
         }
     }
