@@ -348,10 +348,11 @@ impl Controller {
         rs: &ReplicaSet,
         n: i32,
     ) -> anyhow::Result<()> {
-        let was = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
-        if rs.spec.as_ref().and_then(|s| s.replicas) == Some(n) {
+        let current = rs.spec.as_ref().and_then(|s| s.replicas);
+        if current == Some(n) {
             return Ok(());
         }
+        let was = current.unwrap_or(0);
         let mut u = rs.clone();
         u.spec.get_or_insert_with(Default::default).replicas = Some(n);
         let written = self.client.update(&u).await?;

@@ -20,6 +20,7 @@ use skiff_api::{
 use skiff_client::{Client, InformerEvent};
 use tokio::sync::mpsc;
 
+use crate::AbortOnDrop;
 use crate::informers::{Events, Informers};
 use crate::queue::Queue;
 
@@ -138,13 +139,6 @@ fn watch<R: Resource>(mut rx: Events<R>, tx: mpsc::Sender<Change>) -> tokio::tas
             }
         }
     })
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// The kinds whose objects can own or be owned.

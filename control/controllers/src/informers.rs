@@ -36,7 +36,7 @@ impl<R: Resource> Start for Fanout<R> {
         tokio::spawn(async move {
             // Ends (and drops the informer's receiver, which ends it)
             // when aborted with the loops.
-            let _informer = Abort(informer);
+            let _informer = crate::AbortOnDrop(informer);
             while let Some(ev) = rx.recv().await {
                 for s in &subscribers {
                     let _ = s.send(ev.clone());
@@ -47,13 +47,6 @@ impl<R: Resource> Start for Fanout<R> {
 
     fn as_any(&mut self) -> &mut dyn Any {
         self
-    }
-}
-
-struct Abort(JoinHandle<()>);
-impl Drop for Abort {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

@@ -86,15 +86,7 @@ where
     F: Fn(Client) -> Vec<tokio::task::JoinHandle<()>>,
 {
     // Dropping this future (the task aborted) stops what it started.
-    struct Started(Vec<tokio::task::JoinHandle<()>>);
-    impl Drop for Started {
-        fn drop(&mut self) {
-            for t in &self.0 {
-                t.abort();
-            }
-        }
-    }
-    let mut running: Option<Started> = None;
+    let mut running: Option<Vec<crate::AbortOnDrop>> = None;
     let mut last_ok = std::time::Instant::now();
     loop {
         let held = match try_acquire(&client, &me).await {
@@ -113,7 +105,12 @@ where
         match (held, running.is_some()) {
             (true, false) => {
                 tracing::info!(identity = %me, "leading: starting the controllers and scheduler");
-                running = Some(Started(start(client.clone())));
+                running = Some(
+                    start(client.clone())
+                        .into_iter()
+                        .map(crate::AbortOnDrop)
+                        .collect(),
+                );
             }
             (false, true) => {
                 tracing::warn!(identity = %me, "lost the lease: stopping the controllers and scheduler");

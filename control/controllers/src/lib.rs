@@ -58,6 +58,16 @@ pub async fn run_elected(client: Client, identity: String, cfg: Config) {
     leader::run_elected(client, identity, move |c| start(c, cfg)).await
 }
 
+/// A task that is aborted when this handle is dropped (a loop that stops
+/// takes its helpers with it).
+pub(crate) struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Logs a failed sync: a conflict is routine (another writer got there
 /// first; the watch brings the newer object and the key is synced again),
 /// anything else is worth a warning.

@@ -317,7 +317,6 @@ impl Controller {
                         "NodeReachable",
                         "Node is renewing its lease again",
                     ),
-                    Err(e) if e.is_conflict() => return Err(e.into()),
                     Err(e) if e.is_not_found() => {}
                     Err(e) => return Err(e.into()),
                 }
