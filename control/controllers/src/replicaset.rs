@@ -73,6 +73,8 @@ pub fn plan(desired: usize, owned_active: &[&Pod]) -> Plan {
     }
 }
 
+/// The status of a ReplicaSet from its pods (this controller's own
+/// creations and deletions included).
 pub fn status(rs: &ReplicaSet, owned: &[&Pod]) -> ReplicaSetStatus {
     let act: Vec<&&Pod> = owned.iter().filter(|p| active(p)).collect();
     let labels = rs
@@ -83,6 +85,10 @@ pub fn status(rs: &ReplicaSet, owned: &[&Pod]) -> ReplicaSetStatus {
         .map(|m| m.labels.clone())
         .unwrap_or_default();
     let ready_n = act.iter().filter(|p| ready(p)).count() as i32;
+    let terminating = owned
+        .iter()
+        .filter(|p| pods::terminating(p) && !pods::finished(p))
+        .count() as i32;
     ReplicaSetStatus {
         replicas: act.len() as i32,
         fully_labeled_replicas: act
@@ -100,6 +106,7 @@ pub fn status(rs: &ReplicaSet, owned: &[&Pod]) -> ReplicaSetStatus {
         available_replicas: ready_n,
         observed_generation: rs.metadata.as_ref().map(|m| m.generation).unwrap_or(0),
         conditions: vec![],
+        terminating_replicas: Some(terminating),
     }
 }
 
@@ -280,27 +287,30 @@ impl Controller {
             None => true,
             Some(e) => (e.adds <= 0 && e.dels <= 0) || e.since.elapsed() > EXPECTATION_TIMEOUT,
         };
-        // Borrowed from our copy, never cloned: a sync costs O(its pods).
-        let (work, st) = {
-            let owned_refs: Vec<&Pod> = self
-                .owned
+        let owned_pods = |c: &Controller| -> Vec<Key> {
+            c.owned
                 .get(&rs_uid)
                 .into_iter()
                 .flatten()
-                .filter_map(|(ns, n)| self.pods.get(ns, n))
-                .collect();
-            let work = satisfied.then(|| {
-                let desired = rs
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.replicas)
-                    .unwrap_or(1)
-                    .max(0) as usize;
-                let act: Vec<&Pod> = owned_refs.iter().copied().filter(|p| active(p)).collect();
-                plan(desired, &act)
-            });
-            (work, status(&rs, &owned_refs))
+                .cloned()
+                .collect()
         };
+        let work = satisfied.then(|| {
+            // Borrowed from our copy, never cloned: a sync costs O(its pods).
+            let keys = owned_pods(self);
+            let act: Vec<&Pod> = keys
+                .iter()
+                .filter_map(|(ns, n)| self.pods.get(ns, n))
+                .filter(|p| active(p))
+                .collect();
+            let desired = rs
+                .spec
+                .as_ref()
+                .and_then(|s| s.replicas)
+                .unwrap_or(1)
+                .max(0) as usize;
+            plan(desired, &act)
+        });
         if let Some(p) = work {
             self.expect.remove(key);
             if p.create > 0 || !p.delete.is_empty() {
@@ -315,7 +325,20 @@ impl Controller {
                 self.execute(&rs, p).await?;
             }
         }
+        // The status is computed after acting, from a copy that holds this
+        // sync's own creations and deletions: one computed before would tell
+        // the deployment controller that pods just deleted are still
+        // available (and a rollout would go below maxUnavailable).
+        let st = {
+            let keys = owned_pods(self);
+            let refs: Vec<&Pod> = keys
+                .iter()
+                .filter_map(|(ns, n)| self.pods.get(ns, n))
+                .collect();
+            status(&rs, &refs)
+        };
         if rs.status.as_ref() != Some(&st) {
+            crate::failpoint::hit("replicaset-status").await;
             let mut updated = rs.clone();
             updated.status = Some(st);
             match self.client.update_status(&updated).await {
@@ -347,6 +370,7 @@ impl Controller {
             for made in results.iter().flatten() {
                 let msg = format!("Created pod: {}", made.name());
                 self.events.record(rs, NORMAL, "SuccessfulCreate", &msg);
+                self.own_write(made.clone());
             }
             let failed = results.iter().filter(|r| r.is_err()).count();
             left -= n;
@@ -379,9 +403,17 @@ impl Controller {
             .into_iter()
             .zip(&p.delete)
         {
-            if r.is_ok() {
+            if let Ok(gone) = &r {
                 let msg = format!("Deleted pod: {name}");
                 self.events.record(rs, NORMAL, "SuccessfulDelete", &msg);
+                if gone.meta().deletion_timestamp.is_some() {
+                    self.own_write(gone.clone());
+                } else {
+                    // Removed at once (a pod no node runs): an older event
+                    // still on its way may show it again until the watch's
+                    // deletion, as an unready pod, which no count trusts.
+                    self.pods.apply(InformerEvent::Deleted(gone.clone()));
+                }
             }
             if let Err(e) = r
                 && !e.is_not_found()
@@ -393,6 +425,24 @@ impl Controller {
             }
         }
         Ok(())
+    }
+
+    /// Puts a pod this controller wrote into its copy at once (the watch
+    /// brings the same revision later; expectations count that event).
+    fn own_write(&mut self, p: Pod) {
+        let key = (p.namespace().to_string(), p.name().to_string());
+        let owner = p
+            .metadata
+            .as_ref()
+            .and_then(|m| controller_of(&m.owner_references))
+            .map(|o| o.uid.clone());
+        self.pods.apply(InformerEvent::Updated {
+            old: p.clone(),
+            new: p,
+        });
+        if let Some(uid) = owner {
+            self.owned.entry(uid).or_default().insert(key);
+        }
     }
 
     /// Takes matching pods that have no controller.
