@@ -462,12 +462,34 @@ fn a_removed_endpoint_gets_no_new_connection() {
     dp.sync(&service("churn", "10.96.10.6", &ready(&addrs), "", ""));
     let mark = std::env::temp_dir().join(format!("{}-removed", lab.id));
     let mark_s = mark.display().to_string();
+    let seen = std::env::temp_dir().join(format!("{}-seen", lab.id));
+    let seen_s = seen.display().to_string();
     let mut child = lab.spawn(
         &client,
         true,
-        &["tcp", "10.96.10.6:80", "--count", "3000", "--mark", &mark_s],
+        &[
+            "tcp",
+            "10.96.10.6:80",
+            "--count",
+            "3000",
+            "--mark",
+            &mark_s,
+            "--seen",
+            &seen_s,
+            "--seen-names",
+            "3",
+        ],
     );
-    std::thread::sleep(Duration::from_millis(300));
+    // The probe says when all three backends have answered; then the sync.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !seen.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the probe did not reach all three backends in 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = std::fs::remove_file(&seen);
     dp.sync(&service("churn", "10.96.10.6", &ready(&addrs[..2]), "", ""));
     // Connections that start after the sync returned must not reach b3.
     std::fs::write(&mark, "").unwrap();

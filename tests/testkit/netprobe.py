@@ -5,8 +5,10 @@
       answers every TCP connection and every UDP datagram with "NAME PEER"
       (PEER: the client address it saw) and exits when its standard input
       closes (so it dies with the test).
-  tcp IP:PORT --count N [--mark FILE] [--gap SECONDS]
-      N connections one after another; each reads the server's name.
+  tcp IP:PORT --count N [--mark FILE] [--gap SECONDS] [--seen FILE --seen-names K]
+      N connections one after another; each reads the server's name. With
+      --seen, FILE is created once K different names have answered (a test
+      waits for it instead of sleeping).
   udp IP:PORT --count N [--sockets K] [--mark FILE]
       N datagrams over K sockets (round robin), each answer read back.
   refused IP:PORT --proto tcp|udp
@@ -61,8 +63,9 @@ def serve(a):
 
 
 class Tally:
-    def __init__(self, mark):
+    def __init__(self, mark, seen=None, seen_names=0):
         self.mark = mark
+        self.seen, self.seen_names = seen, seen_names
         self.before, self.after, self.failures = {}, {}, {}
         self.peer_mismatch = 0
         self.clients = set()
@@ -75,6 +78,9 @@ class Tally:
         self.clients.add(client)
         d = self.after if after else self.before
         d[name] = d.get(name, 0) + 1
+        if self.seen and len(set(self.before) | set(self.after)) >= self.seen_names:
+            open(self.seen, "w").close()
+            self.seen = None
 
     def fail(self, err):
         key = type(err).__name__ + ": " + (os.strerror(err.errno) if getattr(err, "errno", None) else str(err))
@@ -95,7 +101,7 @@ class Tally:
 
 def tcp(a):
     target = addr(a.target)
-    t = Tally(a.mark)
+    t = Tally(a.mark, a.seen, a.seen_names)
     for _ in range(a.count):
         after = t.marked()
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -204,6 +210,8 @@ def main():
         c.add_argument("--count", type=int, default=1)
         c.add_argument("--mark")
         c.add_argument("--gap", type=float, default=0)
+        c.add_argument("--seen")
+        c.add_argument("--seen-names", type=int, default=0)
         c.add_argument("--timeout", type=float, default=2)
         if name == "udp":
             c.add_argument("--sockets", type=int, default=1)

@@ -249,10 +249,8 @@ fn check(strategy: Strategy, desired: i32) -> Result<usize, String> {
             return Err(format!("{why} after:\n{}", path(&parent, w)));
         }
         let next = successors(&w, strategy, desired);
-        if next.is_empty() {
-            if !finished(&w, desired) {
-                return Err(format!("stuck after:\n{}", path(&parent, w)));
-            }
+        if next.is_empty() && !finished(&w, desired) {
+            return Err(format!("stuck after:\n{}", path(&parent, w)));
         }
         for n in next {
             if seen.insert(n) {
