@@ -287,20 +287,9 @@ impl Controller {
             None => true,
             Some(e) => (e.adds <= 0 && e.dels <= 0) || e.since.elapsed() > EXPECTATION_TIMEOUT,
         };
-        let owned_pods = |c: &Controller| -> Vec<Key> {
-            c.owned
-                .get(&rs_uid)
-                .into_iter()
-                .flatten()
-                .cloned()
-                .collect()
-        };
         let work = satisfied.then(|| {
             // Borrowed from our copy, never cloned: a sync costs O(its pods).
-            let keys = owned_pods(self);
-            let act: Vec<&Pod> = keys
-                .iter()
-                .filter_map(|(ns, n)| self.pods.get(ns, n))
+            let act: Vec<&Pod> = owned_refs(&self.owned, &self.pods, &rs_uid)
                 .filter(|p| active(p))
                 .collect();
             let desired = rs
@@ -330,11 +319,7 @@ impl Controller {
         // the deployment controller that pods just deleted are still
         // available (and a rollout would go below maxUnavailable).
         let st = {
-            let keys = owned_pods(self);
-            let refs: Vec<&Pod> = keys
-                .iter()
-                .filter_map(|(ns, n)| self.pods.get(ns, n))
-                .collect();
+            let refs: Vec<&Pod> = owned_refs(&self.owned, &self.pods, &rs_uid).collect();
             status(&rs, &refs)
         };
         if rs.status.as_ref() != Some(&st) {
@@ -473,6 +458,19 @@ impl Controller {
         }
         Ok(())
     }
+}
+
+/// The pods of the ReplicaSet with this uid, borrowed from the copy.
+fn owned_refs<'a>(
+    owned: &'a HashMap<String, BTreeSet<Key>>,
+    pods: &'a Store<Pod>,
+    rs_uid: &str,
+) -> impl Iterator<Item = &'a Pod> {
+    owned
+        .get(rs_uid)
+        .into_iter()
+        .flatten()
+        .filter_map(|(ns, n)| pods.get(ns, n))
 }
 
 fn uid<R: Resource>(r: &R) -> String {
