@@ -135,19 +135,28 @@ fn test(quick: bool) -> Result<()> {
 /// `cargo test` for the workspace (no doc tests: there are none), with its
 /// output passed through and one total at the end: the per-binary
 /// summaries end with whichever binary ran last, often one with no tests.
+/// Every test binary runs even when one fails (`--no-fail-fast`), and the
+/// failed tests are listed again at the end.
 fn cargo_test() -> Result<()> {
     use std::io::{BufRead, BufReader};
     eprintln!("==> cargo test");
     let mut child = cargo()
-        .args(["test", "--workspace", "--all-targets"])
+        .args(["test", "--workspace", "--all-targets", "--no-fail-fast"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .context("run cargo test")?;
     let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    let mut failures: Vec<String> = Vec::new();
     let stdout = child.stdout.take().expect("piped stdout");
     for line in BufReader::new(stdout).lines() {
         let line = line?;
         println!("{line}");
+        if let Some(name) = line
+            .strip_prefix("test ")
+            .and_then(|rest| rest.strip_suffix(" ... FAILED"))
+        {
+            failures.push(name.to_string());
+        }
         if let Some(rest) = line.strip_prefix("test result: ") {
             let count = |word: &str| -> u64 {
                 rest.split(';')
@@ -164,6 +173,12 @@ fn cargo_test() -> Result<()> {
         }
     }
     let status = child.wait()?;
+    if !failures.is_empty() {
+        println!("failed tests:");
+        for f in &failures {
+            println!("    {f}");
+        }
+    }
     println!("{passed} passed, {failed} failed, {ignored} skipped");
     if !status.success() {
         bail!("cargo test failed ({status})");
