@@ -337,6 +337,17 @@ fn wait_ready_pods(s: &Server, app: &str, n: usize) -> Vec<Value> {
 }
 
 fn deployment(name: &str, replicas: u32, image: &str, extra_spec: &str) -> String {
+    let strategy = "{type: RollingUpdate, rollingUpdate: {maxSurge: 1, maxUnavailable: 1}}";
+    deployment_with(name, replicas, strategy, image, extra_spec)
+}
+
+fn deployment_with(
+    name: &str,
+    replicas: u32,
+    strategy: &str,
+    image: &str,
+    extra_spec: &str,
+) -> String {
     format!(
         r#"
 apiVersion: apps/v1
@@ -345,9 +356,7 @@ metadata:
   name: {name}
 spec:
   replicas: {replicas}
-  strategy:
-    type: RollingUpdate
-    rollingUpdate: {{maxSurge: 1, maxUnavailable: 1}}
+  strategy: {strategy}
   selector:
     matchLabels: {{app: {name}}}
   template:
@@ -1178,30 +1187,6 @@ impl Drop for CpuHog {
     }
 }
 
-fn rollout_manifest(name: &str, replicas: u32, strategy: &str, version: &str) -> String {
-    format!(
-        r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: {name}
-spec:
-  replicas: {replicas}
-  strategy: {strategy}
-  selector:
-    matchLabels: {{app: {name}}}
-  template:
-    metadata:
-      labels: {{app: {name}}}
-    spec:
-      containers:
-      - name: main
-        image: demo:1
-        env: [{{name: VERSION, value: "{version}"}}]
-"#
-    )
-}
-
 /// Issue 21: a rollout with `maxUnavailable: 0` went to 5 of 6 running under
 /// load. The old ReplicaSet's status, written from before its own
 /// scale-down, still counted a deleted pod as available, and the deployment
@@ -1258,7 +1243,7 @@ fn rollouts_keep_their_bounds_with_a_slow_status_writer_and_busy_cores() {
     ];
     for (name, replicas, strategy, surge, unavailable, busy) in cases {
         let n = replicas as usize;
-        s.apply(&rollout_manifest(name, replicas, strategy, "1"));
+        s.apply(&deployment_with(name, replicas, strategy, "demo:1", ""));
         wait_ready_pods(&s, name, n);
         wait("status caught up", Duration::from_secs(30), || {
             let d = s.get(&["deployment", name]);
@@ -1268,7 +1253,7 @@ fn rollouts_keep_their_bounds_with_a_slow_status_writer_and_busy_cores() {
         });
         let rec = s.record_pods(&format!("app%3D{name}"));
         let hog = busy.then(|| CpuHog::start(2));
-        s.apply(&rollout_manifest(name, replicas, strategy, "2"));
+        s.apply(&deployment_with(name, replicas, strategy, "demo:2", ""));
         let out = s.ok(&[
             "rollout",
             "status",
@@ -1281,7 +1266,7 @@ fn rollouts_keep_their_bounds_with_a_slow_status_writer_and_busy_cores() {
         let pods = wait_ready_pods(&s, name, n);
         assert!(
             pods.iter()
-                .all(|p| p["spec"]["containers"][0]["env"][0]["value"] == "2"),
+                .all(|p| p["spec"]["containers"][0]["image"] == "demo:2"),
             "{name}: every pod of the new template"
         );
         let states = rec.states();

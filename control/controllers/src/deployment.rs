@@ -189,7 +189,8 @@ fn revision(rs: &ReplicaSet) -> i64 {
 }
 
 fn view(rs: &ReplicaSet) -> RsView {
-    let st = rs.status.clone().unwrap_or_default();
+    let none = skiff_api::v1::ReplicaSetStatus::default();
+    let st = rs.status.as_ref().unwrap_or(&none);
     RsView {
         name: rs.name().to_string(),
         replicas: rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0),
