@@ -21,6 +21,21 @@ struct Server {
     home: tempfile::TempDir,
 }
 
+/// A failed test shows what the server said.
+impl Drop for Server {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log =
+                std::fs::read_to_string(self.home.path().join("server.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("--- server log (last 60 lines)");
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
 impl Server {
     fn start(flags: &[&str]) -> Server {
         Server::start_with_env(flags, &[])

@@ -24,7 +24,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use skiff_api::{EndpointSlice, Service};
-use skiff_client::{Client, Informer, InformerEvent, ListParams};
+use skiff_client::Client;
+use skiff_runtime::{Event, Inbox, Informers, Queue, Reconcile};
 
 pub use view::View;
 
@@ -82,6 +83,51 @@ pub fn resolv_conf_upstreams(text: &str, own: SocketAddr) -> Vec<SocketAddr> {
         .collect()
 }
 
+enum Change {
+    Service(Event<Service>),
+    Slice(Event<EndpointSlice>),
+}
+
+/// Feeds the view from the watches; it has nothing to sync per key (each
+/// event is applied at once, O(that service)).
+struct Feed {
+    view: Arc<RwLock<View>>,
+    answers: Arc<udp::AnswerCache>,
+    synced: Arc<AtomicBool>,
+    queue: Queue<()>,
+}
+
+impl Reconcile for Feed {
+    type Key = ();
+    type Event = Change;
+
+    fn name(&self) -> &'static str {
+        "dns view"
+    }
+
+    fn queue(&mut self) -> &mut Queue<()> {
+        &mut self.queue
+    }
+
+    fn on_event(&mut self, ev: Change) {
+        let mut view = self.view.write().expect("view lock");
+        self.answers.invalidate();
+        match ev {
+            Change::Service(e) => view.on_service(e),
+            Change::Slice(e) => view.on_slice(e),
+        }
+    }
+
+    fn on_synced(&mut self) {
+        self.synced.store(true, Ordering::Relaxed);
+        tracing::info!("DNS view synced with the API");
+    }
+
+    async fn sync(&mut self, _: &()) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
 pub async fn start(config: Config) -> Result<Running> {
     let client = Client::connect(&config.server)
         .await
@@ -91,50 +137,21 @@ pub async fn start(config: Config) -> Result<Running> {
     let synced = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
 
-    let (_, mut services, t) =
-        Informer::<Service>::new(client.clone(), "", ListParams::default()).spawn();
-    tasks.push(t);
-    let (_, mut slices, t) =
-        Informer::<EndpointSlice>::new(client, "", ListParams::default()).spawn();
-    tasks.push(t);
+    let mut inf = Informers::new(client);
+    let mut inbox = Inbox::new();
+    inf.watch_all(&mut inbox, Change::Service);
+    inf.watch_all(&mut inbox, Change::Slice);
     let answers = Arc::new(udp::AnswerCache::new());
-    let (v, s, a) = (view.clone(), synced.clone(), answers.clone());
-    tasks.push(tokio::spawn(async move {
-        let (mut services_synced, mut slices_synced) = (false, false);
-        loop {
-            tokio::select! {
-                Some(e) = services.recv() => {
-                    let mut view = v.write().expect("view lock");
-                    a.invalidate();
-                    match e {
-                        InformerEvent::Added(svc) | InformerEvent::Updated { new: svc, .. } => view.upsert_service(svc),
-                        InformerEvent::Deleted(svc) => {
-                            let m = svc.metadata.unwrap_or_default();
-                            view.delete_service(&m.namespace, &m.name);
-                        }
-                        InformerEvent::Synced => services_synced = true,
-                    }
-                }
-                Some(e) = slices.recv() => {
-                    let mut view = v.write().expect("view lock");
-                    a.invalidate();
-                    match e {
-                        InformerEvent::Added(sl) | InformerEvent::Updated { new: sl, .. } => view.upsert_slice(sl),
-                        InformerEvent::Deleted(sl) => {
-                            let m = sl.metadata.unwrap_or_default();
-                            view.delete_slice(&m.namespace, &m.name);
-                        }
-                        InformerEvent::Synced => slices_synced = true,
-                    }
-                }
-                else => break,
-            }
-            if services_synced && slices_synced && !s.load(Ordering::Relaxed) {
-                s.store(true, Ordering::Relaxed);
-                tracing::info!("DNS view synced with the API");
-            }
-        }
-    }));
+    tasks.extend(inf.start());
+    tasks.push(tokio::spawn(skiff_runtime::drive(
+        Feed {
+            view: view.clone(),
+            answers: answers.clone(),
+            synced: synced.clone(),
+            queue: Queue::default(),
+        },
+        inbox,
+    )));
 
     let upstreams = match &config.upstreams {
         Some(u) => u.clone(),

@@ -9,9 +9,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use skiff_api::{EndpointSlice, Service};
+use std::sync::Arc;
 
-pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+use skiff_api::{EndpointSlice, Service};
+use skiff_runtime::{Event, ServiceIndex};
+
+pub use skiff_api::SERVICE_NAME_LABEL;
 /// The schema version this view implements (`dns-version.<domain>` TXT).
 pub const SCHEMA_VERSION: &str = "1.1.0";
 
@@ -67,19 +70,13 @@ pub enum Answer {
     NotOurs,
 }
 
-#[derive(Default)]
-struct Slices {
-    /// slice name → (service name, slice)
-    by_name: HashMap<(String, String), (String, EndpointSlice)>,
-}
-
 pub struct View {
     domain: String,
     /// `svc.<domain>.`, `pod.<domain>.` suffixes.
     svc_suffix: String,
     pod_suffix: String,
-    services: HashMap<(String, String), Service>,
-    slices: Slices,
+    /// Services with their slices, by service (as the node's datapath).
+    services: ServiceIndex,
     /// What each Service put in the index.
     contributed: HashMap<(String, String), Vec<(String, Rec)>>,
     index: HashMap<String, Vec<Rec>>,
@@ -126,8 +123,7 @@ impl View {
             svc_suffix: format!("svc.{domain}."),
             pod_suffix: format!("pod.{domain}."),
             domain: format!("{domain}."),
-            services: HashMap::new(),
-            slices: Slices::default(),
+            services: ServiceIndex::new(),
             contributed: HashMap::new(),
             index: HashMap::new(),
             parents: HashMap::new(),
@@ -139,45 +135,42 @@ impl View {
     }
 
     pub fn service_count(&self) -> usize {
-        self.services.len()
+        self.services.service_count()
     }
 
     pub fn upsert_service(&mut self, svc: Service) {
-        let key = key_of(svc.metadata.as_ref());
-        self.services.insert(key.clone(), svc);
+        let key = self.services.upsert_service(Arc::new(svc));
         self.rebuild(&key);
     }
 
     pub fn delete_service(&mut self, namespace: &str, name: &str) {
-        let key = (namespace.to_string(), name.to_string());
-        self.services.remove(&key);
+        let key = self.services.delete_service(namespace, name);
         self.rebuild(&key);
     }
 
     pub fn upsert_slice(&mut self, slice: EndpointSlice) {
-        let meta = slice.metadata.as_ref();
-        let (ns, name) = key_of(meta);
-        let svc = meta
-            .and_then(|m| m.labels.get(SERVICE_NAME_LABEL))
-            .cloned()
-            .unwrap_or_default();
-        let old = self
-            .slices
-            .by_name
-            .insert((ns.clone(), name), (svc.clone(), slice));
-        if let Some((old_svc, _)) = old.filter(|(s, _)| *s != svc) {
-            self.rebuild(&(ns.clone(), old_svc));
+        for key in self.services.upsert_slice(Arc::new(slice)) {
+            self.rebuild(&key);
         }
-        self.rebuild(&(ns, svc));
     }
 
     pub fn delete_slice(&mut self, namespace: &str, name: &str) {
-        if let Some((svc, _)) = self
-            .slices
-            .by_name
-            .remove(&(namespace.to_string(), name.to_string()))
-        {
-            self.rebuild(&(namespace.to_string(), svc));
+        if let Some(key) = self.services.delete_slice(namespace, name) {
+            self.rebuild(&key);
+        }
+    }
+
+    /// A Service event from the watch.
+    pub fn on_service(&mut self, ev: Event<Service>) {
+        if let Some(key) = self.services.on_service(ev) {
+            self.rebuild(&key);
+        }
+    }
+
+    /// An EndpointSlice event from the watch.
+    pub fn on_slice(&mut self, ev: Event<EndpointSlice>) {
+        for key in self.services.on_slice(ev) {
+            self.rebuild(&key);
         }
     }
 
@@ -226,7 +219,7 @@ impl View {
     }
 
     fn records_of(&self, key: &(String, String)) -> Vec<(String, Rec)> {
-        let Some(svc) = self.services.get(key) else {
+        let Some(svc) = self.services.service(key) else {
             return Vec::new();
         };
         let Some(spec) = svc.spec.as_ref() else {
@@ -288,10 +281,7 @@ impl View {
         // publishNotReadyAddresses), by address, hostname and port.
         let publish_all = spec.publish_not_ready_addresses;
         let mut seen = BTreeMap::new();
-        for ((slice_ns, _), (svc_name, slice)) in &self.slices.by_name {
-            if slice_ns != ns || svc_name != name {
-                continue;
-            }
+        for slice in self.services.slices(key) {
             for ep in &slice.endpoints {
                 let ready = ep.conditions.and_then(|c| c.ready).unwrap_or(true);
                 if !ready && !publish_all {
@@ -391,15 +381,6 @@ impl View {
             .ok()
             .map(IpAddr::V6)
     }
-}
-
-fn key_of(meta: Option<&skiff_api::ObjectMeta>) -> (String, String) {
-    let ns = meta.map(|m| m.namespace.as_str()).unwrap_or("");
-    let ns = if ns.is_empty() { "default" } else { ns };
-    (
-        ns.to_string(),
-        meta.map(|m| m.name.clone()).unwrap_or_default(),
-    )
 }
 
 #[cfg(test)]

@@ -19,6 +19,9 @@ pub mod selector;
 pub mod validation;
 pub mod wire;
 
+/// The label tying an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
 /// The generated protobuf types (objects, and the gRPC service).
 pub mod v1 {
     #![allow(clippy::all, reason = "generated code")]

@@ -21,7 +21,8 @@ use skiff_api::v1::{
     NodeStatus, ObjectMeta, PodIp, PodStatus, Quantity, Time,
 };
 use skiff_api::{Lease, Node, ParsedQuantity, Pod, Resource};
-use skiff_client::{Client, Informer, InformerEvent, ListParams};
+use skiff_client::{Client, ListParams};
+use skiff_runtime::Event;
 
 use crate::args::SimNodesArgs;
 
@@ -195,14 +196,15 @@ async fn heartbeats(client: Client, names: Vec<String>, every: Duration) {
 /// asking.
 async fn keep_ready(client: Client, ours: HashSet<String>) {
     let params = ListParams::default().labels(&format!("{SIM_LABEL}=true"));
-    let (_cache, mut rx, _task) = Informer::<Node>::new(client.clone(), "", params).spawn();
+    let (_store, mut rx, _task) = skiff_runtime::reflect::<Node>(client.clone(), "", params);
     while let Some(ev) = rx.recv().await {
-        let (InformerEvent::Added(mut n) | InformerEvent::Updated { new: mut n, .. }) = ev else {
+        let (Event::Added(n) | Event::Updated { new: n, .. }) = ev else {
             continue;
         };
         if !ours.contains(n.name()) {
             continue;
         }
+        let mut n = Node::clone(&n);
         let status = n.status.get_or_insert_with(Default::default);
         if status
             .conditions
@@ -345,21 +347,21 @@ fn needs_running(p: &Pod) -> bool {
 async fn run_pods(client: Client, cidrs: HashMap<String, String>, running: bool) {
     let ours: HashSet<String> = cidrs.keys().cloned().collect();
     let addresses = Arc::new(Mutex::new(Addresses::new(cidrs)));
-    let (_cache, mut rx, _task) =
-        Informer::<Pod>::new(client.clone(), "", ListParams::default()).spawn();
+    let (_store, mut rx, _task) =
+        skiff_runtime::reflect::<Pod>(client.clone(), "", ListParams::default());
     let limit = Arc::new(tokio::sync::Semaphore::new(PARALLEL));
     // Pod uid → (node, address).
     let mut ips: HashMap<String, (String, Ipv4Addr)> = HashMap::new();
     while let Some(ev) = rx.recv().await {
         let pod = match ev {
-            InformerEvent::Added(p) | InformerEvent::Updated { new: p, .. } => p,
-            InformerEvent::Deleted(p) => {
+            Event::Added(p) | Event::Updated { new: p, .. } => p,
+            Event::Deleted(p) => {
                 if let Some((node, ip)) = ips.remove(&p.meta().uid) {
                     addresses.lock().expect("addresses").give_back(&node, ip);
                 }
                 continue;
             }
-            InformerEvent::Synced => continue,
+            Event::Synced => continue,
         };
         let node = pod
             .spec
@@ -393,7 +395,7 @@ async fn run_pods(client: Client, cidrs: HashMap<String, String>, running: bool)
         let permit = limit.clone().acquire_owned().await;
         tokio::spawn(async move {
             let _permit = permit;
-            let mut p = pod;
+            let mut p = Pod::clone(&pod);
             p.status = Some(running_status(&p, ip, Time::now_seconds()));
             if let Err(e) = client.update_status(&p).await
                 && !e.is_conflict()

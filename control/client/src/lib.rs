@@ -1,9 +1,7 @@
 //! The client library every skiff component uses to talk to the API
-//! server: typed calls over gRPC ([`Client`]) and the [`informer`] that
-//! controllers, node daemons and DNS build on (list + watch + resume +
-//! relist, a local cache and change events).
-
-pub mod informer;
+//! server: typed calls over gRPC ([`Client`]). The informers that loops
+//! build on (list + watch + resume + relist, shared stores) are in
+//! `skiff-runtime`.
 
 use std::pin::Pin;
 
@@ -14,8 +12,6 @@ use skiff_api::v1::{DeleteRequest, GetRequest, ListRequest, RawObject, WatchRequ
 use skiff_api::{Kind, Object, Resource};
 use thiserror::Error;
 use tonic::transport::{Channel, Endpoint};
-
-pub use informer::{Cache, Informer, InformerEvent};
 
 #[derive(Debug, Error, Clone)]
 pub enum ClientError {

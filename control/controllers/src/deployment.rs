@@ -11,13 +11,13 @@ use skiff_api::v1::{
     ReplicaSetSpec, Time,
 };
 use skiff_api::{Deployment, ReplicaSet, Resource};
-use skiff_client::{Client, InformerEvent};
+use std::sync::Arc;
+
+use skiff_client::Client;
+use skiff_runtime::{Event, Inbox, Informers, Queue, Reconcile, Store};
 
 use crate::events::{NORMAL, Recorder};
-use crate::informers::Events;
 use crate::pods::{controller_of, owner_ref, template_hash};
-use crate::queue::Queue;
-use crate::store::Store;
 
 pub const HASH_LABEL: &str = "pod-template-hash";
 pub const REVISION: &str = "deployment.kubernetes.io/revision";
@@ -341,54 +341,71 @@ struct Controller {
     deps: Store<Deployment>,
     rss: Store<ReplicaSet>,
     queue: Queue<Key>,
+    uid_to_dep: HashMap<String, Key>,
 }
 
-pub async fn run(client: Client, mut d_rx: Events<Deployment>, mut rs_rx: Events<ReplicaSet>) {
-    let mut c = Controller {
+pub enum Ev {
+    Deployment(Event<Deployment>),
+    Rs(Event<ReplicaSet>),
+}
+
+/// The controller on the shared informers.
+pub fn start(client: Client, inf: &mut Informers) -> tokio::task::JoinHandle<()> {
+    let mut inbox = Inbox::new();
+    let c = Controller {
         events: Recorder::new(client.clone(), "deployment-controller"),
         client,
-        deps: Store::default(),
-        rss: Store::default(),
+        deps: inf.watch_all(&mut inbox, Ev::Deployment),
+        rss: inf.watch_all(&mut inbox, Ev::Rs),
         queue: Queue::default(),
+        uid_to_dep: HashMap::new(),
     };
-    let mut uid_to_dep: HashMap<String, Key> = HashMap::new();
-    loop {
-        tokio::select! {
-            ev = d_rx.recv() => {
-                let Some(ev) = ev else { return };
-                let (old, new) = c.deps.apply(ev);
-                if let Some(d) = &new {
-                    uid_to_dep.insert(d.meta().uid.clone(), key(d));
-                    c.queue.add(key(d));
-                } else if let Some(d) = old {
-                    // Its ReplicaSets are the garbage collector's business.
-                    uid_to_dep.remove(&d.meta().uid);
+    tokio::spawn(skiff_runtime::drive(c, inbox))
+}
+
+impl Reconcile for Controller {
+    type Key = Key;
+    type Event = Ev;
+
+    fn name(&self) -> &'static str {
+        "deployment sync"
+    }
+
+    fn queue(&mut self) -> &mut Queue<Key> {
+        &mut self.queue
+    }
+
+    fn on_event(&mut self, ev: Ev) {
+        match ev {
+            Ev::Deployment(ev) => match ev.split() {
+                (_, Some(d)) => {
+                    self.uid_to_dep.insert(d.meta().uid.clone(), key(&**d));
+                    self.queue.add(key(&**d));
                 }
-            }
-            ev = rs_rx.recv() => {
-                let Some(ev) = ev else { return };
-                let (old, new) = c.rss.apply(ev);
+                // Its ReplicaSets are the garbage collector's business.
+                (Some(d), None) => {
+                    self.uid_to_dep.remove(&d.meta().uid);
+                }
+                (None, None) => {}
+            },
+            Ev::Rs(ev) => {
+                let (old, new) = ev.split();
                 for rs in [old, new].into_iter().flatten() {
-                    if let Some(o) = rs.metadata.as_ref().and_then(|m| controller_of(&m.owner_references))
-                        && let Some(k) = uid_to_dep.get(&o.uid)
+                    if let Some(o) = rs
+                        .metadata
+                        .as_ref()
+                        .and_then(|m| controller_of(&m.owner_references))
+                        && let Some(k) = self.uid_to_dep.get(&o.uid)
                     {
-                        c.queue.add(k.clone());
-                    }
-                }
-            }
-            k = c.queue.next_retry() => if let Some(k) = k { c.queue.add(k) },
-        }
-        if c.deps.synced() && c.rss.synced() {
-            while let Some(k) = c.queue.pop() {
-                match c.sync(&k).await {
-                    Ok(()) => c.queue.done(&k),
-                    Err(e) => {
-                        crate::log_sync_error("deployment sync", &k, &e);
-                        c.queue.retry(k);
+                        self.queue.add(k.clone());
                     }
                 }
             }
         }
+    }
+
+    async fn sync(&mut self, key: &Key) -> anyhow::Result<()> {
+        self.sync_deployment(key).await
     }
 }
 
@@ -411,20 +428,18 @@ impl Controller {
         let mut u = rs.clone();
         u.spec.get_or_insert_with(Default::default).replicas = Some(n);
         let written = self.client.update(&u).await?;
-        self.rss.apply(InformerEvent::Updated {
-            old: rs.clone(),
-            new: written,
-        });
+        self.rss.write_through(written);
         let dir = if n > was { "up" } else { "down" };
         let msg = format!("Scaled {dir} replica set {} from {was} to {n}", rs.name());
         self.events.record(d, NORMAL, "ScalingReplicaSet", &msg);
         Ok(())
     }
 
-    async fn sync(&mut self, k: &Key) -> anyhow::Result<()> {
-        let Some(d) = self.deps.get(&k.0, &k.1).cloned() else {
+    async fn sync_deployment(&mut self, k: &Key) -> anyhow::Result<()> {
+        let Some(d) = self.deps.get(&k.0, &k.1) else {
             return Ok(());
         };
+        let d: &Deployment = &d;
         if d.meta().deletion_timestamp.is_some() {
             return Ok(());
         }
@@ -432,27 +447,28 @@ impl Controller {
         let desired = spec.replicas.unwrap_or(1).max(0);
         let template = spec.template.clone().unwrap_or_default();
         let hash = template_hash(&template);
-        let owned: Vec<ReplicaSet> = self
+        let owned: Vec<Arc<ReplicaSet>> = self
             .rss
+            .read()
             .in_namespace(&k.0)
-            .filter(|rs| owned_by(rs, &d))
+            .filter(|rs| owned_by(rs, d))
             .cloned()
             .collect();
         let new = owned
             .iter()
             .find(|rs| rs.meta().labels.get(HASH_LABEL) == Some(&hash))
             .cloned();
-        let old: Vec<ReplicaSet> = owned
+        let old: Vec<Arc<ReplicaSet>> = owned
             .iter()
             .filter(|rs| rs.meta().labels.get(HASH_LABEL) != Some(&hash))
             .cloned()
             .collect();
-        let (surge, max_unavailable) = surge_and_unavailable(&d);
+        let (surge, max_unavailable) = surge_and_unavailable(d);
         let recreate = spec
             .strategy
             .as_ref()
             .is_some_and(|s| s.r#type == "Recreate");
-        let old_views: Vec<RsView> = old.iter().map(view).collect();
+        let old_views: Vec<RsView> = old.iter().map(|o| view(o)).collect();
         let plan = |new: &RsView| {
             if recreate {
                 recreate_targets(desired, new, &old_views)
@@ -465,15 +481,15 @@ impl Controller {
                 Some(n) => {
                     // An older template again (rollout undo): its ReplicaSet
                     // becomes the newest revision, as in Kubernetes.
-                    let top = owned.iter().map(revision).max().unwrap_or(0);
+                    let top = owned.iter().map(|r| revision(r)).max().unwrap_or(0);
                     if revision(&n) < top {
-                        let mut u = n.clone();
+                        let mut u = ReplicaSet::clone(&n);
                         u.meta_mut()
                             .annotations
                             .insert(REVISION.into(), (top + 1).to_string());
                         self.client.update(&u).await?;
                         self.events.record(
-                            &d,
+                            d,
                             NORMAL,
                             "DeploymentRollback",
                             &format!(
@@ -485,10 +501,10 @@ impl Controller {
                         return Ok(());
                     }
                     // The change cause annotated after the rollout began.
-                    if let Some(cause) = change_cause(&d)
-                        && change_cause(&n) != Some(cause)
+                    if let Some(cause) = change_cause(d)
+                        && change_cause(&*n) != Some(cause)
                     {
-                        let mut u = n.clone();
+                        let mut u = ReplicaSet::clone(&n);
                         u.meta_mut()
                             .annotations
                             .insert(CHANGE_CAUSE.into(), cause.clone());
@@ -498,16 +514,15 @@ impl Controller {
                     n
                 }
                 None => {
-                    let rev = owned.iter().map(revision).max().unwrap_or(0) + 1;
+                    let rev = owned.iter().map(|r| revision(r)).max().unwrap_or(0) + 1;
                     let start = plan(&RsView::default()).0;
-                    let rs = new_replicaset(&d, &hash, start, rev);
+                    let rs = new_replicaset(d, &hash, start, rev);
                     match self.client.create(&rs).await {
                         Ok(created) => {
                             let msg =
                                 format!("Scaled up replica set {} to {start}", created.name());
-                            self.events.record(&d, NORMAL, "ScalingReplicaSet", &msg);
-                            self.rss.apply(InformerEvent::Added(created.clone()));
-                            created
+                            self.events.record(d, NORMAL, "ScalingReplicaSet", &msg);
+                            self.rss.write_through(created)
                         }
                         Err(e) if e.is_already_exists() => return Ok(()),
                         Err(e) => return Err(e.into()),
@@ -521,14 +536,14 @@ impl Controller {
             // leaves the rollout within its bounds.
             for (name, n) in old_targets {
                 if let Some(o) = old.iter().find(|o| o.name() == name) {
-                    self.set_replicas(&d, o, n).await?;
+                    self.set_replicas(d, o, n).await?;
                 }
             }
-            self.set_replicas(&d, &new, new_target).await?;
-            self.prune_history(&d, &old).await?;
+            self.set_replicas(d, &new, new_target).await?;
+            self.prune_history(d, &old).await?;
         }
-        let all: Vec<&ReplicaSet> = owned.iter().collect();
-        let st = status(&d, new.as_ref(), &all, max_unavailable);
+        let all: Vec<&ReplicaSet> = owned.iter().map(|r| &**r).collect();
+        let st = status(d, new.as_deref(), &all, max_unavailable);
         let changed = d.status.as_ref().is_none_or(|s| {
             let mut a = s.clone();
             let mut b = st.clone();
@@ -542,10 +557,7 @@ impl Controller {
             u.status = Some(st);
             match self.client.update_status(&u).await {
                 Ok(written) => {
-                    self.deps.apply(InformerEvent::Updated {
-                        old: d.clone(),
-                        new: written,
-                    });
+                    self.deps.write_through(written);
                 }
                 // Our copy is stale: the watch brings the newer one, which
                 // syncs again (re-queueing here would spin on the stale copy).
@@ -558,7 +570,7 @@ impl Controller {
 
     /// Keeps `revisionHistoryLimit` (default 10) scaled-down old
     /// ReplicaSets, the newest ones.
-    async fn prune_history(&self, d: &Deployment, old: &[ReplicaSet]) -> anyhow::Result<()> {
+    async fn prune_history(&self, d: &Deployment, old: &[Arc<ReplicaSet>]) -> anyhow::Result<()> {
         let limit = d
             .spec
             .as_ref()
@@ -567,6 +579,7 @@ impl Controller {
             .max(0) as usize;
         let mut idle: Vec<&ReplicaSet> = old
             .iter()
+            .map(|o| &**o)
             .filter(|o| {
                 o.spec.as_ref().and_then(|s| s.replicas) == Some(0)
                     && o.status.as_ref().is_none_or(|s| s.replicas == 0)

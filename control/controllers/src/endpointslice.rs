@@ -6,21 +6,20 @@
 //! changed are written.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use skiff_api::selector::Selector;
 use skiff_api::v1::{
     Endpoint, EndpointConditions, EndpointPort, LabelSelector, ObjectMeta, ObjectReference,
 };
 use skiff_api::{EndpointSlice, Pod, Resource, Service};
-use skiff_client::{Client, InformerEvent, ListParams};
+use skiff_client::{Client, ListParams};
+use skiff_runtime::{Event, Inbox, Informers, Queue, Reconcile, Store};
 
-use crate::informers::{Events, drain};
 use crate::pods::{self, owner_ref};
-use crate::queue::Queue;
-use crate::store::Store;
 
 pub const MAX_ENDPOINTS: usize = 100;
-pub const SERVICE_NAME: &str = "kubernetes.io/service-name";
+pub use skiff_api::SERVICE_NAME_LABEL as SERVICE_NAME;
 pub const MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
 pub const CONTROLLER: &str = "endpointslice-controller.skiff.io";
 
@@ -251,89 +250,96 @@ pub fn managed() -> ListParams {
     ListParams::default().labels(&format!("{MANAGED_BY}={CONTROLLER}"))
 }
 
-pub async fn run(
-    client: Client,
-    mut svc_rx: Events<Service>,
-    mut pod_rx: Events<Pod>,
-    mut sl_rx: Events<EndpointSlice>,
-) {
-    let mut c = Controller {
+pub enum Ev {
+    Service(Event<Service>),
+    Pod(Event<Pod>),
+    Slice(Event<EndpointSlice>),
+}
+
+/// The controller on the shared informers.
+pub fn start(client: Client, inf: &mut Informers) -> tokio::task::JoinHandle<()> {
+    let mut inbox = Inbox::new();
+    let c = Controller {
         client,
-        services: Store::default(),
-        pods: Store::default(),
-        slices: Store::default(),
+        services: inf.watch_all(&mut inbox, Ev::Service),
+        pods: inf.watch_all(&mut inbox, Ev::Pod),
+        slices: inf.watch(&mut inbox, "", managed(), Ev::Slice),
         by_service: HashMap::new(),
         queue: Queue::default(),
     };
-    loop {
-        tokio::select! {
-            ev = svc_rx.recv() => {
-                let Some(ev) = ev else { return };
-                let (old, new) = c.services.apply(ev);
+    tokio::spawn(skiff_runtime::drive(c, inbox))
+}
+
+impl Reconcile for Controller {
+    type Key = Key;
+    type Event = Ev;
+
+    fn name(&self) -> &'static str {
+        "endpoint slices"
+    }
+
+    fn queue(&mut self) -> &mut Queue<Key> {
+        &mut self.queue
+    }
+
+    fn on_event(&mut self, ev: Ev) {
+        match ev {
+            Ev::Service(ev) => {
+                let (old, new) = ev.split();
                 if let Some(s) = new.or(old) {
-                    c.queue.add((s.namespace().to_string(), s.name().to_string()));
+                    self.queue
+                        .add((s.namespace().to_string(), s.name().to_string()));
                 }
             }
-            ev = pod_rx.recv() => {
-                let Some(ev) = ev else { return };
-                c.on_pod(ev);
-            }
-            ev = sl_rx.recv() => {
-                let Some(ev) = ev else { return };
-                // A slice changed or removed by someone else is put right.
-                if let Some(k) = c.on_slice(ev) {
-                    c.queue.add(k);
-                }
-            }
-            k = c.queue.next_retry() => if let Some(k) = k { c.queue.add(k) },
-        }
-        drain(&mut pod_rx, |ev| c.on_pod(ev));
-        if c.services.synced() && c.pods.synced() && c.slices.synced() {
-            while let Some(k) = c.queue.pop() {
-                match c.sync(&k).await {
-                    Ok(()) => c.queue.done(&k),
-                    Err(e) => {
-                        crate::log_sync_error("endpoint slices", &k, &e);
-                        c.queue.retry(k);
-                    }
+            Ev::Pod(ev) => self.on_pod(ev),
+            // A slice changed or removed by someone else is put right.
+            Ev::Slice(ev) => {
+                let (old, new) = ev.split();
+                if let Some(k) = self.file(old.map(|s| &**s), new.map(|s| &**s)) {
+                    self.queue.add(k);
                 }
             }
         }
+    }
+
+    async fn sync(&mut self, key: &Key) -> anyhow::Result<()> {
+        self.sync_service(key).await
     }
 }
 
 impl Controller {
     /// Queues the services selecting the pod before or after the change.
-    fn on_pod(&mut self, ev: InformerEvent<Pod>) {
-        let (old, new) = self.pods.apply(ev);
+    fn on_pod(&mut self, ev: Event<Pod>) {
+        let (old, new) = ev.split();
         let mut keys = BTreeSet::new();
-        for p in [old.as_ref(), new.as_ref()].into_iter().flatten() {
+        let services = self.services.read();
+        for p in [old, new].into_iter().flatten() {
             let Some(labels) = p.metadata.as_ref().map(|m| &m.labels) else {
                 continue;
             };
-            for s in self.services.in_namespace(p.namespace()) {
+            for s in services.in_namespace(p.namespace()) {
                 if service_selector(s).is_some_and(|sel| sel.matches(labels)) {
                     keys.insert((s.namespace().to_string(), s.name().to_string()));
                 }
             }
         }
+        drop(services);
         for k in keys {
             self.queue.add(k);
         }
     }
 
-    /// Takes a slice event (from the watch, or our own write, so the next
-    /// sync sees what we wrote even before the watch does); returns the
-    /// service it belongs to.
-    fn on_slice(&mut self, ev: InformerEvent<EndpointSlice>) -> Option<Key> {
-        let (old, new) = self.slices.apply(ev);
-        if let Some(s) = &old
+    /// Files a slice change (from the watch, or our own write, so the next
+    /// sync sees what we wrote even before the watch does) under its
+    /// service; returns that service.
+    fn file(&mut self, old: Option<&EndpointSlice>, new: Option<&EndpointSlice>) -> Option<Key> {
+        if let Some(s) = old
             && let Some(k) = managed_service(s)
             && let Some(set) = self.by_service.get_mut(&k)
         {
             set.remove(s.name());
         }
-        if let Some(s) = &new
+        if let Some(s) = new
             && let Some(k) = managed_service(s)
         {
             self.by_service
@@ -341,19 +347,24 @@ impl Controller {
                 .or_default()
                 .insert(s.name().to_string());
         }
-        new.as_ref().or(old.as_ref()).and_then(managed_service)
+        new.or(old).and_then(managed_service)
     }
 
-    async fn sync(&mut self, k: &Key) -> anyhow::Result<()> {
-        let existing: Vec<EndpointSlice> = self
+    fn own_write(&mut self, before: &EndpointSlice, written: EndpointSlice) {
+        let written = self.slices.write_through(written);
+        self.file(Some(before), Some(&written));
+    }
+
+    async fn sync_service(&mut self, k: &Key) -> anyhow::Result<()> {
+        let existing: Vec<Arc<EndpointSlice>> = self
             .by_service
             .get(k)
             .into_iter()
             .flatten()
-            .filter_map(|n| self.slices.get(&k.0, n).cloned())
+            .filter_map(|n| self.slices.get(&k.0, n))
             .collect();
-        let svc = self.services.get(&k.0, &k.1).cloned();
-        let Some(sel) = svc.as_ref().and_then(service_selector) else {
+        let svc = self.services.get(&k.0, &k.1);
+        let Some(sel) = svc.as_deref().and_then(service_selector) else {
             // No service (or no selector): its managed slices go.
             for s in existing {
                 if let Err(e) = self.client.delete::<EndpointSlice>(&k.0, s.name()).await
@@ -365,21 +376,19 @@ impl Controller {
             return Ok(());
         };
         let svc = svc.expect("checked");
-        let selected: Vec<&Pod> = self
-            .pods
-            .in_namespace(&k.0)
-            .filter(|p| p.metadata.as_ref().is_some_and(|m| sel.matches(&m.labels)))
-            .collect();
-        let slices: Vec<&EndpointSlice> = existing.iter().collect();
-        let changes = reconcile(&svc, &selected, &slices);
+        let changes = {
+            let pods = self.pods.read();
+            let selected: Vec<&Pod> = pods
+                .in_namespace(&k.0)
+                .filter(|p| p.metadata.as_ref().is_some_and(|m| sel.matches(&m.labels)))
+                .map(|p| &**p)
+                .collect();
+            let slices: Vec<&EndpointSlice> = existing.iter().map(|s| &**s).collect();
+            reconcile(&svc, &selected, &slices)
+        };
         for s in changes.update {
             match self.client.update(&s).await {
-                Ok(written) => {
-                    self.on_slice(InformerEvent::Updated {
-                        old: s,
-                        new: written,
-                    });
-                }
+                Ok(written) => self.own_write(&s, written),
                 Err(e) if e.is_conflict() || e.is_not_found() => {
                     // Our copy is stale: the watch brings the news, then we retry.
                     self.queue.retry(k.clone());
@@ -389,12 +398,14 @@ impl Controller {
         }
         for s in changes.create {
             let written = self.client.create(&s).await?;
-            self.on_slice(InformerEvent::Added(written));
+            let written = self.slices.write_through(written);
+            self.file(None, Some(&written));
         }
         for name in changes.delete {
             match self.client.delete::<EndpointSlice>(&k.0, &name).await {
                 Ok(gone) => {
-                    self.on_slice(InformerEvent::Deleted(gone));
+                    self.slices.forget(&gone);
+                    self.file(Some(&gone), None);
                 }
                 Err(e) if e.is_not_found() => {}
                 Err(e) => return Err(e.into()),

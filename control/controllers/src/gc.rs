@@ -17,12 +17,8 @@ use skiff_api::v1::OwnerReference;
 use skiff_api::{
     ConfigMap, Deployment, EndpointSlice, Kind, Lease, Pod, ReplicaSet, Resource, Service,
 };
-use skiff_client::{Client, InformerEvent};
-use tokio::sync::mpsc;
-
-use crate::AbortOnDrop;
-use crate::informers::{Events, Informers};
-use crate::queue::Queue;
+use skiff_client::Client;
+use skiff_runtime::{Event, Inbox, Informers, Queue, Reconcile};
 
 pub const FOREGROUND: &str = "foregroundDeletion";
 pub const ORPHAN: &str = "orphan";
@@ -106,43 +102,16 @@ enum Item {
 struct Change {
     old: Option<Obj>,
     new: Option<Obj>,
-    synced: bool,
 }
 
-fn watch<R: Resource>(mut rx: Events<R>, tx: mpsc::Sender<Change>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        while let Some(ev) = rx.recv().await {
-            let change = match ev {
-                InformerEvent::Added(o) => Change {
-                    old: None,
-                    new: Some(Obj::of(&o)),
-                    synced: false,
-                },
-                InformerEvent::Updated { old, new } => Change {
-                    old: Some(Obj::of(&old)),
-                    new: Some(Obj::of(&new)),
-                    synced: false,
-                },
-                InformerEvent::Deleted(o) => Change {
-                    old: Some(Obj::of(&o)),
-                    new: None,
-                    synced: false,
-                },
-                InformerEvent::Synced => Change {
-                    old: None,
-                    new: None,
-                    synced: true,
-                },
-            };
-            if tx.send(change).await.is_err() {
-                return;
-            }
-        }
-    })
+/// What the collector keeps of an event: the ownership part only.
+fn change<R: Resource>(ev: Event<R>) -> Change {
+    let (old, new) = ev.split();
+    Change {
+        old: old.map(|o| Obj::of(&**o)),
+        new: new.map(|o| Obj::of(&**o)),
+    }
 }
-
-/// The kinds whose objects can own or be owned.
-const WATCHED: usize = 7;
 
 #[derive(Default)]
 struct Graph {
@@ -185,68 +154,49 @@ impl Graph {
     }
 }
 
-/// What the collector watches: every kind that can own or be owned.
-pub struct Watched {
-    pub pods: Events<Pod>,
-    pub replicasets: Events<ReplicaSet>,
-    pub deployments: Events<Deployment>,
-    pub services: Events<Service>,
-    pub slices: Events<EndpointSlice>,
-    pub configmaps: Events<ConfigMap>,
-    pub leases: Events<Lease>,
+struct Collector {
+    client: Client,
+    graph: Graph,
+    queue: Queue<Item>,
 }
 
-impl Watched {
-    pub fn subscribe(inf: &mut Informers) -> Watched {
-        Watched {
-            pods: inf.all(),
-            replicasets: inf.all(),
-            deployments: inf.all(),
-            services: inf.all(),
-            slices: inf.all(),
-            configmaps: inf.all(),
-            leases: inf.all(),
-        }
+/// The collector on the shared informers: every kind that can own or be
+/// owned.
+pub fn start(client: Client, inf: &mut Informers) -> tokio::task::JoinHandle<()> {
+    let mut inbox = Inbox::new();
+    inf.watch_all(&mut inbox, change::<Pod>);
+    inf.watch_all(&mut inbox, change::<ReplicaSet>);
+    inf.watch_all(&mut inbox, change::<Deployment>);
+    inf.watch_all(&mut inbox, change::<Service>);
+    inf.watch_all(&mut inbox, change::<EndpointSlice>);
+    inf.watch_all(&mut inbox, change::<ConfigMap>);
+    inf.watch_all(&mut inbox, change::<Lease>);
+    let c = Collector {
+        client,
+        graph: Graph::default(),
+        queue: Queue::default(),
+    };
+    tokio::spawn(skiff_runtime::drive(c, inbox))
+}
+
+impl Reconcile for Collector {
+    type Key = Item;
+    type Event = Change;
+
+    fn name(&self) -> &'static str {
+        "garbage collection"
     }
-}
 
-pub async fn run(client: Client, w: Watched) {
-    let (tx, mut rx) = mpsc::channel(1024);
-    let _tasks: Vec<AbortOnDrop> = vec![
-        AbortOnDrop(watch(w.pods, tx.clone())),
-        AbortOnDrop(watch(w.replicasets, tx.clone())),
-        AbortOnDrop(watch(w.deployments, tx.clone())),
-        AbortOnDrop(watch(w.services, tx.clone())),
-        AbortOnDrop(watch(w.slices, tx.clone())),
-        AbortOnDrop(watch(w.configmaps, tx.clone())),
-        AbortOnDrop(watch(w.leases, tx)),
-    ];
-    let mut graph = Graph::default();
-    let mut queue: Queue<Item> = Queue::default();
-    let mut synced = 0;
-    loop {
-        tokio::select! {
-            ch = rx.recv() => {
-                let Some(ch) = ch else { return };
-                if ch.synced {
-                    synced += 1;
-                }
-                on_change(&mut graph, &mut queue, ch);
-            }
-            k = queue.next_retry() => if let Some(k) = k { queue.add(k) },
-        }
-        if synced < WATCHED {
-            continue;
-        }
-        while let Some(item) = queue.pop() {
-            match sync(&client, &graph, &item).await {
-                Ok(()) => queue.done(&item),
-                Err(e) => {
-                    crate::log_sync_error("garbage collection", &item, &e);
-                    queue.retry(item);
-                }
-            }
-        }
+    fn queue(&mut self) -> &mut Queue<Item> {
+        &mut self.queue
+    }
+
+    fn on_event(&mut self, ch: Change) {
+        on_change(&mut self.graph, &mut self.queue, ch);
+    }
+
+    async fn sync(&mut self, item: &Item) -> anyhow::Result<()> {
+        sync(&self.client, &self.graph, item).await
     }
 }
 

@@ -6,20 +6,17 @@
 pub mod deployment;
 pub mod endpointslice;
 pub mod events;
-pub mod failpoint;
 pub mod gc;
-pub mod informers;
 pub mod leader;
 pub mod nodelifecycle;
 pub mod pods;
-pub mod queue;
 pub mod replicaset;
 #[cfg(test)]
 mod rollout_model;
 pub mod scheduler;
-pub mod store;
 
 use skiff_client::Client;
+use skiff_runtime::Informers;
 
 /// Settings of the loops (`skiff server` flags).
 #[derive(Debug, Clone, Copy, Default)]
@@ -27,29 +24,18 @@ pub struct Config {
     pub node_lifecycle: nodelifecycle::Config,
 }
 
-/// Starts every loop, on shared informers; they run until the returned
-/// tasks are aborted.
+/// Starts every loop on one set of shared informers (one reflector and
+/// store per kind for all of them); they run until the returned tasks are
+/// aborted.
 pub fn start(client: Client, cfg: Config) -> Vec<tokio::task::JoinHandle<()>> {
-    let mut inf = informers::Informers::new(client.clone());
-    let c = || client.clone();
+    let mut inf = Informers::new(client.clone());
     let mut tasks = vec![
-        tokio::spawn(scheduler::run(c(), inf.all(), inf.all())),
-        tokio::spawn(replicaset::run(c(), inf.all(), inf.all())),
-        tokio::spawn(deployment::run(c(), inf.all(), inf.all())),
-        tokio::spawn(endpointslice::run(
-            c(),
-            inf.all(),
-            inf.all(),
-            inf.subscribe("", endpointslice::managed()),
-        )),
-        tokio::spawn(nodelifecycle::run(
-            c(),
-            cfg.node_lifecycle,
-            inf.all(),
-            inf.subscribe(nodelifecycle::LEASE_NAMESPACE, Default::default()),
-            inf.all(),
-        )),
-        tokio::spawn(gc::run(c(), gc::Watched::subscribe(&mut inf))),
+        scheduler::start(client.clone(), &mut inf),
+        replicaset::start(client.clone(), &mut inf),
+        deployment::start(client.clone(), &mut inf),
+        endpointslice::start(client.clone(), &mut inf),
+        nodelifecycle::start(client.clone(), cfg.node_lifecycle, &mut inf),
+        gc::start(client, &mut inf),
     ];
     tasks.extend(inf.start());
     tasks
@@ -68,19 +54,5 @@ pub(crate) struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
-    }
-}
-
-/// Logs a failed sync: a conflict is routine (another writer got there
-/// first; the watch brings the newer object and the key is synced again),
-/// anything else is worth a warning.
-pub(crate) fn log_sync_error(what: &str, key: &dyn std::fmt::Debug, e: &anyhow::Error) {
-    let conflict = e
-        .downcast_ref::<skiff_client::ClientError>()
-        .is_some_and(|c| c.is_conflict());
-    if conflict {
-        tracing::debug!(?key, "{what}: {e}");
-    } else {
-        tracing::warn!(?key, "{what}: {e}");
     }
 }

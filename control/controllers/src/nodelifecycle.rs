@@ -13,13 +13,11 @@ use std::time::{Duration, Instant};
 
 use skiff_api::v1::{Condition, Taint, Time, Toleration};
 use skiff_api::{Lease, Node, Pod, Resource};
-use skiff_client::{Client, InformerEvent};
+use skiff_client::Client;
+use skiff_runtime::{Event, Inbox, Informers, Queue, Reconcile, Store};
 
 use crate::events::{NORMAL, Recorder, WARNING};
-use crate::informers::Events;
 use crate::pods;
-use crate::queue::Queue;
-use crate::store::Store;
 
 pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 pub const LEASE_NAMESPACE: &str = "kube-node-lease";
@@ -195,105 +193,115 @@ fn node_of(p: &Pod) -> &str {
     p.spec.as_ref().map(|s| s.node_name.as_str()).unwrap_or("")
 }
 
-pub async fn run(
-    client: Client,
-    cfg: Config,
-    mut node_rx: Events<Node>,
-    mut lease_rx: Events<Lease>,
-    mut pod_rx: Events<Pod>,
-) {
-    let mut c = Controller {
+pub enum Ev {
+    Node(Event<Node>),
+    Lease(Event<Lease>),
+    Pod(Event<Pod>),
+}
+
+/// The controller on the shared informers.
+pub fn start(client: Client, cfg: Config, inf: &mut Informers) -> tokio::task::JoinHandle<()> {
+    let mut inbox = Inbox::new();
+    let nodes = inf.watch_all(&mut inbox, Ev::Node);
+    inf.watch(&mut inbox, LEASE_NAMESPACE, Default::default(), Ev::Lease);
+    let c = Controller {
         events: Recorder::new(client.clone(), "node-controller"),
         client,
         cfg,
-        nodes: Store::default(),
-        pods: Store::default(),
+        nodes,
+        pods: inf.watch_all(&mut inbox, Ev::Pod),
         heard: HashMap::new(),
         pods_on: HashMap::new(),
         armed: HashMap::new(),
         queue: Queue::default(),
     };
-    loop {
-        tokio::select! {
-            ev = node_rx.recv() => {
-                let Some(ev) = ev else { return };
-                let (old, new) = c.nodes.apply(ev);
-                match (old, new) {
-                    (_, Some(n)) => {
-                        // A node we never heard of gets a full grace period.
-                        c.heard.entry(n.name().to_string()).or_insert_with(Instant::now);
-                        c.queue.add(Item::Node(n.name().to_string()));
-                    }
-                    (Some(n), None) => {
-                        c.heard.remove(n.name());
-                        c.armed.remove(n.name());
-                        // Its pods have nowhere to run: delete them.
-                        for (ns, name) in c.pods_on.get(n.name()).cloned().unwrap_or_default() {
-                            c.queue.add(Item::Pod(ns, name));
-                        }
-                    }
-                    _ => {}
+    tokio::spawn(skiff_runtime::drive(c, inbox))
+}
+
+impl Reconcile for Controller {
+    type Key = Item;
+    type Event = Ev;
+
+    fn name(&self) -> &'static str {
+        "node lifecycle"
+    }
+
+    fn queue(&mut self) -> &mut Queue<Item> {
+        &mut self.queue
+    }
+
+    fn on_event(&mut self, ev: Ev) {
+        match ev {
+            Ev::Node(ev) => match ev.split() {
+                (_, Some(n)) => {
+                    // A node we never heard of gets a full grace period.
+                    self.heard
+                        .entry(n.name().to_string())
+                        .or_insert_with(Instant::now);
+                    self.queue.add(Item::Node(n.name().to_string()));
                 }
-            }
-            ev = lease_rx.recv() => {
-                let Some(ev) = ev else { return };
+                (Some(n), None) => {
+                    self.heard.remove(n.name());
+                    self.armed.remove(n.name());
+                    // Its pods have nowhere to run: delete them.
+                    for (ns, name) in self.pods_on.get(n.name()).cloned().unwrap_or_default() {
+                        self.queue.add(Item::Pod(ns, name));
+                    }
+                }
+                _ => {}
+            },
+            Ev::Lease(ev) => {
                 let renewed = match &ev {
-                    InformerEvent::Added(l) => Some(l.name().to_string()),
-                    InformerEvent::Updated { old, new } => {
+                    Event::Added(l) => Some(l.name().to_string()),
+                    Event::Updated { old, new } => {
                         let t = |l: &Lease| l.spec.as_ref().and_then(|s| s.renew_time);
                         (t(old) != t(new)).then(|| new.name().to_string())
                     }
                     _ => None,
                 };
                 if let Some(name) = renewed {
-                    c.heard.insert(name.clone(), Instant::now());
-                    c.queue.add(Item::Node(name));
+                    self.heard.insert(name.clone(), Instant::now());
+                    self.queue.add(Item::Node(name));
                 }
             }
-            ev = pod_rx.recv() => {
-                let Some(ev) = ev else { return };
-                let (old, new) = c.pods.apply(ev);
-                if let Some(p) = &old
-                    && let Some(set) = c.pods_on.get_mut(node_of(p))
+            Ev::Pod(ev) => {
+                let (old, new) = ev.split();
+                if let Some(p) = old
+                    && let Some(set) = self.pods_on.get_mut(node_of(p))
                 {
                     set.remove(&(p.namespace().to_string(), p.name().to_string()));
                 }
-                if let Some(p) = &new
+                if let Some(p) = new
                     && !node_of(p).is_empty()
                 {
                     let key = (p.namespace().to_string(), p.name().to_string());
-                    c.pods_on.entry(node_of(p).to_string()).or_default().insert(key.clone());
-                    let node = c.nodes.get("", node_of(p));
-                    if node.is_none() || node.is_some_and(|n| unreachable_taint(n).is_some()) {
-                        c.queue.add(Item::Pod(key.0, key.1));
+                    self.pods_on
+                        .entry(node_of(p).to_string())
+                        .or_default()
+                        .insert(key.clone());
+                    let node = self.nodes.get("", node_of(p));
+                    if node.is_none_or(|n| unreachable_taint(&n).is_some()) {
+                        self.queue.add(Item::Pod(key.0, key.1));
                     }
                 }
             }
-            k = c.queue.next_retry() => if let Some(k) = k { c.queue.add(k) },
         }
-        if c.nodes.synced() && c.pods.synced() {
-            while let Some(k) = c.queue.pop() {
-                let r = match &k {
-                    Item::Node(n) => c.sync_node(n).await,
-                    Item::Pod(ns, n) => c.sync_pod(ns, n).await,
-                };
-                match r {
-                    Ok(()) => c.queue.done(&k),
-                    Err(e) => {
-                        crate::log_sync_error("node lifecycle", &k, &e);
-                        c.queue.retry(k);
-                    }
-                }
-            }
+    }
+
+    async fn sync(&mut self, k: &Item) -> anyhow::Result<()> {
+        match k {
+            Item::Node(n) => self.sync_node(n).await,
+            Item::Pod(ns, n) => self.sync_pod(ns, n).await,
         }
     }
 }
 
 impl Controller {
     async fn sync_node(&mut self, name: &str) -> anyhow::Result<()> {
-        let Some(node) = self.nodes.get("", name).cloned() else {
+        let Some(node) = self.nodes.get("", name) else {
             return Ok(());
         };
+        let node: &Node = &node;
         let since = self
             .heard
             .get(name)
@@ -309,10 +317,10 @@ impl Controller {
                 self.armed.insert(name.to_string(), Instant::now() + wait);
                 self.queue.after(Item::Node(name.to_string()), wait);
             }
-            if let Some(n) = set_unreachable_taints(&node, false, now) {
+            if let Some(n) = set_unreachable_taints(node, false, now) {
                 match self.client.update(&n).await {
                     Ok(_) => self.events.record(
-                        &node,
+                        node,
                         NORMAL,
                         "NodeReachable",
                         "Node is renewing its lease again",
@@ -323,7 +331,7 @@ impl Controller {
             }
             return Ok(());
         }
-        let mut node = node;
+        let mut node = node.clone();
         if ready_status(&node) != "Unknown" {
             let marked = mark_unknown(&node, now);
             match self.client.update_status(&marked).await {
@@ -346,11 +354,8 @@ impl Controller {
         if let Some(n) = set_unreachable_taints(&node, true, now) {
             match self.client.update(&n).await {
                 Ok(n) => {
-                    // Our copy now, so the pods below see the taint.
-                    self.nodes.apply(InformerEvent::Updated {
-                        old: node.clone(),
-                        new: n,
-                    });
+                    // In the store now, so the pods below see the taint.
+                    self.nodes.write_through(n);
                 }
                 Err(e) if e.is_not_found() => return Ok(()),
                 Err(e) => return Err(e.into()),
@@ -363,14 +368,16 @@ impl Controller {
     }
 
     async fn sync_pod(&mut self, ns: &str, name: &str) -> anyhow::Result<()> {
-        let Some(pod) = self.pods.get(ns, name).cloned() else {
+        let Some(pod) = self.pods.get(ns, name) else {
             return Ok(());
         };
-        let node_name = node_of(&pod).to_string();
+        let pod: &Pod = &pod;
+        let node_name = node_of(pod).to_string();
         if node_name.is_empty() {
             return Ok(());
         }
-        let Some(node) = self.nodes.get("", &node_name).cloned() else {
+        let node = self.nodes.get("", &node_name);
+        let Some(node) = node.as_deref() else {
             // Bound to a node we do not know: ask the server before deleting.
             match self.client.get::<Node>("", &node_name).await {
                 Err(e) if e.is_not_found() => {}
@@ -380,7 +387,7 @@ impl Controller {
             match self.client.delete_with_grace::<Pod>(ns, name, 0).await {
                 Ok(_) => {
                     self.events.record(
-                        &pod,
+                        pod,
                         NORMAL,
                         "PodGC",
                         &format!("Deleted: node {node_name} is gone"),
@@ -391,14 +398,14 @@ impl Controller {
             }
             return Ok(());
         };
-        let Some(taint) = unreachable_taint(&node).cloned() else {
+        let Some(taint) = unreachable_taint(node).cloned() else {
             return Ok(());
         };
-        if pods::terminating(&pod) {
+        if pods::terminating(pod) {
             return Ok(());
         }
         let now = Time::now_seconds();
-        if let Some(p) = mark_not_ready(&pod, now) {
+        if let Some(p) = mark_not_ready(pod, now) {
             match self.client.update_status(&p).await {
                 Ok(_) | Err(_) => {}
             }
@@ -421,7 +428,7 @@ impl Controller {
         }
         match self.client.delete::<Pod>(ns, name).await {
             Ok(_) => self.events.record(
-                &pod,
+                pod,
                 WARNING,
                 "TaintManagerEviction",
                 &format!("Marking for deletion Pod {ns}/{name}: node {node_name} is unreachable"),

@@ -9,13 +9,11 @@ use std::time::{Duration, Instant};
 use skiff_api::selector::Selector;
 use skiff_api::v1::{ObjectMeta, ReplicaSetStatus};
 use skiff_api::{Pod, ReplicaSet, Resource};
-use skiff_client::{Client, InformerEvent};
+use skiff_client::Client;
+use skiff_runtime::{Event, Inbox, Index, Informers, Queue, Reconcile, Store};
 
 use crate::events::{NORMAL, Recorder, WARNING};
-use crate::informers::{Events, drain};
 use crate::pods::{self, active, controller_of, owner_ref, ready};
-use crate::queue::Queue;
-use crate::store::Store;
 
 /// Pods created or deleted at most at once per sync.
 const BATCH: usize = 500;
@@ -161,67 +159,75 @@ struct Controller {
     queue: Queue<Key>,
 }
 
-pub async fn run(client: Client, mut rs_rx: Events<ReplicaSet>, mut pod_rx: Events<Pod>) {
-    let mut c = Controller {
+pub enum Ev {
+    Rs(Event<ReplicaSet>),
+    Pod(Event<Pod>),
+}
+
+/// The controller on the shared informers.
+pub fn start(client: Client, inf: &mut Informers) -> tokio::task::JoinHandle<()> {
+    let mut inbox = Inbox::new();
+    let c = Controller {
         events: Recorder::new(client.clone(), "replicaset-controller"),
         client,
-        rss: Store::default(),
-        pods: Store::default(),
+        rss: inf.watch_all(&mut inbox, Ev::Rs),
+        pods: inf.watch_all(&mut inbox, Ev::Pod),
         owned: HashMap::new(),
         uid_to_rs: HashMap::new(),
         expect: HashMap::new(),
         queue: Queue::default(),
     };
-    loop {
-        tokio::select! {
-            ev = rs_rx.recv() => match ev {
-                Some(ev) => c.on_rs(ev),
-                None => return,
-            },
-            ev = pod_rx.recv() => match ev {
-                Some(ev) => c.on_pod(ev),
-                None => return,
-            },
-            k = c.queue.next_retry() => if let Some(k) = k { c.queue.add(k) },
+    tokio::spawn(skiff_runtime::drive(c, inbox))
+}
+
+impl Reconcile for Controller {
+    type Key = Key;
+    type Event = Ev;
+
+    fn name(&self) -> &'static str {
+        "replicaset sync"
+    }
+
+    fn queue(&mut self) -> &mut Queue<Key> {
+        &mut self.queue
+    }
+
+    fn on_event(&mut self, ev: Ev) {
+        match ev {
+            Ev::Rs(ev) => self.on_rs(ev),
+            Ev::Pod(ev) => self.on_pod(ev),
         }
-        drain(&mut rs_rx, |ev| c.on_rs(ev));
-        drain(&mut pod_rx, |ev| c.on_pod(ev));
-        if c.rss.synced() && c.pods.synced() {
-            while let Some(k) = c.queue.pop() {
-                match c.sync(&k).await {
-                    Ok(()) => c.queue.done(&k),
-                    Err(e) => {
-                        crate::log_sync_error("replicaset sync", &k, &e);
-                        c.queue.retry(k);
-                    }
-                }
-            }
-        }
+    }
+
+    async fn sync(&mut self, key: &Key) -> anyhow::Result<()> {
+        self.sync_rs(key).await
     }
 }
 
 impl Controller {
-    fn on_rs(&mut self, ev: InformerEvent<ReplicaSet>) {
-        let (old, new) = self.rss.apply(ev);
-        if let Some(rs) = &new {
-            self.uid_to_rs
-                .insert(uid(rs), (rs.namespace().to_string(), rs.name().to_string()));
+    fn on_rs(&mut self, ev: Event<ReplicaSet>) {
+        let (old, new) = ev.split();
+        if let Some(rs) = new {
+            self.uid_to_rs.insert(
+                uid(&**rs),
+                (rs.namespace().to_string(), rs.name().to_string()),
+            );
             self.queue
                 .add((rs.namespace().to_string(), rs.name().to_string()));
         } else if let Some(rs) = old {
             // Deleted: what happens to its pods is the garbage collector's
             // business (background, foreground or orphan).
-            self.uid_to_rs.remove(&uid(&rs));
+            self.uid_to_rs.remove(&uid(&**rs));
             self.expect
                 .remove(&(rs.namespace().to_string(), rs.name().to_string()));
         }
     }
 
-    fn on_pod(&mut self, ev: InformerEvent<Pod>) {
-        let is_delete = matches!(ev, InformerEvent::Deleted(_));
-        let is_add = matches!(ev, InformerEvent::Added(_));
-        let (old, new) = self.pods.apply(ev);
-        for (p, present) in [(&old, false), (&new, true)] {
+    fn on_pod(&mut self, ev: Event<Pod>) {
+        let is_delete = matches!(ev, Event::Deleted(_));
+        let is_add = matches!(ev, Event::Added(_));
+        let (old, new) = ev.split();
+        for (p, present) in [(old, false), (new, true)] {
             let Some(p) = p else { continue };
             let key = (p.namespace().to_string(), p.name().to_string());
             let owner = p
@@ -257,6 +263,7 @@ impl Controller {
                         .unwrap_or_default();
                     let matching: Vec<Key> = self
                         .rss
+                        .read()
                         .in_namespace(p.namespace())
                         .filter(|rs| selector(rs).is_some_and(|s| s.matches(&labels)))
                         .map(|rs| (rs.namespace().to_string(), rs.name().to_string()))
@@ -270,8 +277,8 @@ impl Controller {
         }
     }
 
-    async fn sync(&mut self, key: &Key) -> anyhow::Result<()> {
-        let Some(rs) = self.rss.get(&key.0, &key.1).cloned() else {
+    async fn sync_rs(&mut self, key: &Key) -> anyhow::Result<()> {
+        let Some(rs) = self.rss.get(&key.0, &key.1) else {
             return Ok(());
         };
         if rs
@@ -281,7 +288,7 @@ impl Controller {
         {
             return Ok(());
         }
-        let rs_uid = uid(&rs);
+        let rs_uid = uid(&*rs);
         self.adopt_orphans(&rs).await?;
         let satisfied = match self.expect.get(key) {
             None => true,
@@ -289,7 +296,8 @@ impl Controller {
         };
         let work = satisfied.then(|| {
             // Borrowed from our copy, never cloned: a sync costs O(its pods).
-            let act: Vec<&Pod> = owned_refs(&self.owned, &self.pods, &rs_uid)
+            let pods = self.pods.read();
+            let act: Vec<&Pod> = owned_refs(&self.owned, &pods, &rs_uid)
                 .filter(|p| active(p))
                 .collect();
             let desired = rs
@@ -319,20 +327,18 @@ impl Controller {
         // the deployment controller that pods just deleted are still
         // available (and a rollout would go below maxUnavailable).
         let st = {
-            let refs: Vec<&Pod> = owned_refs(&self.owned, &self.pods, &rs_uid).collect();
+            let pods = self.pods.read();
+            let refs: Vec<&Pod> = owned_refs(&self.owned, &pods, &rs_uid).collect();
             status(&rs, &refs)
         };
         if rs.status.as_ref() != Some(&st) {
-            crate::failpoint::hit("replicaset-status").await;
-            let mut updated = rs.clone();
+            skiff_runtime::failpoint::hit("replicaset-status").await;
+            let mut updated = ReplicaSet::clone(&rs);
             updated.status = Some(st);
             match self.client.update_status(&updated).await {
                 // Our own write, in our copy before the watch brings it.
                 Ok(written) => {
-                    self.rss.apply(InformerEvent::Updated {
-                        old: rs.clone(),
-                        new: written,
-                    });
+                    self.rss.write_through(written);
                 }
                 // A stale copy: the newer one is on its way and syncs again.
                 Err(e) if e.is_not_found() || e.is_conflict() => {}
@@ -397,7 +403,7 @@ impl Controller {
                     // Removed at once (a pod no node runs): an older event
                     // still on its way may show it again until the watch's
                     // deletion, as an unready pod, which no count trusts.
-                    self.pods.apply(InformerEvent::Deleted(gone.clone()));
+                    self.pods.forget(gone);
                 }
             }
             if let Err(e) = r
@@ -421,10 +427,7 @@ impl Controller {
             .as_ref()
             .and_then(|m| controller_of(&m.owner_references))
             .map(|o| o.uid.clone());
-        self.pods.apply(InformerEvent::Updated {
-            old: p.clone(),
-            new: p,
-        });
+        self.pods.write_through(p);
         if let Some(uid) = owner {
             self.owned.entry(uid).or_default().insert(key);
         }
@@ -437,13 +440,14 @@ impl Controller {
         };
         let orphans: Vec<Pod> = self
             .pods
+            .read()
             .in_namespace(rs.namespace())
             .filter(|p| {
                 p.metadata.as_ref().is_some_and(|m| {
                     controller_of(&m.owner_references).is_none() && sel.matches(&m.labels)
                 }) && active(p)
             })
-            .cloned()
+            .map(|p| Pod::clone(p))
             .collect();
         for mut p in orphans {
             let m = p.metadata.get_or_insert_with(Default::default);
@@ -463,14 +467,14 @@ impl Controller {
 /// The pods of the ReplicaSet with this uid, borrowed from the copy.
 fn owned_refs<'a>(
     owned: &'a HashMap<String, BTreeSet<Key>>,
-    pods: &'a Store<Pod>,
+    pods: &'a Index<Pod>,
     rs_uid: &str,
 ) -> impl Iterator<Item = &'a Pod> {
     owned
         .get(rs_uid)
         .into_iter()
         .flatten()
-        .filter_map(|(ns, n)| pods.get(ns, n))
+        .filter_map(|(ns, n)| pods.get(ns, n).map(|p| &**p))
 }
 
 fn uid<R: Resource>(r: &R) -> String {

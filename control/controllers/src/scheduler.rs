@@ -12,14 +12,12 @@ use std::sync::Arc;
 use skiff_api::selector::Selector;
 use skiff_api::v1::{Condition, NodeSelectorRequirement, PodSpec, Taint, Time, Toleration};
 use skiff_api::{Node, ParsedQuantity, Pod, Resource};
-use skiff_client::{Client, InformerEvent};
-use tokio::sync::{Semaphore, mpsc};
+use skiff_client::Client;
+use skiff_runtime::{Event, Inbox, Informers, Queue, Reconcile, Sender, Store};
+use tokio::sync::Semaphore;
 
 use crate::events::{NORMAL, Recorder, WARNING};
-use crate::informers::Events;
 use crate::pods::{self, controller_of};
-use crate::queue::Queue;
-use crate::store::Store;
 
 type Key = (String, String);
 
@@ -385,7 +383,10 @@ struct Scheduler {
     events: Recorder,
     nodes: BTreeMap<String, NodeInfo>,
     pods: Store<Pod>,
-    node_store: Store<Node>,
+    /// Pods assumed on a node while their binding is in flight (as
+    /// kube-scheduler's cache): the shared store keeps what the server
+    /// says; the next decision counts these.
+    assumed: HashMap<Key, Arc<Pod>>,
     queue: Queue<Key>,
     /// Pods no node fits now: tried again when the cluster changes.
     parked: BTreeSet<Key>,
@@ -393,93 +394,126 @@ struct Scheduler {
     cursor: String,
     /// Bindings in flight, at most `BINDS` at once.
     binds: Arc<Semaphore>,
-    bound_tx: mpsc::UnboundedSender<Binding>,
+    bound_tx: Sender<Ev>,
 }
 
 /// Bindings run in the background (as kube-scheduler's binding cycle):
 /// the pod is assumed on its node at once, so the next decision counts it.
 const BINDS: usize = 64;
 
-struct Binding {
-    original: Pod,
-    assumed: Pod,
+pub struct Binding {
+    original: Arc<Pod>,
+    assumed: Arc<Pod>,
     result: Result<(), skiff_client::ClientError>,
 }
 
-pub async fn run(client: Client, mut node_rx: Events<Node>, mut pod_rx: Events<Pod>) {
-    let (bound_tx, mut bound_rx) = mpsc::unbounded_channel();
-    let mut s = Scheduler {
+pub enum Ev {
+    Node(Event<Node>),
+    Pod(Event<Pod>),
+    Bound(Binding),
+}
+
+/// The scheduler on the shared informers.
+pub fn start(client: Client, inf: &mut Informers) -> tokio::task::JoinHandle<()> {
+    let mut inbox = Inbox::new();
+    inf.watch_all(&mut inbox, Ev::Node);
+    let s = Scheduler {
         events: Recorder::new(client.clone(), "default-scheduler"),
         client,
         nodes: BTreeMap::new(),
-        pods: Store::default(),
-        node_store: Store::default(),
+        pods: inf.watch_all(&mut inbox, Ev::Pod),
+        assumed: HashMap::new(),
         queue: Queue::default(),
         parked: BTreeSet::new(),
         cursor: String::new(),
         binds: Arc::new(Semaphore::new(BINDS)),
-        bound_tx,
+        bound_tx: inbox.sender(),
     };
-    loop {
-        tokio::select! {
-            ev = node_rx.recv() => {
-                let Some(ev) = ev else { return };
-                let (_old, new) = s.node_store.apply(ev.clone());
-                // Parked pods are tried again only when a node could now
-                // take more (not on every status heartbeat).
-                let mut more_room = false;
-                match ev {
-                    InformerEvent::Deleted(n) => { s.nodes.remove(n.name()); }
-                    _ => if let Some(n) = new {
-                        let mut info = node_info(&n);
-                        match s.nodes.get_mut(&info.name) {
-                            Some(prev) => {
-                                more_room = !same_constraints(prev, &info);
-                                info.used = prev.used;
-                                info.used_pods = prev.used_pods;
-                                info.owners = std::mem::take(&mut prev.owners);
-                                info.residents = std::mem::take(&mut prev.residents);
-                                info.anti = std::mem::take(&mut prev.anti);
-                            }
-                            None => more_room = true,
-                        }
-                        s.nodes.insert(info.name.clone(), info);
-                    }
-                }
-                if more_room {
-                    s.unpark();
-                }
-            }
-            ev = pod_rx.recv() => {
-                let Some(ev) = ev else { return };
-                let (old, new) = s.pods.apply(ev);
-                if let Some(p) = &old { s.account(p, -1); }
-                if let Some(p) = &new {
-                    s.account(p, 1);
-                    if schedulable_here(p) {
-                        s.queue.add((p.namespace().to_string(), p.name().to_string()));
-                    }
-                }
-                // A bound pod that went away frees room.
-                if new.is_none() && old.as_ref().is_some_and(pods::scheduled) {
-                    s.unpark();
-                }
-            }
-            k = s.queue.next_retry() => if let Some(k) = k { s.queue.add(k) },
-            b = bound_rx.recv() => if let Some(b) = b { s.bound(b) },
+    tokio::spawn(skiff_runtime::drive(s, inbox))
+}
+
+impl Reconcile for Scheduler {
+    type Key = Key;
+    type Event = Ev;
+
+    fn name(&self) -> &'static str {
+        "scheduling"
+    }
+
+    fn queue(&mut self) -> &mut Queue<Key> {
+        &mut self.queue
+    }
+
+    fn on_event(&mut self, ev: Ev) {
+        match ev {
+            Ev::Node(ev) => self.on_node(ev),
+            Ev::Pod(ev) => self.on_pod(ev),
+            Ev::Bound(b) => self.bound(b),
         }
-        if s.pods.synced() && s.node_store.synced() {
-            while let Some(k) = s.queue.pop() {
-                if let Err(e) = s.schedule(&k).await {
-                    crate::log_sync_error("scheduling", &k, &e);
-                    s.queue.retry(k);
-                }
-            }
-        }
+    }
+
+    async fn sync(&mut self, k: &Key) -> anyhow::Result<()> {
+        self.schedule(k).await
     }
 }
 
 impl Scheduler {
+    fn on_node(&mut self, ev: Event<Node>) {
+        // Parked pods are tried again only when a node could now take
+        // more (not on every status heartbeat).
+        let mut more_room = false;
+        match ev {
+            Event::Deleted(n) => {
+                self.nodes.remove(n.name());
+            }
+            Event::Added(n) | Event::Updated { new: n, .. } => {
+                let mut info = node_info(&n);
+                match self.nodes.get_mut(&info.name) {
+                    Some(prev) => {
+                        more_room = !same_constraints(prev, &info);
+                        info.used = prev.used;
+                        info.used_pods = prev.used_pods;
+                        info.owners = std::mem::take(&mut prev.owners);
+                        info.residents = std::mem::take(&mut prev.residents);
+                        info.anti = std::mem::take(&mut prev.anti);
+                    }
+                    None => more_room = true,
+                }
+                self.nodes.insert(info.name.clone(), info);
+            }
+            Event::Synced => {}
+        }
+        if more_room {
+            self.unpark();
+        }
+    }
+
+    fn on_pod(&mut self, ev: Event<Pod>) {
+        let (old, new) = ev.split();
+        let Some(p) = new.or(old) else { return };
+        let key = (p.namespace().to_string(), p.name().to_string());
+        // What was counted: the assumption if there was one (the server's
+        // news replaces it), else the version delivered before.
+        match self.assumed.remove(&key) {
+            Some(a) => self.account(&a, -1),
+            None => {
+                if let Some(o) = old {
+                    self.account(o, -1);
+                }
+            }
+        }
+        if let Some(p) = new {
+            self.account(p, 1);
+            if schedulable_here(p) {
+                self.queue.add(key);
+            }
+        }
+        // A bound pod that went away frees room.
+        if new.is_none() && old.is_some_and(|o| pods::scheduled(o)) {
+            self.unpark();
+        }
+    }
+
     /// Adds (or removes) a bound, active pod's requests to its node.
     fn account(&mut self, p: &Pod, sign: i64) {
         if !pods::scheduled(p) || !pods::active(p) {
@@ -545,23 +579,22 @@ impl Scheduler {
             Ok(()) => {
                 tracing::debug!(pod = %format!("{ns}/{name}"), %node, "scheduled");
                 let msg = format!("Successfully assigned {ns}/{name} to {node}");
-                self.events.record(&b.original, NORMAL, "Scheduled", &msg);
+                self.events.record(&*b.original, NORMAL, "Scheduled", &msg);
                 return;
             }
             Err(e) => e,
         };
-        let ours = self.pods.get(&ns, &name).is_some_and(|cur| {
-            cur.meta().resource_version == b.assumed.meta().resource_version
-                && pods::scheduled(cur)
-                && cur.spec.as_ref().map(|s| s.node_name.as_str()) == Some(node.as_str())
-        });
+        let key = (ns, name);
+        let ours = self
+            .assumed
+            .get(&key)
+            .is_some_and(|a| Arc::ptr_eq(a, &b.assumed));
         if ours {
+            self.assumed.remove(&key);
             self.account(&b.assumed, -1);
-            self.pods.apply(InformerEvent::Updated {
-                old: b.assumed,
-                new: b.original,
-            });
+            self.account(&b.original, 1);
         }
+        let (ns, name) = key;
         // A conflict or a deletion: the watch brings the news (and the
         // pod again if it still waits); anything else is tried again.
         if !e.is_conflict() && !e.is_not_found() {
@@ -577,7 +610,10 @@ impl Scheduler {
     }
 
     async fn schedule(&mut self, k: &Key) -> anyhow::Result<()> {
-        let Some(pod) = self.pods.get(&k.0, &k.1).cloned() else {
+        if self.assumed.contains_key(k) {
+            return Ok(());
+        }
+        let Some(pod) = self.pods.get(&k.0, &k.1) else {
             return Ok(());
         };
         if !schedulable_here(&pod) {
@@ -596,31 +632,30 @@ impl Scheduler {
         match pick(&pod, nodes, enough_feasible(self.nodes.len())) {
             Ok(picked) => {
                 self.cursor = picked.last;
-                let mut assumed = pod.clone();
+                let mut assumed = Pod::clone(&pod);
                 assumed.spec.get_or_insert_with(Default::default).node_name = picked.node;
                 // Assume it there now; the watch event would be late.
+                let assumed = Arc::new(assumed);
+                self.account(&pod, -1);
                 self.account(&assumed, 1);
-                self.pods.apply(InformerEvent::Updated {
-                    old: pod.clone(),
-                    new: assumed.clone(),
-                });
+                self.assumed.insert(k.clone(), assumed.clone());
                 let permit = self.binds.clone().acquire_owned().await?;
                 let (client, tx) = (self.client.clone(), self.bound_tx.clone());
                 tokio::spawn(async move {
                     // The resourceVersion makes this a compare-and-set: a pod
                     // bound (or changed) meanwhile is never bound again.
-                    let result = client.update(&assumed).await.map(|_| ());
+                    let result = client.update(&*assumed).await.map(|_| ());
                     drop(permit);
-                    let _ = tx.send(Binding {
+                    tx.send(Ev::Bound(Binding {
                         original: pod,
                         assumed,
                         result,
-                    });
+                    }));
                 });
             }
             Err(why) => {
                 self.parked.insert(k.clone());
-                let mut p = pod.clone();
+                let mut p = Pod::clone(&pod);
                 let status = p.status.get_or_insert_with(Default::default);
                 let cond = Condition {
                     r#type: "PodScheduled".into(),
@@ -641,7 +676,7 @@ impl Scheduler {
                         status.phase = "Pending".into();
                     }
                     if self.client.update_status(&p).await.is_ok() {
-                        self.events.record(&pod, WARNING, "FailedScheduling", &why);
+                        self.events.record(&*pod, WARNING, "FailedScheduling", &why);
                     }
                 }
             }

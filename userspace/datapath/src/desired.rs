@@ -27,7 +27,7 @@ use thiserror::Error;
 
 use crate::model::*;
 
-pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+pub use skiff_api::SERVICE_NAME_LABEL;
 pub const ALGORITHM_ANNOTATION: &str = "skiff.io/lb-algorithm";
 pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
 
@@ -97,6 +97,27 @@ pub fn desired(
         }
     }
     (out, errors)
+}
+
+/// The entries of one Service from its own slices (the node's incremental
+/// sync: one event costs O(that service)). Slices of another address type
+/// than IPv4 are skipped, as in [`desired`].
+pub fn service_desired<'a>(
+    svc: &Service,
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    options: &Options,
+) -> Result<Vec<ServiceDef>, InputError> {
+    let (ns, name) = svc
+        .metadata
+        .as_ref()
+        .map(|m| (m.namespace.as_str(), m.name.as_str()))
+        .unwrap_or(("", ""));
+    let ns = if ns.is_empty() { "default" } else { ns };
+    let slices: Vec<&EndpointSlice> = slices
+        .into_iter()
+        .filter(|s| s.address_type.is_empty() || s.address_type == "IPv4")
+        .collect();
+    service_defs(svc, ns, name, &slices, options)
 }
 
 fn service_defs(

@@ -20,7 +20,7 @@ pub mod sync;
 
 use std::path::PathBuf;
 
-pub use desired::{InputError, Options, desired};
+pub use desired::{InputError, Options, desired, service_desired};
 pub use loader::{AttachOptions, MapSizes, PodAttacher, attach, detach, forget_iface};
 pub use maps::Maps;
 pub use model::{Algorithm, BackendAddr, Desired, Frontend, FrontendKind, Proto, ServiceDef};

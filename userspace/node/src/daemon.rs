@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use skiff_api::Node;
-use skiff_client::{Client, Informer, InformerEvent, ListParams};
+use skiff_client::{Client, ListParams};
+use skiff_runtime::Event;
 
 use crate::config::NodeConfig;
 use crate::datapath::{self, Datapath};
@@ -201,14 +202,14 @@ fn internal_ip(node: &Node) -> Option<Ipv4Addr> {
 
 /// Native routing: other nodes' podCIDRs via their addresses.
 async fn routes(client: Client, me: String, netlink: rtnetlink::Handle) {
-    let (_cache, mut events, _task) =
-        Informer::<Node>::new(client, "", ListParams::default()).spawn();
+    let (_store, mut events, _task) =
+        skiff_runtime::reflect::<Node>(client, "", ListParams::default());
     let mut routed: std::collections::HashMap<String, (Cidr, Ipv4Addr)> = Default::default();
     while let Some(ev) = events.recv().await {
         let (node, gone) = match ev {
-            InformerEvent::Added(n) | InformerEvent::Updated { new: n, .. } => (n, false),
-            InformerEvent::Deleted(n) => (n, true),
-            InformerEvent::Synced => continue,
+            Event::Added(n) | Event::Updated { new: n, .. } => (n, false),
+            Event::Deleted(n) => (n, true),
+            Event::Synced => continue,
         };
         let name = node
             .metadata

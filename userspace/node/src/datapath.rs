@@ -4,15 +4,14 @@
 //! the API — incrementally, one service per event, through the pure
 //! desired-state function and the reconciler.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use anyhow::{Context, Result};
-use skiff_api::{EndpointSlice, Resource, Service};
-use skiff_client::{Client, Informer, InformerEvent, ListParams};
+use skiff_api::{EndpointSlice, Service};
+use skiff_client::Client;
 use skiff_datapath::{AttachOptions, MaglevConfig, Maps, Options, Reconciler};
-use tokio::sync::mpsc;
+use skiff_runtime::{Event, Inbox, Informers, Queue, Reconcile, ServiceIndex, ServiceKey};
 
 use crate::config::DatapathConfig;
 
@@ -102,178 +101,154 @@ impl Datapath {
     }
 }
 
-fn key_of<R: Resource>(r: &R) -> (String, String) {
-    (r.namespace().to_string(), r.name().to_string())
+/// What the sync works on: the whole table once (after the first complete
+/// listing, removing what no longer exists), then one Service at a time.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    All,
+    Service(ServiceKey),
 }
 
-/// The service a slice belongs to.
-fn slice_service(s: &EndpointSlice) -> Option<(String, String)> {
-    let meta = s.metadata.as_ref()?;
-    let svc = meta
-        .labels
-        .get(skiff_datapath::desired::SERVICE_NAME_LABEL)?;
-    Some((meta.namespace.clone(), svc.clone()))
+enum Ev {
+    Service(Event<Service>),
+    Slice(Event<EndpointSlice>),
 }
 
-/// The local copy the sync works from, with slices indexed by service so
-/// one event costs O(that service).
-#[derive(Default)]
-struct State {
-    services: HashMap<(String, String), Service>,
-    slices: HashMap<(String, String), BTreeMap<String, EndpointSlice>>,
+/// Keeps the maps equal to the API's Services and EndpointSlices. A failed
+/// write (a full map, say) is retried with back-off by itself, not only
+/// when something else changes.
+struct Sync {
+    reconciler: Reconciler,
+    options: Options,
+    index: ServiceIndex,
+    queue: Queue<Key>,
+    full_done: bool,
 }
 
-impl State {
-    fn desired_for(
-        &self,
-        key: &(String, String),
-        options: &Options,
-    ) -> BTreeMap<String, skiff_datapath::ServiceDef> {
-        let Some(svc) = self.services.get(key) else {
+impl Sync {
+    fn defs(&self, key: &ServiceKey) -> BTreeMap<String, skiff_datapath::ServiceDef> {
+        let Some(svc) = self.index.service(key) else {
             return BTreeMap::new();
         };
-        let slices: Vec<EndpointSlice> = self
-            .slices
-            .get(key)
-            .map(|m| m.values().cloned().collect())
-            .unwrap_or_default();
-        let (desired, errors) =
-            skiff_datapath::desired(std::slice::from_ref(svc), &slices, options);
-        for e in errors {
-            tracing::warn!("datapath: {e}");
+        let slices = self.index.slices(key).map(|s| &**s);
+        match skiff_datapath::service_desired(svc, slices, &self.options) {
+            Ok(defs) => defs.into_iter().map(|d| (d.name.clone(), d)).collect(),
+            Err(e) => {
+                tracing::warn!("datapath: {e}");
+                BTreeMap::new()
+            }
         }
-        desired.services
+    }
+
+    fn apply_all(&mut self) -> Result<()> {
+        let mut all = skiff_datapath::Desired::default();
+        for (key, _) in self.index.services() {
+            all.services.extend(self.defs(key));
+        }
+        let r = self.reconciler.apply(&all)?;
+        tracing::info!(
+            services = all.services.len(),
+            added = r.added,
+            changed = r.changed,
+            removed = r.removed,
+            "datapath synced"
+        );
+        Ok(())
+    }
+
+    fn apply_service(&mut self, key: &ServiceKey) -> Result<()> {
+        let defs = self.defs(key);
+        let prefix = format!("{}/{}:", key.0, key.1);
+        let stale: Vec<String> = self
+            .reconciler
+            .installed_with_prefix(&prefix)
+            .filter(|n| !defs.contains_key(*n))
+            .map(str::to_string)
+            .collect();
+        let mut failed = None;
+        for name in stale {
+            if let Err(e) = self.reconciler.apply_one(&name, None) {
+                failed.get_or_insert(anyhow::anyhow!("removing {name}: {e}"));
+            }
+        }
+        for (name, def) in &defs {
+            if let Err(e) = self.reconciler.apply_one(name, Some(def)) {
+                failed.get_or_insert(anyhow::anyhow!("programming {name}: {e}"));
+            }
+        }
+        failed.map_or(Ok(()), Err)
     }
 }
 
-enum Change {
-    Service(Box<InformerEvent<Service>>),
-    Slice(Box<InformerEvent<EndpointSlice>>),
+impl Reconcile for Sync {
+    type Key = Key;
+    type Event = Ev;
+
+    fn name(&self) -> &'static str {
+        "datapath"
+    }
+
+    fn queue(&mut self) -> &mut Queue<Key> {
+        &mut self.queue
+    }
+
+    fn on_event(&mut self, ev: Ev) {
+        let changed = match ev {
+            Ev::Service(ev) => self.index.on_service(ev).into_iter().collect(),
+            Ev::Slice(ev) => self.index.on_slice(ev),
+        };
+        // Until the full apply has run, it covers every change.
+        if self.full_done {
+            for k in changed {
+                self.queue.add(Key::Service(k));
+            }
+        }
+    }
+
+    fn on_synced(&mut self) {
+        self.queue.add(Key::All);
+    }
+
+    async fn sync(&mut self, key: &Key) -> Result<()> {
+        match key {
+            Key::All => {
+                self.apply_all()?;
+                self.full_done = true;
+                Ok(())
+            }
+            Key::Service(k) => self.apply_service(k),
+        }
+    }
 }
 
-/// Keeps the maps in sync with the API until the process ends. A full
-/// apply after the first complete listing (removing what no longer
-/// exists), then one service at a time.
+/// Keeps the maps in sync with the API until the process ends.
 pub async fn sync(client: Client, instance: String, node_name: String) -> Result<()> {
     let maps = Maps::open(&instance).context("opening the datapath maps")?;
-    let mut reconciler = Reconciler::adopt(maps, MaglevConfig::default())?;
-    let options = Options {
-        node_name: Some(node_name),
-        default_algorithm: Default::default(),
+    let reconciler = Reconciler::adopt(maps, MaglevConfig::default())?;
+    let mut inf = Informers::new(client);
+    let mut inbox = Inbox::new();
+    inf.watch_all(&mut inbox, Ev::Service);
+    inf.watch_all(&mut inbox, Ev::Slice);
+    let s = Sync {
+        reconciler,
+        options: Options {
+            node_name: Some(node_name),
+            default_algorithm: Default::default(),
+        },
+        index: ServiceIndex::new(),
+        queue: Queue::default(),
+        full_done: false,
     };
-    let (_svc_cache, mut svc_rx, _t1) =
-        Informer::<Service>::new(client.clone(), "", ListParams::default()).spawn();
-    let (_sl_cache, mut sl_rx, _t2) =
-        Informer::<EndpointSlice>::new(client, "", ListParams::default()).spawn();
-    let (tx, mut rx) = mpsc::channel::<Change>(1024);
-    let tx2 = tx.clone();
-    tokio::spawn(async move {
-        while let Some(e) = svc_rx.recv().await {
-            if tx.send(Change::Service(Box::new(e))).await.is_err() {
-                return;
-            }
-        }
-    });
-    tokio::spawn(async move {
-        while let Some(e) = sl_rx.recv().await {
-            if tx2.send(Change::Slice(Box::new(e))).await.is_err() {
-                return;
-            }
-        }
-    });
-    let mut state = State::default();
-    let (mut svc_synced, mut slices_synced, mut full_done) = (false, false, false);
-    let mut dirty: BTreeSet<(String, String)> = BTreeSet::new();
-    while let Some(first) = rx.recv().await {
-        // Take everything queued: a burst becomes one pass.
-        let mut batch = vec![first];
-        while let Ok(more) = rx.try_recv() {
-            batch.push(more);
-        }
-        for change in batch {
-            match change {
-                Change::Service(e) => match *e {
-                    InformerEvent::Added(s) | InformerEvent::Updated { new: s, .. } => {
-                        dirty.insert(key_of(&s));
-                        state.services.insert(key_of(&s), s);
-                    }
-                    InformerEvent::Deleted(s) => {
-                        state.services.remove(&key_of(&s));
-                        dirty.insert(key_of(&s));
-                    }
-                    InformerEvent::Synced => svc_synced = true,
-                },
-                Change::Slice(e) => match *e {
-                    InformerEvent::Added(s) | InformerEvent::Updated { new: s, .. } => {
-                        if let Some(k) = slice_service(&s) {
-                            state
-                                .slices
-                                .entry(k.clone())
-                                .or_default()
-                                .insert(s.name().to_string(), s);
-                            dirty.insert(k);
-                        }
-                    }
-                    InformerEvent::Deleted(s) => {
-                        if let Some(k) = slice_service(&s) {
-                            if let Some(m) = state.slices.get_mut(&k) {
-                                m.remove(s.name());
-                                if m.is_empty() {
-                                    state.slices.remove(&k);
-                                }
-                            }
-                            dirty.insert(k);
-                        }
-                    }
-                    InformerEvent::Synced => slices_synced = true,
-                },
-            }
-        }
-        if !(svc_synced && slices_synced) {
-            continue;
-        }
-        if !full_done {
-            let mut all = skiff_datapath::Desired::default();
-            for key in state.services.keys() {
-                all.services.extend(state.desired_for(key, &options));
-            }
-            match reconciler.apply(&all) {
-                Ok(r) => tracing::info!(
-                    services = all.services.len(),
-                    added = r.added,
-                    changed = r.changed,
-                    removed = r.removed,
-                    "datapath synced"
-                ),
-                Err(e) => {
-                    tracing::error!("datapath sync: {e}");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            }
-            full_done = true;
-            dirty.clear();
-            continue;
-        }
-        for key in std::mem::take(&mut dirty) {
-            let defs = state.desired_for(&key, &options);
-            let prefix = format!("{}/{}:", key.0, key.1);
-            let stale: Vec<String> = reconciler
-                .installed_with_prefix(&prefix)
-                .filter(|n| !defs.contains_key(*n))
-                .map(str::to_string)
-                .collect();
-            for name in stale {
-                if let Err(e) = reconciler.apply_one(&name, None) {
-                    tracing::error!("datapath: removing {name}: {e}");
-                }
-            }
-            for (name, def) in &defs {
-                if let Err(e) = reconciler.apply_one(name, Some(def)) {
-                    tracing::error!("datapath: programming {name}: {e}");
-                }
-            }
-        }
-    }
+    let _reflectors: Vec<AbortOnDrop> = inf.start().into_iter().map(AbortOnDrop).collect();
+    skiff_runtime::drive(s, inbox).await;
     Ok(())
+}
+
+/// Stops the reflectors with the loop.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

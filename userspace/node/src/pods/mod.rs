@@ -16,7 +16,8 @@ use std::sync::Arc;
 use anyhow::Result;
 use skiff_api::v1::{EventSource, ObjectReference, Time};
 use skiff_api::{Event, ObjectMeta, Pod};
-use skiff_client::{Client, Informer, InformerEvent, ListParams};
+use skiff_client::{Client, ListParams};
+use skiff_runtime::Event as Change;
 use tokio::sync::mpsc;
 
 use crate::config::NodeConfig;
@@ -143,15 +144,15 @@ async fn inventory(ctd: &Containerd) -> Result<BTreeMap<String, Vec<Adopted>>> {
 pub async fn run(ctx: Arc<Ctx>) -> Result<()> {
     let mut leftovers = inventory(&ctx.ctd).await?;
     let params = ListParams::default().fields(&format!("spec.nodeName={}", ctx.cfg.name));
-    let (_cache, mut events, _task) = Informer::<Pod>::new(ctx.client.clone(), "", params).spawn();
+    let (_store, mut events, _task) = skiff_runtime::reflect::<Pod>(ctx.client.clone(), "", params);
     let mut workers: HashMap<String, mpsc::Sender<Msg>> = HashMap::new();
     let mut synced_once = false;
     while let Some(ev) = events.recv().await {
         match ev {
-            InformerEvent::Added(pod) | InformerEvent::Updated { new: pod, .. } => {
+            Change::Added(pod) | Change::Updated { new: pod, .. } => {
                 let uid = sandbox::uid_of(&pod).to_string();
                 if let Some(tx) = workers.get(&uid) {
-                    if tx.send(Msg::Update(Box::new(pod.clone()))).await.is_ok() {
+                    if tx.send(Msg::Update(pod.clone())).await.is_ok() {
                         continue;
                     }
                     workers.remove(&uid);
@@ -160,7 +161,7 @@ pub async fn run(ctx: Arc<Ctx>) -> Result<()> {
                     continue;
                 }
                 let (tx, rx) = mpsc::channel(256);
-                let mut w = Worker::new(ctx.clone(), pod, tx.clone());
+                let mut w = Worker::new(ctx.clone(), Pod::clone(&pod), tx.clone());
                 let found = leftovers.remove(&uid).unwrap_or_default();
                 workers.insert(uid, tx);
                 tokio::spawn(async move {
@@ -168,13 +169,13 @@ pub async fn run(ctx: Arc<Ctx>) -> Result<()> {
                     w.run(rx).await;
                 });
             }
-            InformerEvent::Deleted(pod) => {
+            Change::Deleted(pod) => {
                 let uid = sandbox::uid_of(&pod).to_string();
                 if let Some(tx) = workers.remove(&uid) {
-                    let _ = tx.send(Msg::Gone(Box::new(pod))).await;
+                    let _ = tx.send(Msg::Gone(pod)).await;
                 }
             }
-            InformerEvent::Synced => {
+            Change::Synced => {
                 if !synced_once {
                     synced_once = true;
                     // Containers whose pod no longer exists.

@@ -27,9 +27,9 @@ use crate::spec::{self, SpecInput};
 
 #[derive(Debug)]
 pub enum Msg {
-    Update(Box<Pod>),
+    Update(Arc<Pod>),
     /// The pod is gone from the API (deleted without grace): its last state.
-    Gone(Box<Pod>),
+    Gone(Arc<Pod>),
     Exited {
         name: String,
         id: String,
@@ -370,13 +370,13 @@ impl Worker {
                     if marked(p.status.as_ref()) && !marked(self.pushed.as_ref()) {
                         self.pushed = p.status.clone();
                     }
-                    self.pod = *p;
+                    self.pod = Pod::clone(&p);
                 }
             }
             Msg::Gone(p) => {
                 self.gone = true;
                 if uid_of(&p) == self.uid {
-                    self.pod.metadata = p.metadata;
+                    self.pod.metadata = p.metadata.clone();
                 }
             }
             Msg::Exited { name, id, status } => self.on_exit(&name, &id, status).await,

@@ -1,0 +1,116 @@
+//! The one loop every controller runs: take the events that arrived (a
+//! burst becomes one sync per key), and once every watch has its complete
+//! state, sync the queued keys; a failed sync comes back with back-off.
+
+use std::collections::HashSet;
+use std::fmt::Debug;
+use std::future::Future;
+use std::hash::Hash;
+
+use crate::informers::{Inbox, Msg};
+use crate::queue::Queue;
+
+/// A watch-driven loop: it maps events to keys and brings one key's part
+/// of the world to what it should be.
+pub trait Reconcile: Send {
+    type Key: Hash + Eq + Clone + Debug + Send + Sync + 'static;
+    type Event: Send + 'static;
+
+    /// For logs: "replicaset", "scheduler", ...
+    fn name(&self) -> &'static str;
+
+    fn queue(&mut self) -> &mut Queue<Self::Key>;
+
+    /// Takes an event in (updating the loop's own indexes) and queues the
+    /// keys it touches.
+    fn on_event(&mut self, ev: Self::Event);
+
+    /// Called once, when every watch has its complete state for the first
+    /// time (before the first sync).
+    fn on_synced(&mut self) {}
+
+    /// Brings one key to its desired state. An error requeues the key
+    /// with back-off; a conflict is logged quietly (the watch brings the
+    /// newer object, which queues the key again anyway).
+    fn sync(&mut self, key: &Self::Key) -> impl Future<Output = anyhow::Result<()>> + Send;
+}
+
+/// Events taken before the queue is worked on (bounded, so syncs are not
+/// starved by a firehose).
+const DRAIN: usize = 4096;
+
+/// Runs the loop until its inbox closes (every watch and sender gone) or
+/// the task is aborted.
+pub async fn drive<C: Reconcile>(mut c: C, inbox: Inbox<C::Event>) {
+    let Inbox {
+        tx,
+        mut rx,
+        watches,
+        ..
+    } = inbox;
+    // Only the watches and the loop's own senders keep it open.
+    drop(tx);
+    let mut synced: HashSet<usize> = HashSet::new();
+    let mut ready = watches == 0;
+    if ready {
+        c.on_synced();
+    }
+    loop {
+        let first = tokio::select! {
+            m = rx.recv() => match m {
+                Some(m) => Some(m),
+                None => return,
+            },
+            k = c.queue().next_retry() => {
+                if let Some(k) = k {
+                    c.queue().add(k);
+                }
+                None
+            }
+        };
+        let mut take = |m: Msg<C::Event>, c: &mut C| match m {
+            Msg::Event(e) => c.on_event(e),
+            Msg::Synced(n) => {
+                synced.insert(n);
+            }
+        };
+        if let Some(m) = first {
+            take(m, &mut c);
+        }
+        for _ in 0..DRAIN {
+            match rx.try_recv() {
+                Ok(m) => take(m, &mut c),
+                Err(_) => break,
+            }
+        }
+        if !ready {
+            if synced.len() < watches {
+                continue;
+            }
+            ready = true;
+            c.on_synced();
+        }
+        while let Some(k) = c.queue().pop() {
+            match c.sync(&k).await {
+                Ok(()) => c.queue().done(&k),
+                Err(e) => {
+                    log_sync_error(c.name(), &k, &e);
+                    c.queue().retry(k);
+                }
+            }
+        }
+    }
+}
+
+/// A conflict is routine (another writer got there first); anything else
+/// is worth a warning.
+pub fn log_sync_error(what: &str, key: &dyn Debug, e: &anyhow::Error) {
+    let conflict = e
+        .downcast_ref::<skiff_client::ClientError>()
+        .is_some_and(|c| c.is_conflict());
+    if conflict {
+        tracing::debug!(?key, "{what}: {e:#}");
+    } else {
+        tracing::warn!(?key, "{what}: {e:#}");
+    }
+}
