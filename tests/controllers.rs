@@ -4,183 +4,25 @@
 //! watch read by curl.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use skiff_testkit::{EtcdServer, KillOnDrop, free_port, wait_http_ok};
+use skiff_testkit::server::Server;
+use skiff_testkit::{EtcdServer, KillOnDrop};
 
 const SKIFF: &str = env!("CARGO_BIN_EXE_skiff");
 
-/// A `skiff server` with its own port, data dir and HOME.
-struct Server {
-    proc: Option<KillOnDrop>,
-    addr: String,
-    _data: tempfile::TempDir,
-    home: tempfile::TempDir,
+fn start(flags: &[&str]) -> Server {
+    Server::start(std::path::Path::new(SKIFF), flags, &[])
 }
 
-/// A failed test shows what the server said.
-impl Drop for Server {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let log =
-                std::fs::read_to_string(self.home.path().join("server.log")).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(60).collect();
-            eprintln!("--- server log (last 60 lines)");
-            for l in tail.iter().rev() {
-                eprintln!("{l}");
-            }
-        }
-    }
+trait RecordPods {
+    fn record_pods(&self, selector: &str) -> Recorder;
 }
 
-impl Server {
-    fn start(flags: &[&str]) -> Server {
-        Server::start_with_env(flags, &[])
-    }
-
-    fn start_with_env(flags: &[&str], env: &[(&str, &str)]) -> Server {
-        let data = tempfile::tempdir().unwrap();
-        let home = tempfile::tempdir().unwrap();
-        let addr = format!("127.0.0.1:{}", free_port());
-        let log = std::fs::File::create(home.path().join("server.log")).unwrap();
-        let proc = Command::new(SKIFF)
-            .args([
-                "server",
-                "--no-client-config",
-                "--listen",
-                &addr,
-                "--data-dir",
-            ])
-            .arg(data.path())
-            .args(flags)
-            .envs(env.iter().copied())
-            .env("HOME", home.path())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start skiff server");
-        assert!(
-            wait_http_ok(&addr, "/readyz", Duration::from_secs(30)),
-            "skiff server did not become ready"
-        );
-        Server {
-            proc: Some(KillOnDrop(proc)),
-            addr,
-            _data: data,
-            home,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.proc.as_ref().expect("running").0.id()
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut p) = self.proc.take() {
-            p.kill();
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.home.path().join("server.log")).unwrap_or_default()
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(SKIFF);
-        c.args(args)
-            .env("HOME", self.home.path())
-            .env("SKIFF_SERVER", format!("http://{}", self.addr));
-        c
-    }
-
-    fn skiff(&self, args: &[&str]) -> (bool, String, String) {
-        let out = self.cmd(args).output().unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let (ok, out, err) = self.skiff(args);
-        assert!(ok, "skiff {args:?} failed: {err}\n{out}");
-        out
-    }
-
-    fn apply(&self, manifest: &str) {
-        use std::io::Write;
-        let mut child = self
-            .cmd(&["apply", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(manifest.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "apply failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn get(&self, args: &[&str]) -> Value {
-        let mut a = vec!["get"];
-        a.extend_from_slice(args);
-        a.extend_from_slice(&["-o", "json"]);
-        serde_json::from_str(&self.ok(&a)).expect("JSON from skiff get")
-    }
-
-    fn items(&self, args: &[&str]) -> Vec<Value> {
-        self.get(args)["items"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    /// `skiff sim nodes` against this server; killed (-9) on drop, like a
-    /// lost machine.
-    fn sim(&self, prefix: &str, flags: &[&str]) -> KillOnDrop {
-        let mut args = vec![
-            "sim",
-            "nodes",
-            "--prefix",
-            prefix,
-            "--heartbeat-seconds",
-            "1",
-        ];
-        args.extend_from_slice(flags);
-        let mut child = self
-            .cmd(&args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        // It says so once its nodes are registered.
-        let mut err = BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        loop {
-            line.clear();
-            let n = err.read_line(&mut line).unwrap();
-            assert!(n > 0, "skiff sim nodes ended early");
-            if line.contains("simulated nodes ready") {
-                break;
-            }
-        }
-        std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
-        KillOnDrop(child)
-    }
-
+impl RecordPods for Server {
     /// Records the REST watch of pods with `selector` from now on.
     fn record_pods(&self, selector: &str) -> Recorder {
         let list: Value = rest(
@@ -397,7 +239,7 @@ fn events(s: &Server) -> Vec<Value> {
 
 #[test]
 fn deployment_scales_replaces_rolls_out_and_undoes() {
-    let s = Server::start(&[]);
+    let s = start(&[]);
     let prefix = unique("d");
     let _nodes = s.sim(&prefix, &["--count", "3", "--pods-running"]);
     s.apply(&deployment("web", 4, "demo:1", ""));
@@ -586,7 +428,7 @@ fn deployment_scales_replaces_rolls_out_and_undoes() {
 
 #[test]
 fn endpointslices_follow_pods_in_slices_of_100() {
-    let s = Server::start(&[]);
+    let s = start(&[]);
     let prefix = unique("e");
     let _nodes = s.sim(&prefix, &["--count", "3", "--pods-running"]);
     s.apply(
@@ -641,7 +483,7 @@ spec:
 
 #[test]
 fn unreachable_node_is_tainted_and_its_pods_evicted() {
-    let s = Server::start(&[
+    let s = start(&[
         "--node-monitor-grace-period",
         "3",
         "--default-unreachable-toleration-seconds",
@@ -770,7 +612,7 @@ spec:
 
 #[test]
 fn unschedulable_pod_says_why_then_lands_when_a_node_fits() {
-    let s = Server::start(&[]);
+    let s = start(&[]);
     let small = unique("small");
     let _small = s.sim(&small, &["--count", "2", "--cpu", "1", "--pods-running"]);
     s.apply(
@@ -857,7 +699,7 @@ spec:
 #[test]
 fn garbage_collection_background_foreground_and_orphan() {
     // No nodes: the pods stay Pending, and deleting them is immediate.
-    let s = Server::start(&[]);
+    let s = start(&[]);
     let rs_of = |app: &str| s.items(&["replicasets", "-l", &format!("app={app}")]);
     let pods_of = |app: &str| s.items(&["pods", "-l", &format!("app={app}")]);
     for app in ["orph", "fore", "back"] {
@@ -964,10 +806,7 @@ fn leader_killed_another_server_takes_over_and_nothing_is_scheduled_twice() {
         return;
     };
     let url = etcd.url();
-    let mut servers = [
-        Server::start(&["--store", &url]),
-        Server::start(&["--store", &url]),
-    ];
+    let mut servers = [start(&["--store", &url]), start(&["--store", &url])];
     let holder = wait("a leader", Duration::from_secs(30), || leader(&servers[0]));
     let li = servers
         .iter()
@@ -1045,7 +884,7 @@ fn leader_killed_another_server_takes_over_and_nothing_is_scheduled_twice() {
 
 #[test]
 fn deleting_a_namespace_removes_everything_in_it() {
-    let s = Server::start(&[]);
+    let s = start(&[]);
     let prefix = unique("n");
     let _nodes = s.sim(&prefix, &["--count", "2", "--pods-running"]);
     s.ok(&["create", "namespace", "team"]);
@@ -1135,7 +974,7 @@ fn node_state(s: &Server, name: &str) -> (String, bool) {
 
 #[test]
 fn a_node_that_comes_back_is_untainted_and_its_pods_ready_again() {
-    let s = Server::start(&["--node-monitor-grace-period", "3"]);
+    let s = start(&["--node-monitor-grace-period", "3"]);
     let prefix = unique("c");
     let machine = s.sim(&prefix, &["--count", "1", "--pods-running"]);
     let node = format!("{prefix}-0");
@@ -1214,7 +1053,11 @@ impl Drop for CpuHog {
 /// included).
 #[test]
 fn rollouts_keep_their_bounds_with_a_slow_status_writer_and_busy_cores() {
-    let s = Server::start_with_env(&[], &[("SKIFF_FAILPOINTS", "replicaset-status=delay(300)")]);
+    let s = Server::start(
+        std::path::Path::new(SKIFF),
+        &[],
+        &[("SKIFF_FAILPOINTS", "replicaset-status=delay(300)")],
+    );
     let prefix = unique("b");
     let _nodes = s.sim(
         &prefix,

@@ -1164,3 +1164,86 @@ fn xdp_fast_path_hairpins_node_port_flows_to_a_backend_on_the_same_link() {
         "requests and replies went through XDP_TX: {stats}"
     );
 }
+
+/// The node's datapath sync, against a real API server: a service that
+/// does not fit a full services map is programmed by the sync's own retry
+/// once another service frees room, with no new event about it.
+#[test]
+fn a_service_that_did_not_fit_is_programmed_once_room_is_freed() {
+    let lab = Lab::new();
+    // Each service below takes 4 entries (2 ports × (1 + 1 backend)).
+    ok(&[
+        "bpf",
+        "attach",
+        "--instance",
+        &lab.id,
+        "--cgroup",
+        &lab.cgroup().display().to_string(),
+        "--services-max",
+        "10",
+    ]);
+    let dp = Datapath {
+        instance: lab.id.clone(),
+    };
+    let server = skiff_testkit::server::Server::start(Path::new(SKIFF), &[], &[]);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let client = rt
+        .block_on(skiff_client::Client::connect(&server.url()))
+        .expect("connect");
+    let (failing_tx, failing) = tokio::sync::watch::channel(Default::default());
+    let sync = rt.spawn(skiff_node::datapath::sync_reporting(
+        client,
+        dp.instance.clone(),
+        "retry-node".into(),
+        failing_tx,
+    ));
+    let failing_on = |svc: &str| failing.borrow().get(svc).cloned();
+    // Both ports of the service are in the maps, with their backend.
+    let programmed = |svc: &str| -> bool {
+        let ports = dp
+            .json(&["services"])
+            .as_array()
+            .expect("a list")
+            .iter()
+            .filter(|s| {
+                s["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with(&format!("default/{svc}:")))
+                    && s["backends"].as_array().is_some_and(|b| b.len() == 1)
+            })
+            .count();
+        ports == 2
+    };
+    let wait = |what: &str, cond: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let backend = [("10.77.0.9", true, true, false)];
+    server.apply(&service("a", "10.96.20.1", &backend, "", ""));
+    server.apply(&service("b", "10.96.20.2", &backend, "", ""));
+    wait("a and b programmed", &|| programmed("a") && programmed("b"));
+    server.apply(&service("c", "10.96.20.3", &backend, "", ""));
+    // c does not fit: the sync fails on it and backs off.
+    wait("the sync to fail on c", &|| {
+        failing_on("default/c").is_some()
+    });
+    let why = failing_on("default/c").unwrap();
+    assert!(why.contains("programming default/c:"), "{why}");
+    assert!(
+        !programmed("c"),
+        "a full map cannot hold c: {why}\n{}",
+        dp.json(&["services"])
+    );
+    assert!(programmed("a") && programmed("b"), "the others stay");
+    // Room is freed by removing a; nothing about c changes in the API.
+    server.ok(&["delete", "service", "a"]);
+    wait("c programmed by the retry", &|| programmed("c"));
+    assert!(!programmed("a"));
+    assert!(programmed("b"));
+    wait("nothing failing", &|| failing.borrow().is_empty());
+    sync.abort();
+    drop(rt);
+}

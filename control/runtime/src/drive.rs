@@ -114,3 +114,75 @@ pub fn log_sync_error(what: &str, key: &dyn Debug, e: &anyhow::Error) {
         tracing::warn!(?key, "{what}: {e:#}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// Fails its first `fail` syncs of every key, records each attempt.
+    struct Flaky {
+        queue: Queue<u32>,
+        fail: u32,
+        attempts: Arc<Mutex<Vec<u32>>>,
+    }
+
+    impl Reconcile for Flaky {
+        type Key = u32;
+        type Event = u32;
+
+        fn name(&self) -> &'static str {
+            "flaky"
+        }
+
+        fn queue(&mut self) -> &mut Queue<u32> {
+            &mut self.queue
+        }
+
+        fn on_event(&mut self, k: u32) {
+            self.queue.add(k);
+        }
+
+        async fn sync(&mut self, k: &u32) -> anyhow::Result<()> {
+            let mut a = self.attempts.lock().unwrap();
+            a.push(*k);
+            let n = a.iter().filter(|x| *x == k).count() as u32;
+            if n <= self.fail {
+                anyhow::bail!("attempt {n} fails");
+            }
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_sync_comes_back_by_itself_until_it_succeeds() {
+        let attempts = Arc::new(Mutex::new(Vec::new()));
+        let inbox = Inbox::new();
+        let tx = inbox.sender();
+        // A burst about one key, queued before the loop looks.
+        for _ in 0..5 {
+            assert!(tx.send(7));
+        }
+        let task = tokio::spawn(drive(
+            Flaky {
+                queue: Queue::default(),
+                fail: 3,
+                attempts: attempts.clone(),
+            },
+            inbox,
+        ));
+        // No further event: the retries alone bring it to success.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while attempts.lock().unwrap().len() < 4 {
+            assert!(std::time::Instant::now() < deadline, "no retry came");
+            tokio::task::yield_now().await;
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            *attempts.lock().unwrap(),
+            [7, 7, 7, 7],
+            "three failures, then done"
+        );
+        task.abort();
+    }
+}

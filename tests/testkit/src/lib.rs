@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod netlab;
+pub mod server;
 
 use std::net::TcpListener;
 use std::path::PathBuf;

@@ -123,7 +123,12 @@ struct Sync {
     index: ServiceIndex,
     queue: Queue<Key>,
     full_done: bool,
+    failing: tokio::sync::watch::Sender<Failing>,
 }
+
+/// Services the maps do not hold as they should, with the last error
+/// (`*` for the full sync): empty when the datapath matches the API.
+pub type Failing = BTreeMap<String, String>;
 
 impl Sync {
     fn defs(&self, key: &ServiceKey) -> BTreeMap<String, skiff_datapath::ServiceDef> {
@@ -210,19 +215,35 @@ impl Reconcile for Sync {
     }
 
     async fn sync(&mut self, key: &Key) -> Result<()> {
-        match key {
+        let (name, r) = match key {
             Key::All => {
-                self.apply_all()?;
-                self.full_done = true;
-                Ok(())
+                let r = self.apply_all();
+                self.full_done |= r.is_ok();
+                ("*".to_string(), r)
             }
-            Key::Service(k) => self.apply_service(k),
-        }
+            Key::Service(k) => (format!("{}/{}", k.0, k.1), self.apply_service(k)),
+        };
+        self.failing.send_if_modified(|f| match &r {
+            Ok(()) => f.remove(&name).is_some(),
+            Err(e) => f.insert(name, format!("{e:#}")).is_none(),
+        });
+        r
     }
 }
 
 /// Keeps the maps in sync with the API until the process ends.
 pub async fn sync(client: Client, instance: String, node_name: String) -> Result<()> {
+    sync_reporting(client, instance, node_name, Default::default()).await
+}
+
+/// [`sync`], telling `failing` which services it could not program (a
+/// full map, say) until a retry succeeds.
+pub async fn sync_reporting(
+    client: Client,
+    instance: String,
+    node_name: String,
+    failing: tokio::sync::watch::Sender<Failing>,
+) -> Result<()> {
     let maps = Maps::open(&instance).context("opening the datapath maps")?;
     let reconciler = Reconciler::adopt(maps, MaglevConfig::default())?;
     let mut inf = Informers::new(client);
@@ -238,6 +259,7 @@ pub async fn sync(client: Client, instance: String, node_name: String) -> Result
         index: ServiceIndex::new(),
         queue: Queue::default(),
         full_done: false,
+        failing,
     };
     let _reflectors: Vec<AbortOnDrop> = inf.start().into_iter().map(AbortOnDrop).collect();
     skiff_runtime::drive(s, inbox).await;

@@ -1,0 +1,197 @@
+//! A `skiff server` of the test's own: embedded store in a temp dir, a free
+//! loopback port, its log shown when the test fails, killed on drop.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::{KillOnDrop, free_port, wait_http_ok};
+
+pub struct Server {
+    skiff: PathBuf,
+    proc: Option<KillOnDrop>,
+    /// `127.0.0.1:PORT`
+    pub addr: String,
+    data: tempfile::TempDir,
+    /// HOME of the server and of the CLI calls made through it.
+    pub home: tempfile::TempDir,
+}
+
+impl Server {
+    /// Starts `skiff server` with extra flags and environment and waits
+    /// until it is ready (30 s at most).
+    pub fn start(skiff: &Path, flags: &[&str], env: &[(&str, &str)]) -> Server {
+        let data = tempfile::tempdir().expect("temp dir");
+        let home = tempfile::tempdir().expect("temp dir");
+        let addr = format!("127.0.0.1:{}", free_port());
+        let log = std::fs::File::create(home.path().join("server.log")).expect("log file");
+        let proc = Command::new(skiff)
+            .args([
+                "server",
+                "--no-client-config",
+                "--listen",
+                &addr,
+                "--data-dir",
+            ])
+            .arg(data.path())
+            .args(flags)
+            .envs(env.iter().copied())
+            .env("HOME", home.path())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start skiff server");
+        let s = Server {
+            skiff: skiff.to_path_buf(),
+            proc: Some(KillOnDrop(proc)),
+            addr,
+            data,
+            home,
+        };
+        assert!(
+            wait_http_ok(&s.addr, "/readyz", Duration::from_secs(30)),
+            "skiff server did not become ready:\n{}",
+            s.log_tail(40)
+        );
+        s
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.data.path()
+    }
+
+    /// Kills the server (SIGKILL, as a crash).
+    pub fn kill(&mut self) {
+        self.proc.take();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.as_ref().expect("running").0.id()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.home.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// The CLI, talking to this server.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.skiff);
+        c.args(args)
+            .env("HOME", self.home.path())
+            .env("SKIFF_SERVER", self.url());
+        c
+    }
+
+    /// (success, stdout, stderr)
+    pub fn skiff(&self, args: &[&str]) -> (bool, String, String) {
+        let out = self.cmd(args).output().expect("run skiff");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Stdout of a CLI call that must succeed.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.skiff(args);
+        assert!(ok, "skiff {args:?} failed: {err}\n{out}");
+        out
+    }
+
+    /// `skiff apply -f -` of a manifest, which must succeed.
+    pub fn apply(&self, manifest: &str) {
+        use std::io::Write;
+        let mut child = self
+            .cmd(&["apply", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run skiff apply");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(manifest.as_bytes())
+            .expect("write the manifest");
+        let out = child.wait_with_output().expect("skiff apply");
+        assert!(
+            out.status.success(),
+            "apply failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `skiff get ARGS -o json`
+    pub fn get(&self, args: &[&str]) -> Value {
+        let mut a = vec!["get"];
+        a.extend_from_slice(args);
+        a.extend_from_slice(&["-o", "json"]);
+        serde_json::from_str(&self.ok(&a)).expect("JSON from skiff get")
+    }
+
+    /// The items of a `skiff get` list.
+    pub fn items(&self, args: &[&str]) -> Vec<Value> {
+        self.get(args)["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// `skiff sim nodes` against this server, returned once its nodes are
+    /// registered; killed (-9) on drop, like a lost machine.
+    pub fn sim(&self, prefix: &str, flags: &[&str]) -> KillOnDrop {
+        let mut args = vec![
+            "sim",
+            "nodes",
+            "--prefix",
+            prefix,
+            "--heartbeat-seconds",
+            "1",
+        ];
+        args.extend_from_slice(flags);
+        let mut child = self
+            .cmd(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run skiff sim nodes");
+        // It says so once its nodes are registered.
+        let mut err = BufReader::new(child.stderr.take().expect("stderr"));
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = err.read_line(&mut line).expect("read skiff sim's output");
+            assert!(n > 0, "skiff sim nodes ended early");
+            if line.contains("simulated nodes ready") {
+                break;
+            }
+        }
+        std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+        KillOnDrop(child)
+    }
+
+    /// The last `n` lines of the server's log.
+    pub fn log_tail(&self, n: usize) -> String {
+        let log = std::fs::read_to_string(self.home.path().join("server.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+}
+
+/// A failed test shows what the server said.
+impl Drop for Server {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- server log (last 60 lines)\n{}", self.log_tail(60));
+        }
+    }
+}
