@@ -94,22 +94,13 @@ struct Feed {
     view: Arc<RwLock<View>>,
     answers: Arc<udp::AnswerCache>,
     synced: Arc<AtomicBool>,
-    queue: Queue<()>,
 }
 
 impl Reconcile for Feed {
     type Key = ();
     type Event = Change;
 
-    fn name(&self) -> &'static str {
-        "dns view"
-    }
-
-    fn queue(&mut self) -> &mut Queue<()> {
-        &mut self.queue
-    }
-
-    fn on_event(&mut self, ev: Change) {
+    fn on_event(&mut self, ev: Change, _: &mut Queue<()>) {
         let mut view = self.view.write().expect("view lock");
         self.answers.invalidate();
         match ev {
@@ -118,12 +109,12 @@ impl Reconcile for Feed {
         }
     }
 
-    fn on_synced(&mut self) {
+    fn on_synced(&mut self, _: &mut Queue<()>) {
         self.synced.store(true, Ordering::Relaxed);
         tracing::info!("DNS view synced with the API");
     }
 
-    async fn sync(&mut self, _: &()) -> anyhow::Result<()> {
+    async fn sync(&mut self, _: &(), _: &mut Queue<()>) -> anyhow::Result<()> {
         Ok(())
     }
 }
@@ -144,11 +135,11 @@ pub async fn start(config: Config) -> Result<Running> {
     let answers = Arc::new(udp::AnswerCache::new());
     tasks.extend(inf.start());
     tasks.push(tokio::spawn(skiff_runtime::drive(
+        "dns view",
         Feed {
             view: view.clone(),
             answers: answers.clone(),
             synced: synced.clone(),
-            queue: Queue::default(),
         },
         inbox,
     )));

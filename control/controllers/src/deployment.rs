@@ -340,7 +340,6 @@ struct Controller {
     events: Recorder,
     deps: Store<Deployment>,
     rss: Store<ReplicaSet>,
-    queue: Queue<Key>,
     uid_to_dep: HashMap<String, Key>,
 }
 
@@ -357,30 +356,21 @@ pub fn start(client: Client, inf: &mut Informers) -> tokio::task::JoinHandle<()>
         client,
         deps: inf.watch_all(&mut inbox, Ev::Deployment),
         rss: inf.watch_all(&mut inbox, Ev::Rs),
-        queue: Queue::default(),
         uid_to_dep: HashMap::new(),
     };
-    tokio::spawn(skiff_runtime::drive(c, inbox))
+    tokio::spawn(skiff_runtime::drive("deployment sync", c, inbox))
 }
 
 impl Reconcile for Controller {
     type Key = Key;
     type Event = Ev;
 
-    fn name(&self) -> &'static str {
-        "deployment sync"
-    }
-
-    fn queue(&mut self) -> &mut Queue<Key> {
-        &mut self.queue
-    }
-
-    fn on_event(&mut self, ev: Ev) {
+    fn on_event(&mut self, ev: Ev, q: &mut Queue<Key>) {
         match ev {
             Ev::Deployment(ev) => match ev.split() {
                 (_, Some(d)) => {
                     self.uid_to_dep.insert(d.meta().uid.clone(), key(&**d));
-                    self.queue.add(key(&**d));
+                    q.add(key(&**d));
                 }
                 // Its ReplicaSets are the garbage collector's business.
                 (Some(d), None) => {
@@ -397,14 +387,14 @@ impl Reconcile for Controller {
                         .and_then(|m| controller_of(&m.owner_references))
                         && let Some(k) = self.uid_to_dep.get(&o.uid)
                     {
-                        self.queue.add(k.clone());
+                        q.add(k.clone());
                     }
                 }
             }
         }
     }
 
-    async fn sync(&mut self, key: &Key) -> anyhow::Result<()> {
+    async fn sync(&mut self, key: &Key, _: &mut Queue<Key>) -> anyhow::Result<()> {
         self.sync_deployment(key).await
     }
 }

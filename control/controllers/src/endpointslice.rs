@@ -242,7 +242,6 @@ struct Controller {
     slices: Store<EndpointSlice>,
     /// Service → its managed slices' names.
     by_service: HashMap<Key, BTreeSet<String>>,
-    queue: Queue<Key>,
 }
 
 /// The slices this controller manages (its watch is filtered to them).
@@ -265,51 +264,41 @@ pub fn start(client: Client, inf: &mut Informers) -> tokio::task::JoinHandle<()>
         pods: inf.watch_all(&mut inbox, Ev::Pod),
         slices: inf.watch(&mut inbox, "", managed(), Ev::Slice),
         by_service: HashMap::new(),
-        queue: Queue::default(),
     };
-    tokio::spawn(skiff_runtime::drive(c, inbox))
+    tokio::spawn(skiff_runtime::drive("endpoint slices", c, inbox))
 }
 
 impl Reconcile for Controller {
     type Key = Key;
     type Event = Ev;
 
-    fn name(&self) -> &'static str {
-        "endpoint slices"
-    }
-
-    fn queue(&mut self) -> &mut Queue<Key> {
-        &mut self.queue
-    }
-
-    fn on_event(&mut self, ev: Ev) {
+    fn on_event(&mut self, ev: Ev, q: &mut Queue<Key>) {
         match ev {
             Ev::Service(ev) => {
                 let (old, new) = ev.split();
                 if let Some(s) = new.or(old) {
-                    self.queue
-                        .add((s.namespace().to_string(), s.name().to_string()));
+                    q.add((s.namespace().to_string(), s.name().to_string()));
                 }
             }
-            Ev::Pod(ev) => self.on_pod(ev),
+            Ev::Pod(ev) => self.on_pod(ev, q),
             // A slice changed or removed by someone else is put right.
             Ev::Slice(ev) => {
                 let (old, new) = ev.split();
                 if let Some(k) = self.file(old.map(|s| &**s), new.map(|s| &**s)) {
-                    self.queue.add(k);
+                    q.add(k);
                 }
             }
         }
     }
 
-    async fn sync(&mut self, key: &Key) -> anyhow::Result<()> {
-        self.sync_service(key).await
+    async fn sync(&mut self, key: &Key, q: &mut Queue<Key>) -> anyhow::Result<()> {
+        self.sync_service(key, q).await
     }
 }
 
 impl Controller {
     /// Queues the services selecting the pod before or after the change.
-    fn on_pod(&mut self, ev: Event<Pod>) {
+    fn on_pod(&mut self, ev: Event<Pod>, q: &mut Queue<Key>) {
         let (old, new) = ev.split();
         let mut keys = BTreeSet::new();
         let services = self.services.read();
@@ -325,7 +314,7 @@ impl Controller {
         }
         drop(services);
         for k in keys {
-            self.queue.add(k);
+            q.add(k);
         }
     }
 
@@ -355,7 +344,7 @@ impl Controller {
         self.file(Some(before), Some(&written));
     }
 
-    async fn sync_service(&mut self, k: &Key) -> anyhow::Result<()> {
+    async fn sync_service(&mut self, k: &Key, q: &mut Queue<Key>) -> anyhow::Result<()> {
         let existing: Vec<Arc<EndpointSlice>> = self
             .by_service
             .get(k)
@@ -391,7 +380,7 @@ impl Controller {
                 Ok(written) => self.own_write(&s, written),
                 Err(e) if e.is_conflict() || e.is_not_found() => {
                     // Our copy is stale: the watch brings the news, then we retry.
-                    self.queue.retry(k.clone());
+                    q.retry(k.clone());
                 }
                 Err(e) => return Err(e.into()),
             }

@@ -157,7 +157,6 @@ impl Graph {
 struct Collector {
     client: Client,
     graph: Graph,
-    queue: Queue<Item>,
 }
 
 /// The collector on the shared informers: every kind that can own or be
@@ -174,28 +173,19 @@ pub fn start(client: Client, inf: &mut Informers) -> tokio::task::JoinHandle<()>
     let c = Collector {
         client,
         graph: Graph::default(),
-        queue: Queue::default(),
     };
-    tokio::spawn(skiff_runtime::drive(c, inbox))
+    tokio::spawn(skiff_runtime::drive("garbage collection", c, inbox))
 }
 
 impl Reconcile for Collector {
     type Key = Item;
     type Event = Change;
 
-    fn name(&self) -> &'static str {
-        "garbage collection"
+    fn on_event(&mut self, ch: Change, q: &mut Queue<Item>) {
+        on_change(&mut self.graph, q, ch);
     }
 
-    fn queue(&mut self) -> &mut Queue<Item> {
-        &mut self.queue
-    }
-
-    fn on_event(&mut self, ch: Change) {
-        on_change(&mut self.graph, &mut self.queue, ch);
-    }
-
-    async fn sync(&mut self, item: &Item) -> anyhow::Result<()> {
+    async fn sync(&mut self, item: &Item, _: &mut Queue<Item>) -> anyhow::Result<()> {
         sync(&self.client, &self.graph, item).await
     }
 }

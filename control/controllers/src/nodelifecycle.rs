@@ -186,7 +186,6 @@ struct Controller {
     pods_on: HashMap<String, BTreeSet<(String, String)>>,
     /// When each node's pending expiry check fires.
     armed: HashMap<String, Instant>,
-    queue: Queue<Item>,
 }
 
 fn node_of(p: &Pod) -> &str {
@@ -213,24 +212,15 @@ pub fn start(client: Client, cfg: Config, inf: &mut Informers) -> tokio::task::J
         heard: HashMap::new(),
         pods_on: HashMap::new(),
         armed: HashMap::new(),
-        queue: Queue::default(),
     };
-    tokio::spawn(skiff_runtime::drive(c, inbox))
+    tokio::spawn(skiff_runtime::drive("node lifecycle", c, inbox))
 }
 
 impl Reconcile for Controller {
     type Key = Item;
     type Event = Ev;
 
-    fn name(&self) -> &'static str {
-        "node lifecycle"
-    }
-
-    fn queue(&mut self) -> &mut Queue<Item> {
-        &mut self.queue
-    }
-
-    fn on_event(&mut self, ev: Ev) {
+    fn on_event(&mut self, ev: Ev, q: &mut Queue<Item>) {
         match ev {
             Ev::Node(ev) => match ev.split() {
                 (_, Some(n)) => {
@@ -238,14 +228,14 @@ impl Reconcile for Controller {
                     self.heard
                         .entry(n.name().to_string())
                         .or_insert_with(Instant::now);
-                    self.queue.add(Item::Node(n.name().to_string()));
+                    q.add(Item::Node(n.name().to_string()));
                 }
                 (Some(n), None) => {
                     self.heard.remove(n.name());
                     self.armed.remove(n.name());
                     // Its pods have nowhere to run: delete them.
                     for (ns, name) in self.pods_on.get(n.name()).cloned().unwrap_or_default() {
-                        self.queue.add(Item::Pod(ns, name));
+                        q.add(Item::Pod(ns, name));
                     }
                 }
                 _ => {}
@@ -261,7 +251,7 @@ impl Reconcile for Controller {
                 };
                 if let Some(name) = renewed {
                     self.heard.insert(name.clone(), Instant::now());
-                    self.queue.add(Item::Node(name));
+                    q.add(Item::Node(name));
                 }
             }
             Ev::Pod(ev) => {
@@ -281,23 +271,23 @@ impl Reconcile for Controller {
                         .insert(key.clone());
                     let node = self.nodes.get("", node_of(p));
                     if node.is_none_or(|n| unreachable_taint(&n).is_some()) {
-                        self.queue.add(Item::Pod(key.0, key.1));
+                        q.add(Item::Pod(key.0, key.1));
                     }
                 }
             }
         }
     }
 
-    async fn sync(&mut self, k: &Item) -> anyhow::Result<()> {
+    async fn sync(&mut self, k: &Item, q: &mut Queue<Item>) -> anyhow::Result<()> {
         match k {
-            Item::Node(n) => self.sync_node(n).await,
-            Item::Pod(ns, n) => self.sync_pod(ns, n).await,
+            Item::Node(n) => self.sync_node(n, q).await,
+            Item::Pod(ns, n) => self.sync_pod(ns, n, q).await,
         }
     }
 }
 
 impl Controller {
-    async fn sync_node(&mut self, name: &str) -> anyhow::Result<()> {
+    async fn sync_node(&mut self, name: &str, q: &mut Queue<Item>) -> anyhow::Result<()> {
         let Some(node) = self.nodes.get("", name) else {
             return Ok(());
         };
@@ -315,7 +305,7 @@ impl Controller {
             if !pending {
                 let wait = self.cfg.grace - since + Duration::from_millis(100);
                 self.armed.insert(name.to_string(), Instant::now() + wait);
-                self.queue.after(Item::Node(name.to_string()), wait);
+                q.after(Item::Node(name.to_string()), wait);
             }
             if let Some(n) = set_unreachable_taints(node, false, now) {
                 match self.client.update(&n).await {
@@ -362,12 +352,12 @@ impl Controller {
             }
         }
         for (ns, pod) in self.pods_on.get(name).cloned().unwrap_or_default() {
-            self.queue.add(Item::Pod(ns, pod));
+            q.add(Item::Pod(ns, pod));
         }
         Ok(())
     }
 
-    async fn sync_pod(&mut self, ns: &str, name: &str) -> anyhow::Result<()> {
+    async fn sync_pod(&mut self, ns: &str, name: &str, q: &mut Queue<Item>) -> anyhow::Result<()> {
         let Some(pod) = self.pods.get(ns, name) else {
             return Ok(());
         };
@@ -422,8 +412,7 @@ impl Controller {
         let deadline = added + allowed.as_secs() as i64;
         if now.seconds < deadline {
             let wait = Duration::from_secs((deadline - now.seconds) as u64);
-            self.queue
-                .after(Item::Pod(ns.to_string(), name.to_string()), wait);
+            q.after(Item::Pod(ns.to_string(), name.to_string()), wait);
             return Ok(());
         }
         match self.client.delete::<Pod>(ns, name).await {

@@ -156,7 +156,6 @@ struct Controller {
     owned: HashMap<String, BTreeSet<Key>>,
     uid_to_rs: HashMap<String, Key>,
     expect: HashMap<Key, Expect>,
-    queue: Queue<Key>,
 }
 
 pub enum Ev {
@@ -175,45 +174,35 @@ pub fn start(client: Client, inf: &mut Informers) -> tokio::task::JoinHandle<()>
         owned: HashMap::new(),
         uid_to_rs: HashMap::new(),
         expect: HashMap::new(),
-        queue: Queue::default(),
     };
-    tokio::spawn(skiff_runtime::drive(c, inbox))
+    tokio::spawn(skiff_runtime::drive("replicaset sync", c, inbox))
 }
 
 impl Reconcile for Controller {
     type Key = Key;
     type Event = Ev;
 
-    fn name(&self) -> &'static str {
-        "replicaset sync"
-    }
-
-    fn queue(&mut self) -> &mut Queue<Key> {
-        &mut self.queue
-    }
-
-    fn on_event(&mut self, ev: Ev) {
+    fn on_event(&mut self, ev: Ev, q: &mut Queue<Key>) {
         match ev {
-            Ev::Rs(ev) => self.on_rs(ev),
-            Ev::Pod(ev) => self.on_pod(ev),
+            Ev::Rs(ev) => self.on_rs(ev, q),
+            Ev::Pod(ev) => self.on_pod(ev, q),
         }
     }
 
-    async fn sync(&mut self, key: &Key) -> anyhow::Result<()> {
+    async fn sync(&mut self, key: &Key, _: &mut Queue<Key>) -> anyhow::Result<()> {
         self.sync_rs(key).await
     }
 }
 
 impl Controller {
-    fn on_rs(&mut self, ev: Event<ReplicaSet>) {
+    fn on_rs(&mut self, ev: Event<ReplicaSet>, q: &mut Queue<Key>) {
         let (old, new) = ev.split();
         if let Some(rs) = new {
             self.uid_to_rs.insert(
                 uid(&**rs),
                 (rs.namespace().to_string(), rs.name().to_string()),
             );
-            self.queue
-                .add((rs.namespace().to_string(), rs.name().to_string()));
+            q.add((rs.namespace().to_string(), rs.name().to_string()));
         } else if let Some(rs) = old {
             // Deleted: what happens to its pods is the garbage collector's
             // business (background, foreground or orphan).
@@ -223,7 +212,7 @@ impl Controller {
         }
     }
 
-    fn on_pod(&mut self, ev: Event<Pod>) {
+    fn on_pod(&mut self, ev: Event<Pod>, q: &mut Queue<Key>) {
         let is_delete = matches!(ev, Event::Deleted(_));
         let is_add = matches!(ev, Event::Added(_));
         let (old, new) = ev.split();
@@ -251,7 +240,7 @@ impl Controller {
                                 e.dels -= 1;
                             }
                         }
-                        self.queue.add(rs_key);
+                        q.add(rs_key);
                     }
                 }
                 None if present => {
@@ -269,7 +258,7 @@ impl Controller {
                         .map(|rs| (rs.namespace().to_string(), rs.name().to_string()))
                         .collect();
                     for k in matching {
-                        self.queue.add(k);
+                        q.add(k);
                     }
                 }
                 None => {}

@@ -387,7 +387,6 @@ struct Scheduler {
     /// kube-scheduler's cache): the shared store keeps what the server
     /// says; the next decision counts these.
     assumed: HashMap<Key, Arc<Pod>>,
-    queue: Queue<Key>,
     /// Pods no node fits now: tried again when the cluster changes.
     parked: BTreeSet<Key>,
     /// Where the next pod's look over the nodes starts.
@@ -423,42 +422,33 @@ pub fn start(client: Client, inf: &mut Informers) -> tokio::task::JoinHandle<()>
         nodes: BTreeMap::new(),
         pods: inf.watch_all(&mut inbox, Ev::Pod),
         assumed: HashMap::new(),
-        queue: Queue::default(),
         parked: BTreeSet::new(),
         cursor: String::new(),
         binds: Arc::new(Semaphore::new(BINDS)),
         bound_tx: inbox.sender(),
     };
-    tokio::spawn(skiff_runtime::drive(s, inbox))
+    tokio::spawn(skiff_runtime::drive("scheduling", s, inbox))
 }
 
 impl Reconcile for Scheduler {
     type Key = Key;
     type Event = Ev;
 
-    fn name(&self) -> &'static str {
-        "scheduling"
-    }
-
-    fn queue(&mut self) -> &mut Queue<Key> {
-        &mut self.queue
-    }
-
-    fn on_event(&mut self, ev: Ev) {
+    fn on_event(&mut self, ev: Ev, q: &mut Queue<Key>) {
         match ev {
-            Ev::Node(ev) => self.on_node(ev),
-            Ev::Pod(ev) => self.on_pod(ev),
-            Ev::Bound(b) => self.bound(b),
+            Ev::Node(ev) => self.on_node(ev, q),
+            Ev::Pod(ev) => self.on_pod(ev, q),
+            Ev::Bound(b) => self.bound(b, q),
         }
     }
 
-    async fn sync(&mut self, k: &Key) -> anyhow::Result<()> {
+    async fn sync(&mut self, k: &Key, _: &mut Queue<Key>) -> anyhow::Result<()> {
         self.schedule(k).await
     }
 }
 
 impl Scheduler {
-    fn on_node(&mut self, ev: Event<Node>) {
+    fn on_node(&mut self, ev: Event<Node>, q: &mut Queue<Key>) {
         // Parked pods are tried again only when a node could now take
         // more (not on every status heartbeat).
         let mut more_room = false;
@@ -484,11 +474,11 @@ impl Scheduler {
             Event::Synced => {}
         }
         if more_room {
-            self.unpark();
+            self.unpark(q);
         }
     }
 
-    fn on_pod(&mut self, ev: Event<Pod>) {
+    fn on_pod(&mut self, ev: Event<Pod>, q: &mut Queue<Key>) {
         let (old, new) = ev.split();
         let Some(p) = new.or(old) else { return };
         let key = (p.namespace().to_string(), p.name().to_string());
@@ -505,12 +495,12 @@ impl Scheduler {
         if let Some(p) = new {
             self.account(p, 1);
             if schedulable_here(p) {
-                self.queue.add(key);
+                q.add(key);
             }
         }
         // A bound pod that went away frees room.
         if new.is_none() && old.is_some_and(|o| pods::scheduled(o)) {
-            self.unpark();
+            self.unpark(q);
         }
     }
 
@@ -564,7 +554,7 @@ impl Scheduler {
 
     /// A binding finished: an event when it took; when it did not and our
     /// copy still holds the assumption, the pod is un-assumed.
-    fn bound(&mut self, b: Binding) {
+    fn bound(&mut self, b: Binding, q: &mut Queue<Key>) {
         let (ns, name) = (
             b.assumed.namespace().to_string(),
             b.assumed.name().to_string(),
@@ -599,13 +589,13 @@ impl Scheduler {
         // pod again if it still waits); anything else is tried again.
         if !e.is_conflict() && !e.is_not_found() {
             tracing::warn!(pod = %format!("{ns}/{name}"), "binding: {e}");
-            self.queue.retry((ns, name));
+            q.retry((ns, name));
         }
     }
 
-    fn unpark(&mut self) {
+    fn unpark(&mut self, q: &mut Queue<Key>) {
         for k in std::mem::take(&mut self.parked) {
-            self.queue.add(k);
+            q.add(k);
         }
     }
 

@@ -16,32 +16,33 @@ pub trait Reconcile: Send {
     type Key: Hash + Eq + Clone + Debug + Send + Sync + 'static;
     type Event: Send + 'static;
 
-    /// For logs: "replicaset", "scheduler", ...
-    fn name(&self) -> &'static str;
-
-    fn queue(&mut self) -> &mut Queue<Self::Key>;
-
     /// Takes an event in (updating the loop's own indexes) and queues the
     /// keys it touches.
-    fn on_event(&mut self, ev: Self::Event);
+    fn on_event(&mut self, ev: Self::Event, q: &mut Queue<Self::Key>);
 
     /// Called once, when every watch has its complete state for the first
     /// time (before the first sync).
-    fn on_synced(&mut self) {}
+    fn on_synced(&mut self, _q: &mut Queue<Self::Key>) {}
 
-    /// Brings one key to its desired state. An error requeues the key
-    /// with back-off; a conflict is logged quietly (the watch brings the
-    /// newer object, which queues the key again anyway).
-    fn sync(&mut self, key: &Self::Key) -> impl Future<Output = anyhow::Result<()>> + Send;
+    /// Brings one key to its desired state (and may queue others, or this
+    /// one again after a delay). An error requeues the key with back-off;
+    /// a conflict is logged quietly (the watch brings the newer object,
+    /// which queues the key again anyway).
+    fn sync(
+        &mut self,
+        key: &Self::Key,
+        q: &mut Queue<Self::Key>,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
 }
 
 /// Events taken before the queue is worked on (bounded, so syncs are not
 /// starved by a firehose).
 const DRAIN: usize = 4096;
 
-/// Runs the loop until its inbox closes (every watch and sender gone) or
-/// the task is aborted.
-pub async fn drive<C: Reconcile>(mut c: C, inbox: Inbox<C::Event>) {
+/// Runs the loop (`name` in its logs) until its inbox closes (every watch
+/// and sender gone) or the task is aborted.
+pub async fn drive<C: Reconcile>(name: &'static str, mut c: C, inbox: Inbox<C::Event>) {
+    let mut q: Queue<C::Key> = Queue::default();
     let Inbox {
         tx,
         mut rx,
@@ -53,7 +54,7 @@ pub async fn drive<C: Reconcile>(mut c: C, inbox: Inbox<C::Event>) {
     let mut synced: HashSet<usize> = HashSet::new();
     let mut ready = watches == 0;
     if ready {
-        c.on_synced();
+        c.on_synced(&mut q);
     }
     loop {
         let first = tokio::select! {
@@ -61,25 +62,25 @@ pub async fn drive<C: Reconcile>(mut c: C, inbox: Inbox<C::Event>) {
                 Some(m) => Some(m),
                 None => return,
             },
-            k = c.queue().next_retry() => {
+            k = q.next_retry() => {
                 if let Some(k) = k {
-                    c.queue().add(k);
+                    q.add(k);
                 }
                 None
             }
         };
-        let mut take = |m: Msg<C::Event>, c: &mut C| match m {
-            Msg::Event(e) => c.on_event(e),
+        let mut take = |m: Msg<C::Event>, c: &mut C, q: &mut Queue<C::Key>| match m {
+            Msg::Event(e) => c.on_event(e, q),
             Msg::Synced(n) => {
                 synced.insert(n);
             }
         };
         if let Some(m) = first {
-            take(m, &mut c);
+            take(m, &mut c, &mut q);
         }
         for _ in 0..DRAIN {
             match rx.try_recv() {
-                Ok(m) => take(m, &mut c),
+                Ok(m) => take(m, &mut c, &mut q),
                 Err(_) => break,
             }
         }
@@ -88,14 +89,14 @@ pub async fn drive<C: Reconcile>(mut c: C, inbox: Inbox<C::Event>) {
                 continue;
             }
             ready = true;
-            c.on_synced();
+            c.on_synced(&mut q);
         }
-        while let Some(k) = c.queue().pop() {
-            match c.sync(&k).await {
-                Ok(()) => c.queue().done(&k),
+        while let Some(k) = q.pop() {
+            match c.sync(&k, &mut q).await {
+                Ok(()) => q.done(&k),
                 Err(e) => {
-                    log_sync_error(c.name(), &k, &e);
-                    c.queue().retry(k);
+                    log_sync_error(name, &k, &e);
+                    q.retry(k);
                 }
             }
         }
@@ -122,7 +123,6 @@ mod tests {
 
     /// Fails its first `fail` syncs of every key, records each attempt.
     struct Flaky {
-        queue: Queue<u32>,
         fail: u32,
         attempts: Arc<Mutex<Vec<u32>>>,
     }
@@ -131,19 +131,11 @@ mod tests {
         type Key = u32;
         type Event = u32;
 
-        fn name(&self) -> &'static str {
-            "flaky"
+        fn on_event(&mut self, k: u32, q: &mut Queue<u32>) {
+            q.add(k);
         }
 
-        fn queue(&mut self) -> &mut Queue<u32> {
-            &mut self.queue
-        }
-
-        fn on_event(&mut self, k: u32) {
-            self.queue.add(k);
-        }
-
-        async fn sync(&mut self, k: &u32) -> anyhow::Result<()> {
+        async fn sync(&mut self, k: &u32, _: &mut Queue<u32>) -> anyhow::Result<()> {
             let mut a = self.attempts.lock().unwrap();
             a.push(*k);
             let n = a.iter().filter(|x| *x == k).count() as u32;
@@ -164,8 +156,8 @@ mod tests {
             assert!(tx.send(7));
         }
         let task = tokio::spawn(drive(
+            "flaky",
             Flaky {
-                queue: Queue::default(),
                 fail: 3,
                 attempts: attempts.clone(),
             },

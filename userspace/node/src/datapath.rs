@@ -121,7 +121,6 @@ struct Sync {
     reconciler: Reconciler,
     options: Options,
     index: ServiceIndex,
-    queue: Queue<Key>,
     full_done: bool,
     failing: tokio::sync::watch::Sender<Failing>,
 }
@@ -189,15 +188,7 @@ impl Reconcile for Sync {
     type Key = Key;
     type Event = Ev;
 
-    fn name(&self) -> &'static str {
-        "datapath"
-    }
-
-    fn queue(&mut self) -> &mut Queue<Key> {
-        &mut self.queue
-    }
-
-    fn on_event(&mut self, ev: Ev) {
+    fn on_event(&mut self, ev: Ev, q: &mut Queue<Key>) {
         let changed = match ev {
             Ev::Service(ev) => self.index.on_service(ev).into_iter().collect(),
             Ev::Slice(ev) => self.index.on_slice(ev),
@@ -205,16 +196,16 @@ impl Reconcile for Sync {
         // Until the full apply has run, it covers every change.
         if self.full_done {
             for k in changed {
-                self.queue.add(Key::Service(k));
+                q.add(Key::Service(k));
             }
         }
     }
 
-    fn on_synced(&mut self) {
-        self.queue.add(Key::All);
+    fn on_synced(&mut self, q: &mut Queue<Key>) {
+        q.add(Key::All);
     }
 
-    async fn sync(&mut self, key: &Key) -> Result<()> {
+    async fn sync(&mut self, key: &Key, _: &mut Queue<Key>) -> Result<()> {
         let (name, r) = match key {
             Key::All => {
                 let r = self.apply_all();
@@ -257,12 +248,11 @@ pub async fn sync_reporting(
             default_algorithm: Default::default(),
         },
         index: ServiceIndex::new(),
-        queue: Queue::default(),
         full_done: false,
         failing,
     };
     let _reflectors: Vec<AbortOnDrop> = inf.start().into_iter().map(AbortOnDrop).collect();
-    skiff_runtime::drive(s, inbox).await;
+    skiff_runtime::drive("datapath", s, inbox).await;
     Ok(())
 }
 
