@@ -1,5 +1,6 @@
 //! `skiff`: parses the command line and hands off to the library crates.
 
+mod host;
 mod up;
 
 use clap::Parser;
@@ -29,9 +30,9 @@ async fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Server(args) => server(args).await,
         Command::Client(cmd) => skiff_cli::run(&cli.global, cmd).await,
-        Command::Bpf(cmd) => skiff_cli::bpf::run(cmd).await,
-        Command::Image(cmd) => skiff_cli::image::run(cmd).await,
-        Command::Node(args) => skiff_cli::node::run(&cli.global, args).await,
+        Command::Bpf(cmd) => host::bpf::run(cmd).await,
+        Command::Image(cmd) => host::image::run(cmd).await,
+        Command::Node(args) => host::node::run(&cli.global, args).await,
         Command::ShimLogger { path } => skiff_node::logs::shim_logger::run(&path),
         Command::Dns(args) => dns(&cli.global, args).await,
         Command::Sim(cmd) => skiff_cli::sim(&cli.global, cmd).await,

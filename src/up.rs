@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use anyhow::{Context, Result, bail};
 use skiff_cli::UpArgs;
-use skiff_node::config::{DatapathConfig, NodeConfig};
+use skiff_cli::args::NodeArgs;
 
 pub async fn up(a: UpArgs) -> Result<()> {
     if !is_root() {
@@ -41,26 +41,11 @@ pub async fn up(a: UpArgs) -> Result<()> {
     eprintln!("==> scheduler and controllers running");
 
     let name = a.name.clone().unwrap_or_else(skiff_node::host::hostname);
-    let mut node = NodeConfig::new(&url, &name);
-    node.node_ip = Some(node_ip);
-    node.data_dir = a.data_dir.join("node");
-    node.containerd = a.containerd.containerd.clone();
-    node.containerd_namespace = a.containerd.containerd_namespace.clone();
-    node.token = Some(server.token.clone());
-    node.listen = a.node_listen;
-    node.run_dir = a.run_dir.clone();
-    node.log_dir = a.log_dir.clone();
-    node.cluster_dns = a.cluster_dns;
-    node.cgroup_parent = if a.datapath_instance == "default" {
-        "skiff".into()
-    } else {
-        format!("skiff-{}", a.datapath_instance)
-    };
-    node.datapath = Some(DatapathConfig {
-        instance: a.datapath_instance.clone(),
-        cgroup: None,
-        ifaces: a.iface.clone(),
-    });
+    let node = crate::host::node::config(
+        &url,
+        node_args(&a, &name, node_ip),
+        Some(server.token.clone()),
+    )?;
     eprintln!(
         "==> starting node {name} ({node_ip}) on containerd at {}",
         node.containerd.display()
@@ -149,4 +134,32 @@ fn is_root() -> bool {
                 .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
         })
         .unwrap_or(false)
+}
+
+/// The node of `skiff up`, as `skiff node` flags would set it: its data
+/// under the cluster's, the datapath instance's own cgroup parent.
+fn node_args(a: &skiff_cli::args::UpArgs, name: &str, node_ip: std::net::Ipv4Addr) -> NodeArgs {
+    NodeArgs {
+        name: Some(name.to_string()),
+        node_ip: Some(node_ip),
+        pod_cidr: None,
+        data_dir: a.data_dir.join("node"),
+        run_dir: a.run_dir.clone(),
+        log_dir: a.log_dir.clone(),
+        containerd: a.containerd.clone(),
+        cluster_dns: a.cluster_dns,
+        cluster_domain: skiff_cli::args::CLUSTER_DOMAIN.into(),
+        cgroup_parent: if a.datapath_instance == "default" {
+            "skiff".into()
+        } else {
+            format!("skiff-{}", a.datapath_instance)
+        },
+        datapath_instance: a.datapath_instance.clone(),
+        datapath_pods_only: false,
+        iface: a.iface.clone(),
+        no_datapath: false,
+        listen: a.node_listen,
+        token_file: a.data_dir.join("server").join("token"),
+        restart_backoff: skiff_cli::args::RESTART_BACKOFF_SECONDS,
+    }
 }

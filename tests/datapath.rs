@@ -1231,7 +1231,10 @@ fn a_service_that_did_not_fit_is_programmed_once_room_is_freed() {
         failing_on("default/c").is_some()
     });
     let why = failing_on("default/c").unwrap();
-    assert!(why.contains("programming default/c:"), "{why}");
+    assert!(
+        why.contains("programming default/c:") && why.contains("is full"),
+        "{why}"
+    );
     assert!(
         !programmed("c"),
         "a full map cannot hold c: {why}\n{}",

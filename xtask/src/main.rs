@@ -4,6 +4,7 @@
 //! This crate depends on nothing of the project's, so it builds on a fresh
 //! machine before anything is installed.
 
+mod tidy;
 mod up;
 
 use std::process::{Command, ExitCode};
@@ -15,8 +16,10 @@ const USAGE: &str = "usage: cargo xtask <command>
 commands:
   up [skiff up flags]     install what is missing (root), start containerd,
                           build skiff, import the demo image and run `skiff up`
-  test [--quick]          fmt check, clippy, then every test of the workspace
-                          (--quick: tests only)
+  test [--quick]          fmt check, clippy, tidy, then every test of the
+                          workspace (--quick: tests only)
+  tidy                    the crate graph against ARCHITECTURE.md's code map
+                          and dependency rules
   bench api [--quick]     API server throughput and watch latency, embedded
                           store and etcd, against raw etcd in the same run
   bench datapath [--quick]  connection and request rates through a ClusterIP
@@ -34,6 +37,7 @@ fn main() -> ExitCode {
     let result = match args.as_slice() {
         ["test", rest @ ..] => test(rest.contains(&"--quick")),
         ["up", rest @ ..] => up::run_up(rest),
+        ["tidy"] => tidy::run(&mut cargo(), &root()),
         ["bench", rest @ ..] if !rest.is_empty() => run(
             "skiff-bench",
             cargo()
@@ -68,6 +72,14 @@ fn run(step: &str, cmd: &mut Command) -> Result<()> {
         bail!("{step} failed ({status})");
     }
     Ok(())
+}
+
+/// The workspace root (xtask lives one level below it).
+fn root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is inside the workspace")
+        .to_path_buf()
 }
 
 fn cargo() -> Command {
@@ -128,6 +140,7 @@ fn test(quick: bool) -> Result<()> {
                 "warnings",
             ]),
         )?;
+        tidy::run(&mut cargo(), &root())?;
     }
     cargo_test()
 }

@@ -595,6 +595,11 @@ pub enum ImageCommand {
     },
 }
 
+/// The cluster's DNS domain unless told otherwise.
+pub const CLUSTER_DOMAIN: &str = "cluster.local";
+/// A crashed container's first restart delay, doubling from there.
+pub const RESTART_BACKOFF_SECONDS: u64 = 10;
+
 #[derive(Debug, Args, Clone)]
 pub struct NodeArgs {
     /// This node's name (default: the host name)
@@ -620,7 +625,7 @@ pub struct NodeArgs {
     /// The cluster DNS address pods get in resolv.conf
     #[arg(long, default_value = "10.96.0.10")]
     pub cluster_dns: std::net::Ipv4Addr,
-    #[arg(long, default_value = "cluster.local")]
+    #[arg(long, default_value = CLUSTER_DOMAIN)]
     pub cluster_domain: String,
     /// cgroup parent of the pods
     #[arg(long, default_value = "skiff")]
@@ -648,7 +653,7 @@ pub struct NodeArgs {
     )]
     pub token_file: PathBuf,
     /// First restart back-off, seconds (doubles up to 300)
-    #[arg(long, default_value_t = 10, hide = true)]
+    #[arg(long, default_value_t = RESTART_BACKOFF_SECONDS, hide = true)]
     pub restart_backoff: u64,
 }
 

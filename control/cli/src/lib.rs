@@ -5,16 +5,13 @@
 
 mod apply;
 pub mod args;
-pub mod bpf;
 pub mod config;
 mod describe;
 mod get;
-pub mod image;
-pub mod node;
 mod rollout;
 pub mod sim;
 pub mod stream;
-mod table;
+pub mod table;
 
 use anyhow::{Context, Result};
 use skiff_client::Client;

@@ -27,7 +27,7 @@ use skiff_runtime::Event;
 use crate::args::SimNodesArgs;
 
 pub const SIM_LABEL: &str = "skiff.io/simulated";
-use skiff_node::register::LEASE_NAMESPACE;
+use skiff_api::nodes::LEASE_NAMESPACE;
 /// Updates in flight at once (node creation, lease renewals, pod status).
 const PARALLEL: usize = 32;
 
@@ -162,7 +162,7 @@ async fn renew(client: &Client, name: &str, cached: Option<Lease>) -> Result<Lea
             Ok(client.update(&l).await?)
         }
         Err(e) if e.is_not_found() => Ok(client
-            .create(&skiff_node::register::new_lease(name, now))
+            .create(&skiff_api::nodes::node_lease(name, now))
             .await?),
         Err(e) => Err(e.into()),
     }

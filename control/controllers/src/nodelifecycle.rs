@@ -20,7 +20,7 @@ use crate::events::{NORMAL, Recorder, WARNING};
 use crate::pods;
 
 pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
-pub const LEASE_NAMESPACE: &str = "kube-node-lease";
+pub use skiff_api::nodes::LEASE_NAMESPACE;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Config {

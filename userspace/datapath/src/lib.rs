@@ -9,6 +9,7 @@
 pub mod desired;
 mod ethtool;
 pub mod gc;
+pub mod inspect;
 pub mod loader;
 pub mod maglev;
 pub mod maps;
@@ -79,6 +80,10 @@ pub enum Error {
     },
     #[error("map {map} is full: {need} entries needed, it holds {max} (raise its size at attach)")]
     MapFull { map: String, need: u64, max: u64 },
+    /// A write found the map at its size (the kernel's E2BIG, or no id
+    /// left to hand out).
+    #[error("map {0} is full: a write was refused (raise its size at attach)")]
+    MapFullOnWrite(String),
     #[error("service {0} has {1} backends; at most 65535 fit a frontend")]
     TooManyBackends(String, usize),
     #[error("{0}")]
@@ -94,11 +99,7 @@ impl Error {
         if let aya::maps::MapError::SyscallError(s) = &e {
             // E2BIG: a hash map at max_entries.
             if s.io_error.raw_os_error() == Some(7) {
-                return Error::MapFull {
-                    map: map.to_string(),
-                    need: 1,
-                    max: 0,
-                };
+                return Error::MapFullOnWrite(map.to_string());
             }
         }
         Error::Map {

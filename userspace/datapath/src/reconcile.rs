@@ -338,11 +338,10 @@ impl Reconciler {
     }
 
     fn add(&mut self, def: &ServiceDef, report: &mut ApplyReport) -> Result<(), Error> {
-        let id = self.service_ids.take().ok_or_else(|| Error::MapFull {
-            map: maps::SVC_NAMES.into(),
-            need: 1,
-            max: 0,
-        })?;
+        let id = self
+            .service_ids
+            .take()
+            .ok_or_else(|| Error::MapFullOnWrite(maps::SVC_NAMES.into()))?;
         let mut inst = Installed {
             id,
             frontends: BTreeMap::new(),
@@ -520,11 +519,10 @@ impl Reconciler {
         def: &ServiceDef,
         report: &mut ApplyReport,
     ) -> Result<u32, Error> {
-        let bid = self.backend_ids.take().ok_or_else(|| Error::MapFull {
-            map: maps::BACKENDS.into(),
-            need: 1,
-            max: 0,
-        })?;
+        let bid = self
+            .backend_ids
+            .take()
+            .ok_or_else(|| Error::MapFullOnWrite(maps::BACKENDS.into()))?;
         let value = backend_value(addr, def);
         if let Err(e) = self.write(maps::BACKENDS, report, |m| m.backends.insert(bid, value, 0)) {
             self.backend_ids.give(bid);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use skiff_api::v1::{
-    Condition, DaemonEndpoint, LeaseSpec, NodeAddress, NodeDaemonEndpoints, NodeSpec, NodeStatus,
+    Condition, DaemonEndpoint, NodeAddress, NodeDaemonEndpoints, NodeSpec, NodeStatus,
     NodeSystemInfo, Quantity, Time,
 };
 use skiff_api::{Lease, Node, ObjectMeta};
@@ -15,8 +15,7 @@ use skiff_client::Client;
 
 use crate::host;
 
-pub const LEASE_NAMESPACE: &str = "kube-node-lease";
-pub const LEASE_SECONDS: i32 = 40;
+pub use skiff_api::nodes::{LEASE_NAMESPACE, LEASE_SECONDS, node_lease as new_lease};
 pub const RENEW_EVERY: Duration = Duration::from_secs(10);
 const MAX_PODS: u32 = 110;
 
@@ -138,26 +137,6 @@ pub async fn register(client: &Client, id: &Identity, pod_cidr: Option<&str>) ->
 pub async fn update_status(client: &Client, mut node: Node, id: &Identity) -> Result<Node> {
     node.status = Some(node_status(id, node.status.as_ref()));
     Ok(client.update_status(&node).await?)
-}
-
-/// A node's heartbeat Lease as first created (also for simulated nodes).
-pub fn new_lease(name: &str, now: Time) -> Lease {
-    Lease {
-        api_version: "coordination.k8s.io/v1".into(),
-        kind: "Lease".into(),
-        metadata: Some(ObjectMeta {
-            name: name.to_string(),
-            namespace: LEASE_NAMESPACE.into(),
-            ..Default::default()
-        }),
-        spec: Some(LeaseSpec {
-            holder_identity: Some(name.to_string()),
-            lease_duration_seconds: Some(LEASE_SECONDS),
-            acquire_time: Some(now),
-            renew_time: Some(now),
-            lease_transitions: Some(0),
-        }),
-    }
 }
 
 /// Renews the node's Lease: creates it when missing.

@@ -2,16 +2,14 @@
 //! through the pinned maps (works while no node daemon runs; needs root).
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde_json::json;
+use skiff_cli::args::*;
+use skiff_cli::table::render;
+use skiff_datapath::inspect::{self, CounterValues, GlobalCounters};
 use skiff_datapath::{Maps, Reconciler, Snapshot, maglev};
-use skiff_ebpf_common::{Counters, global};
-
-use crate::args::*;
-use crate::table::render;
 
 pub async fn run(command: BpfCommand) -> Result<()> {
     // Everything here is a few syscalls on maps: run it off the runtime.
@@ -256,32 +254,20 @@ fn services(a: BpfPlainArgs) -> Result<()> {
 
 fn backends(a: BpfPlainArgs) -> Result<()> {
     let (_, snap) = snapshot(&a.instance)?;
-    let mut list = Vec::new();
-    for s in &snap.services {
-        for b in &s.backends {
-            list.push(json!({
-                "id": b.id,
-                "address": b.addr.to_string(),
-                "protocol": s.proto,
-                "service": s.name,
-                "state": if b.terminating { "terminating" } else { "active" },
-            }));
-        }
-    }
-    list.sort_by_key(|v| v["id"].as_u64());
+    let list = inspect::backends(&snap);
     if a.output.is_some() {
         return print_json(&list);
     }
     let rows: Vec<Vec<String>> = list
         .iter()
-        .map(|v| {
-            ["id", "address", "protocol", "state", "service"]
-                .iter()
-                .map(|k| match &v[*k] {
-                    serde_json::Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                })
-                .collect()
+        .map(|b| {
+            vec![
+                b.id.to_string(),
+                b.address.clone(),
+                b.protocol.as_str().to_string(),
+                b.state.to_string(),
+                b.service.clone(),
+            ]
         })
         .collect();
     println!(
@@ -291,48 +277,20 @@ fn backends(a: BpfPlainArgs) -> Result<()> {
     Ok(())
 }
 
-fn names_by_id(snap: &Snapshot) -> HashMap<u32, String> {
-    snap.services
-        .iter()
-        .map(|s| (s.id, s.name.clone()))
-        .collect()
-}
-
 fn affinity(a: BpfPlainArgs) -> Result<()> {
     let (maps, snap) = snapshot(&a.instance)?;
-    let names = names_by_id(&snap);
-    let backends: HashMap<u32, String> = snap
-        .services
-        .iter()
-        .flat_map(|s| s.backends.iter().map(|b| (b.id, b.addr.to_string())))
-        .collect();
-    let now = skiff_datapath::monotonic_seconds();
-    let mut list = Vec::new();
-    for item in maps.affinity.iter() {
-        let (k, v) = item.context("read the affinity map")?;
-        let client = if k.kind == 1 {
-            Ipv4Addr::from(u32::from_be(k.client as u32)).to_string()
-        } else {
-            format!("netns:{}", k.client)
-        };
-        list.push(json!({
-            "client": client,
-            "service": names.get(&k.service_id).cloned().unwrap_or_else(|| format!("id {}", k.service_id)),
-            "backend": backends.get(&v.backend_id).cloned().unwrap_or_else(|| format!("id {} (gone)", v.backend_id)),
-            "idleSeconds": now.saturating_sub(v.last_used),
-        }));
-    }
+    let list = inspect::affinity(&maps, &snap, skiff_datapath::monotonic_seconds())?;
     if a.output.is_some() {
         return print_json(&list);
     }
     let rows: Vec<Vec<String>> = list
         .iter()
-        .map(|v| {
+        .map(|e| {
             vec![
-                v["client"].as_str().unwrap_or("").to_string(),
-                v["service"].as_str().unwrap_or("").to_string(),
-                v["backend"].as_str().unwrap_or("").to_string(),
-                v["idleSeconds"].to_string(),
+                e.client.clone(),
+                e.service.clone(),
+                e.backend.clone(),
+                e.idle_seconds.to_string(),
             ]
         })
         .collect();
@@ -343,77 +301,25 @@ fn affinity(a: BpfPlainArgs) -> Result<()> {
     Ok(())
 }
 
-/// Whether `name` (ns/svc:port/PROTO[#local]) is selected by `filter`
-/// (ns/svc, or a full name).
-fn matches_service(name: &str, filter: &str) -> bool {
-    name == filter
-        || name
-            .strip_prefix(filter)
-            .is_some_and(|rest| rest.starts_with(':'))
-}
-
 fn ct(a: BpfCtArgs) -> Result<()> {
     let (maps, snap) = snapshot(&a.instance)?;
-    let names = names_by_id(&snap);
-    let mut list = Vec::new();
-    for item in maps.rev_sock.iter() {
-        let (k, v) = item.context("read the connection map")?;
-        let service = names.get(&v.service_id).cloned().unwrap_or_default();
-        if a.service
-            .as_ref()
-            .is_some_and(|f| !matches_service(&service, f))
-        {
-            continue;
-        }
-        list.push(json!({
-            "socketCookie": k.cookie,
-            "backend": format!("{}:{}", Ipv4Addr::from(u32::from_be(k.addr_be)), u16::from_be(k.port_be)),
-            "frontend": format!("{}:{}", Ipv4Addr::from(u32::from_be(v.addr_be)), u16::from_be(v.port_be)),
-            "service": service,
-        }));
-    }
     let now = skiff_datapath::monotonic_seconds();
-    let addr = |a: u32, p: u16| format!("{}:{}", Ipv4Addr::from(u32::from_be(a)), u16::from_be(p));
-    let mut packets = Vec::new();
-    for item in maps.ct.iter() {
-        let (k, v) = item.context("read the conntrack map")?;
-        if k.dir != skiff_ebpf_common::CT_FORWARD {
-            continue;
-        }
-        let service = names.get(&v.service_id).cloned().unwrap_or_default();
-        if a.service
-            .as_ref()
-            .is_some_and(|f| !matches_service(&service, f))
-        {
-            continue;
-        }
-        let snat = v.flags & skiff_ebpf_common::CT_SNAT != 0;
-        packets.push(json!({
-            "protocol": if k.proto == 6 { "TCP" } else { "UDP" },
-            "client": addr(k.src_be, k.sport_be),
-            "frontend": addr(k.dst_be, k.dport_be),
-            "backend": addr(v.nat_addr_be, v.nat_port_be),
-            "snat": snat.then(|| addr(v.snat_addr_be, v.snat_port_be)),
-            "closing": v.flags & skiff_ebpf_common::CT_CLOSING != 0,
-            "idleSeconds": now.saturating_sub(v.last_seen),
-            "service": service,
-        }));
-    }
+    let c = inspect::connections(&maps, &snap, a.service.as_deref(), now)?;
     if a.output.is_some() {
-        return print_json(&json!({"packet": packets, "socket": list}));
+        return print_json(&c);
     }
-    let rows: Vec<Vec<String>> = packets
+    let rows: Vec<Vec<String>> = c
+        .packet
         .iter()
-        .map(|v| {
-            let s = |k: &str| v[k].as_str().unwrap_or("-").to_string();
+        .map(|f| {
             vec![
-                s("protocol"),
-                s("client"),
-                s("frontend"),
-                s("backend"),
-                s("snat"),
-                v["idleSeconds"].to_string(),
-                s("service"),
+                f.protocol.to_string(),
+                f.client.clone(),
+                f.frontend.clone(),
+                f.backend.clone(),
+                f.snat.clone().unwrap_or_else(|| "-".into()),
+                f.idle_seconds.to_string(),
+                f.service.clone(),
             ]
         })
         .collect();
@@ -428,14 +334,15 @@ fn ct(a: BpfCtArgs) -> Result<()> {
         )
     );
     println!("socket level:");
-    let rows: Vec<Vec<String>> = list
+    let rows: Vec<Vec<String>> = c
+        .socket
         .iter()
-        .map(|v| {
+        .map(|s| {
             vec![
-                v["socketCookie"].to_string(),
-                v["frontend"].as_str().unwrap_or("").into(),
-                v["backend"].as_str().unwrap_or("").into(),
-                v["service"].as_str().unwrap_or("").into(),
+                s.socket_cookie.to_string(),
+                s.frontend.clone(),
+                s.backend.clone(),
+                s.service.clone(),
             ]
         })
         .collect();
@@ -448,38 +355,13 @@ fn ct(a: BpfCtArgs) -> Result<()> {
 
 fn maglev_cmd(a: BpfMaglevArgs) -> Result<()> {
     let (maps, snap) = snapshot(&a.instance)?;
-    let chosen: Vec<_> = snap
-        .services
-        .iter()
-        .filter(|s| matches_service(&s.name, &a.service))
-        .collect();
-    if chosen.is_empty() {
+    let out = inspect::maglev(&maps, &snap, &a.service)?;
+    if out.is_empty() {
         bail!(
             "no service {} in instance {}",
             a.service,
             a.instance.instance
         );
-    }
-    let mut out = Vec::new();
-    for s in chosen {
-        let Some(size) = s.maglev_size else {
-            out.push(json!({"service": s.name, "algorithm": "random"}));
-            continue;
-        };
-        let table = maps
-            .maglev
-            .get(&s.id, 0)
-            .with_context(|| format!("read the Maglev table of {}", s.name))?;
-        let ids = &table.backend_ids[..size as usize];
-        let mut share: HashMap<u32, usize> = HashMap::new();
-        ids.iter()
-            .for_each(|id| *share.entry(*id).or_default() += 1);
-        let backends: Vec<_> = s
-            .backends
-            .iter()
-            .map(|b| json!({"id": b.id, "address": b.addr.to_string(), "entries": share.get(&b.id).copied().unwrap_or(0)}))
-            .collect();
-        out.push(json!({"service": s.name, "algorithm": "maglev", "size": size, "backends": backends, "table": ids}));
     }
     if a.output.is_some() {
         return print_json(&out);
@@ -487,23 +369,17 @@ fn maglev_cmd(a: BpfMaglevArgs) -> Result<()> {
     for v in out {
         println!(
             "{} ({}{})",
-            v["service"].as_str().unwrap_or(""),
-            v["algorithm"].as_str().unwrap_or(""),
-            v.get("size")
+            v.service,
+            v.algorithm,
+            v.size
                 .map(|s| format!(", table size {s}"))
                 .unwrap_or_default()
         );
-        let rows: Vec<Vec<String>> = v["backends"]
-            .as_array()
-            .into_iter()
+        let rows: Vec<Vec<String>> = v
+            .backends
+            .iter()
             .flatten()
-            .map(|b| {
-                vec![
-                    b["id"].to_string(),
-                    b["address"].as_str().unwrap_or("").into(),
-                    b["entries"].to_string(),
-                ]
-            })
+            .map(|b| vec![b.id.to_string(), b.address.clone(), b.entries.to_string()])
             .collect();
         if !rows.is_empty() {
             println!("{}", render(&["ID", "BACKEND", "ENTRIES"], &rows));
@@ -512,15 +388,8 @@ fn maglev_cmd(a: BpfMaglevArgs) -> Result<()> {
     Ok(())
 }
 
-fn counters_json(c: &Counters) -> serde_json::Value {
-    json!({
-        "packets": c.packets, "bytes": c.bytes, "connections": c.connections,
-        "refused": c.refused, "dropped": c.dropped,
-    })
-}
-
 fn stats(a: BpfStatsArgs) -> Result<()> {
-    let mut previous: HashMap<String, Counters> = HashMap::new();
+    let mut previous: HashMap<String, CounterValues> = HashMap::new();
     let mut last = Instant::now();
     loop {
         let (maps, snap) = snapshot(&a.instance)?;
@@ -529,60 +398,49 @@ fn stats(a: BpfStatsArgs) -> Result<()> {
         last = now;
         let mut rows = Vec::new();
         let mut list = Vec::new();
-        let mut push = |label: String, service: &str, c: Counters, rows: &mut Vec<Vec<String>>| {
-            let rate = previous
-                .get(&label)
-                .map(|p| {
-                    format!(
-                        "{:.0}/s",
-                        c.connections.saturating_sub(p.connections) as f64 / dt
-                    )
-                })
-                .unwrap_or_else(|| "-".into());
-            rows.push(vec![
-                label.clone(),
-                service.to_string(),
-                c.connections.to_string(),
-                rate,
-                c.refused.to_string(),
-                c.dropped.to_string(),
-                c.packets.to_string(),
-                c.bytes.to_string(),
-            ]);
-            list.push(json!({"name": label, "service": service, "counters": counters_json(&c)}));
-            previous.insert(label, c);
-        };
+        let mut push =
+            |label: String, service: &str, c: CounterValues, rows: &mut Vec<Vec<String>>| {
+                let rate = previous
+                    .get(&label)
+                    .map(|p| {
+                        format!(
+                            "{:.0}/s",
+                            c.connections.saturating_sub(p.connections) as f64 / dt
+                        )
+                    })
+                    .unwrap_or_else(|| "-".into());
+                rows.push(vec![
+                    label.clone(),
+                    service.to_string(),
+                    c.connections.to_string(),
+                    rate,
+                    c.refused.to_string(),
+                    c.dropped.to_string(),
+                    c.packets.to_string(),
+                    c.bytes.to_string(),
+                ]);
+                list.push(json!({"name": label, "service": service, "counters": c}));
+                previous.insert(label, c);
+            };
         for s in &snap.services {
             push(
                 format!("service {}", s.id),
                 &s.name,
-                maps.service_counters(s.id),
+                maps.service_counters(s.id).into(),
                 &mut rows,
             );
             for b in &s.backends {
                 push(
                     format!("  backend {} {}", b.id, b.addr),
                     &s.name,
-                    maps.backend_counters(b.id),
+                    maps.backend_counters(b.id).into(),
                     &mut rows,
                 );
             }
         }
-        let g = maps.global_counters();
+        let g = GlobalCounters::read(&maps);
         if a.output.is_some() {
-            print_json(&json!({
-                "counters": list,
-                "global": {
-                    "missingBackend": g[global::MISSING_BACKEND as usize],
-                    "connectionMapFull": g[global::REV_SOCK_FULL as usize],
-                    "affinityMapFull": g[global::AFFINITY_FULL as usize],
-                    "conntrackFull": g[global::CT_FULL as usize],
-                    "malformed": g[global::MALFORMED as usize],
-                    "noRoute": g[global::NO_ROUTE as usize],
-                    "refuseFailed": g[global::REFUSE_FAILED as usize],
-                    "xdpTransmitted": g[global::XDP_TX as usize],
-                }
-            }))?;
+            print_json(&json!({"counters": list, "global": g}))?;
         } else {
             println!(
                 "{}",
@@ -602,13 +460,13 @@ fn stats(a: BpfStatsArgs) -> Result<()> {
             );
             println!(
                 "datapath: {} missing backends, {} socket-map full, {} affinity-map full, {} conntrack full, {} no route, {} refusals not sent, {} XDP fast-path packets",
-                g[global::MISSING_BACKEND as usize],
-                g[global::REV_SOCK_FULL as usize],
-                g[global::AFFINITY_FULL as usize],
-                g[global::CT_FULL as usize],
-                g[global::NO_ROUTE as usize],
-                g[global::REFUSE_FAILED as usize],
-                g[global::XDP_TX as usize]
+                g.missing_backend,
+                g.connection_map_full,
+                g.affinity_map_full,
+                g.conntrack_full,
+                g.no_route,
+                g.refuse_failed,
+                g.xdp_transmitted
             );
         }
         if !a.watch {

@@ -3,8 +3,8 @@
 use anyhow::Result;
 use skiff_node::runtime::Containerd;
 
-use crate::args::{ContainerdArgs, ImageCommand};
-use crate::table;
+use skiff_cli::args::{ContainerdArgs, ImageCommand};
+use skiff_cli::table;
 
 async fn connect(c: &ContainerdArgs) -> Result<Containerd> {
     Containerd::connect(&c.containerd, &c.containerd_namespace).await

@@ -3,12 +3,14 @@
 use anyhow::Result;
 use skiff_node::config::{DatapathConfig, NodeConfig};
 
-use crate::args::{Global, NodeArgs};
+use skiff_cli::args::{Global, NodeArgs};
 
-pub fn config(global: &Global, a: NodeArgs) -> Result<NodeConfig> {
-    let server = crate::config::server_url(global.server.as_deref())?;
+/// The one place a node's settings are made, for `skiff node` and for
+/// `skiff up` alike. `token` is the cluster token (None: read
+/// `--token-file`).
+pub fn config(server: &str, a: NodeArgs, token: Option<String>) -> Result<NodeConfig> {
     let name = a.name.unwrap_or_else(skiff_node::host::hostname);
-    let mut cfg = NodeConfig::new(&server, &name);
+    let mut cfg = NodeConfig::new(server, &name);
     cfg.node_ip = a.node_ip;
     cfg.pod_cidr = a.pod_cidr;
     cfg.data_dir = a.data_dir;
@@ -21,15 +23,9 @@ pub fn config(global: &Global, a: NodeArgs) -> Result<NodeConfig> {
     cfg.cgroup_parent = a.cgroup_parent.clone();
     cfg.base_backoff = std::time::Duration::from_secs(a.restart_backoff.max(1));
     cfg.listen = a.listen;
-    cfg.token = match std::fs::read_to_string(&a.token_file) {
-        Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
-        Ok(_) | Err(_) => {
-            tracing::warn!(
-                "no cluster token at {} (--token-file): logs and exec of this node's pods will be refused",
-                a.token_file.display()
-            );
-            None
-        }
+    cfg.token = match token {
+        Some(t) => Some(t),
+        None => read_token(&a.token_file),
     };
     cfg.datapath = if a.no_datapath {
         None
@@ -47,8 +43,23 @@ pub fn config(global: &Global, a: NodeArgs) -> Result<NodeConfig> {
     Ok(cfg)
 }
 
+/// The cluster token the server wrote, if it can be read.
+fn read_token(path: &std::path::Path) -> Option<String> {
+    match std::fs::read_to_string(path) {
+        Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
+        Ok(_) | Err(_) => {
+            tracing::warn!(
+                "no cluster token at {} (--token-file): logs and exec of this node's pods will be refused",
+                path.display()
+            );
+            None
+        }
+    }
+}
+
 pub async fn run(global: &Global, a: NodeArgs) -> Result<()> {
-    let cfg = config(global, a)?;
+    let server = skiff_cli::config::server_url(global.server.as_deref())?;
+    let cfg = config(&server, a, None)?;
     let running = skiff_node::daemon::start(cfg.clone()).await?;
     eprintln!(
         "skiff node {} running: node IP {}, podCIDR {}, containerd {} (namespace {})",
