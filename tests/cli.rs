@@ -442,6 +442,12 @@ fn get_watch_prints_changes_as_they_happen() {
     use std::io::{BufRead, BufReader};
     let c = Cluster::start(None);
     c.ok(&["create", "namespace", "w"]);
+    let first = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: first\n";
+    assert!(
+        c.skiff_stdin(&["-n", "w", "apply", "-f", "-"], first)
+            .status
+            .success()
+    );
     let mut watcher = KillOnDrop(
         Command::new(SKIFF)
             .args(["-n", "w", "get", "cm", "-w"])
@@ -460,8 +466,15 @@ fn get_watch_prints_changes_as_they_happen() {
             }
         }
     });
-    // Give the watch a moment to open, then change things.
-    std::thread::sleep(Duration::from_millis(300));
+    // The listed row says the list is done: what follows is the watch.
+    let listed = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the header");
+    assert!(listed.starts_with("NAME"), "{listed}");
+    let listed = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("a listed row");
+    assert!(listed.starts_with("first"), "{listed}");
     let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: live\ndata:\n  a: b\n";
     assert!(
         c.skiff_stdin(&["-n", "w", "apply", "-f", "-"], cm)
@@ -471,11 +484,6 @@ fn get_watch_prints_changes_as_they_happen() {
     let line = rx
         .recv_timeout(Duration::from_secs(10))
         .expect("a row for the new ConfigMap");
-    let line = if line.starts_with("NAME") {
-        rx.recv_timeout(Duration::from_secs(10)).unwrap()
-    } else {
-        line
-    };
     assert!(
         line.starts_with("live") && line.split_whitespace().nth(1) == Some("1"),
         "{line}"

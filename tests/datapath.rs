@@ -563,10 +563,40 @@ fn kill_9_of_the_attaching_process_and_reattach_lose_no_connection() {
     let manifest = service("steady", "10.96.10.7", &ready(&addrs), "", "");
     dp.sync(&manifest);
     let before = dp.json(&["services"]);
-    let mut child = lab.spawn(&client, true, &["tcp", "10.96.10.7:80", "--count", "3000"]);
-    std::thread::sleep(Duration::from_millis(300));
+    // Removed on drop, also when the test fails.
+    let progress_file = tempfile::NamedTempFile::new().expect("temp file");
+    let progress = progress_file.path().to_path_buf();
+    let progress_s = progress.display().to_string();
+    let mut child = lab.spawn(
+        &client,
+        true,
+        &[
+            "tcp",
+            "10.96.10.7:80",
+            "--count",
+            "3000",
+            "--progress",
+            &progress_s,
+        ],
+    );
+    let tried = || -> u64 {
+        std::fs::read_to_string(&progress)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let wait_tried = |n: u64, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tried() < n {
+            assert!(Instant::now() < deadline, "{what}: {} connections", tried());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    wait_tried(200, "connections never got going");
     attacher.kill(); // SIGKILL, mid-stream
-    std::thread::sleep(Duration::from_millis(300));
+    // Connections go on with nobody attached: the pinned links hold.
+    let at_kill = tried();
+    wait_tried(at_kill + 200, "connections stopped with the attacher gone");
     // A new attach adopts; a new sync finds nothing to change (nothing
     // flushed, no id renumbered).
     let again = ok(&[

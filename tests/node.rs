@@ -499,15 +499,26 @@ spec:
     c.kill_node();
     // The pod and its ClusterIP answer while the node daemon is gone...
     let ok_at_kill = count("stdout F ok");
-    std::thread::sleep(Duration::from_secs(3));
-    assert!(
-        count("stdout F ok") >= ok_at_kill + 5,
-        "the ClusterIP stopped answering with the node daemon down"
-    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count("stdout F ok") < ok_at_kill + 5 {
+        assert!(
+            Instant::now() < deadline,
+            "the ClusterIP stopped answering with the node daemon down"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert!(http_get(&ip, 8080).is_some_and(|b| b.contains("hello from skiff")));
     c.start_node();
-    // ...and after it is back, through the same container.
-    std::thread::sleep(Duration::from_secs(2));
+    // ...and after it is back (it says so once it adopted the container),
+    // through the same container.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !c.log("node").contains("adopted a running container") {
+        assert!(
+            Instant::now() < deadline,
+            "the node never adopted the container"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let after = wait_pod(
         &c,
         "keep",
@@ -524,11 +535,14 @@ spec:
     assert!(c.log("node").contains("adopted a running container"));
     assert!(http_get(&ip, 8080).is_some_and(|b| b.contains("hello from skiff")));
     let ok_after = count("stdout F ok");
-    std::thread::sleep(Duration::from_secs(1));
-    assert!(
-        count("stdout F ok") > ok_after,
-        "the ClusterIP stopped answering after the restart"
-    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count("stdout F ok") <= ok_after {
+        assert!(
+            Instant::now() < deadline,
+            "the ClusterIP stopped answering after the restart"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert_eq!(
         count("FAIL"),
         fails_before,
@@ -616,7 +630,12 @@ spec:
         Duration::from_secs(60),
         running_ready,
     );
-    std::thread::sleep(Duration::from_secs(1));
+    // Wait until it has logged a few lines (its first ones included).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !c.skiff_ok(&["logs", "talker"]).contains("line 3\n") {
+        assert!(Instant::now() < deadline, "talker never logged line 3");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // stdout and stderr are two pipes: their lines interleave by arrival.
     let without_stderr = |s: &str| {
         s.lines()
@@ -1160,8 +1179,17 @@ fn faults_get_a_clear_status_and_the_node_carries_on() {
     );
 
     // The API server dies: pods keep running, the node keeps going...
+    let before = c.log("node").len();
     c.kill_server();
-    std::thread::sleep(Duration::from_secs(2));
+    // Once the node has seen its watches break, the pod still answers.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !c.log("node")[before..].contains("watch") {
+        assert!(
+            Instant::now() < deadline,
+            "the node never noticed the server gone"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert!(http_get(&ip, 8080).is_some_and(|b| b.contains("hello from skiff")));
     // ...and resyncs when it is back: deleting the first pod frees the
     // address the second one waits for.
@@ -1386,8 +1414,17 @@ spec:
     // A node restart does not run completed init containers again.
     let mut c = c;
     c.kill_node();
+    let before = c.log("node").len();
     c.start_node();
-    std::thread::sleep(Duration::from_secs(3));
+    // The new daemon says when it has adopted the running container.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !c.log("node")[before..].contains("adopted a running container") {
+        assert!(
+            Instant::now() < deadline,
+            "the node never adopted the container"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let p = wait_pod(
         &c,
         "staged",

@@ -6,9 +6,11 @@
       (PEER: the client address it saw) and exits when its standard input
       closes (so it dies with the test).
   tcp IP:PORT --count N [--mark FILE] [--gap SECONDS] [--seen FILE --seen-names K]
+          [--progress FILE]
       N connections one after another; each reads the server's name. With
-      --seen, FILE is created once K different names have answered (a test
-      waits for it instead of sleeping).
+      --seen, FILE is created once K different names have answered; with
+      --progress, FILE always holds how many connections were tried (a test
+      waits for either instead of sleeping).
   udp IP:PORT --count N [--sockets K] [--mark FILE]
       N datagrams over K sockets (round robin), each answer read back.
   refused IP:PORT --proto tcp|udp
@@ -99,10 +101,19 @@ class Tally:
         }), flush=True)
 
 
+def progress(path, n):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(str(n))
+    os.replace(tmp, path)
+
+
 def tcp(a):
     target = addr(a.target)
     t = Tally(a.mark, a.seen, a.seen_names)
-    for _ in range(a.count):
+    for i in range(a.count):
+        if a.progress:
+            progress(a.progress, i)
         after = t.marked()
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         s.settimeout(a.timeout)
@@ -126,6 +137,8 @@ def tcp(a):
             s.close()
         if a.gap:
             time.sleep(a.gap)
+    if a.progress:
+        progress(a.progress, a.count)
     t.dump()
 
 
@@ -212,6 +225,7 @@ def main():
         c.add_argument("--gap", type=float, default=0)
         c.add_argument("--seen")
         c.add_argument("--seen-names", type=int, default=0)
+        c.add_argument("--progress")
         c.add_argument("--timeout", type=float, default=2)
         if name == "udp":
             c.add_argument("--sockets", type=int, default=1)
