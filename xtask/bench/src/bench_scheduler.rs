@@ -8,6 +8,9 @@
 //! with `--no-controllers` (so it competes with nothing; skiff's scheduler
 //! shares the server's two cores with every controller). Cited:
 //! kube-scheduler's SchedulingBasic threshold, 270 pods/s at 5,000 nodes.
+//! Also the server's resident memory once every pod is bound. With
+//! `SKIFF_BENCH_BASELINE=/path/to/an/older/skiff` the same skiff runs are
+//! made with that binary too, for before/after in one run.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader};
@@ -38,10 +41,14 @@ const KUBE_SCHEDULER_5K: f64 = 270.0;
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Binder {
     Skiff,
+    /// skiff's scheduler, in the `SKIFF_BENCH_BASELINE` binary.
+    SkiffBaseline,
     NaiveFirstFit,
 }
 
 struct Outcome {
+    /// The server's VmRSS once every pod is bound, MiB.
+    rss_mib: f64,
     pods_per_s: f64,
     create_per_s: f64,
     p50_ms: f64,
@@ -204,7 +211,18 @@ async fn naive_binder(client: Client, total: usize) -> Result<()> {
     Ok(())
 }
 
-async fn measure(url: &str, total: usize, binder: Binder) -> Result<Outcome> {
+/// A process's resident set (VmRSS), MiB.
+fn rss_mib(pid: u32) -> Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("no VmRSS")?;
+    Ok(kb / 1024.0)
+}
+
+async fn measure(url: &str, total: usize, binder: Binder, pid: u32) -> Result<Outcome> {
     let mut clients = Vec::new();
     for _ in 0..CONNECTIONS {
         clients.push(Client::connect(url).await?);
@@ -288,6 +306,7 @@ async fn measure(url: &str, total: usize, binder: Binder) -> Result<Outcome> {
     if let Some(n) = naive {
         n.await??;
     }
+    let rss_mib = rss_mib(pid)?;
     let bound = bound.lock().expect("bound");
     let created = created.lock().expect("created");
     let last = bound.values().max().copied().context("nothing bound")?;
@@ -296,6 +315,7 @@ async fn measure(url: &str, total: usize, binder: Binder) -> Result<Outcome> {
         .filter_map(|(n, t)| Some(bound.get(n)?.duration_since(*t).as_secs_f64() * 1000.0))
         .collect();
     Ok(Outcome {
+        rss_mib,
         pods_per_s: total as f64 / last.duration_since(start).as_secs_f64(),
         create_per_s: total as f64 / create_s,
         p50_ms: percentile(&mut lat, 0.5),
@@ -313,15 +333,24 @@ pub fn run(quick: bool) -> Result<()> {
         (10_000, &[1000, 5000])
     };
     let bin = build_skiff(quick)?;
+    let baseline = std::env::var_os("SKIFF_BENCH_BASELINE").map(std::path::PathBuf::from);
     let rt = tokio::runtime::Runtime::new()?;
     let mut rows = Vec::new();
+    let mut binders = vec![Binder::NaiveFirstFit, Binder::Skiff];
+    if baseline.is_some() {
+        binders.push(Binder::SkiffBaseline);
+    }
     for &nodes in sizes {
-        for binder in [Binder::NaiveFirstFit, Binder::Skiff] {
+        for &binder in &binders {
             eprintln!("==> {binder:?}: {total} pods onto {nodes} simulated nodes");
             let data = tempfile::tempdir()?;
-            let (server, url) = server(&bin, data.path(), binder)?;
+            let server_bin = match (binder, &baseline) {
+                (Binder::SkiffBaseline, Some(b)) => b.as_path(),
+                _ => bin.as_path(),
+            };
+            let (server, url) = server(server_bin, data.path(), binder)?;
             let sim = sim(&bin, &url, nodes)?;
-            let o = rt.block_on(measure(&url, total, binder))?;
+            let o = rt.block_on(measure(&url, total, binder, server.0.id()))?;
             drop(sim);
             drop(server);
             rows.push((nodes, binder, o));
@@ -330,8 +359,8 @@ pub fn run(quick: bool) -> Result<()> {
     let (cores, kernel) = machine();
     println!("\n{total} pods (100m cpu, 128Mi each, 10 owners), {cores} cores, kernel {kernel}:");
     println!(
-        "{:>6}  {:<18} {:>10} {:>10} {:>10} {:>10} {:>10}",
-        "nodes", "binder", "pods/s", "x naive", "create/s", "p50 ms", "p99 ms"
+        "{:>6}  {:<18} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "nodes", "binder", "pods/s", "x naive", "create/s", "p50 ms", "p99 ms", "RSS MiB"
     );
     let mut json_rows = Vec::new();
     for (nodes, binder, o) in &rows {
@@ -341,18 +370,19 @@ pub fn run(quick: bool) -> Result<()> {
             .map(|(_, _, o)| o.pods_per_s)
             .unwrap_or(f64::NAN);
         println!(
-            "{nodes:>6}  {:<18} {:>10.0} {:>10.2} {:>10.0} {:>10.0} {:>10.0}",
+            "{nodes:>6}  {:<18} {:>10.0} {:>10.2} {:>10.0} {:>10.0} {:>10.0} {:>10.0}",
             format!("{binder:?}"),
             o.pods_per_s,
             o.pods_per_s / naive,
             o.create_per_s,
             o.p50_ms,
-            o.p99_ms
+            o.p99_ms,
+            o.rss_mib
         );
         json_rows.push(json!({
             "nodes": nodes, "binder": format!("{binder:?}"), "pods_per_s": o.pods_per_s,
             "ratio_to_naive": o.pods_per_s / naive, "create_per_s": o.create_per_s,
-            "p50_ms": o.p50_ms, "p99_ms": o.p99_ms,
+            "p50_ms": o.p50_ms, "p99_ms": o.p99_ms, "server_rss_mib": o.rss_mib,
         }));
     }
     println!(

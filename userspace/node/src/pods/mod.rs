@@ -4,6 +4,7 @@
 
 pub mod cgroups;
 pub mod probe;
+pub mod resolve;
 pub mod restart;
 pub mod sandbox;
 pub mod status;

@@ -9,13 +9,14 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use skiff_api::v1::{Container, PodStatus, Time};
 use skiff_api::{ConfigMap, Pod};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::probe::{self, ProbeKind};
+use super::resolve::{self, StartError};
 use super::restart::{Backoff, should_restart};
 use super::sandbox::{self, Sandbox, uid_of};
 use super::status::{CState, ContainerView, PodFacts, pod_status};
@@ -602,8 +603,9 @@ impl Worker {
             Ok(()) => {
                 c.retry_at = None;
             }
-            Err((reason, e)) => {
-                let msg = format!("{e:#}");
+            Err(e) => {
+                let reason = e.reason();
+                let msg = format!("{:#}", e.error());
                 tracing::warn!(pod = %self.uid, container = %name, "{reason}: {msg}");
                 let delay = c
                     .backoff
@@ -622,8 +624,8 @@ impl Worker {
     }
 
     /// Creates and starts a container; on failure the reason the status
-    /// shows (ErrImagePull, CreateContainerConfigError, RunContainerError).
-    async fn try_start(&mut self, name: &str) -> Result<(), (&'static str, anyhow::Error)> {
+    /// shows.
+    async fn try_start(&mut self, name: &str) -> Result<(), StartError> {
         let sb = self.sandbox.clone().expect("sandbox made first");
         let (ns, pod_name) = ns_name(&self.pod);
         let (spec_c, restart) = {
@@ -640,7 +642,7 @@ impl Worker {
             self.discard(&old).await;
         }
         let reference =
-            Reference::parse(&spec_c.image).map_err(|e| ("InvalidImageName", e.into()))?;
+            Reference::parse(&spec_c.image).map_err(|e| StartError::InvalidImageName(e.into()))?;
         let image_name = reference.to_string();
         let image = match self.ctx.ctd.resolve(&image_name).await {
             Ok(Some(i)) => i,
@@ -650,42 +652,22 @@ impl Worker {
                     .ctd
                     .resolve(&image_name)
                     .await
-                    .map_err(|e| ("ErrImagePull", e))?
+                    .map_err(StartError::ErrImagePull)?
                     .ok_or_else(|| {
-                        (
-                            "ErrImagePull",
-                            anyhow::anyhow!("image {image_name} vanished after the pull"),
-                        )
+                        StartError::ErrImagePull(anyhow::anyhow!(
+                            "image {image_name} vanished after the pull"
+                        ))
                     })?,
-                Err(e) => return Err(("ErrImagePull", e)),
+                Err(e) => return Err(StartError::ErrImagePull(e)),
             },
-            Err(e) => return Err(("ErrImagePull", e)),
+            Err(e) => return Err(StartError::ErrImagePull(e)),
         };
         let env = self
             .resolve_env(&spec_c, &sb)
             .await
-            .map_err(|e| ("CreateContainerConfigError", e))?;
-        let mut mounts = sb.mounts.clone();
-        for (i, m) in spec_c.volume_mounts.iter().enumerate() {
-            let Some((_, dir)) = sb.volumes.iter().find(|(n, _)| *n == m.name) else {
-                return Err((
-                    "CreateContainerConfigError",
-                    anyhow::anyhow!("volumeMounts[{i}]: the pod has no volume {:?}", m.name),
-                ));
-            };
-            let src = if m.sub_path.is_empty() {
-                dir.clone()
-            } else {
-                if m.sub_path.split('/').any(|c| c == "..") {
-                    return Err((
-                        "CreateContainerConfigError",
-                        anyhow::anyhow!("volumeMounts[{i}].subPath must stay inside the volume"),
-                    ));
-                }
-                dir.join(&m.sub_path)
-            };
-            mounts.push((src, m.mount_path.clone(), m.read_only));
-        }
+            .map_err(StartError::CreateContainerConfigError)?;
+        let mounts = resolve::mounts(&spec_c, &sb.mounts, &sb.volumes)
+            .map_err(StartError::CreateContainerConfigError)?;
         let slot = match self.init_order.iter().position(|n| n == name) {
             Some(i) => format!("i{i}"),
             None => self
@@ -705,7 +687,7 @@ impl Worker {
             cgroup: super::cgroups::container_path(&self.ctx.cfg.cgroup_parent, &self.uid, &id),
             mounts,
         })
-        .map_err(|e| ("CreateContainerConfigError", anyhow::anyhow!(e)))?;
+        .map_err(|e| StartError::CreateContainerConfigError(anyhow::anyhow!(e)))?;
         let log = self
             .ctx
             .cfg
@@ -714,7 +696,7 @@ impl Worker {
             .join(name)
             .join(format!("{restart}.log"));
         if let Some(dir) = log.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| ("RunContainerError", e.into()))?;
+            std::fs::create_dir_all(dir).map_err(|e| StartError::RunContainerError(e.into()))?;
         }
         let labels = HashMap::from([
             (labels::POD_UID.to_string(), self.uid.clone()),
@@ -765,7 +747,7 @@ impl Worker {
         };
         if let Err(e) = run.await {
             self.discard(&id).await;
-            return Err(("RunContainerError", e));
+            return Err(StartError::RunContainerError(e));
         }
         let started_at = Time::now_seconds();
         let pod_ip = IpAddr::V4(sb.ip);
@@ -828,71 +810,31 @@ impl Worker {
         }
     }
 
-    /// The container's environment with every valueFrom resolved.
+    /// The container's environment with every valueFrom resolved (the
+    /// ConfigMaps it names fetched first).
     async fn resolve_env(&self, c: &Container, sb: &Sandbox) -> Result<Vec<(String, String)>> {
         let meta = self.pod.metadata.clone().unwrap_or_default();
         let spec = self.pod.spec.clone().unwrap_or_default();
-        let mut out = Vec::new();
-        let mut maps: HashMap<String, ConfigMap> = HashMap::new();
-        for (i, e) in c.env.iter().enumerate() {
-            let Some(from) = &e.value_from else {
-                out.push((e.name.clone(), e.value.clone()));
-                continue;
+        let mut maps = HashMap::new();
+        for name in resolve::config_maps_needed(c) {
+            match self
+                .ctx
+                .client
+                .get::<ConfigMap>(&meta.namespace, &name)
+                .await
+            {
+                Ok(m) => maps.insert(name, Some(m)),
+                Err(e) if e.is_not_found() => maps.insert(name, None),
+                Err(e) => return Err(anyhow::anyhow!("configmap {name:?}: {e}")),
             };
-            if let Some(f) = &from.field_ref {
-                let v = match f.field_path.as_str() {
-                    "metadata.name" => meta.name.clone(),
-                    "metadata.namespace" => meta.namespace.clone(),
-                    "metadata.uid" => meta.uid.clone(),
-                    "spec.nodeName" => spec.node_name.clone(),
-                    "spec.serviceAccountName" => spec.service_account_name.clone(),
-                    "status.podIP" => sb.ip.to_string(),
-                    "status.hostIP" => self.ctx.node_ip.to_string(),
-                    p => {
-                        let label = p
-                            .strip_prefix("metadata.labels['")
-                            .and_then(|r| r.strip_suffix("']"))
-                            .map(|k| meta.labels.get(k).cloned().unwrap_or_default());
-                        let annotation = p
-                            .strip_prefix("metadata.annotations['")
-                            .and_then(|r| r.strip_suffix("']"))
-                            .map(|k| meta.annotations.get(k).cloned().unwrap_or_default());
-                        label.or(annotation).with_context(|| {
-                            format!("env[{i}].valueFrom.fieldRef.fieldPath: {p:?} is not supported")
-                        })?
-                    }
-                };
-                out.push((e.name.clone(), v));
-            } else if let Some(k) = &from.config_map_key_ref {
-                if !maps.contains_key(&k.name) {
-                    match self
-                        .ctx
-                        .client
-                        .get::<ConfigMap>(&meta.namespace, &k.name)
-                        .await
-                    {
-                        Ok(m) => {
-                            maps.insert(k.name.clone(), m);
-                        }
-                        Err(err) if err.is_not_found() && k.optional == Some(true) => continue,
-                        Err(err) => {
-                            anyhow::bail!("env[{i}] ({}): configmap {:?}: {err}", e.name, k.name)
-                        }
-                    }
-                }
-                match maps[&k.name].data.get(&k.key) {
-                    Some(v) => out.push((e.name.clone(), v.clone())),
-                    None if k.optional == Some(true) => {}
-                    None => anyhow::bail!(
-                        "env[{i}] ({}): configmap {:?} has no key {:?}",
-                        e.name,
-                        k.name,
-                        k.key
-                    ),
-                }
-            }
         }
-        Ok(out)
+        let src = resolve::EnvSource {
+            meta: &meta,
+            spec: &spec,
+            pod_ip: sb.ip,
+            host_ip: self.ctx.node_ip,
+        };
+        resolve::env(c, &src, &maps)
     }
 
     fn views(&self, names: &[String]) -> Vec<ContainerView> {
