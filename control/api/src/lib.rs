@@ -12,6 +12,7 @@
 
 mod kind;
 pub mod manifest;
+pub(crate) mod names;
 pub mod nodes;
 mod object;
 pub mod quantity;

@@ -77,7 +77,7 @@ fn split_top_level(text: &str) -> Result<Vec<&str>, SelectorError> {
 
 fn check_key(key: &str, whole: &str) -> Result<String, SelectorError> {
     let key = key.trim();
-    if crate::validation::label_key_error(key).is_some() {
+    if crate::names::label_key_error(key).is_some() {
         return Err(SelectorError(format!(
             "invalid label key {key:?} in selector {whole:?}"
         )));
@@ -87,7 +87,7 @@ fn check_key(key: &str, whole: &str) -> Result<String, SelectorError> {
 
 fn check_value(value: &str, whole: &str) -> Result<String, SelectorError> {
     let value = value.trim();
-    if crate::validation::label_value_error(value).is_some() {
+    if crate::names::label_value_error(value).is_some() {
         return Err(SelectorError(format!(
             "invalid label value {value:?} in selector {whole:?}"
         )));

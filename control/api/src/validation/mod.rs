@@ -1,0 +1,24 @@
+//! Validation with field-precise errors, worded like Kubernetes'
+//! (`spec.ports[0].port: Invalid value: 70000: must be between 1 and 65535,
+//! inclusive`). Pure functions over the typed objects: cluster-dependent
+//! checks (CIDRs, the NodePort range) are the API server's. One module per
+//! API group (`core`, `apps`, `discovery`, `coordination`); what they
+//! share (field checks, metadata) is in `common`.
+
+mod apps;
+mod common;
+mod coordination;
+mod core;
+mod discovery;
+#[cfg(test)]
+mod tests;
+
+pub use crate::names::{
+    dns_label_error, dns_subdomain_error, dns1035_label_error, label_key_error, label_value_error,
+    port_name_error,
+};
+pub use apps::{deployment, replica_set};
+pub use common::{ErrorType, FieldError, validate_meta};
+pub use coordination::lease;
+pub use core::{config_map, event, namespace, node, pod, service};
+pub use discovery::endpoint_slice;
