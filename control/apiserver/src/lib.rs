@@ -6,8 +6,10 @@
 //! and the dashboard), plus `/healthz`, `/readyz` and `/metrics`.
 
 mod alloc;
+mod codec;
 mod defaults;
 mod error;
+mod feed;
 mod grpc;
 mod metrics;
 mod namespaces;
@@ -29,7 +31,6 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{any, get};
-use futures::StreamExt;
 use skiff_store::{Revision, Store, StoreError};
 use thiserror::Error;
 use tokio::sync::oneshot;
@@ -98,7 +99,7 @@ pub enum ServerError {
 pub(crate) struct AppState {
     registry: Arc<Registry>,
     metrics: Arc<metrics::Metrics>,
-    feeding: AtomicBool,
+    feeding: Arc<AtomicBool>,
 }
 
 /// A running server; dropping it (or calling [`Running::shutdown`]) stops it.
@@ -218,9 +219,13 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let state = Arc::new(AppState {
         registry: registry.clone(),
         metrics: metrics::Metrics::new(),
-        feeding: AtomicBool::new(false),
+        feeding: Arc::new(AtomicBool::new(false)),
     });
-    let mut background = vec![tokio::spawn(feed_cache(state.clone(), start_rev))];
+    let mut background = vec![tokio::spawn(feed::feed_cache(
+        state.registry.clone(),
+        state.feeding.clone(),
+        start_rev,
+    ))];
     registry.load_allocations().await?;
     registry.load_namespaces().await?;
     registry.ensure_system_namespaces().await?;
@@ -313,83 +318,6 @@ async fn metrics_text(
         )],
         text,
     )
-}
-
-/// Follows the whole store with one watch and feeds the watch cache and
-/// the allocation hints. A gap (compaction during a disconnect) resets the
-/// cache, which ends current watches so their clients relist.
-async fn feed_cache(state: Arc<AppState>, mut after: Revision) {
-    let registry = state.registry.clone();
-    // Events of revision `after + 1` may arrive in several pieces; count
-    // what was taken of the last revision so a resume does not repeat it.
-    let mut last_rev = after;
-    let mut taken_of_last = 0usize;
-    loop {
-        let resume_from = if taken_of_last > 0 {
-            last_rev - 1
-        } else {
-            after
-        };
-        let mut gap = false;
-        match registry.store.watch("", resume_from).await {
-            Ok(mut events) => {
-                state.feeding.store(true, Ordering::Release);
-                let mut skip = taken_of_last;
-                while let Some(ev) = events.next().await {
-                    let ev = match ev {
-                        Ok(ev) => ev,
-                        Err(StoreError::Compacted { .. }) => {
-                            gap = true;
-                            break;
-                        }
-                        Err(e) => {
-                            tracing::warn!("store watch ended: {e}");
-                            break;
-                        }
-                    };
-                    if ev.revision == last_rev && skip > 0 {
-                        skip -= 1;
-                        continue;
-                    }
-                    if ev.revision != last_rev {
-                        last_rev = ev.revision;
-                        taken_of_last = 0;
-                        after = ev.revision - 1;
-                    }
-                    taken_of_last += 1;
-                    if ev.key.starts_with(alloc::ALLOCATIONS) {
-                        registry
-                            .alloc
-                            .observe(&ev.key, ev.kind == skiff_store::EventKind::Put);
-                    }
-                    if let Some(ce) = registry::decode_event(&ev) {
-                        registry.observe(&ce);
-                        registry.cache.push(ce);
-                    }
-                }
-            }
-            Err(StoreError::Compacted { .. }) => gap = true,
-            Err(e) => tracing::warn!("store watch: {e}"),
-        }
-        state.feeding.store(false, Ordering::Release);
-        if gap {
-            // History we never saw is gone: start over from now. Current
-            // watches end (their clients resume or relist) and the hints
-            // are reloaded.
-            tracing::warn!("the watch cache missed compacted history; resetting it");
-            match registry.store.revision().await {
-                Ok(rev) => {
-                    registry.cache.reset(rev);
-                    (after, last_rev, taken_of_last) = (rev, rev, 0);
-                    let _ = registry.load_allocations().await;
-                    let _ = registry.load_namespaces().await;
-                    continue;
-                }
-                Err(e) => tracing::warn!("store: {e}"),
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }
 
 /// Every period, forgets history older than the previous period, as the

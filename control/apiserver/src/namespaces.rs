@@ -81,7 +81,7 @@ async fn finalize(registry: &Arc<Registry>, ns: &str) -> Result<(), crate::ApiEr
             let Some(kv) = registry.store.get(&key).await? else {
                 return Ok(());
             };
-            let current: Namespace = crate::registry::decode(&kv)?;
+            let current: Namespace = crate::codec::decode(&kv)?;
             if current.meta().deletion_timestamp.is_none() {
                 return Ok(());
             }

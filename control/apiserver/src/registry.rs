@@ -18,12 +18,10 @@ use skiff_api::{Kind, Object, Resource, with_resource};
 use skiff_store::{Compare, KeyValue, Op, Revision, Store, Txn};
 
 use crate::alloc::{Allocators, IP_PREFIX, POD_CIDR_PREFIX, PORT_PREFIX};
+use crate::codec::{decode, encode};
 use crate::error::{ApiError, ApiResult};
 use crate::service_claims::{self, Claim};
-use crate::watch_cache::{CachedEvent, EventObject, Filter, WatchCache, WatchType};
-
-/// Kubernetes' (and etcd's) limit on one object.
-pub const MAX_OBJECT_BYTES: usize = 1536 * 1024;
+use crate::watch_cache::{CachedEvent, EventObject, Filter, WatchCache, WatchType, decode_event};
 
 /// Namespaces that exist from the start and cannot be deleted.
 pub const SYSTEM_NAMESPACES: [&str; 4] =
@@ -109,79 +107,6 @@ pub struct Registry {
     namespaces: std::sync::RwLock<std::collections::HashMap<String, (Revision, bool)>>,
     /// Set when the server shuts down: every open watch ends.
     closing: tokio::sync::watch::Sender<bool>,
-}
-
-/// Decodes a stored object and gives it its resourceVersion and type.
-pub fn decode<R: Resource>(kv: &KeyValue) -> ApiResult<R> {
-    decode_at(&kv.value, kv.mod_revision, &kv.key)
-}
-
-fn decode_at<R: Resource>(bytes: &[u8], revision: Revision, key: &str) -> ApiResult<R> {
-    let mut obj = R::decode(bytes)
-        .map_err(|e| ApiError::internal(format!("stored object {key:?} does not decode: {e}")))?;
-    obj.meta_mut().resource_version = revision.to_string();
-    obj.set_type_meta();
-    Ok(obj)
-}
-
-/// What is stored: the object without its resourceVersion (the store's
-/// revision is the truth).
-fn encode<R: Resource>(obj: &R) -> ApiResult<Vec<u8>> {
-    let mut copy = obj.clone();
-    copy.meta_mut().resource_version.clear();
-    let bytes = copy.encode_to_vec();
-    if bytes.len() > MAX_OBJECT_BYTES {
-        return Err(ApiError::too_large(format!(
-            "{} {:?} is too large: {} bytes, the limit is {MAX_OBJECT_BYTES} bytes",
-            R::KIND,
-            obj.name(),
-            bytes.len()
-        )));
-    }
-    Ok(bytes)
-}
-
-/// Kind of a store key, if it holds an object.
-fn kind_of_key(key: &str) -> Option<Kind> {
-    Kind::ALL
-        .into_iter()
-        .find(|k| key.starts_with(k.key_prefix()))
-}
-
-/// An object of a runtime kind from its stored bytes.
-pub(crate) fn decode_object(
-    kind: Kind,
-    bytes: &[u8],
-    revision: Revision,
-    key: &str,
-) -> Option<Object> {
-    with_resource!(kind, R => decode_at::<R>(bytes, revision, key).ok().map(Resource::into_object))
-}
-
-/// Turns a store event into a watch event (decoded when first needed).
-pub fn decode_event(ev: &skiff_store::Event) -> Option<CachedEvent> {
-    let kind = kind_of_key(&ev.key)?;
-    let (event_type, raw, prev_raw) = match ev.kind {
-        skiff_store::EventKind::Put => (
-            // A key created in this very revision is new to watchers.
-            if ev.create_revision == ev.revision {
-                WatchType::Added
-            } else {
-                WatchType::Modified
-            },
-            ev.value.clone(),
-            ev.prev_value.clone(),
-        ),
-        skiff_store::EventKind::Delete => (WatchType::Deleted, ev.prev_value.clone()?, None),
-    };
-    Some(CachedEvent::new(
-        ev.revision,
-        kind,
-        event_type,
-        ev.key.clone(),
-        raw,
-        prev_raw,
-    ))
 }
 
 fn parse_rv(kind: Kind, name: &str, rv: &str) -> ApiResult<Option<Revision>> {

@@ -104,7 +104,7 @@ impl CachedEvent {
     pub fn object(&self) -> Option<&Arc<EventObject>> {
         self.object
             .get_or_init(|| {
-                crate::registry::decode_object(self.kind, &self.raw, self.revision, &self.key)
+                crate::codec::decode_object(self.kind, &self.raw, self.revision, &self.key)
                     .map(EventObject::new)
             })
             .as_ref()
@@ -114,7 +114,7 @@ impl CachedEvent {
         self.prev
             .get_or_init(|| {
                 let raw = self.prev_raw.as_deref()?;
-                crate::registry::decode_object(self.kind, raw, self.revision, &self.key)
+                crate::codec::decode_object(self.kind, raw, self.revision, &self.key)
             })
             .as_ref()
     }
@@ -237,4 +237,30 @@ impl WatchCache {
             .tx
             .receiver_count()
     }
+}
+
+/// Turns a store event into a watch event (decoded when first needed).
+pub fn decode_event(ev: &skiff_store::Event) -> Option<CachedEvent> {
+    let kind = crate::codec::kind_of_key(&ev.key)?;
+    let (event_type, raw, prev_raw) = match ev.kind {
+        skiff_store::EventKind::Put => (
+            // A key created in this very revision is new to watchers.
+            if ev.create_revision == ev.revision {
+                WatchType::Added
+            } else {
+                WatchType::Modified
+            },
+            ev.value.clone(),
+            ev.prev_value.clone(),
+        ),
+        skiff_store::EventKind::Delete => (WatchType::Deleted, ev.prev_value.clone()?, None),
+    };
+    Some(CachedEvent::new(
+        ev.revision,
+        kind,
+        event_type,
+        ev.key.clone(),
+        raw,
+        prev_raw,
+    ))
 }
