@@ -6,7 +6,8 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
-use skiff_testkit::{EtcdServer, KillOnDrop, free_port, wait_http_ok};
+use skiff_testkit::server::Server;
+use skiff_testkit::{EtcdServer, KillOnDrop, free_port};
 
 const SKIFF: &str = env!("CARGO_BIN_EXE_skiff");
 
@@ -14,97 +15,21 @@ fn manifests() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/manifests")
 }
 
-/// A `skiff server` process with its own port, data dir and HOME.
-struct Cluster {
-    server: Option<KillOnDrop>,
-    addr: String,
-    home: tempfile::TempDir,
-    data: tempfile::TempDir,
-    store: Option<String>,
-}
-
-impl Cluster {
-    fn start(store: Option<String>) -> Cluster {
-        let mut c = Cluster {
-            server: None,
-            addr: format!("127.0.0.1:{}", free_port()),
-            home: tempfile::tempdir().unwrap(),
-            data: tempfile::tempdir().unwrap(),
-            store,
-        };
-        c.boot();
-        c
-    }
-
-    fn boot(&mut self) {
-        let mut cmd = Command::new(SKIFF);
-        cmd.args(["server", "--listen", &self.addr, "--data-dir"])
-            .arg(self.data.path())
-            .env("HOME", self.home.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if let Some(s) = &self.store {
-            cmd.args(["--store", s]);
-        }
-        self.server = Some(KillOnDrop(cmd.spawn().expect("start skiff server")));
-        assert!(
-            wait_http_ok(&self.addr, "/readyz", Duration::from_secs(30)),
-            "skiff server did not become ready"
-        );
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut s) = self.server.take() {
-            s.kill();
-        }
-    }
-
-    /// Runs the CLI; it finds the server through ~/.skiff/config.
-    fn skiff(&self, args: &[&str]) -> Output {
-        self.skiff_stdin(args, "")
-    }
-
-    fn skiff_stdin(&self, args: &[&str], input: &str) -> Output {
-        use std::io::Write;
-        let mut child = Command::new(SKIFF)
-            .args(args)
-            .env("HOME", self.home.path())
-            .env_remove("SKIFF_SERVER")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.skiff(args);
-        assert!(
-            out.status.success(),
-            "skiff {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn rest(&self, path: &str) -> Value {
-        let out = Command::new("curl")
-            .args(["-sf", &format!("http://{}{path}", self.addr)])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "curl {path} failed");
-        serde_json::from_slice(&out.stdout).unwrap()
+/// A `skiff server` process with its own port, data dir and HOME; the CLI
+/// finds it through the ~/.skiff/config the server writes.
+fn start(store: Option<String>) -> Server {
+    match store {
+        Some(s) => Server::start_with_client_config(Path::new(SKIFF), &["--store", &s]),
+        None => Server::start_with_client_config(Path::new(SKIFF), &[]),
     }
 }
 
-fn services(c: &Cluster) -> Vec<(String, String, String)> {
+/// A CLI call (no input).
+fn skiff(c: &Server, args: &[&str]) -> Output {
+    c.output_stdin(args, "")
+}
+
+fn services(c: &Server) -> Vec<(String, String, String)> {
     let list = c.rest("/api/v1/namespaces/default/services");
     list["items"]
         .as_array()
@@ -120,7 +45,7 @@ fn services(c: &Cluster) -> Vec<(String, String, String)> {
         .collect()
 }
 
-fn guestbook_flow(mut c: Cluster) {
+fn guestbook_flow(mut c: Server) {
     let guestbook = manifests().join("guestbook-all-in-one.yaml");
     let guestbook = guestbook.to_str().unwrap();
     let out = c.ok(&["apply", "-f", guestbook]);
@@ -185,7 +110,7 @@ fn guestbook_flow(mut c: Cluster) {
     let before: Value = serde_json::from_str(&one).unwrap();
     // Applying the live JSON back changes only what apply records of it
     // (kubectl says "configured" too); once more, nothing changes.
-    let out = c.skiff_stdin(&["apply", "-f", "-"], &one);
+    let out = c.output_stdin(&["apply", "-f", "-"], &one);
     assert!(
         out.status.success(),
         "{}",
@@ -196,7 +121,7 @@ fn guestbook_flow(mut c: Cluster) {
     assert_eq!(after["spec"], before["spec"]);
     assert_eq!(after["metadata"]["labels"], before["metadata"]["labels"]);
     let one = c.ok(&["get", "deploy", "nginx-deployment", "-o", "json"]);
-    let out = c.skiff_stdin(&["apply", "-f", "-"], &one);
+    let out = c.output_stdin(&["apply", "-f", "-"], &one);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "deployment.apps/nginx-deployment unchanged\n"
@@ -213,7 +138,7 @@ fn guestbook_flow(mut c: Cluster) {
     // A change is "configured".
     let changed = one.replace("\"replicas\": 3", "\"replicas\": 5");
     assert_ne!(changed, one);
-    let out = c.skiff_stdin(&["apply", "-f", "-"], &changed);
+    let out = c.output_stdin(&["apply", "-f", "-"], &changed);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "deployment.apps/nginx-deployment configured\n"
@@ -238,7 +163,7 @@ fn guestbook_flow(mut c: Cluster) {
 
 #[test]
 fn guestbook_on_the_embedded_store() {
-    guestbook_flow(Cluster::start(None));
+    guestbook_flow(start(None));
 }
 
 #[test]
@@ -246,12 +171,12 @@ fn guestbook_on_etcd() {
     let Some(etcd) = EtcdServer::start() else {
         return;
     };
-    guestbook_flow(Cluster::start(Some(etcd.url())));
+    guestbook_flow(start(Some(etcd.url())));
 }
 
 #[test]
 fn bad_input_is_refused_precisely_and_nothing_is_stored() {
-    let c = Cluster::start(None);
+    let c = start(None);
     let dir = tempfile::tempdir().unwrap();
     let write = |name: &str, text: &str| {
         let p = dir.path().join(name);
@@ -287,7 +212,7 @@ fn bad_input_is_refused_precisely_and_nothing_is_stored() {
         ),
     ];
     for (file, want) in &cases {
-        let out = c.skiff(&["apply", "-f", file]);
+        let out = skiff(&c, &["apply", "-f", file]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{file} was accepted");
         assert!(stderr.contains(want), "{file}: wanted {want:?} in {stderr}");
@@ -325,7 +250,7 @@ fn bad_input_is_refused_precisely_and_nothing_is_stored() {
         ),
     ];
     for (file, want) in &server_side {
-        let out = c.skiff(&["apply", "-f", file]);
+        let out = skiff(&c, &["apply", "-f", file]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{file} was accepted");
         assert!(
@@ -354,24 +279,24 @@ fn bad_input_is_refused_precisely_and_nothing_is_stored() {
         "extra.yaml",
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: extra\nsurprise: true\n",
     );
-    let out = c.skiff(&["apply", "-f", &extra]);
+    let out = skiff(&c, &["apply", "-f", &extra]);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field \"surprise\""));
     // A stale resourceVersion is a conflict.
     let mut cm: Value = serde_json::from_str(&c.ok(&["get", "cm", "extra", "-o", "json"])).unwrap();
     cm["data"] = serde_json::json!({"a": "1"});
     assert!(
-        c.skiff_stdin(&["apply", "-f", "-"], &cm.to_string())
+        c.output_stdin(&["apply", "-f", "-"], &cm.to_string())
             .status
             .success()
     );
     // Unknown kinds on the command line.
-    let out = c.skiff(&["get", "gadgets"]);
+    let out = skiff(&c, &["get", "gadgets"]);
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("doesn't have a resource type \"gadgets\"")
     );
-    let out = c.skiff(&["get", "po", "missing"]);
+    let out = skiff(&c, &["get", "po", "missing"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("pods \"missing\" not found"));
 }
@@ -396,11 +321,11 @@ fn a_missing_server_gets_a_clear_error() {
 
 #[test]
 fn apply_removes_what_the_manifest_no_longer_has() {
-    let c = Cluster::start(None);
+    let c = start(None);
     let v1 = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: m\n  labels:\n    a: '1'\n    b: '2'\ndata:\n  x: '1'\n  y: '2'\n";
     let v2 = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: m\n  labels:\n    a: '1'\ndata:\n  x: '1'\n";
     assert_eq!(
-        String::from_utf8_lossy(&c.skiff_stdin(&["apply", "-f", "-"], v1).stdout),
+        String::from_utf8_lossy(&c.output_stdin(&["apply", "-f", "-"], v1).stdout),
         "configmap/m created\n"
     );
     // Someone else adds a label: apply leaves it alone.
@@ -422,7 +347,7 @@ fn apply_removes_what_the_manifest_no_longer_has() {
         .unwrap();
     assert!(out.status.success());
     assert_eq!(
-        String::from_utf8_lossy(&c.skiff_stdin(&["apply", "-f", "-"], v2).stdout),
+        String::from_utf8_lossy(&c.output_stdin(&["apply", "-f", "-"], v2).stdout),
         "configmap/m configured\n"
     );
     let live = c.rest("/api/v1/namespaces/default/configmaps/m");
@@ -432,7 +357,7 @@ fn apply_removes_what_the_manifest_no_longer_has() {
     );
     assert_eq!(live["data"], serde_json::json!({"x": "1"}));
     assert_eq!(
-        String::from_utf8_lossy(&c.skiff_stdin(&["apply", "-f", "-"], v2).stdout),
+        String::from_utf8_lossy(&c.output_stdin(&["apply", "-f", "-"], v2).stdout),
         "configmap/m unchanged\n"
     );
 }
@@ -440,11 +365,11 @@ fn apply_removes_what_the_manifest_no_longer_has() {
 #[test]
 fn get_watch_prints_changes_as_they_happen() {
     use std::io::{BufRead, BufReader};
-    let c = Cluster::start(None);
+    let c = start(None);
     c.ok(&["create", "namespace", "w"]);
     let first = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: first\n";
     assert!(
-        c.skiff_stdin(&["-n", "w", "apply", "-f", "-"], first)
+        c.output_stdin(&["-n", "w", "apply", "-f", "-"], first)
             .status
             .success()
     );
@@ -477,7 +402,7 @@ fn get_watch_prints_changes_as_they_happen() {
     assert!(listed.starts_with("first"), "{listed}");
     let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: live\ndata:\n  a: b\n";
     assert!(
-        c.skiff_stdin(&["-n", "w", "apply", "-f", "-"], cm)
+        c.output_stdin(&["-n", "w", "apply", "-f", "-"], cm)
             .status
             .success()
     );

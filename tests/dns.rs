@@ -2,21 +2,20 @@
 //! port, objects created with `skiff apply`, and questions asked with `dig`
 //! over UDP and TCP; forwarding to a real dnsmasq on loopback.
 
-use std::io::Write;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use skiff_testkit::server::Server;
 use skiff_testkit::{KillOnDrop, free_port, require_tool, wait_http_ok};
 
 const SKIFF: &str = env!("CARGO_BIN_EXE_skiff");
 
 struct Lab {
-    server: String,
     dns_port: u16,
     metrics: String,
-    _home: tempfile::TempDir,
-    _data: tempfile::TempDir,
-    _procs: Vec<KillOnDrop>,
+    // Dropped first: skiff dns goes before its server.
+    _dns: KillOnDrop,
+    server: Server,
 }
 
 /// A dnsmasq on 127.0.0.1 answering `*.example.test` itself (cacheable for
@@ -62,53 +61,32 @@ impl Lab {
     /// `upstream`: Some(port) forwards there; None forwards nothing.
     fn start(upstream: Option<u16>) -> Option<Lab> {
         require_tool("dig")?;
-        let home = tempfile::tempdir().unwrap();
-        let data = tempfile::tempdir().unwrap();
-        let server = format!("127.0.0.1:{}", free_port());
-        let mut procs = vec![KillOnDrop(
-            Command::new(SKIFF)
-                .args([
-                    "server",
-                    "--listen",
-                    &server,
-                    "--no-client-config",
-                    "--data-dir",
-                ])
-                .arg(data.path())
-                .env("HOME", home.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start skiff server"),
-        )];
-        assert!(wait_http_ok(&server, "/readyz", Duration::from_secs(30)));
+        let server = Server::start(std::path::Path::new(SKIFF), &[], &[]);
         let dns_port = free_port();
         let metrics = format!("127.0.0.1:{}", free_port());
         let upstream_arg = match upstream {
             Some(p) => format!("--upstream=127.0.0.1:{p}"),
             None => "--no-forward".to_string(),
         };
-        procs.push(KillOnDrop(
+        let dns = KillOnDrop(
             Command::new(SKIFF)
-                .args(["--server", &format!("http://{server}"), "dns", "--listen"])
+                .args(["--server", &server.url(), "dns", "--listen"])
                 .arg(format!("127.0.0.1:{dns_port}"))
                 .args(["--metrics-listen", &metrics, &upstream_arg])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("start skiff dns"),
-        ));
+        );
         assert!(
             wait_http_ok(&metrics, "/healthz", Duration::from_secs(30)),
             "skiff dns did not sync"
         );
         Some(Lab {
-            server,
             dns_port,
             metrics,
-            _home: home,
-            _data: data,
-            _procs: procs,
+            _dns: dns,
+            server,
         })
     }
 
@@ -122,21 +100,7 @@ impl Lab {
     }
 
     fn skiff(&self, args: &[&str], stdin: &str) -> Output {
-        let mut child = Command::new(SKIFF)
-            .args(["--server", &format!("http://{}", self.server)])
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
+        self.server.output_stdin(args, stdin)
     }
 
     fn dig(&self, args: &[&str]) -> String {

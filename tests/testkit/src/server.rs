@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -12,6 +12,11 @@ use crate::{KillOnDrop, free_port, wait_http_ok};
 
 pub struct Server {
     skiff: PathBuf,
+    flags: Vec<String>,
+    env: Vec<(String, String)>,
+    /// The server writes `~/.skiff/config` and the CLI finds it there
+    /// (instead of `SKIFF_SERVER`).
+    client_config: bool,
     proc: Option<KillOnDrop>,
     /// `127.0.0.1:PORT`
     pub addr: String,
@@ -24,39 +29,57 @@ impl Server {
     /// Starts `skiff server` with extra flags and environment and waits
     /// until it is ready (30 s at most).
     pub fn start(skiff: &Path, flags: &[&str], env: &[(&str, &str)]) -> Server {
-        let data = tempfile::tempdir().expect("temp dir");
-        let home = tempfile::tempdir().expect("temp dir");
-        let addr = format!("127.0.0.1:{}", free_port());
-        let log = std::fs::File::create(home.path().join("server.log")).expect("log file");
-        let proc = Command::new(skiff)
-            .args([
-                "server",
-                "--no-client-config",
-                "--listen",
-                &addr,
-                "--data-dir",
-            ])
-            .arg(data.path())
-            .args(flags)
-            .envs(env.iter().copied())
-            .env("HOME", home.path())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start skiff server");
-        let s = Server {
+        Server::launch(skiff, flags, env, false)
+    }
+
+    /// Like [`Server::start`], the server writing the CLI's config into its
+    /// HOME, where the CLI finds it (as a user's first `skiff server`).
+    pub fn start_with_client_config(skiff: &Path, flags: &[&str]) -> Server {
+        Server::launch(skiff, flags, &[], true)
+    }
+
+    fn launch(skiff: &Path, flags: &[&str], env: &[(&str, &str)], client_config: bool) -> Server {
+        let mut s = Server {
             skiff: skiff.to_path_buf(),
-            proc: Some(KillOnDrop(proc)),
-            addr,
-            data,
-            home,
+            flags: flags.iter().map(|f| f.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            client_config,
+            proc: None,
+            addr: format!("127.0.0.1:{}", free_port()),
+            data: tempfile::tempdir().expect("temp dir"),
+            home: tempfile::tempdir().expect("temp dir"),
         };
-        assert!(
-            wait_http_ok(&s.addr, "/readyz", Duration::from_secs(30)),
-            "skiff server did not become ready:\n{}",
-            s.log_tail(40)
-        );
+        s.boot();
         s
+    }
+
+    /// Starts the server process (again: same port, data and HOME).
+    pub fn boot(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.home.path().join("server.log"))
+            .expect("log file");
+        let mut cmd = Command::new(&self.skiff);
+        cmd.args(["server", "--listen", &self.addr, "--data-dir"])
+            .arg(self.data.path())
+            .args(&self.flags)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env("HOME", self.home.path())
+            .stdout(Stdio::null())
+            .stderr(log);
+        if !self.client_config {
+            cmd.arg("--no-client-config");
+        }
+        self.proc = Some(KillOnDrop(cmd.spawn().expect("start skiff server")));
+        assert!(
+            wait_http_ok(&self.addr, "/readyz", Duration::from_secs(30)),
+            "skiff server did not become ready:\n{}",
+            self.log_tail(40)
+        );
     }
 
     pub fn url(&self) -> String {
@@ -83,10 +106,42 @@ impl Server {
     /// The CLI, talking to this server.
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(&self.skiff);
-        c.args(args)
-            .env("HOME", self.home.path())
-            .env("SKIFF_SERVER", self.url());
+        c.args(args).env("HOME", self.home.path());
+        if self.client_config {
+            c.env_remove("SKIFF_SERVER");
+        } else {
+            c.env("SKIFF_SERVER", self.url());
+        }
         c
+    }
+
+    /// A CLI call with `input` on its standard input.
+    pub fn output_stdin(&self, args: &[&str], input: &str) -> Output {
+        use std::io::Write;
+        let mut child = self
+            .cmd(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run skiff");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write stdin");
+        child.wait_with_output().expect("skiff")
+    }
+
+    /// A REST GET that must succeed, as JSON.
+    pub fn rest(&self, path: &str) -> Value {
+        let out = Command::new("curl")
+            .args(["-sf", &format!("http://{}{path}", self.addr)])
+            .output()
+            .expect("run curl");
+        assert!(out.status.success(), "curl {path} failed");
+        serde_json::from_slice(&out.stdout).expect("JSON")
     }
 
     /// (success, stdout, stderr)
@@ -108,21 +163,7 @@ impl Server {
 
     /// `skiff apply -f -` of a manifest, which must succeed.
     pub fn apply(&self, manifest: &str) {
-        use std::io::Write;
-        let mut child = self
-            .cmd(&["apply", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run skiff apply");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(manifest.as_bytes())
-            .expect("write the manifest");
-        let out = child.wait_with_output().expect("skiff apply");
+        let out = self.output_stdin(&["apply", "-f", "-"], manifest);
         assert!(
             out.status.success(),
             "apply failed: {}",
