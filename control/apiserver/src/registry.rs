@@ -18,7 +18,7 @@ use skiff_api::{Kind, Object, Resource, with_resource};
 use skiff_store::{Compare, KeyValue, Op, Revision, Store, Txn};
 
 use crate::alloc::{Allocators, IP_PREFIX, POD_CIDR_PREFIX, PORT_PREFIX};
-use crate::codec::{decode, encode};
+use crate::codec::{decode, decode_at, encode};
 use crate::error::{ApiError, ApiResult};
 use crate::service_claims::{self, Claim};
 use crate::watch_cache::{CachedEvent, EventObject, Filter, WatchCache, WatchType, decode_event};
@@ -491,28 +491,40 @@ impl Registry {
         let wanted_rv = parse_rv(kind, &name, &obj.meta().resource_version)?;
         let (mut avoid_ips, mut avoid_ports) = (HashSet::new(), HashSet::new());
         for attempt in 0..ATTEMPTS {
-            // The first read may lag (the transaction's compare guards it);
-            // after a lost race, and before calling a conflict, read fresh.
-            let mut read = if attempt == 0 {
-                self.store.get_relaxed(&key).await?
-            } else {
-                self.store.get(&key).await?
+            // A compare-and-set on the revision the watch cache holds as
+            // the object's newest starts from the cache's bytes, with no
+            // read (the transaction's compare guards it). Otherwise the
+            // first read may lag (guarded the same way); after a lost race,
+            // and before calling a conflict, read fresh.
+            let cached = match wanted_rv {
+                Some(rv) if attempt == 0 => self.cache.current_at(&key, rv).map(|raw| (rv, raw)),
+                _ => None,
             };
-            if attempt == 0
-                && read
-                    .as_ref()
-                    .map(|kv| Some(kv.mod_revision) != wanted_rv && wanted_rv.is_some())
-                    .unwrap_or(true)
-            {
-                read = self.store.get(&key).await?;
-            }
-            let Some(kv) = read else {
-                return Err(ApiError::not_found(kind, &name));
+            let (mod_revision, cur): (Revision, R) = match cached {
+                Some((rv, raw)) => (rv, decode_at(&raw, rv, &key)?),
+                None => {
+                    let mut read = if attempt == 0 {
+                        self.store.get_relaxed(&key).await?
+                    } else {
+                        self.store.get(&key).await?
+                    };
+                    if attempt == 0
+                        && read
+                            .as_ref()
+                            .map(|kv| Some(kv.mod_revision) != wanted_rv && wanted_rv.is_some())
+                            .unwrap_or(true)
+                    {
+                        read = self.store.get(&key).await?;
+                    }
+                    let Some(kv) = read else {
+                        return Err(ApiError::not_found(kind, &name));
+                    };
+                    if wanted_rv.is_some_and(|rv| rv != kv.mod_revision) {
+                        return Err(ApiError::conflict(kind, &name));
+                    }
+                    (kv.mod_revision, decode(&kv)?)
+                }
             };
-            if wanted_rv.is_some_and(|rv| rv != kv.mod_revision) {
-                return Err(ApiError::conflict(kind, &name));
-            }
-            let cur: R = decode(&kv)?;
             let mut new = if status_only {
                 let mut n = cur.clone();
                 n.copy_status_from(&obj);
@@ -553,7 +565,7 @@ impl Registry {
             } else {
                 Vec::new()
             };
-            let mut txn = Txn::default().when(Compare::ModRevision(key.clone(), kv.mod_revision));
+            let mut txn = Txn::default().when(Compare::ModRevision(key.clone(), mod_revision));
             if finishing {
                 txn = txn.then(Op::Delete { key: key.clone() });
             } else {
@@ -576,8 +588,12 @@ impl Registry {
                 }
                 return Ok(new);
             }
-            if r.current[0].as_ref().map(|k| k.mod_revision) != Some(kv.mod_revision) {
+            if r.current[0].as_ref().map(|k| k.mod_revision) != Some(mod_revision) {
                 if wanted_rv.is_some() {
+                    // Gone meanwhile (the cache's copy was the last one).
+                    if r.current[0].is_none() {
+                        return Err(ApiError::not_found(kind, &name));
+                    }
                     return Err(ApiError::conflict(kind, &name));
                 }
                 // Unconditional update: read again and retry.

@@ -3,7 +3,7 @@
 //! recent events so a watcher can resume from a recent resourceVersion
 //! without touching the store.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
@@ -71,7 +71,7 @@ pub struct CachedEvent {
     pub kind: Kind,
     pub event_type: WatchType,
     key: String,
-    raw: Vec<u8>,
+    raw: Arc<[u8]>,
     prev_raw: Option<Vec<u8>>,
     object: OnceLock<Option<Arc<EventObject>>>,
     prev: OnceLock<Option<Object>>,
@@ -93,7 +93,7 @@ impl CachedEvent {
             kind,
             event_type,
             key,
-            raw,
+            raw: raw.into(),
             prev_raw,
             object: OnceLock::new(),
             prev: OnceLock::new(),
@@ -172,7 +172,16 @@ pub type Live = broadcast::Receiver<Arc<CachedEvent>>;
 pub struct WatchCache {
     window: Mutex<Window>,
     capacity: usize,
+    /// Each object's newest stored bytes the feed has seen, by store key
+    /// (sharing the event's allocation): what a compare-and-set update
+    /// starts from when its resourceVersion is this revision, with no read
+    /// of the store first (as kube-apiserver's cacher does). Deleted keys
+    /// leave; a reset empties it.
+    current: Mutex<HashMap<String, Stored>>,
 }
+
+/// An object's stored bytes and the revision that wrote them.
+type Stored = (Revision, Arc<[u8]>);
 
 impl WatchCache {
     pub fn new(start: Revision, capacity: usize) -> WatchCache {
@@ -184,10 +193,31 @@ impl WatchCache {
                 tx,
             }),
             capacity,
+            current: Mutex::new(HashMap::new()),
         }
     }
 
+    /// The stored bytes of `key` at revision `rev`, if the feed has seen
+    /// that revision as the key's newest.
+    pub fn current_at(&self, key: &str, rev: Revision) -> Option<Arc<[u8]>> {
+        let cur = self.current.lock().expect("watch cache poisoned");
+        cur.get(key)
+            .filter(|(r, _)| *r == rev)
+            .map(|(_, raw)| raw.clone())
+    }
+
     pub fn push(&self, ev: CachedEvent) {
+        {
+            let mut cur = self.current.lock().expect("watch cache poisoned");
+            match ev.event_type {
+                WatchType::Deleted => {
+                    cur.remove(&ev.key);
+                }
+                _ => {
+                    cur.insert(ev.key.clone(), (ev.revision, ev.raw.clone()));
+                }
+            }
+        }
         let ev = Arc::new(ev);
         let mut w = self.window.lock().expect("watch cache poisoned");
         if w.events.len() == self.capacity
@@ -223,6 +253,7 @@ impl WatchCache {
     /// After a gap in the store's history: forget the window and end every
     /// current watch, so their clients re-watch (and relist if needed).
     pub fn reset(&self, start: Revision) {
+        self.current.lock().expect("watch cache poisoned").clear();
         let mut w = self.window.lock().expect("watch cache poisoned");
         w.events.clear();
         w.start = start;

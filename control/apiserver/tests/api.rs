@@ -1047,6 +1047,72 @@ async fn two_servers_on_one_etcd_share_allocations() {
     assert_eq!(list["items"].as_array().unwrap().len(), 30);
 }
 
+/// Updates at a resourceVersion the watch cache holds start from the
+/// cache's copy without reading the store; the compare-and-set still
+/// decides. With two servers on one etcd, one's cache can be behind the
+/// other's writes: a stale version is refused all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_from_the_watch_cache_keep_compare_and_set() {
+    let Some(etcd) = etcd().await else { return };
+    let a = TestServer::on_etcd(etcd.clone()).await;
+    let b = TestServer::on_etcd(etcd).await;
+    let cms = "/api/v1/namespaces/default/configmaps";
+    let rv_of = |v: &Value| {
+        v["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    // Seen by A's cache (a watch on A, which its cache serves, delivers it).
+    let (code, made) = a
+        .call(
+            "POST",
+            cms,
+            Some(json!({"metadata": {"name": "cas"}, "data": {"v": "1"}})),
+        )
+        .await;
+    assert_eq!(code, 201, "{made}");
+    let rv1 = rv_of(&made);
+    let seen = |s: &TestServer, after: String| {
+        let req = s
+            .http
+            .get(format!("{}{cms}?watch=1&resourceVersion={after}", s.url));
+        async move { read_lines(req.send().await.unwrap(), 1).await.remove(0) }
+    };
+    let first_rv: i64 = rv1.parse().unwrap();
+    let ev = seen(&a, (first_rv - 1).to_string()).await;
+    assert_eq!(rv_of(&ev["object"]), rv1);
+    // B changes it; A's cache may still hold rv1 as the newest.
+    let mut via_b = made.clone();
+    via_b["data"]["v"] = json!("2");
+    let (code, changed) = b.call("PUT", &format!("{cms}/cas"), Some(via_b)).await;
+    assert_eq!(code, 200, "{changed}");
+    let rv2 = rv_of(&changed);
+    // An update at rv1 through A is a conflict, whatever A's cache holds.
+    let mut stale = made.clone();
+    stale["data"]["v"] = json!("stale");
+    let (code, body) = a.call("PUT", &format!("{cms}/cas"), Some(stale)).await;
+    assert_eq!(
+        (code, body["reason"].as_str()),
+        (409, Some("Conflict")),
+        "{body}"
+    );
+    // Once A's cache has rv2, an update at rv2 through A goes through.
+    let ev = seen(&a, rv1.clone()).await;
+    assert_eq!(rv_of(&ev["object"]), rv2);
+    let mut fresh = changed.clone();
+    fresh["data"]["v"] = json!("3");
+    let (code, body) = a.call("PUT", &format!("{cms}/cas"), Some(fresh)).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["data"]["v"], "3");
+    let (_, live) = b.call("GET", &format!("{cms}/cas"), None).await;
+    assert_eq!(live["data"]["v"], "3");
+    assert_eq!(rv_of(&live), rv_of(&body));
+    // The same version again is now stale.
+    let (code, _) = a.call("PUT", &format!("{cms}/cas"), Some(changed)).await;
+    assert_eq!(code, 409);
+}
+
 /// A watch from before a compaction gets 410 Gone, the cue to relist.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_from_compacted_history_is_gone() {
