@@ -279,15 +279,6 @@ impl<R> Writer<R> {
 }
 
 impl<R: Resource> Store<R> {
-    /// A synced store of these objects that no reflector fills (for unit
-    /// tests of a loop's logic).
-    pub fn from_items(items: Vec<R>) -> Store<R> {
-        let w = Writer::new();
-        w.write().replace(items, 0);
-        w.synced.send_replace(true);
-        w.store()
-    }
-
     /// Borrows the objects (no clone); keep the guard short and never
     /// across an `.await`.
     pub fn read(&self) -> RwLockReadGuard<'_, Index<R>> {
