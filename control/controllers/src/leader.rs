@@ -86,7 +86,7 @@ where
     F: Fn(Client) -> Vec<tokio::task::JoinHandle<()>>,
 {
     // Dropping this future (the task aborted) stops what it started.
-    let mut running: Option<Vec<crate::AbortOnDrop>> = None;
+    let mut running: Option<Vec<skiff_runtime::AbortOnDrop>> = None;
     let mut last_ok = std::time::Instant::now();
     loop {
         let held = match try_acquire(&client, &me).await {
@@ -108,7 +108,7 @@ where
                 running = Some(
                     start(client.clone())
                         .into_iter()
-                        .map(crate::AbortOnDrop)
+                        .map(skiff_runtime::AbortOnDrop)
                         .collect(),
                 );
             }

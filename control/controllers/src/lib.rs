@@ -46,13 +46,3 @@ pub fn start(client: Client, cfg: Config) -> Vec<tokio::task::JoinHandle<()>> {
 pub async fn run_elected(client: Client, identity: String, cfg: Config) {
     leader::run_elected(client, identity, move |c| start(c, cfg)).await
 }
-
-/// A task that is aborted when this handle is dropped (a loop that stops
-/// takes its helpers with it).
-pub(crate) struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}

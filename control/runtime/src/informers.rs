@@ -156,11 +156,6 @@ impl Informers {
             .expect("one kind per key")
     }
 
-    /// The shared store of a watch, without its events.
-    pub fn store<R: Resource>(&mut self, namespace: &str, params: ListParams) -> Store<R> {
-        self.shared::<R>(namespace, params).writer.store()
-    }
-
     /// Subscribes an inbox to a watch; its events arrive mapped by `map`.
     /// Returns the watch's shared store.
     pub fn watch<R: Resource, E: Send + 'static>(

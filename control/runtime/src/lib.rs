@@ -28,3 +28,13 @@ pub use queue::Queue;
 pub use reflector::reflect;
 pub use services::{SERVICE_NAME_LABEL, ServiceIndex, ServiceKey};
 pub use store::{Event, Index, Store};
+
+/// A task that is aborted when this handle is dropped (a loop that stops
+/// takes its reflectors and helpers with it).
+pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -53,14 +53,6 @@ impl<R> Event<R> {
             Event::Synced => (None, None),
         }
     }
-
-    /// The object as it is now (for a deletion, its last state).
-    pub fn object(&self) -> Option<&Arc<R>> {
-        match self {
-            Event::Added(o) | Event::Updated { new: o, .. } | Event::Deleted(o) => Some(o),
-            Event::Synced => None,
-        }
-    }
 }
 
 pub(crate) fn revision<R: Resource>(o: &R) -> u64 {
@@ -121,6 +113,11 @@ impl<R: Resource> Index<R> {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Whether the object has a slot (delivered, seen or hidden).
+    fn has(&self, ns: &str, name: &str) -> bool {
+        self.by_ns.get(ns).is_some_and(|m| m.contains_key(name))
     }
 
     fn slot(&mut self, ns: &str, name: &str) -> &mut Entry<R> {
@@ -305,11 +302,6 @@ impl<R: Resource> Store<R> {
         self.len() == 0
     }
 
-    /// The first complete list has been loaded.
-    pub fn synced(&self) -> bool {
-        *self.synced.borrow()
-    }
-
     pub async fn wait_synced(&mut self) {
         let _ = self.synced.wait_for(|s| *s).await;
     }
@@ -322,8 +314,7 @@ impl<R: Resource> Store<R> {
         let mut idx = self.index.write().unwrap_or_else(|e| e.into_inner());
         let (ns, name) = (o.namespace().to_string(), o.name().to_string());
         let rev = revision(&*o);
-        let known = idx.by_ns.get(&ns).is_some_and(|m| m.contains_key(&name));
-        if !known && rev <= idx.seen {
+        if !idx.has(&ns, &name) && rev <= idx.seen {
             // The watch has passed this revision without the object
             // staying: it was deleted meanwhile.
             return o;
@@ -344,7 +335,7 @@ impl<R: Resource> Store<R> {
         let mut idx = self.index.write().unwrap_or_else(|e| e.into_inner());
         let (ns, name) = (gone.namespace().to_string(), gone.name().to_string());
         let rev = revision(gone).max(1);
-        if !idx.by_ns.get(&ns).is_some_and(|m| m.contains_key(&name)) {
+        if !idx.has(&ns, &name) {
             // The watch already brought the deletion.
             return;
         }

@@ -67,7 +67,7 @@ pub fn desired(
         let Some(svc) = meta.and_then(|m| m.labels.get(SERVICE_NAME_LABEL)) else {
             continue;
         };
-        if !slice.address_type.is_empty() && slice.address_type != "IPv4" {
+        if !ipv4(slice) {
             continue;
         }
         by_service
@@ -77,12 +77,7 @@ pub fn desired(
     }
     let mut out = Desired::default();
     for svc in services {
-        let (ns, name) = svc
-            .metadata
-            .as_ref()
-            .map(|m| (m.namespace.as_str(), m.name.as_str()))
-            .unwrap_or(("", ""));
-        let ns = if ns.is_empty() { "default" } else { ns };
+        let (ns, name) = service_key(svc);
         let slices = by_service
             .get(&(ns, name))
             .map(Vec::as_slice)
@@ -107,17 +102,24 @@ pub fn service_desired<'a>(
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
     options: &Options,
 ) -> Result<Vec<ServiceDef>, InputError> {
+    let (ns, name) = service_key(svc);
+    let slices: Vec<&EndpointSlice> = slices.into_iter().filter(|s| ipv4(s)).collect();
+    service_defs(svc, ns, name, &slices, options)
+}
+
+/// A Service's namespace (`default` when unset) and name.
+fn service_key(svc: &Service) -> (&str, &str) {
     let (ns, name) = svc
         .metadata
         .as_ref()
         .map(|m| (m.namespace.as_str(), m.name.as_str()))
         .unwrap_or(("", ""));
-    let ns = if ns.is_empty() { "default" } else { ns };
-    let slices: Vec<&EndpointSlice> = slices
-        .into_iter()
-        .filter(|s| s.address_type.is_empty() || s.address_type == "IPv4")
-        .collect();
-    service_defs(svc, ns, name, &slices, options)
+    (if ns.is_empty() { "default" } else { ns }, name)
+}
+
+/// The slices the datapath serves (IPv4; an unset type counts as IPv4).
+fn ipv4(slice: &EndpointSlice) -> bool {
+    slice.address_type.is_empty() || slice.address_type == "IPv4"
 }
 
 fn service_defs(

@@ -11,7 +11,9 @@ use anyhow::{Context, Result};
 use skiff_api::{EndpointSlice, Service};
 use skiff_client::Client;
 use skiff_datapath::{AttachOptions, MaglevConfig, Maps, Options, Reconciler};
-use skiff_runtime::{Event, Inbox, Informers, Queue, Reconcile, ServiceIndex, ServiceKey};
+use skiff_runtime::{
+    AbortOnDrop, Event, Inbox, Informers, Queue, Reconcile, ServiceIndex, ServiceKey,
+};
 
 use crate::config::DatapathConfig;
 
@@ -254,13 +256,4 @@ pub async fn sync_reporting(
     let _reflectors: Vec<AbortOnDrop> = inf.start().into_iter().map(AbortOnDrop).collect();
     skiff_runtime::drive("datapath", s, inbox).await;
     Ok(())
-}
-
-/// Stops the reflectors with the loop.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
