@@ -5,7 +5,7 @@
 //! YAML form. On top of them this crate adds what every component needs to
 //! handle objects generically: the [`Kind`] table, the [`Resource`] trait,
 //! the [`Object`] enum over all kinds, manifest parsing with unknown-field
-//! warnings, label and field selectors, quantities and validation.
+//! warnings, patches, label and field selectors, quantities and validation.
 //!
 //! This crate does no I/O: it knows nothing of the store, the network or
 //! the kernel.
@@ -15,6 +15,7 @@ pub mod manifest;
 pub(crate) mod names;
 pub mod nodes;
 mod object;
+pub mod patch;
 pub mod quantity;
 mod resource;
 pub mod selector;

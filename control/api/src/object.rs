@@ -147,6 +147,7 @@ impl Object {
         RawObject {
             kind: self.kind().name().to_string(),
             raw: self.encode(),
+            dry_run: false,
         }
     }
 

@@ -15,23 +15,70 @@ use std::sync::Mutex;
 
 use rand::Rng;
 
-/// Every allocation key starts with this.
-pub const ALLOCATIONS: &str = "registry/allocations/";
-pub const IP_PREFIX: &str = "registry/allocations/clusterip/";
-pub const PORT_PREFIX: &str = "registry/allocations/nodeport/";
-pub const POD_CIDR_PREFIX: &str = "registry/allocations/podcidr/";
+// Every allocation key starts with `registry/allocations/`.
+const IP_PREFIX: &str = "registry/allocations/clusterip/";
+const PORT_PREFIX: &str = "registry/allocations/nodeport/";
+const POD_CIDR_PREFIX: &str = "registry/allocations/podcidr/";
 
-pub fn ip_key(ip: Ipv4Addr) -> String {
-    format!("{IP_PREFIX}{ip}")
+/// One thing handed out: the store holds a key for each
+/// ([`Allocation::key`]), created in the same transaction as its holder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Allocation {
+    ClusterIp(Ipv4Addr),
+    NodePort(u16),
+    /// A node's podCIDR, named by its network address.
+    PodCidr(Ipv4Addr),
 }
 
-pub fn port_key(port: u16) -> String {
-    format!("{PORT_PREFIX}{port}")
+impl Allocation {
+    /// Every kind of allocation, with the prefix of its keys.
+    pub const PREFIXES: [&'static str; 3] = [IP_PREFIX, PORT_PREFIX, POD_CIDR_PREFIX];
+
+    pub fn key(self) -> String {
+        match self {
+            Allocation::ClusterIp(ip) => format!("{IP_PREFIX}{ip}"),
+            Allocation::NodePort(port) => format!("{PORT_PREFIX}{port}"),
+            Allocation::PodCidr(net) => format!("{POD_CIDR_PREFIX}{net}"),
+        }
+    }
+
+    /// The allocation a store key names (None for any other key).
+    pub fn from_key(key: &str) -> Option<Allocation> {
+        if let Some(ip) = key.strip_prefix(IP_PREFIX) {
+            ip.parse().ok().map(Allocation::ClusterIp)
+        } else if let Some(port) = key.strip_prefix(PORT_PREFIX) {
+            port.parse().ok().map(Allocation::NodePort)
+        } else if let Some(net) = key.strip_prefix(POD_CIDR_PREFIX) {
+            net.parse().ok().map(Allocation::PodCidr)
+        } else {
+            None
+        }
+    }
+
+    /// What a user asked for, in Kubernetes' words ("provided IP is
+    /// already allocated").
+    pub fn noun(self) -> &'static str {
+        match self {
+            Allocation::ClusterIp(_) => "IP",
+            Allocation::NodePort(_) => "port",
+            Allocation::PodCidr(_) => "podCIDR",
+        }
+    }
 }
 
-/// The key of a node's podCIDR, named by its network address.
-pub fn pod_cidr_key(network: Ipv4Addr) -> String {
-    format!("{POD_CIDR_PREFIX}{network}")
+/// Candidates that lost a race in an earlier attempt of one write.
+pub type Avoid = HashSet<Allocation>;
+
+/// One allocation a write must make (its key created if absent).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claim {
+    pub allocation: Allocation,
+    /// Asked for by the user (a conflict is their error), or picked by us
+    /// (a conflict means pick again).
+    pub explicit: bool,
+    /// The field that holds it, and its value there, for errors.
+    pub field: String,
+    pub value: String,
 }
 
 /// An IPv4 CIDR such as the service range.
@@ -130,7 +177,7 @@ impl Allocators {
     }
 
     /// The first free node share of the cluster CIDR, as `network/prefix`.
-    pub fn pick_pod_cidr(&self, avoid: &HashSet<Ipv4Addr>) -> Option<String> {
+    pub fn pick_pod_cidr(&self, avoid: &Avoid) -> Option<String> {
         let (cluster, prefix) = self.cluster_cidr.as_ref()?;
         let used = self.used_pod_cidrs.lock().expect("allocator poisoned");
         let step = 1u32 << (32 - prefix);
@@ -144,7 +191,7 @@ impl Allocators {
             % count;
         let i = (0..count).map(|k| (start + k) % count).find(|i| {
             let n = Ipv4Addr::from(cluster.base + i * step);
-            !used.contains(&n) && !avoid.contains(&n)
+            !used.contains(&n) && !avoid.contains(&Allocation::PodCidr(n))
         })?;
         self.pod_cidr_cursor
             .store((i + 1) % count, std::sync::atomic::Ordering::Relaxed);
@@ -154,63 +201,51 @@ impl Allocators {
         ))
     }
 
-    /// Follows one allocation key being written or deleted.
-    pub fn observe(&self, key: &str, present: bool) {
-        if let Some(ip) = key.strip_prefix(IP_PREFIX).and_then(|s| s.parse().ok()) {
-            let mut set = self.used_ips.lock().expect("allocator poisoned");
+    /// Follows one allocation being made or released.
+    pub fn observe(&self, a: Allocation, present: bool) {
+        fn follow<T: std::hash::Hash + Eq>(set: &Mutex<HashSet<T>>, v: T, present: bool) {
+            let mut set = set.lock().expect("allocator poisoned");
             if present {
-                set.insert(ip)
+                set.insert(v);
             } else {
-                set.remove(&ip)
-            };
-        } else if let Some(net) = key
-            .strip_prefix(POD_CIDR_PREFIX)
-            .and_then(|s| s.parse().ok())
-        {
-            let mut set = self.used_pod_cidrs.lock().expect("allocator poisoned");
-            if present {
-                set.insert(net)
-            } else {
-                set.remove(&net)
-            };
-        } else if let Some(port) = key.strip_prefix(PORT_PREFIX).and_then(|s| s.parse().ok()) {
-            let mut set = self.used_ports.lock().expect("allocator poisoned");
-            if present {
-                set.insert(port)
-            } else {
-                set.remove(&port)
-            };
+                set.remove(&v);
+            }
+        }
+        match a {
+            Allocation::ClusterIp(ip) => follow(&self.used_ips, ip, present),
+            Allocation::NodePort(port) => follow(&self.used_ports, port, present),
+            Allocation::PodCidr(net) => follow(&self.used_pod_cidrs, net, present),
         }
     }
 
     /// A free-looking address. Dynamic allocation draws from above the
     /// first 16 addresses so well-known static ones (`.1`, `.10` for DNS)
     /// stay available, and falls back to a scan when that band is full.
-    pub fn pick_ip(&self, avoid: &HashSet<Ipv4Addr>) -> Option<Ipv4Addr> {
+    pub fn pick_ip(&self, avoid: &Avoid) -> Option<Ipv4Addr> {
         let used = self.used_ips.lock().expect("allocator poisoned");
         let size = self.cidr.size();
         let low = 16.min(size / 2).max(1);
         let mut rng = rand::rng();
         for _ in 0..64 {
             let ip = self.cidr.nth(rng.random_range(low..size - 1));
-            if !used.contains(&ip) && !avoid.contains(&ip) {
+            if !used.contains(&ip) && !avoid.contains(&Allocation::ClusterIp(ip)) {
                 return Some(ip);
             }
         }
         let start = rng.random_range(1..size - 1);
         (0..size - 2)
             .map(|i| self.cidr.nth(1 + (start - 1 + i) % (size - 2)))
-            .find(|ip| !used.contains(ip) && !avoid.contains(ip))
+            .find(|ip| !used.contains(ip) && !avoid.contains(&Allocation::ClusterIp(*ip)))
     }
 
-    pub fn pick_port(&self, avoid: &HashSet<u16>) -> Option<u16> {
+    pub fn pick_port(&self, avoid: &Avoid) -> Option<u16> {
         let used = self.used_ports.lock().expect("allocator poisoned");
         let (lo, hi) = (*self.node_ports.start(), *self.node_ports.end());
         let span = u32::from(hi - lo) + 1;
         let start = rand::rng().random_range(0..span);
         (0..span)
             .map(|i| lo + ((start + i) % span) as u16)
-            .find(|p| !used.contains(p) && !avoid.contains(p))
+            .find(|p| !used.contains(p) && !avoid.contains(&Allocation::NodePort(*p)))
     }
 }
 
@@ -219,8 +254,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn allocation_keys_share_one_prefix() {
-        assert!(IP_PREFIX.starts_with(ALLOCATIONS) && PORT_PREFIX.starts_with(ALLOCATIONS));
+    fn allocation_keys_round_trip_under_one_prefix() {
+        for a in [
+            Allocation::ClusterIp("10.96.0.10".parse().unwrap()),
+            Allocation::NodePort(30080),
+            Allocation::PodCidr("10.244.3.0".parse().unwrap()),
+        ] {
+            assert!(a.key().starts_with("registry/allocations/"), "{a:?}");
+            assert_eq!(Allocation::from_key(&a.key()), Some(a));
+        }
+        assert!(
+            Allocation::PREFIXES
+                .iter()
+                .all(|p| p.starts_with("registry/allocations/"))
+        );
+        assert_eq!(
+            Allocation::from_key("registry/allocations/nodeport/x"),
+            None
+        );
+        assert_eq!(Allocation::from_key("registry/pods/default/web"), None);
     }
 
     #[test]
@@ -240,23 +292,23 @@ mod tests {
         let a = Allocators::new(Cidr::parse("10.96.0.0/16").unwrap(), 30000..=30002)
             .with_cluster_cidr(Cidr::parse("10.244.0.0/22").unwrap(), 24);
         assert_eq!(
-            a.pick_pod_cidr(&HashSet::new()).as_deref(),
+            a.pick_pod_cidr(&Avoid::new()).as_deref(),
             Some("10.244.0.0/24")
         );
-        a.observe(&pod_cidr_key("10.244.0.0".parse().unwrap()), true);
-        let avoid = HashSet::from(["10.244.1.0".parse().unwrap()]);
+        a.observe(Allocation::PodCidr("10.244.0.0".parse().unwrap()), true);
+        let avoid = Avoid::from([Allocation::PodCidr("10.244.1.0".parse().unwrap())]);
         assert_eq!(a.pick_pod_cidr(&avoid).as_deref(), Some("10.244.2.0/24"));
         for n in ["10.244.1.0", "10.244.2.0", "10.244.3.0"] {
-            a.observe(&pod_cidr_key(n.parse().unwrap()), true);
+            a.observe(Allocation::PodCidr(n.parse().unwrap()), true);
         }
         assert_eq!(
-            a.pick_pod_cidr(&HashSet::new()),
+            a.pick_pod_cidr(&Avoid::new()),
             None,
             "a /22 holds four /24s"
         );
-        a.observe(&pod_cidr_key("10.244.2.0".parse().unwrap()), false);
+        a.observe(Allocation::PodCidr("10.244.2.0".parse().unwrap()), false);
         assert_eq!(
-            a.pick_pod_cidr(&HashSet::new()).as_deref(),
+            a.pick_pod_cidr(&Avoid::new()).as_deref(),
             Some("10.244.2.0/24")
         );
     }
@@ -267,16 +319,19 @@ mod tests {
         let mut got = HashSet::new();
         while let Some(ip) = a.pick_ip(&got) {
             assert!(a.cidr.usable(ip), "{ip}");
-            got.insert(ip);
+            got.insert(Allocation::ClusterIp(ip));
         }
         assert_eq!(got.len(), 6, "a /29 has 6 usable addresses");
-        a.observe(&port_key(30001), true);
+        a.observe(Allocation::NodePort(30001), true);
         let mut ports = HashSet::new();
         while let Some(p) = a.pick_port(&ports) {
-            ports.insert(p);
+            ports.insert(Allocation::NodePort(p));
         }
-        assert_eq!(ports, HashSet::from([30000, 30002]));
-        a.observe(&port_key(30001), false);
+        assert_eq!(
+            ports,
+            Avoid::from([Allocation::NodePort(30000), Allocation::NodePort(30002)])
+        );
+        a.observe(Allocation::NodePort(30001), false);
         assert_eq!(a.pick_port(&ports), Some(30001));
     }
 }

@@ -1,61 +1,44 @@
 //! Defaults the API server fills in, Kubernetes' own, so objects read back
 //! the way operators expect (`protocol: TCP`, `restartPolicy: Always`, ...).
+//! Each kind's [`crate::strategy::Strategy`] calls its own.
 
-use skiff_api::Object;
 use skiff_api::v1::*;
 use skiff_api::wire::IntOrString;
 
-pub fn apply(obj: &mut Object) {
-    match obj {
-        Object::Pod(p) => {
-            if let Some(spec) = &mut p.spec {
-                pod_spec(spec);
-            }
-        }
-        Object::Service(s) => {
-            if let Some(spec) = &mut s.spec {
-                service(spec);
-            }
-        }
-        Object::Deployment(d) => {
-            if let Some(spec) = &mut d.spec {
-                spec.replicas.get_or_insert(1);
-                spec.revision_history_limit.get_or_insert(10);
-                spec.progress_deadline_seconds.get_or_insert(600);
-                let strategy = spec.strategy.get_or_insert_with(Default::default);
-                if strategy.r#type.is_empty() {
-                    strategy.r#type = "RollingUpdate".into();
-                }
-                if strategy.r#type == "RollingUpdate" {
-                    let ru = strategy.rolling_update.get_or_insert_with(Default::default);
-                    ru.max_surge
-                        .get_or_insert_with(|| IntOrString::string("25%"));
-                    ru.max_unavailable
-                        .get_or_insert_with(|| IntOrString::string("25%"));
-                }
-                if let Some(t) = spec.template.as_mut().and_then(|t| t.spec.as_mut()) {
-                    pod_spec(t);
-                }
-            }
-        }
-        Object::ReplicaSet(r) => {
-            if let Some(spec) = &mut r.spec {
-                spec.replicas.get_or_insert(1);
-                if let Some(t) = spec.template.as_mut().and_then(|t| t.spec.as_mut()) {
-                    pod_spec(t);
-                }
-            }
-        }
-        Object::EndpointSlice(e) => {
-            for p in &mut e.ports {
-                p.protocol.get_or_insert_with(|| "TCP".into());
-            }
-        }
-        _ => {}
+pub fn deployment(spec: &mut DeploymentSpec) {
+    spec.replicas.get_or_insert(1);
+    spec.revision_history_limit.get_or_insert(10);
+    spec.progress_deadline_seconds.get_or_insert(600);
+    let strategy = spec.strategy.get_or_insert_with(Default::default);
+    if strategy.r#type.is_empty() {
+        strategy.r#type = "RollingUpdate".into();
+    }
+    if strategy.r#type == "RollingUpdate" {
+        let ru = strategy.rolling_update.get_or_insert_with(Default::default);
+        ru.max_surge
+            .get_or_insert_with(|| IntOrString::string("25%"));
+        ru.max_unavailable
+            .get_or_insert_with(|| IntOrString::string("25%"));
+    }
+    if let Some(t) = spec.template.as_mut().and_then(|t| t.spec.as_mut()) {
+        pod_spec(t);
     }
 }
 
-fn pod_spec(spec: &mut PodSpec) {
+pub fn replica_set(spec: &mut ReplicaSetSpec) {
+    spec.replicas.get_or_insert(1);
+    if let Some(t) = spec.template.as_mut().and_then(|t| t.spec.as_mut()) {
+        pod_spec(t);
+    }
+}
+
+pub fn endpoint_slice(e: &mut EndpointSlice) {
+    for p in &mut e.ports {
+        p.protocol.get_or_insert_with(|| "TCP".into());
+    }
+}
+
+pub fn pod_spec(spec: &mut PodSpec) {
     if spec.restart_policy.is_empty() {
         spec.restart_policy = "Always".into();
     }
@@ -83,7 +66,7 @@ fn pod_spec(spec: &mut PodSpec) {
     }
 }
 
-fn service(spec: &mut ServiceSpec) {
+pub fn service(spec: &mut ServiceSpec) {
     if spec.r#type.is_empty() {
         spec.r#type = "ClusterIP".into();
     }

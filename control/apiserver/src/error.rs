@@ -89,6 +89,12 @@ impl ApiError {
         Self::new(400, "BadRequest", message)
     }
 
+    /// A well-formed patch that cannot be applied to the object (a JSON
+    /// patch `test` that fails, a path that is not there).
+    pub fn invalid_patch(message: impl Into<String>) -> ApiError {
+        Self::new(422, "Invalid", message)
+    }
+
     pub fn forbidden(kind: Kind, name: &str, message: impl Into<String>) -> ApiError {
         let message = format!(
             "{} {name:?} is forbidden: {}",

@@ -59,10 +59,10 @@ pub(crate) async fn feed_cache(
                         after = ev.revision - 1;
                     }
                     taken_of_last += 1;
-                    if ev.key.starts_with(alloc::ALLOCATIONS) {
+                    if let Some(a) = alloc::Allocation::from_key(&ev.key) {
                         registry
                             .alloc
-                            .observe(&ev.key, ev.kind == skiff_store::EventKind::Put);
+                            .observe(a, ev.kind == skiff_store::EventKind::Put);
                     }
                     if let Some(ce) = decode_event(&ev) {
                         registry.observe(&ce);

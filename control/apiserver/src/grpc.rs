@@ -15,7 +15,8 @@ use tonic::{Request, Response, Status};
 
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::registry::{DeleteOptions, ListOptions, Propagation, Registry};
+use crate::registry::{DeleteOptions, ListOptions, Propagation, Registry, WriteOptions};
+use crate::strategy::Strategy;
 use crate::watch_cache::Filter;
 
 pub struct Service {
@@ -36,6 +37,7 @@ fn raw<R: Resource>(obj: &R) -> RawObject {
     RawObject {
         kind: R::KIND.name().to_string(),
         raw: obj.encode_to_vec(),
+        dry_run: false,
     }
 }
 
@@ -54,7 +56,7 @@ fn resource_version(text: &str) -> Result<Option<i64>, Status> {
 }
 
 /// Namespaced kinds get the default namespace when none is given.
-fn default_namespace<R: Resource>(obj: &mut R) {
+fn default_namespace<R: Strategy>(obj: &mut R) {
     if R::KIND.namespaced() && obj.meta().namespace.is_empty() {
         obj.meta_mut().namespace = "default".into();
     }
@@ -79,10 +81,11 @@ impl Service {
         let out = with_resource!(k, R => {
             let mut obj: R = decode(&r)?;
             default_namespace(&mut obj);
+            let opts = WriteOptions { dry_run: r.dry_run };
             match op {
-                Write::Create => self.registry.create(obj).await,
-                Write::Update => self.registry.update(obj, false).await,
-                Write::UpdateStatus => self.registry.update(obj, true).await,
+                Write::Create => self.registry.create(obj, opts).await,
+                Write::Update => self.registry.update(obj, false, opts).await,
+                Write::UpdateStatus => self.registry.update(obj, true, opts).await,
             }
             .map(|o| raw(&o))
         });
@@ -151,6 +154,7 @@ impl Resources for Service {
             resource_version,
             grace_period_seconds: r.grace_period_seconds,
             propagation: Propagation::parse(&r.propagation_policy).map_err(|e| e.to_grpc())?,
+            dry_run: r.dry_run,
         };
         let out = with_resource!(k, R => self.registry.delete::<R>(&r.namespace, &r.name, &opts).await.map(|(o, _)| raw(&o)));
         self.observe("delete", k, &out);

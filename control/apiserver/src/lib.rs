@@ -14,10 +14,12 @@ mod grpc;
 mod metrics;
 mod namespaces;
 mod node_claims;
+mod patch;
 pub mod pods_proxy;
 mod registry;
 mod rest;
 mod service_claims;
+mod strategy;
 mod watch_cache;
 
 use std::net::SocketAddr;

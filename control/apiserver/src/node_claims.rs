@@ -2,25 +2,24 @@
 //! registers without one (a /24 by default), or the one it brings. Once set
 //! a podCIDR never changes. Pure logic, like `service_claims`.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 use skiff_api::v1::{Node, NodeSpec};
 use skiff_api::validation::FieldError;
 
-use crate::alloc::{Allocators, Cidr, pod_cidr_key};
-use crate::service_claims::Claim;
+use crate::alloc::{Allocation, Allocators, Avoid, Cidr, Claim};
 
 fn network(cidr: &str) -> Option<Ipv4Addr> {
     Cidr::parse(cidr).ok().map(|c| c.network())
 }
 
-/// The allocation keys a stored Node holds.
-pub fn held_keys(node: &Node) -> BTreeSet<String> {
+/// The allocations a stored Node holds.
+pub fn held(node: &Node) -> BTreeSet<Allocation> {
     node.spec
         .as_ref()
         .and_then(|s| network(&s.pod_cidr))
-        .map(pod_cidr_key)
+        .map(Allocation::PodCidr)
         .into_iter()
         .collect()
 }
@@ -31,7 +30,7 @@ pub fn assign(
     spec: &mut NodeSpec,
     old: Option<&NodeSpec>,
     alloc: &Allocators,
-    avoid: &HashSet<Ipv4Addr>,
+    avoid: &Avoid,
 ) -> Result<Vec<Claim>, Vec<FieldError>> {
     let old_cidr = old.map(|o| o.pod_cidr.clone()).unwrap_or_default();
     if !old_cidr.is_empty() {
@@ -74,7 +73,7 @@ pub fn assign(
         return Ok(Vec::new());
     };
     Ok(vec![Claim {
-        key: pod_cidr_key(net),
+        allocation: Allocation::PodCidr(net),
         explicit,
         field: "spec.podCIDR".into(),
         value: spec.pod_cidr.clone(),
@@ -94,7 +93,7 @@ mod tests {
     fn allocates_keeps_and_refuses_changes() {
         let a = alloc();
         let mut spec = NodeSpec::default();
-        let claims = assign(&mut spec, None, &a, &HashSet::new()).unwrap();
+        let claims = assign(&mut spec, None, &a, &Avoid::new()).unwrap();
         assert_eq!(spec.pod_cidr, "10.244.0.0/24");
         assert_eq!(spec.pod_cidrs, ["10.244.0.0/24"]);
         assert_eq!(claims.len(), 1);
@@ -103,7 +102,7 @@ mod tests {
         let old = spec.clone();
         let mut update = NodeSpec::default();
         assert!(
-            assign(&mut update, Some(&old), &a, &HashSet::new())
+            assign(&mut update, Some(&old), &a, &Avoid::new())
                 .unwrap()
                 .is_empty()
         );
@@ -116,15 +115,18 @@ mod tests {
             pod_cidr: "10.244.9.0/24".into(),
             ..Default::default()
         };
-        let err = assign(&mut changed, Some(&old), &a, &HashSet::new()).unwrap_err();
+        let err = assign(&mut changed, Some(&old), &a, &Avoid::new()).unwrap_err();
         assert_eq!(err[0].field, "spec.podCIDR");
 
         let mut own = NodeSpec {
             pod_cidr: "10.200.3.0/24".into(),
             ..Default::default()
         };
-        let claims = assign(&mut own, None, &a, &HashSet::new()).unwrap();
+        let claims = assign(&mut own, None, &a, &Avoid::new()).unwrap();
         assert!(claims[0].explicit);
-        assert_eq!(claims[0].key, pod_cidr_key("10.200.3.0".parse().unwrap()));
+        assert_eq!(
+            claims[0].allocation,
+            Allocation::PodCidr("10.200.3.0".parse().unwrap())
+        );
     }
 }

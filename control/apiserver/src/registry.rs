@@ -1,31 +1,26 @@
 //! The registry: create, read, update, delete and watch for every kind,
-//! generic over [`Resource`]. Server-set metadata, defaults, validation,
-//! finalizers, graceful pod deletion, Service allocations and the
-//! compare-and-swap on resourceVersion all happen here, once, for both the
-//! REST and the gRPC front ends.
+//! generic over [`Strategy`] (which says what differs between kinds).
+//! Server-set metadata, validation, finalizers, graceful deletion,
+//! allocations, dry runs and the compare-and-swap on resourceVersion all
+//! happen here, once, for both the REST and the gRPC front ends.
 
-use std::collections::HashSet;
-use std::net::Ipv4Addr;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use rand::Rng;
 use skiff_api::selector::{FieldSelector, Selector};
-use skiff_api::v1::{Namespace, ObjectMeta, Pod};
+use skiff_api::v1::{Namespace, ObjectMeta};
 use skiff_api::wire::Time;
-use skiff_api::{Kind, Object, Resource, with_resource};
+use skiff_api::{Kind, Resource, with_resource};
 use skiff_store::{Compare, KeyValue, Op, Revision, Store, Txn};
 
-use crate::alloc::{Allocators, IP_PREFIX, POD_CIDR_PREFIX, PORT_PREFIX};
+use crate::alloc::{Allocation, Allocators, Avoid, Claim};
 use crate::codec::{decode, decode_at, encode};
 use crate::error::{ApiError, ApiResult};
-use crate::service_claims::{self, Claim};
+pub use crate::strategy::SYSTEM_NAMESPACES;
+use crate::strategy::Strategy;
 use crate::watch_cache::{CachedEvent, EventObject, Filter, WatchCache, WatchType, decode_event};
-
-/// Namespaces that exist from the start and cannot be deleted.
-pub const SYSTEM_NAMESPACES: [&str; 4] =
-    ["default", "kube-system", "kube-public", "kube-node-lease"];
 
 const ATTEMPTS: usize = 8;
 
@@ -46,6 +41,15 @@ pub fn parse_selectors(labels: &str, fields: &str) -> ApiResult<(Selector, Field
     Ok((l, f))
 }
 
+/// What a create or update may do besides what it says.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WriteOptions {
+    /// Kubernetes' `dryRun=All`: everything runs (defaults, validation,
+    /// allocation and conflict checks) and nothing is written or
+    /// allocated; the answer is what would have been stored.
+    pub dry_run: bool,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct DeleteOptions {
     /// Delete only at this resourceVersion.
@@ -54,6 +58,8 @@ pub struct DeleteOptions {
     pub grace_period_seconds: Option<i64>,
     /// What happens to the objects it owns.
     pub propagation: Propagation,
+    /// Check everything, delete nothing.
+    pub dry_run: bool,
 }
 
 /// Kubernetes' propagationPolicy: `Background` deletes the object now and
@@ -266,7 +272,7 @@ impl Registry {
         Ok(kv.mod_revision)
     }
 
-    pub async fn create<R: Resource>(&self, mut obj: R) -> ApiResult<R> {
+    pub async fn create<R: Strategy>(&self, mut obj: R, opts: WriteOptions) -> ApiResult<R> {
         let kind = R::KIND;
         let generated = obj.meta().name.is_empty() && !obj.meta().generate_name.is_empty();
         {
@@ -285,30 +291,8 @@ impl Registry {
             meta.generation = 1;
         }
         obj.set_type_meta();
-        let mut obj = match obj.into_object() {
-            Object::Pod(mut p) => {
-                p.status = Some(skiff_api::v1::PodStatus {
-                    phase: "Pending".into(),
-                    ..Default::default()
-                });
-                Object::Pod(p)
-            }
-            Object::Namespace(mut n) => {
-                n.status = Some(skiff_api::v1::NamespaceStatus {
-                    phase: "Active".into(),
-                    ..Default::default()
-                });
-                Object::Namespace(n)
-            }
-            Object::Node(n) => Object::Node(n),
-            other => {
-                let mut o = R::from_object(other).expect("same kind");
-                o.clear_status();
-                o.into_object()
-            }
-        };
-        crate::defaults::apply(&mut obj);
-        let mut obj = R::from_object(obj).expect("same kind");
+        obj.initial_status();
+        obj.defaults();
         let mut name = obj.name().to_string();
         let errors = obj.validate();
         if !errors.is_empty() {
@@ -323,10 +307,12 @@ impl Registry {
             None
         };
         let mut key = obj.key();
-        let (mut avoid_ips, mut avoid_ports) = (HashSet::new(), HashSet::new());
+        let mut avoid = Avoid::new();
         for _ in 0..ATTEMPTS {
             let mut candidate = obj.clone();
-            let claims = self.claims_for(&mut candidate, None, &avoid_ips, &avoid_ports)?;
+            let claims = candidate
+                .claims(None, &self.alloc, &avoid)
+                .map_err(|errors| ApiError::invalid(kind, &name, errors))?;
             let mut txn = Txn::default().when(Compare::Absent(key.clone()));
             if let Some(rev) = ns_rev {
                 txn = txn.when(Compare::ModRevision(
@@ -335,14 +321,20 @@ impl Registry {
                 ));
             }
             for c in &claims {
-                txn = txn.when(Compare::Absent(c.key.clone()));
+                txn = txn.when(Compare::Absent(c.allocation.key()));
             }
-            txn = put_with_claims(txn, &key, &candidate, &claims)?;
+            if !opts.dry_run {
+                txn = put_with_claims(txn, &key, &candidate, &claims)?;
+            }
+            // A dry run's transaction only compares: it writes nothing.
             let r = self.store.txn(txn).await?;
             if r.succeeded {
+                if opts.dry_run {
+                    return Ok(candidate);
+                }
                 candidate.meta_mut().resource_version = r.revision.to_string();
                 for c in &claims {
-                    self.alloc.observe(&c.key, true);
+                    self.alloc.observe(c.allocation, true);
                 }
                 return Ok(candidate);
             }
@@ -375,60 +367,11 @@ impl Registry {
             } else {
                 &r.current[1..]
             };
-            self.claims_lost(
-                kind,
-                &name,
-                &claims,
-                claim_results,
-                &mut avoid_ips,
-                &mut avoid_ports,
-            )?;
+            self.claims_lost(kind, &name, &claims, claim_results, &mut avoid)?;
         }
         Err(ApiError::unavailable(format!(
             "could not create {kind} {name:?}: too many conflicting writers, try again"
         )))
-    }
-
-    /// The allocation claims of a write (Services and Nodes have some).
-    /// For Nodes, `avoid_ips` holds podCIDR networks that lost a race.
-    fn claims_for<R: Resource>(
-        &self,
-        obj: &mut R,
-        old: Option<&R>,
-        avoid_ips: &HashSet<Ipv4Addr>,
-        avoid_ports: &HashSet<u16>,
-    ) -> ApiResult<Vec<Claim>> {
-        if R::KIND == Kind::Node {
-            let Object::Node(mut node) = obj.clone().into_object() else {
-                unreachable!()
-            };
-            let old_spec = old.and_then(|o| match o.clone().into_object() {
-                Object::Node(n) => n.spec,
-                _ => None,
-            });
-            let spec = node.spec.get_or_insert_with(Default::default);
-            let claims =
-                crate::node_claims::assign(spec, old_spec.as_ref(), &self.alloc, avoid_ips)
-                    .map_err(|errors| ApiError::invalid(Kind::Node, &node.meta().name, errors))?;
-            *obj = R::from_object(Object::Node(node)).expect("a node");
-            return Ok(claims);
-        }
-        if R::KIND != Kind::Service {
-            return Ok(Vec::new());
-        }
-        let Object::Service(mut svc) = obj.clone().into_object() else {
-            unreachable!()
-        };
-        let old_spec = old.and_then(|o| match o.clone().into_object() {
-            Object::Service(s) => s.spec,
-            _ => None,
-        });
-        let spec = svc.spec.get_or_insert_with(Default::default);
-        let claims =
-            service_claims::assign(spec, old_spec.as_ref(), &self.alloc, avoid_ips, avoid_ports)
-                .map_err(|errors| ApiError::invalid(Kind::Service, &svc.meta().name, errors))?;
-        *obj = R::from_object(Object::Service(svc)).expect("a service");
-        Ok(claims)
     }
 
     /// After a failed transaction: a claim the user asked for is their
@@ -439,43 +382,25 @@ impl Registry {
         name: &str,
         claims: &[Claim],
         current: &[Option<KeyValue>],
-        avoid_ips: &mut HashSet<Ipv4Addr>,
-        avoid_ports: &mut HashSet<u16>,
+        avoid: &mut Avoid,
     ) -> ApiResult<()> {
         for (c, now) in claims.iter().zip(current) {
             if now.is_none() {
                 continue;
             }
-            self.alloc.observe(&c.key, true);
+            self.alloc.observe(c.allocation, true);
             if c.explicit {
-                let what = if c.key.starts_with(IP_PREFIX) {
-                    "IP"
-                } else if c.key.starts_with(POD_CIDR_PREFIX) {
-                    "podCIDR"
-                } else {
-                    "port"
-                };
                 return Err(ApiError::invalid(
                     kind,
                     name,
                     vec![skiff_api::validation::FieldError::invalid(
                         c.field.clone(),
                         &c.value,
-                        format!("provided {what} is already allocated"),
+                        format!("provided {} is already allocated", c.allocation.noun()),
                     )],
                 ));
             }
-            if let Some(ip) = c
-                .key
-                .strip_prefix(IP_PREFIX)
-                .or_else(|| c.key.strip_prefix(POD_CIDR_PREFIX))
-                .and_then(|s| s.parse().ok())
-            {
-                avoid_ips.insert(ip);
-            }
-            if let Some(p) = c.key.strip_prefix(PORT_PREFIX).and_then(|s| s.parse().ok()) {
-                avoid_ports.insert(p);
-            }
+            avoid.insert(c.allocation);
         }
         Ok(())
     }
@@ -484,12 +409,17 @@ impl Registry {
 
     /// Replaces an object (or only its status). A resourceVersion in `obj`
     /// must be the current one; without one the update is unconditional.
-    pub async fn update<R: Resource>(&self, obj: R, status_only: bool) -> ApiResult<R> {
+    pub async fn update<R: Strategy>(
+        &self,
+        obj: R,
+        status_only: bool,
+        opts: WriteOptions,
+    ) -> ApiResult<R> {
         let kind = R::KIND;
         let name = obj.name().to_string();
         let key = obj.key();
         let wanted_rv = parse_rv(kind, &name, &obj.meta().resource_version)?;
-        let (mut avoid_ips, mut avoid_ports) = (HashSet::new(), HashSet::new());
+        let mut avoid = Avoid::new();
         for attempt in 0..ATTEMPTS {
             // A compare-and-set on the revision the watch cache holds as
             // the object's newest starts from the cache's bytes, with no
@@ -538,10 +468,10 @@ impl Registry {
                 n
             };
             new.set_type_meta();
-            let mut as_obj = new.into_object();
-            crate::defaults::apply(&mut as_obj);
-            new = R::from_object(as_obj).expect("same kind");
-            let claims = self.claims_for(&mut new, Some(&cur), &avoid_ips, &avoid_ports)?;
+            new.defaults();
+            let claims = new
+                .claims(Some(&cur), &self.alloc, &avoid)
+                .map_err(|errors| ApiError::invalid(kind, &name, errors))?;
             let errors = new.validate();
             if !errors.is_empty() {
                 return Err(ApiError::invalid(kind, &name, errors));
@@ -553,38 +483,40 @@ impl Registry {
             if new == cur {
                 return Ok(cur);
             }
-            let finishing = finished(&new);
-            let released: Vec<String> = if matches!(R::KIND, Kind::Service | Kind::Node) {
-                let held_now = held_keys(&new);
-                let held_before = held_keys(&cur);
-                if finishing {
-                    held_before.into_iter().collect()
-                } else {
-                    held_before.difference(&held_now).cloned().collect()
-                }
+            let finishing = new.finished();
+            let held_before = cur.held();
+            let released: Vec<Allocation> = if finishing {
+                held_before.into_iter().collect()
             } else {
-                Vec::new()
+                held_before.difference(&new.held()).copied().collect()
             };
             let mut txn = Txn::default().when(Compare::ModRevision(key.clone(), mod_revision));
-            if finishing {
-                txn = txn.then(Op::Delete { key: key.clone() });
-            } else {
+            if !finishing {
                 for c in &claims {
-                    txn = txn.when(Compare::Absent(c.key.clone()));
+                    txn = txn.when(Compare::Absent(c.allocation.key()));
                 }
-                txn = put_with_claims(txn, &key, &new, &claims)?;
             }
-            for k in &released {
-                txn = txn.then(Op::Delete { key: k.clone() });
+            if !opts.dry_run {
+                if finishing {
+                    txn = txn.then(Op::Delete { key: key.clone() });
+                } else {
+                    txn = put_with_claims(txn, &key, &new, &claims)?;
+                }
+                for a in &released {
+                    txn = txn.then(Op::Delete { key: a.key() });
+                }
             }
             let r = self.store.txn(txn).await?;
             if r.succeeded {
+                if opts.dry_run {
+                    return Ok(new);
+                }
                 new.meta_mut().resource_version = r.revision.to_string();
-                for k in &released {
-                    self.alloc.observe(k, false);
+                for a in &released {
+                    self.alloc.observe(*a, false);
                 }
                 for c in &claims {
-                    self.alloc.observe(&c.key, true);
+                    self.alloc.observe(c.allocation, true);
                 }
                 return Ok(new);
             }
@@ -599,14 +531,7 @@ impl Registry {
                 // Unconditional update: read again and retry.
                 continue;
             }
-            self.claims_lost(
-                kind,
-                &name,
-                &claims,
-                &r.current[1..],
-                &mut avoid_ips,
-                &mut avoid_ports,
-            )?;
+            self.claims_lost(kind, &name, &claims, &r.current[1..], &mut avoid)?;
         }
         Err(ApiError::conflict(kind, &name))
     }
@@ -616,7 +541,7 @@ impl Registry {
     /// Deletes an object, or starts its deletion: an object with finalizers
     /// (or a pod on a node, which gets its grace period) first gets a
     /// deletionTimestamp. Returns the object and whether it is gone.
-    pub async fn delete<R: Resource>(
+    pub async fn delete<R: Strategy>(
         &self,
         namespace: &str,
         name: &str,
@@ -624,13 +549,6 @@ impl Registry {
     ) -> ApiResult<(R, bool)> {
         let kind = R::KIND;
         let key = kind.key(namespace, name);
-        if kind == Kind::Namespace && SYSTEM_NAMESPACES.contains(&name) {
-            return Err(ApiError::forbidden(
-                kind,
-                name,
-                "this namespace may not be deleted",
-            ));
-        }
         for _ in 0..ATTEMPTS {
             let Some(kv) = self.store.get(&key).await? else {
                 return Err(ApiError::not_found(kind, name));
@@ -642,14 +560,15 @@ impl Registry {
                 return Err(ApiError::conflict(kind, name));
             }
             let cur: R = decode(&kv)?;
-            let grace = self.grace_period(&cur, opts);
+            cur.check_delete()
+                .map_err(|why| ApiError::forbidden(kind, name, why))?;
+            let grace = cur.delete_grace(opts.grace_period_seconds);
             // Kinds the garbage collector does not follow (nothing is
             // owned by them) go as in the background.
-            let followed = !matches!(kind, Kind::Namespace | Kind::Node | Kind::Event);
             let finalizer = opts
                 .propagation
                 .finalizer()
-                .filter(|_| followed)
+                .filter(|_| R::OWNS_DEPENDENTS)
                 .filter(|f| !cur.meta().finalizers.iter().any(|x| x == f));
             let graceful = !cur.meta().finalizers.is_empty() || grace > 0 || finalizer.is_some();
             if graceful {
@@ -668,11 +587,10 @@ impl Registry {
                     meta.deletion_timestamp = Some(Time::now_seconds());
                     meta.deletion_grace_period_seconds = Some(grace);
                 }
-                let mut as_obj = marked.into_object();
-                if let Object::Namespace(ns) = &mut as_obj {
-                    ns.status.get_or_insert_with(Default::default).phase = "Terminating".into();
+                marked.mark_terminating();
+                if opts.dry_run {
+                    return Ok((marked, false));
                 }
-                let mut marked = R::from_object(as_obj).expect("same kind");
                 match self
                     .store
                     .update(&key, encode(&marked)?, kv.mod_revision)
@@ -688,17 +606,20 @@ impl Registry {
                     Err(_) => continue,
                 }
             }
+            if opts.dry_run {
+                return Ok((cur, true));
+            }
             let mut txn = Txn::default()
                 .when(Compare::ModRevision(key.clone(), kv.mod_revision))
                 .then(Op::Delete { key: key.clone() });
-            let released: Vec<String> = held_keys(&cur).into_iter().collect();
-            for k in &released {
-                txn = txn.then(Op::Delete { key: k.clone() });
+            let released = cur.held();
+            for a in &released {
+                txn = txn.then(Op::Delete { key: a.key() });
             }
             let r = self.store.txn(txn).await?;
             if r.succeeded {
-                for k in &released {
-                    self.alloc.observe(k, false);
+                for a in &released {
+                    self.alloc.observe(*a, false);
                 }
                 let mut gone = cur;
                 gone.meta_mut().resource_version = r.revision.to_string();
@@ -709,17 +630,6 @@ impl Registry {
             }
         }
         Err(ApiError::conflict(kind, name))
-    }
-
-    /// Pods bound to a node get a grace period (the node stops them and
-    /// then deletes them); a namespace with content gets one too, so its
-    /// content can be removed first. Everything else goes at once.
-    fn grace_period<R: Resource>(&self, obj: &R, opts: &DeleteOptions) -> i64 {
-        match obj.clone().into_object() {
-            Object::Pod(p) => pod_grace(&p, opts.grace_period_seconds),
-            Object::Namespace(_) => 1,
-            _ => 0,
-        }
     }
 
     // ------------------------------------------------------------- watch
@@ -830,7 +740,7 @@ impl Registry {
                 }),
                 ..Default::default()
             };
-            match self.create(ns).await {
+            match self.create(ns, WriteOptions::default()).await {
                 Ok(_) => {}
                 Err(e) if e.reason == "AlreadyExists" => {}
                 Err(e) => return Err(e),
@@ -841,9 +751,11 @@ impl Registry {
 
     /// Loads the allocation hints from the store.
     pub async fn load_allocations(&self) -> ApiResult<()> {
-        for prefix in [IP_PREFIX, PORT_PREFIX, POD_CIDR_PREFIX] {
+        for prefix in Allocation::PREFIXES {
             for kv in self.store.list(prefix).await?.kvs {
-                self.alloc.observe(&kv.key, true);
+                if let Some(a) = Allocation::from_key(&kv.key) {
+                    self.alloc.observe(a, true);
+                }
             }
         }
         Ok(())
@@ -864,28 +776,12 @@ fn put_with_claims<R: Resource>(
     });
     for c in claims {
         txn = txn.then(Op::Put {
-            key: c.key.clone(),
+            key: c.allocation.key(),
             value: obj.full_name().into_bytes(),
             lease: 0,
         });
     }
     Ok(txn)
-}
-
-/// A deleted object whose last finalizer went is removed by that update —
-/// except a pod whose node has not confirmed it stopped (grace left).
-fn finished<R: Resource>(obj: &R) -> bool {
-    let meta = obj.meta();
-    if meta.deletion_timestamp.is_none() || !meta.finalizers.is_empty() {
-        return false;
-    }
-    match obj.clone().into_object() {
-        Object::Pod(p) => {
-            let bound = p.spec.as_ref().is_some_and(|s| !s.node_name.is_empty());
-            !bound || meta.deletion_grace_period_seconds.unwrap_or(0) == 0
-        }
-        _ => true,
-    }
 }
 
 fn terminating(kind: Kind, name: &str, ns: &str) -> ApiError {
@@ -894,25 +790,4 @@ fn terminating(kind: Kind, name: &str, ns: &str) -> ApiError {
         name,
         format!("unable to create new content in namespace {ns} because it is being terminated"),
     )
-}
-
-/// The allocation keys an object holds (a Service's ClusterIP and
-/// NodePorts, a Node's podCIDR).
-fn held_keys<R: Resource>(obj: &R) -> std::collections::BTreeSet<String> {
-    match obj.clone().into_object() {
-        Object::Service(s) => service_claims::held_keys(&s),
-        Object::Node(n) => crate::node_claims::held_keys(&n),
-        _ => Default::default(),
-    }
-}
-
-fn pod_grace(pod: &Pod, requested: Option<i64>) -> i64 {
-    let spec = pod.spec.clone().unwrap_or_default();
-    let phase = pod.status.as_ref().map(|s| s.phase.as_str()).unwrap_or("");
-    if spec.node_name.is_empty() || phase == "Succeeded" || phase == "Failed" {
-        return 0;
-    }
-    requested
-        .unwrap_or(spec.termination_grace_period_seconds.unwrap_or(30))
-        .max(0)
 }

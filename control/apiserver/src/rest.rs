@@ -1,7 +1,8 @@
 //! The REST/JSON front end with Kubernetes' paths:
 //! `/api/v1/namespaces/{ns}/pods/{name}`, `/apis/apps/v1/...`, the
-//! `/status` subresource, `?watch=1` streams, merge patches, discovery, and
-//! errors as `Status` objects.
+//! `/status` subresource, `?watch=1` streams, patches (JSON merge,
+//! strategic merge, JSON patch), `dryRun=All`, discovery, and errors as
+//! `Status` objects.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -18,7 +19,9 @@ use skiff_api::{Kind, Object, Resource, with_resource};
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
-use crate::registry::{DeleteOptions, ListOptions, Propagation};
+use crate::patch::Patch;
+use crate::registry::{DeleteOptions, ListOptions, Propagation, WriteOptions};
+use crate::strategy::Strategy;
 use crate::watch_cache::Filter;
 
 /// What a path names.
@@ -248,6 +251,28 @@ fn query_rv(q: &HashMap<String, String>) -> ApiResult<Option<i64>> {
 }
 
 /// Fills in (or checks) the namespace of a body against the path's.
+/// Kubernetes' `dryRun` parameter: absent, or `All`.
+fn dry_run(values: &[&str]) -> ApiResult<bool> {
+    match values {
+        [] => Ok(false),
+        ["All"] => Ok(true),
+        [other, ..] => Err(ApiError::bad_request(format!(
+            "dryRun: Unsupported value: \"{other}\": supported values: \"All\""
+        ))),
+    }
+}
+
+fn write_options(query: &HashMap<String, String>) -> ApiResult<WriteOptions> {
+    let given: Vec<&str> = query
+        .get("dryRun")
+        .map(String::as_str)
+        .into_iter()
+        .collect();
+    Ok(WriteOptions {
+        dry_run: dry_run(&given)?,
+    })
+}
+
 fn settle_namespace<R: Resource>(obj: &mut R, path_ns: &str) -> ApiResult<()> {
     if !R::KIND.namespaced() {
         return Ok(());
@@ -332,7 +357,7 @@ pub async fn handle(
 }
 
 #[expect(clippy::too_many_arguments, reason = "one request's parts")]
-async fn dispatch<R: Resource>(
+async fn dispatch<R: Strategy>(
     state: &Arc<AppState>,
     verb: &str,
     namespace: &str,
@@ -368,7 +393,7 @@ async fn dispatch<R: Resource>(
         "create" => {
             let (mut obj, warnings) = read_body::<R>(headers, body)?;
             settle_namespace(&mut obj, namespace)?;
-            let created = registry.create(obj).await?;
+            let created = registry.create(obj, write_options(query)?).await?;
             Ok(json_response(
                 StatusCode::CREATED,
                 &object_json(created),
@@ -379,7 +404,7 @@ async fn dispatch<R: Resource>(
             let (mut obj, warnings) = read_body::<R>(headers, body)?;
             settle_namespace(&mut obj, namespace)?;
             check_name(&mut obj, name)?;
-            let updated = registry.update(obj, status).await?;
+            let updated = registry.update(obj, status, write_options(query)?).await?;
             Ok(json_response(
                 StatusCode::OK,
                 &object_json(updated),
@@ -391,29 +416,21 @@ async fn dispatch<R: Resource>(
                 .get(header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
-            if content_type.contains("json-patch+json") {
-                return Err(ApiError::unsupported_media(
-                    "JSON patch (RFC 6902) is not supported: use application/merge-patch+json",
-                ));
-            }
-            let patch = parse_value(headers, body)?;
-            // A merge patch applies to the current object; without a
+            let patch = Patch::parse(content_type, body)?;
+            let opts = write_options(query)?;
+            // A patch applies to the current object; without a
             // resourceVersion in the patch a lost race is retried.
             for _ in 0..8 {
                 let cur = registry.get::<R>(namespace, name).await?;
-                let mut value = object_json(cur);
-                skiff_api::manifest::merge_patch(&mut value, &patch);
+                let value = patch.apply(R::KIND, object_json(cur))?;
                 let (obj, warnings) = Object::from_json(value).map_err(|e| {
-                    ApiError::bad_request(format!("the patch gives a malformed {}: {e}", R::KIND))
+                    ApiError::invalid_patch(format!("the patch gives a malformed {}: {e}", R::KIND))
                 })?;
                 let mut obj = R::from_object(obj)
                     .ok_or_else(|| ApiError::bad_request("the patch may not change the kind"))?;
                 check_name(&mut obj, name)?;
-                match registry.update(obj, status).await {
-                    Err(e)
-                        if e.reason == "Conflict"
-                            && patch.pointer("/metadata/resourceVersion").is_none() =>
-                    {
+                match registry.update(obj, status, opts).await {
+                    Err(e) if e.reason == "Conflict" && !patch.names_resource_version() => {
                         continue;
                     }
                     r => return Ok(json_response(StatusCode::OK, &object_json(r?), &warnings)),
@@ -431,6 +448,7 @@ async fn dispatch<R: Resource>(
                         .map(String::as_str)
                         .unwrap_or(""),
                 )?,
+                dry_run: write_options(query)?.dry_run,
             };
             if !body.is_empty()
                 && let Ok(v) = serde_json::from_slice::<Value>(body)
@@ -449,6 +467,11 @@ async fn dispatch<R: Resource>(
                     .and_then(Value::as_str)
                 {
                     opts.resource_version = rv.parse().ok();
+                }
+                // kubectl sends DeleteOptions' dryRun in the body.
+                if let Some(list) = v.get("dryRun").and_then(Value::as_array) {
+                    let given: Vec<&str> = list.iter().filter_map(Value::as_str).collect();
+                    opts.dry_run |= dry_run(&given)?;
                 }
             }
             let (obj, gone) = registry.delete::<R>(namespace, name, &opts).await?;

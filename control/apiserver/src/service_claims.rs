@@ -8,31 +8,20 @@ use std::net::Ipv4Addr;
 use skiff_api::v1::{Service, ServiceSpec};
 use skiff_api::validation::FieldError;
 
-use crate::alloc::{Allocators, ip_key, port_key};
+use crate::alloc::{Allocation, Allocators, Avoid, Claim};
 
-/// One allocation key this write must create.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Claim {
-    pub key: String,
-    /// Asked for by the user (a conflict is their error), or picked by us
-    /// (a conflict means pick again).
-    pub explicit: bool,
-    pub field: String,
-    pub value: String,
-}
-
-/// The allocation keys a stored Service holds.
-pub fn held_keys(svc: &Service) -> BTreeSet<String> {
+/// The allocations a stored Service holds.
+pub fn held(svc: &Service) -> BTreeSet<Allocation> {
     let mut keys = BTreeSet::new();
     if let Some(spec) = &svc.spec {
         if let Ok(ip) = spec.cluster_ip.parse::<Ipv4Addr>() {
-            keys.insert(ip_key(ip));
+            keys.insert(Allocation::ClusterIp(ip));
         }
         for p in &spec.ports {
             if let Ok(port) = u16::try_from(p.node_port)
                 && port != 0
             {
-                keys.insert(port_key(port));
+                keys.insert(Allocation::NodePort(port));
             }
         }
     }
@@ -51,8 +40,7 @@ pub fn assign(
     spec: &mut ServiceSpec,
     old: Option<&ServiceSpec>,
     alloc: &Allocators,
-    avoid_ips: &HashSet<Ipv4Addr>,
-    avoid_ports: &HashSet<u16>,
+    avoid: &Avoid,
 ) -> Result<Vec<Claim>, Vec<FieldError>> {
     let mut claims = Vec::new();
     let mut errors = Vec::new();
@@ -75,11 +63,11 @@ pub fn assign(
                 "field is immutable",
             ));
         } else if spec.cluster_ip.is_empty() {
-            match alloc.pick_ip(avoid_ips) {
+            match alloc.pick_ip(avoid) {
                 Some(ip) => {
                     spec.cluster_ip = ip.to_string();
                     claims.push(Claim {
-                        key: ip_key(ip),
+                        allocation: Allocation::ClusterIp(ip),
                         explicit: false,
                         field: "spec.clusterIP".into(),
                         value: spec.cluster_ip.clone(),
@@ -96,7 +84,7 @@ pub fn assign(
                 Ok(ip) if alloc.cidr.usable(ip) => {
                     if old_ip != spec.cluster_ip {
                         claims.push(Claim {
-                            key: ip_key(ip),
+                            allocation: Allocation::ClusterIp(ip),
                             explicit: true,
                             field: "spec.clusterIP".into(),
                             value: spec.cluster_ip.clone(),
@@ -144,14 +132,14 @@ pub fn assign(
                 p.node_port = o.node_port;
             }
             if p.node_port == 0 {
-                let mut avoid = avoid_ports.clone();
-                avoid.extend(taken_here.iter().copied());
+                let mut avoid = avoid.clone();
+                avoid.extend(taken_here.iter().map(|p| Allocation::NodePort(*p)));
                 match alloc.pick_port(&avoid) {
                     Some(port) => {
                         p.node_port = i32::from(port);
                         taken_here.insert(port);
                         claims.push(Claim {
-                            key: port_key(port),
+                            allocation: Allocation::NodePort(port),
                             explicit: false,
                             field,
                             value: port.to_string(),
@@ -176,7 +164,7 @@ pub fn assign(
                 ));
             } else if !old_held.contains(&p.node_port) && taken_here.insert(port) {
                 claims.push(Claim {
-                    key: port_key(port),
+                    allocation: Allocation::NodePort(port),
                     explicit: true,
                     field,
                     value: port.to_string(),
@@ -221,12 +209,12 @@ mod tests {
     fn create_picks_what_is_missing() {
         let a = alloc();
         let mut s = spec("NodePort", &[(80, 0), (443, 30443)]);
-        let claims = assign(&mut s, None, &a, &HashSet::new(), &HashSet::new()).unwrap();
+        let claims = assign(&mut s, None, &a, &Avoid::new()).unwrap();
         assert_eq!(claims.len(), 3);
-        assert!(!claims[0].explicit && claims[0].key.starts_with(crate::alloc::IP_PREFIX));
+        assert!(!claims[0].explicit && matches!(claims[0].allocation, Allocation::ClusterIp(_)));
         assert!(a.cidr.usable(s.cluster_ip.parse().unwrap()));
         assert!((30000..=32767).contains(&s.ports[0].node_port));
-        assert!(claims[2].explicit && claims[2].key.ends_with("/30443"));
+        assert!(claims[2].explicit && claims[2].allocation == Allocation::NodePort(30443));
         assert_eq!(s.cluster_ips, vec![s.cluster_ip.clone()]);
     }
 
@@ -234,9 +222,9 @@ mod tests {
     fn update_keeps_allocations_and_refuses_changes() {
         let a = alloc();
         let mut old = spec("NodePort", &[(80, 0)]);
-        assign(&mut old, None, &a, &HashSet::new(), &HashSet::new()).unwrap();
+        assign(&mut old, None, &a, &Avoid::new()).unwrap();
         let mut new = spec("NodePort", &[(80, 0)]);
-        let claims = assign(&mut new, Some(&old), &a, &HashSet::new(), &HashSet::new()).unwrap();
+        let claims = assign(&mut new, Some(&old), &a, &Avoid::new()).unwrap();
         assert!(claims.is_empty(), "{claims:?}");
         assert_eq!(
             (new.cluster_ip.as_str(), new.ports[0].node_port),
@@ -244,8 +232,7 @@ mod tests {
         );
         let mut moved = spec("NodePort", &[(80, 0)]);
         moved.cluster_ip = "10.96.9.9".into();
-        let errs =
-            assign(&mut moved, Some(&old), &a, &HashSet::new(), &HashSet::new()).unwrap_err();
+        let errs = assign(&mut moved, Some(&old), &a, &Avoid::new()).unwrap_err();
         assert_eq!(
             errs[0].to_string(),
             "spec.clusterIP: Invalid value: \"10.96.9.9\": field is immutable"
@@ -257,7 +244,7 @@ mod tests {
         let a = alloc();
         let mut s = spec("NodePort", &[(80, 80)]);
         s.cluster_ip = "192.168.1.1".into();
-        let errs: Vec<String> = assign(&mut s, None, &a, &HashSet::new(), &HashSet::new())
+        let errs: Vec<String> = assign(&mut s, None, &a, &Avoid::new())
             .unwrap_err()
             .iter()
             .map(ToString::to_string)
@@ -275,17 +262,9 @@ mod tests {
         let a = alloc();
         let mut h = spec("ClusterIP", &[(80, 0)]);
         h.cluster_ip = "None".into();
-        assert!(
-            assign(&mut h, None, &a, &HashSet::new(), &HashSet::new())
-                .unwrap()
-                .is_empty()
-        );
+        assert!(assign(&mut h, None, &a, &Avoid::new()).unwrap().is_empty());
         let mut e = spec("ExternalName", &[]);
-        assert!(
-            assign(&mut e, None, &a, &HashSet::new(), &HashSet::new())
-                .unwrap()
-                .is_empty()
-        );
+        assert!(assign(&mut e, None, &a, &Avoid::new()).unwrap().is_empty());
         assert!(e.cluster_ip.is_empty());
     }
 }

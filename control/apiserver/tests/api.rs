@@ -75,17 +75,25 @@ impl TestServer {
     }
 
     async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let ct = if method == "PATCH" {
+            "application/merge-patch+json"
+        } else {
+            "application/json"
+        };
+        self.call_as(method, path, ct, body).await
+    }
+
+    async fn call_as(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let mut req = self
-            .http
-            .request(method.clone(), format!("{}{path}", self.url));
+        let mut req = self.http.request(method, format!("{}{path}", self.url));
         if let Some(b) = body {
-            let ct = if method == reqwest::Method::PATCH {
-                "application/merge-patch+json"
-            } else {
-                "application/json"
-            };
-            req = req.header("content-type", ct).body(b.to_string());
+            req = req.header("content-type", content_type).body(b.to_string());
         }
         let resp = req.send().await.unwrap();
         let code = resp.status().as_u16();
@@ -131,7 +139,252 @@ on_both_stores!(
     watch_resumes_across_a_restart,
     grpc_client_and_informer,
     nodes_get_pod_cidrs_that_stay_theirs,
+    dry_runs_check_everything_and_write_nothing,
+    patches_of_every_type,
 );
+
+/// `dryRun=All` on create, update, patch and delete: defaults, validation
+/// and allocation checks run, the answer is what would be stored, and the
+/// store (objects, allocations, revision) is as before.
+async fn dry_runs_check_everything_and_write_nothing(s: TestServer) {
+    let svcs = "/api/v1/namespaces/default/services";
+    let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+        "spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": 30080}], "selector": {"app": "web"}}});
+    let rev = |v: &Value| {
+        v["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (_, list) = s.call("GET", svcs, None).await;
+    let before = rev(&list);
+
+    let (code, would) = s
+        .call("POST", &format!("{svcs}?dryRun=All"), Some(svc.clone()))
+        .await;
+    assert_eq!(code, 201, "{would}");
+    assert!(
+        would["spec"]["clusterIP"]
+            .as_str()
+            .unwrap()
+            .starts_with("10.96."),
+        "{would}"
+    );
+    assert_eq!(would["spec"]["ports"][0]["protocol"], "TCP", "defaults ran");
+    assert_eq!(would["metadata"]["resourceVersion"], Value::Null);
+    let (code, _) = s.call("GET", &format!("{svcs}/web"), None).await;
+    assert_eq!(code, 404, "a dry-run create stores nothing");
+    let (_, list) = s.call("GET", svcs, None).await;
+    assert_eq!(rev(&list), before, "and makes no revision");
+    // Validation runs.
+    let mut bad = svc.clone();
+    bad["spec"]["ports"][0]["nodePort"] = json!(80);
+    let (code, status) = s
+        .call("POST", &format!("{svcs}?dryRun=All"), Some(bad))
+        .await;
+    assert_eq!(code, 422, "{status}");
+    let (code, status) = s
+        .call("POST", &format!("{svcs}?dryRun=Some"), Some(svc.clone()))
+        .await;
+    assert_eq!(code, 400, "{status}");
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap()
+            .contains("supported values: \"All\"")
+    );
+
+    // The node port was not taken by the dry run.
+    let (code, created) = s.call("POST", svcs, Some(svc.clone())).await;
+    assert_eq!(code, 201, "{created}");
+    let stored_rev = rev(&created);
+    // A dry run sees allocations that are taken.
+    let mut other = svc.clone();
+    other["metadata"]["name"] = json!("other");
+    let (code, status) = s
+        .call("POST", &format!("{svcs}?dryRun=All"), Some(other))
+        .await;
+    assert_eq!(code, 422, "{status}");
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap()
+            .contains("already allocated"),
+        "{status}"
+    );
+
+    // Update, patch: the answer shows the change, the store keeps the old.
+    let mut changed = created.clone();
+    changed["metadata"]["labels"] = json!({"tier": "front"});
+    let (code, would) = s
+        .call("PUT", &format!("{svcs}/web?dryRun=All"), Some(changed))
+        .await;
+    assert_eq!(code, 200, "{would}");
+    assert_eq!(would["metadata"]["labels"]["tier"], "front");
+    assert_eq!(rev(&would), stored_rev);
+    let (code, would) = s
+        .call(
+            "PATCH",
+            &format!("{svcs}/web?dryRun=All"),
+            Some(json!({"spec": {"ports": [{"port": 80, "nodePort": 30081}]}})),
+        )
+        .await;
+    assert_eq!(code, 200, "{would}");
+    assert_eq!(would["spec"]["ports"][0]["nodePort"], 30081);
+    let (_, live) = s.call("GET", &format!("{svcs}/web"), None).await;
+    assert_eq!(live, created, "dry-run update and patch changed nothing");
+
+    // Delete: answered, not done; its allocations stay.
+    let (code, gone) = s
+        .call("DELETE", &format!("{svcs}/web?dryRun=All"), None)
+        .await;
+    assert_eq!(code, 200, "{gone}");
+    let (code, status) = s
+        .call_as(
+            "DELETE",
+            &format!("{svcs}/web"),
+            "application/json",
+            Some(json!({"kind": "DeleteOptions", "apiVersion": "v1", "dryRun": ["All"]})),
+        )
+        .await;
+    assert_eq!(code, 200, "{status}");
+    let (_, live) = s.call("GET", &format!("{svcs}/web"), None).await;
+    assert_eq!(live, created, "dry-run deletes deleted nothing");
+    let mut again = svc.clone();
+    again["metadata"]["name"] = json!("again");
+    let (code, _) = s.call("POST", svcs, Some(again)).await;
+    assert_eq!(code, 422, "node port 30080 is still held by web");
+
+    // A pod with a grace period: the dry run marks, the store does not.
+    let pods = "/api/v1/namespaces/default/pods";
+    let mut p = pod("p", json!({}));
+    p["spec"]["nodeName"] = json!("n1");
+    let (code, created) = s.call("POST", pods, Some(p)).await;
+    assert_eq!(code, 201, "{created}");
+    let (code, marked) = s
+        .call("DELETE", &format!("{pods}/p?dryRun=All"), None)
+        .await;
+    assert_eq!(code, 202, "{marked}");
+    assert!(marked["metadata"]["deletionTimestamp"].is_string());
+    let (_, live) = s.call("GET", &format!("{pods}/p"), None).await;
+    assert_eq!(live, created);
+}
+
+/// Strategic merge patch merges containers, ports and env by their keys;
+/// JSON patch applies operations all or nothing; other media types are
+/// refused.
+async fn patches_of_every_type(s: TestServer) {
+    let pods = "/api/v1/namespaces/default/pods";
+    let mut p = pod("web", json!({"app": "web"}));
+    p["spec"]["containers"] = json!([{"name": "web", "image": "nginx:1",
+        "ports": [{"containerPort": 80}], "env": [{"name": "A", "value": "1"}]}]);
+    let (code, created) = s.call("POST", pods, Some(p)).await;
+    assert_eq!(code, 201, "{created}");
+    let smp = "application/strategic-merge-patch+json";
+    // kubectl set image
+    let (code, patched) = s
+        .call_as(
+            "PATCH",
+            &format!("{pods}/web"),
+            smp,
+            Some(
+                json!({"spec": {"$setElementOrder/containers": [{"name": "web"}],
+                "containers": [{"name": "web", "image": "nginx:2"}]}}),
+            ),
+        )
+        .await;
+    assert_eq!(code, 200, "{patched}");
+    let c = &patched["spec"]["containers"][0];
+    assert_eq!(c["image"], "nginx:2");
+    assert_eq!(c["ports"][0]["containerPort"], 80, "the ports stay: {c}");
+    assert_eq!(c["env"], json!([{"name": "A", "value": "1"}]));
+    // An env var added, one container added.
+    let (code, patched) = s
+        .call_as(
+            "PATCH",
+            &format!("{pods}/web"),
+            smp,
+            Some(json!({"spec": {"containers": [
+                {"name": "web", "env": [{"name": "B", "value": "2"}]},
+                {"name": "sidecar", "image": "busybox"}
+            ]}})),
+        )
+        .await;
+    assert_eq!(code, 200, "{patched}");
+    let names: Vec<&str> = patched["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["web", "sidecar"]);
+    // Without $setElementOrder a new element goes before those the patch
+    // did not name, as in Kubernetes.
+    assert_eq!(
+        patched["spec"]["containers"][0]["env"],
+        json!([{"name": "B", "value": "2"}, {"name": "A", "value": "1"}])
+    );
+    assert_eq!(
+        patched["spec"]["containers"][1]["imagePullPolicy"], "Always",
+        "defaults ran"
+    );
+    // A list element without its merge key is refused, naming it.
+    let (code, status) = s
+        .call_as(
+            "PATCH",
+            &format!("{pods}/web"),
+            smp,
+            Some(json!({"spec": {"containers": [{"image": "x"}]}})),
+        )
+        .await;
+    assert_eq!(code, 400, "{status}");
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap()
+            .contains("merge key: name"),
+        "{status}"
+    );
+
+    // JSON patch: test then replace; a failing test changes nothing.
+    let jp = "application/json-patch+json";
+    let (code, patched) = s
+        .call_as(
+            "PATCH",
+            &format!("{pods}/web"),
+            jp,
+            Some(json!([
+                {"op": "test", "path": "/spec/containers/0/image", "value": "nginx:2"},
+                {"op": "replace", "path": "/spec/containers/0/image", "value": "nginx:3"},
+                {"op": "add", "path": "/metadata/labels/tier", "value": "front"}
+            ])),
+        )
+        .await;
+    assert_eq!(code, 200, "{patched}");
+    assert_eq!(patched["spec"]["containers"][0]["image"], "nginx:3");
+    assert_eq!(patched["metadata"]["labels"]["tier"], "front");
+    let (code, status) = s
+        .call_as(
+            "PATCH",
+            &format!("{pods}/web"),
+            jp,
+            Some(json!([
+                {"op": "remove", "path": "/metadata/labels/tier"},
+                {"op": "test", "path": "/spec/containers/0/image", "value": "nginx:1"}
+            ])),
+        )
+        .await;
+    assert_eq!(code, 422, "{status}");
+    let (_, live) = s.call("GET", &format!("{pods}/web"), None).await;
+    assert_eq!(live, patched);
+
+    for ct in ["application/json", "application/apply-patch+yaml"] {
+        let (code, status) = s
+            .call_as("PATCH", &format!("{pods}/web"), ct, Some(json!({})))
+            .await;
+        assert_eq!(code, 415, "{ct}: {status}");
+    }
+}
 
 /// Nodes registering without a podCIDR get a /24 of the cluster CIDR, never
 /// one another node holds, kept across updates and restarts, released on
@@ -389,7 +642,7 @@ async fn services_get_addresses_that_stay_theirs(mut s: TestServer) {
     let svc = |name: &str, extra: Value| {
         let mut v = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
                            "spec": {"type": "NodePort", "ports": [{"port": 80}], "selector": {"app": name}}});
-        skiff_api::manifest::merge_patch(&mut v, &extra);
+        skiff_api::patch::merge_patch(&mut v, &extra);
         v
     };
     // Many at once: all addresses and node ports distinct.

@@ -1,10 +1,13 @@
-//! `skiff apply`, `skiff delete` and `skiff create`.
+//! `skiff apply`, `skiff diff`, `skiff delete` and `skiff create`.
 //!
 //! Apply reads every document of every manifest first and applies nothing
 //! if any of them cannot be read. Then each object is created, or merged
-//! onto the live one (the manifest as a JSON merge patch over it) and
-//! updated at the live resourceVersion; an object the manifest would not
-//! change is reported `unchanged` and not written.
+//! onto the live one as kubectl's client-side apply does (a three-way
+//! strategic merge patch: lists such as containers merge by their keys)
+//! and updated at the live resourceVersion; an object the manifest would
+//! not change is reported `unchanged` and not written. `--dry-run=server`
+//! sends the same writes as server dry runs, `--dry-run=client` sends
+//! none; `diff` shows what a server dry run of the apply would store.
 
 use std::io::Read;
 use std::path::Path;
@@ -12,11 +15,12 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 use skiff_api::manifest::{self, Document};
+use skiff_api::patch::{schema, strategic};
 use skiff_api::v1::Namespace;
 use skiff_api::{Kind, Object};
-use skiff_client::{Client, ClientError};
+use skiff_client::{Client, ClientError, DeleteParams};
 
-use crate::args::{ApplyArgs, CreateCommand, DeleteArgs};
+use crate::args::{ApplyArgs, CreateCommand, DeleteArgs, DiffArgs, DryRun};
 use crate::get::{object_name, parse_kind};
 
 /// A document, and where it came from for messages.
@@ -122,6 +126,17 @@ fn describe_error(e: &anyhow::Error) -> String {
     }
 }
 
+impl DryRun {
+    /// What kubectl prints after the outcome.
+    fn suffix(self) -> &'static str {
+        match self {
+            DryRun::None => "",
+            DryRun::Client => " (dry run)",
+            DryRun::Server => " (server dry run)",
+        }
+    }
+}
+
 pub async fn apply(client: &Client, namespace: Option<&str>, args: &ApplyArgs) -> Result<()> {
     let docs = read_all(&args.files)?;
     let mut failed = 0;
@@ -129,11 +144,13 @@ pub async fn apply(client: &Client, namespace: Option<&str>, args: &ApplyArgs) -
         let mut obj = doc.object;
         let result = async {
             settle_namespace(&mut obj, namespace)?;
-            apply_one(client, obj.clone()).await
+            apply_one(client, &obj, args.dry_run).await
         }
         .await;
         match result {
-            Ok(outcome) => println!("{} {outcome}", object_name(&obj)),
+            Ok((outcome, _)) => {
+                println!("{} {outcome}{}", object_name(&obj), args.dry_run.suffix())
+            }
             Err(e) => {
                 failed += 1;
                 eprintln!(
@@ -153,28 +170,6 @@ pub async fn apply(client: &Client, namespace: Option<&str>, args: &ApplyArgs) -
 /// Where apply records what it applied, as kubectl does.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
-/// A merge patch that removes what the last applied configuration had and
-/// the new one no longer has (fields others set are left alone).
-fn removals(last: &Value, now: &Value) -> Option<Value> {
-    let (Value::Object(last), Value::Object(now)) = (last, now) else {
-        return None;
-    };
-    let mut out = serde_json::Map::new();
-    for (k, lv) in last {
-        match now.get(k) {
-            None => {
-                out.insert(k.clone(), Value::Null);
-            }
-            Some(nv) => {
-                if let Some(d) = removals(lv, nv) {
-                    out.insert(k.clone(), d);
-                }
-            }
-        }
-    }
-    (!out.is_empty()).then_some(Value::Object(out))
-}
-
 fn annotations(v: &mut Value) -> Option<&mut serde_json::Map<String, Value>> {
     v.get_mut("metadata")?
         .as_object_mut()?
@@ -182,14 +177,18 @@ fn annotations(v: &mut Value) -> Option<&mut serde_json::Map<String, Value>> {
         .as_object_mut()
 }
 
-/// Creates the object, or brings the live one to the manifest with a
-/// three-way merge: the manifest wins where it speaks, fields removed from
-/// it since the last apply are removed, and fields set by others stay.
-async fn apply_one(client: &Client, obj: Object) -> Result<&'static str> {
-    let (kind, meta) = (obj.kind(), obj.meta().clone());
+/// What applying one manifest object takes.
+enum Plan {
+    Create(Object),
+    Update { live: Object, target: Box<Object> },
+    Unchanged(Object),
+}
+
+/// The manifest as apply records it: no resourceVersion (the live one
+/// guards the update) and no copy of an older record.
+fn configuration(obj: &Object) -> Value {
     let mut config = obj.to_json();
     if let Some(m) = config.get_mut("metadata").and_then(|m| m.as_object_mut()) {
-        // The live resourceVersion guards the update, not the manifest's.
         m.remove("resourceVersion");
     }
     if let Some(a) = annotations(&mut config) {
@@ -201,46 +200,135 @@ async fn apply_one(client: &Client, obj: Object) -> Result<&'static str> {
                 .remove("annotations");
         }
     }
-    let mut desired = config.clone();
-    desired["metadata"]["annotations"][LAST_APPLIED] = Value::String(config.to_string());
+    config
+}
+
+/// Reads the live object and works out the write: the manifest, with
+/// its record, as a create; or the three-way patch over the live object.
+async fn plan(client: &Client, obj: &Object) -> Result<Plan> {
+    let (kind, meta) = (obj.kind(), obj.meta());
+    let config = configuration(obj);
+    let record = Value::String(config.to_string());
+    let live = match client.get_object(kind, &meta.namespace, &meta.name).await {
+        Ok(live) => live,
+        Err(e) if e.is_not_found() => {
+            let mut desired = config;
+            desired["metadata"]["annotations"][LAST_APPLIED] = record;
+            return Ok(Plan::Create(Object::from_json(desired)?.0));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let live_json = live.to_json();
+    let last: Option<Value> = live
+        .meta()
+        .annotations
+        .get(LAST_APPLIED)
+        .and_then(|t| serde_json::from_str(t).ok());
+    let schema = schema::of(kind);
+    let mut patch = strategic::three_way(last.as_ref(), &config, schema);
+    patch["metadata"]["annotations"][LAST_APPLIED] = record;
+    let mut merged = live_json.clone();
+    strategic::apply(&mut merged, &patch, schema)?;
+    if merged == live_json {
+        return Ok(Plan::Unchanged(live));
+    }
+    let (target, _) = Object::from_json(merged)?;
+    Ok(Plan::Update {
+        live,
+        target: Box::new(target),
+    })
+}
+
+/// Creates the object, or brings the live one to the manifest; returns
+/// the outcome and what the server stored (or, in a server dry run, would
+/// have stored; in a client dry run, nothing).
+async fn apply_one(
+    client: &Client,
+    obj: &Object,
+    dry_run: DryRun,
+) -> Result<(&'static str, Option<Object>)> {
+    let server_dry = dry_run == DryRun::Server;
     for _ in 0..5 {
-        let live = match client.get_object(kind, &meta.namespace, &meta.name).await {
-            Ok(live) => live,
-            Err(e) if e.is_not_found() => {
-                let (new, _) = Object::from_json(desired.clone())?;
-                match client.create_object(&new).await {
-                    Ok(_) => return Ok("created"),
-                    Err(e) if e.is_already_exists() => continue,
+        match plan(client, obj).await? {
+            Plan::Unchanged(live) => return Ok(("unchanged", Some(live))),
+            Plan::Create(_) if dry_run == DryRun::Client => return Ok(("created", None)),
+            Plan::Update { .. } if dry_run == DryRun::Client => return Ok(("configured", None)),
+            Plan::Create(new) => match client.create_object_with(&new, server_dry).await {
+                Ok(stored) => return Ok(("created", Some(stored))),
+                Err(e) if e.is_already_exists() => continue,
+                Err(e) => return Err(e.into()),
+            },
+            Plan::Update { live, target } => {
+                match client.update_object_with(&target, server_dry).await {
+                    Ok(stored) if stored.to_json() == live.to_json() => {
+                        return Ok(("unchanged", Some(stored)));
+                    }
+                    Ok(stored) => return Ok(("configured", Some(stored))),
+                    Err(e) if e.is_conflict() => continue,
                     Err(e) => return Err(e.into()),
                 }
             }
-            Err(e) => return Err(e.into()),
-        };
-        let live_json = live.to_json();
-        let last: Option<Value> = live
-            .meta()
-            .annotations
-            .get(LAST_APPLIED)
-            .and_then(|t| serde_json::from_str(t).ok());
-        let mut patch = last
-            .as_ref()
-            .and_then(|l| removals(l, &config))
-            .unwrap_or(Value::Null);
-        manifest::merge_patch(&mut patch, &desired);
-        let mut merged = live_json.clone();
-        manifest::merge_patch(&mut merged, &patch);
-        if merged == live_json {
-            return Ok("unchanged");
-        }
-        let (target, _) = Object::from_json(merged)?;
-        match client.update_object(&target).await {
-            Ok(updated) if updated.to_json() == live_json => return Ok("unchanged"),
-            Ok(_) => return Ok("configured"),
-            Err(e) if e.is_conflict() => continue,
-            Err(e) => return Err(e.into()),
         }
     }
     bail!("the object kept changing under us; try again")
+}
+
+/// `skiff diff -f FILE`: the live objects against what applying the
+/// manifests would store (a server dry run), as a unified diff by the
+/// `diff` program, as kubectl does. Exits 1 when there are differences.
+pub async fn diff(client: &Client, namespace: Option<&str>, args: &DiffArgs) -> Result<bool> {
+    let docs = read_all(&args.files)?;
+    let dir = tempfile::Builder::new().prefix("skiff-diff-").tempdir()?;
+    let (live_dir, merged_dir) = (dir.path().join("LIVE"), dir.path().join("MERGED"));
+    std::fs::create_dir(&live_dir)?;
+    std::fs::create_dir(&merged_dir)?;
+    for Sourced { doc, .. } in docs {
+        let mut obj = doc.object;
+        settle_namespace(&mut obj, namespace)?;
+        let (kind, meta) = (obj.kind(), obj.meta());
+        let live = match client.get_object(kind, &meta.namespace, &meta.name).await {
+            Ok(live) => Some(live),
+            Err(e) if e.is_not_found() => None,
+            Err(e) => return Err(e.into()),
+        };
+        let (_, merged) = apply_one(client, &obj, DryRun::Server).await?;
+        let file = format!(
+            "{}.{}.{}.{}",
+            kind.api_version().replace('/', "."),
+            kind.name(),
+            meta.namespace,
+            meta.name
+        );
+        if let Some(live) = live {
+            std::fs::write(live_dir.join(&file), diff_yaml(&live)?)?;
+        }
+        if let Some(merged) = merged {
+            std::fs::write(merged_dir.join(&file), diff_yaml(&merged)?)?;
+        }
+    }
+    let out = std::process::Command::new("diff")
+        .args(["-u", "-N"])
+        .arg(&live_dir)
+        .arg(&merged_dir)
+        .output()
+        .context("run diff (from diffutils)")?;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    match out.status.code() {
+        Some(0) => Ok(false),
+        Some(1) => Ok(true),
+        _ => bail!(
+            "diff failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+    }
+}
+
+fn diff_yaml(obj: &Object) -> Result<String> {
+    let mut v = obj.to_json();
+    if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.remove("managedFields");
+    }
+    Ok(serde_yaml_ng::to_string(&v)?)
 }
 
 pub async fn delete(client: &Client, namespace: Option<&str>, args: &DeleteArgs) -> Result<()> {
@@ -282,17 +370,26 @@ pub async fn delete(client: &Client, namespace: Option<&str>, args: &DeleteArgs)
     };
     let mut failed = 0;
     for (kind, ns, name) in targets {
-        let grace = if kind == Kind::Pod {
-            args.grace_period
-        } else {
-            None
+        let params = DeleteParams {
+            grace_seconds: args.grace_period.filter(|_| kind == Kind::Pod),
+            propagation: propagation.into(),
+            dry_run: args.dry_run == DryRun::Server,
         };
-        let result = client
-            .delete_object_with(kind, &ns, &name, grace, propagation)
-            .await
-            .map(|_| ());
+        let result = if args.dry_run == DryRun::Client {
+            // Only that it is there.
+            client.get_object(kind, &ns, &name).await.map(|_| ())
+        } else {
+            client
+                .delete_object_with(kind, &ns, &name, &params)
+                .await
+                .map(|_| ())
+        };
         match result {
-            Ok(()) => println!("{} {name:?} deleted", kind.qualified_name()),
+            Ok(()) => println!(
+                "{} {name:?} deleted{}",
+                kind.qualified_name(),
+                args.dry_run.suffix()
+            ),
             Err(e) => {
                 failed += 1;
                 eprintln!("error: {}", e);
@@ -320,22 +417,4 @@ pub async fn create(client: &Client, command: &CreateCommand) -> Result<()> {
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::removals;
-    use serde_json::json;
-
-    #[test]
-    fn removals_are_what_the_manifest_dropped() {
-        let last =
-            json!({"metadata": {"labels": {"a": "1", "b": "2"}}, "spec": {"x": 1, "y": {"z": 1}}});
-        let now = json!({"metadata": {"labels": {"a": "1"}}, "spec": {"x": 2}});
-        assert_eq!(
-            removals(&last, &now),
-            Some(json!({"metadata": {"labels": {"b": null}}, "spec": {"y": null}}))
-        );
-        assert_eq!(removals(&now, &now), None);
-    }
 }

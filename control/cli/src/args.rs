@@ -132,6 +132,8 @@ pub struct DnsArgs {
 pub enum ClientCommand {
     /// Create or update objects from manifests (YAML or JSON)
     Apply(ApplyArgs),
+    /// Show what `apply` would change: live objects against a server dry run (exit 1: differences)
+    Diff(DiffArgs),
     /// List objects, or show some by name
     Get(GetArgs),
     /// Show an object in detail, with its events
@@ -247,8 +249,27 @@ pub struct ExecArgs {
     pub command: Vec<String>,
 }
 
+/// kubectl's `--dry-run`: `server` sends every write as a dry run (checked
+/// and answered by the server, stored nowhere), `client` sends none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DryRun {
+    None,
+    Client,
+    Server,
+}
+
 #[derive(Debug, Args)]
 pub struct ApplyArgs {
+    /// Manifest file, directory, or - for standard input (repeatable)
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<String>,
+    /// Write nothing: `server` (checked by the server) or `client`
+    #[arg(long, value_enum, default_value = "none", num_args = 0..=1, default_missing_value = "client", require_equals = true)]
+    pub dry_run: DryRun,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
     /// Manifest file, directory, or - for standard input (repeatable)
     #[arg(short = 'f', long = "filename", required = true)]
     pub files: Vec<String>,
@@ -305,6 +326,9 @@ pub struct DeleteArgs {
     /// foreground (deleted before it), orphan (kept, no longer owned)
     #[arg(long, default_value = "background", value_parser = ["background", "foreground", "orphan", "true", "false"])]
     pub cascade: String,
+    /// Delete nothing: `server` (checked by the server) or `client`
+    #[arg(long, value_enum, default_value = "none", num_args = 0..=1, default_missing_value = "client", require_equals = true)]
+    pub dry_run: DryRun,
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,6 +1,7 @@
 //! The skiff command line: argument definitions for every subcommand (the
 //! binary's `main.rs` only parses and hands off) and the client verbs —
-//! `apply`, `get`, `describe`, `delete`, `create` — with kubectl's habits.
+//! `apply`, `diff`, `get`, `describe`, `delete`, `create` — with kubectl's
+//! habits.
 //! The verbs talk to the API server only, through `skiff-client`.
 
 mod apply;
@@ -29,6 +30,17 @@ pub async fn run(global: &args::Global, command: ClientCommand) -> Result<()> {
     let namespace = global.namespace.clone();
     match command {
         ClientCommand::Apply(a) => apply::apply(&client, namespace.as_deref(), &a).await,
+        ClientCommand::Diff(d) => {
+            // kubectl's exit codes: 0 the same, 1 differences, 2 trouble.
+            match apply::diff(&client, namespace.as_deref(), &d).await {
+                Ok(false) => Ok(()),
+                Ok(true) => std::process::exit(1),
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    std::process::exit(2)
+                }
+            }
+        }
         ClientCommand::Get(g) => get::get(&client, namespace.as_deref(), &g).await,
         ClientCommand::Describe(d) => describe::describe(&client, namespace.as_deref(), &d).await,
         ClientCommand::Delete(d) => apply::delete(&client, namespace.as_deref(), &d).await,

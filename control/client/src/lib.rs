@@ -163,7 +163,20 @@ fn raw<R: Resource>(obj: &R) -> RawObject {
     RawObject {
         kind: R::KIND.name().to_string(),
         raw: obj.encode_to_vec(),
+        dry_run: false,
     }
+}
+
+/// How a delete goes.
+#[derive(Clone, Debug, Default)]
+pub struct DeleteParams {
+    /// Seconds a pod gets to stop (None: its own terminationGracePeriod).
+    pub grace_seconds: Option<i64>,
+    /// `Background` (or empty), `Foreground` or `Orphan`: what happens to
+    /// the objects it owns.
+    pub propagation: String,
+    /// Check everything, delete nothing.
+    pub dry_run: bool,
 }
 
 impl Client {
@@ -300,12 +313,31 @@ impl Client {
     }
 
     pub async fn create_object(&self, obj: &Object) -> Result<Object> {
-        let out = self.create_object_raw(obj.to_raw()).await?;
+        self.create_object_with(obj, false).await
+    }
+
+    /// A create; with `dry_run` the server checks everything, stores
+    /// nothing and answers with what it would have stored.
+    pub async fn create_object_with(&self, obj: &Object, dry_run: bool) -> Result<Object> {
+        let raw = RawObject {
+            dry_run,
+            ..obj.to_raw()
+        };
+        let out = self.create_object_raw(raw).await?;
         Object::from_raw(&out).map_err(ClientError::Decode)
     }
 
     pub async fn update_object(&self, obj: &Object) -> Result<Object> {
-        let out = self.update_raw(obj.to_raw(), false).await?;
+        self.update_object_with(obj, false).await
+    }
+
+    /// An update; `dry_run` as for [`Client::create_object_with`].
+    pub async fn update_object_with(&self, obj: &Object, dry_run: bool) -> Result<Object> {
+        let raw = RawObject {
+            dry_run,
+            ..obj.to_raw()
+        };
+        let out = self.update_raw(raw, false).await?;
         Object::from_raw(&out).map_err(ClientError::Decode)
     }
 
@@ -388,22 +420,23 @@ impl Client {
         name: &str,
         grace: Option<i64>,
     ) -> Result<RawObject> {
-        self.delete_raw_with(kind, namespace, name, grace, "").await
+        let params = DeleteParams {
+            grace_seconds: grace,
+            ..Default::default()
+        };
+        self.delete_raw_with(kind, namespace, name, &params).await
     }
 
-    /// Deletes with a propagation policy for what the object owns:
-    /// `Background` (or empty), `Foreground` or `Orphan`.
+    /// Deletes (or starts deleting, or with `dry_run` checks deleting) the
+    /// object; returns its last state.
     pub async fn delete_object_with(
         &self,
         kind: Kind,
         namespace: &str,
         name: &str,
-        grace: Option<i64>,
-        propagation: &str,
+        params: &DeleteParams,
     ) -> Result<Object> {
-        let raw = self
-            .delete_raw_with(kind, namespace, name, grace, propagation)
-            .await?;
+        let raw = self.delete_raw_with(kind, namespace, name, params).await?;
         Object::from_raw(&raw).map_err(ClientError::Decode)
     }
 
@@ -412,16 +445,16 @@ impl Client {
         kind: Kind,
         namespace: &str,
         name: &str,
-        grace: Option<i64>,
-        propagation: &str,
+        params: &DeleteParams,
     ) -> Result<RawObject> {
         let req = DeleteRequest {
             kind: kind.name().into(),
             namespace: namespace.into(),
             name: name.into(),
             resource_version: String::new(),
-            grace_period_seconds: grace,
-            propagation_policy: propagation.into(),
+            grace_period_seconds: params.grace_seconds,
+            propagation_policy: params.propagation.clone(),
+            dry_run: params.dry_run,
         };
         Ok(self
             .rpc

@@ -294,8 +294,12 @@ async fn attempt(client: &Client, g: &Graph, uid: &str) -> anyhow::Result<()> {
         "Background"
     };
     tracing::debug!(kind = %dep.kind, name = %dep.name, policy, "collecting a dependent");
+    let params = skiff_client::DeleteParams {
+        propagation: policy.into(),
+        ..Default::default()
+    };
     match client
-        .delete_object_with(dep.kind, &dep.namespace, &dep.name, None, policy)
+        .delete_object_with(dep.kind, &dep.namespace, &dep.name, &params)
         .await
     {
         Ok(_) => Ok(()),

@@ -228,9 +228,11 @@ fn apply_txn(
         };
         current.push(kv_now);
     }
-    if !ok {
+    if !ok || txn.ops.is_empty() {
+        // A transaction without operations only compares (a dry run):
+        // it writes nothing and leaves the revision as it is, as etcd's.
         return Ok(Ok(TxnResult {
-            succeeded: false,
+            succeeded: ok,
             revision: state.revision,
             current,
         }));

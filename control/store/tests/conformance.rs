@@ -64,6 +64,7 @@ conformance!(
     create_get_list,
     compare_and_swap,
     transactions_are_atomic,
+    a_compare_only_transaction_writes_nothing,
     watch_resumes_from_a_revision,
     watch_after_compaction_says_relist,
     leases_delete_their_keys,
@@ -217,6 +218,33 @@ async fn transactions_are_atomic(s: Arc<dyn Store>) {
         )
         .await;
     assert!(matches!(dup, Err(StoreError::InvalidTxn(_))), "{dup:?}");
+}
+
+/// What a dry run relies on: the same compares, no operations, no write.
+async fn a_compare_only_transaction_writes_nothing(s: Arc<dyn Store>) {
+    let rev = s.create("cmp/a", b"a".to_vec(), 0).await.unwrap().unwrap();
+    let mut w = s.watch("cmp/", rev).await.unwrap();
+    let holds = s
+        .txn(
+            Txn::default()
+                .when(Compare::ModRevision("cmp/a".into(), rev))
+                .when(Compare::Absent("cmp/b".into())),
+        )
+        .await
+        .unwrap();
+    assert!(holds.succeeded);
+    assert_eq!(holds.revision, rev, "no new revision");
+    assert_eq!(holds.current[0].as_ref().unwrap().value, b"a");
+    let fails = s
+        .txn(Txn::default().when(Compare::Absent("cmp/a".into())))
+        .await
+        .unwrap();
+    assert!(!fails.succeeded);
+    assert_eq!(s.revision().await.unwrap(), rev);
+    // The next real write is the next revision and the first event.
+    let written = s.create("cmp/b", b"b".to_vec(), 0).await.unwrap().unwrap();
+    assert_eq!(written, rev + 1);
+    assert_eq!(next(&mut w).await.key, "cmp/b");
 }
 
 async fn watch_resumes_from_a_revision(s: Arc<dyn Store>) {

@@ -1,0 +1,127 @@
+//! `PATCH` bodies by media type, as kube-apiserver takes them: JSON merge
+//! patch, strategic merge patch (lists merge by the kind's keys) and JSON
+//! patch. Server-side apply is not served yet (415).
+
+use serde_json::Value;
+use skiff_api::Kind;
+use skiff_api::patch::{self, json, schema, strategic};
+
+use crate::error::{ApiError, ApiResult};
+
+pub enum Patch {
+    Merge(Value),
+    Strategic(Value),
+    Json(Vec<json::Operation>),
+}
+
+const MEDIA_TYPES: &str = "application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json";
+
+impl Patch {
+    pub fn parse(content_type: &str, body: &[u8]) -> ApiResult<Patch> {
+        let media = content_type
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        let doc = || -> ApiResult<Value> {
+            serde_json::from_slice(body)
+                .map_err(|e| ApiError::bad_request(format!("malformed patch: {e}")))
+        };
+        match media.as_str() {
+            "application/merge-patch+json" => Ok(Patch::Merge(doc()?)),
+            "application/strategic-merge-patch+json" => {
+                let v = doc()?;
+                if !v.is_object() {
+                    return Err(ApiError::bad_request(
+                        "a strategic merge patch must be a JSON object",
+                    ));
+                }
+                Ok(Patch::Strategic(v))
+            }
+            "application/json-patch+json" => json::parse(&doc()?)
+                .map(Patch::Json)
+                .map_err(|e| ApiError::bad_request(format!("malformed JSON patch: {e}"))),
+            "application/apply-patch+yaml" => Err(ApiError::unsupported_media(format!(
+                "server-side apply is not supported yet (use client-side kubectl apply); accepted media types include: {MEDIA_TYPES}"
+            ))),
+            _ => Err(ApiError::unsupported_media(format!(
+                "the body of the request was in an unknown format - accepted media types include: {MEDIA_TYPES}"
+            ))),
+        }
+    }
+
+    /// The patched object, from the current one as JSON.
+    pub fn apply(&self, kind: Kind, mut value: Value) -> ApiResult<Value> {
+        match self {
+            Patch::Merge(p) => patch::merge_patch(&mut value, p),
+            Patch::Strategic(p) => strategic::apply(&mut value, p, schema::of(kind))
+                .map_err(|e| ApiError::bad_request(format!("the strategic merge patch: {e}")))?,
+            Patch::Json(ops) => json::apply(&mut value, ops)
+                .map_err(|e| ApiError::invalid_patch(format!("the JSON patch: {e}")))?,
+        }
+        Ok(value)
+    }
+
+    /// Whether the patch pins a resourceVersion (then a conflict is the
+    /// client's; otherwise a lost race is retried on the new object).
+    pub fn names_resource_version(&self) -> bool {
+        match self {
+            Patch::Merge(p) | Patch::Strategic(p) => {
+                p.pointer("/metadata/resourceVersion").is_some()
+            }
+            Patch::Json(ops) => ops
+                .iter()
+                .any(|op| op.path().starts_with("/metadata/resourceVersion")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn media_types() {
+        assert!(matches!(
+            Patch::parse("application/merge-patch+json", b"{}"),
+            Ok(Patch::Merge(_))
+        ));
+        assert!(matches!(
+            Patch::parse(
+                "application/strategic-merge-patch+json; charset=utf-8",
+                b"{}"
+            ),
+            Ok(Patch::Strategic(_))
+        ));
+        assert!(matches!(
+            Patch::parse(
+                "application/json-patch+json",
+                br#"[{"op":"remove","path":"/a"}]"#
+            ),
+            Ok(Patch::Json(_))
+        ));
+        for (ct, body, code) in [
+            ("application/json", &b"{}"[..], 415),
+            ("application/apply-patch+yaml", b"a: 1", 415),
+            ("application/strategic-merge-patch+json", b"[]", 400),
+            ("application/json-patch+json", b"{}", 400),
+            ("application/merge-patch+json", b"{", 400),
+        ] {
+            let e = Patch::parse(ct, body).err().unwrap();
+            assert_eq!(e.code, code, "{ct}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn a_pinned_resource_version_is_seen() {
+        let p = Patch::parse(
+            "application/json-patch+json",
+            br#"[{"op":"test","path":"/metadata/resourceVersion","value":"5"}]"#,
+        )
+        .unwrap();
+        assert!(p.names_resource_version());
+        let p = Patch::parse("application/merge-patch+json", br#"{"spec":{}}"#).unwrap();
+        assert!(!p.names_resource_version());
+    }
+}
