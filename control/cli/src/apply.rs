@@ -148,7 +148,7 @@ pub async fn apply(client: &Client, namespace: Option<&str>, args: &ApplyArgs) -
         }
         .await;
         match result {
-            Ok((outcome, _)) => {
+            Ok(Applied { outcome, .. }) => {
                 println!("{} {outcome}{}", object_name(&obj), args.dry_run.suffix())
             }
             Err(e) => {
@@ -239,31 +239,44 @@ async fn plan(client: &Client, obj: &Object) -> Result<Plan> {
     })
 }
 
-/// Creates the object, or brings the live one to the manifest; returns
-/// the outcome and what the server stored (or, in a server dry run, would
-/// have stored; in a client dry run, nothing).
-async fn apply_one(
-    client: &Client,
-    obj: &Object,
-    dry_run: DryRun,
-) -> Result<(&'static str, Option<Object>)> {
+/// What applying one object did.
+struct Applied {
+    outcome: &'static str,
+    /// The object before (None: it did not exist).
+    live: Option<Object>,
+    /// What the server stored (or, in a server dry run, would have; in a
+    /// client dry run, nothing).
+    stored: Option<Object>,
+}
+
+/// Creates the object, or brings the live one to the manifest.
+async fn apply_one(client: &Client, obj: &Object, dry_run: DryRun) -> Result<Applied> {
     let server_dry = dry_run == DryRun::Server;
+    let done = |outcome, live, stored| {
+        Ok(Applied {
+            outcome,
+            live,
+            stored,
+        })
+    };
     for _ in 0..5 {
         match plan(client, obj).await? {
-            Plan::Unchanged(live) => return Ok(("unchanged", Some(live))),
-            Plan::Create(_) if dry_run == DryRun::Client => return Ok(("created", None)),
-            Plan::Update { .. } if dry_run == DryRun::Client => return Ok(("configured", None)),
+            Plan::Unchanged(live) => return done("unchanged", Some(live.clone()), Some(live)),
+            Plan::Create(_) if dry_run == DryRun::Client => return done("created", None, None),
+            Plan::Update { live, .. } if dry_run == DryRun::Client => {
+                return done("configured", Some(live), None);
+            }
             Plan::Create(new) => match client.create_object_with(&new, server_dry).await {
-                Ok(stored) => return Ok(("created", Some(stored))),
+                Ok(stored) => return done("created", None, Some(stored)),
                 Err(e) if e.is_already_exists() => continue,
                 Err(e) => return Err(e.into()),
             },
             Plan::Update { live, target } => {
                 match client.update_object_with(&target, server_dry).await {
                     Ok(stored) if stored.to_json() == live.to_json() => {
-                        return Ok(("unchanged", Some(stored)));
+                        return done("unchanged", Some(live), Some(stored));
                     }
-                    Ok(stored) => return Ok(("configured", Some(stored))),
+                    Ok(stored) => return done("configured", Some(live), Some(stored)),
                     Err(e) if e.is_conflict() => continue,
                     Err(e) => return Err(e.into()),
                 }
@@ -286,12 +299,7 @@ pub async fn diff(client: &Client, namespace: Option<&str>, args: &DiffArgs) -> 
         let mut obj = doc.object;
         settle_namespace(&mut obj, namespace)?;
         let (kind, meta) = (obj.kind(), obj.meta());
-        let live = match client.get_object(kind, &meta.namespace, &meta.name).await {
-            Ok(live) => Some(live),
-            Err(e) if e.is_not_found() => None,
-            Err(e) => return Err(e.into()),
-        };
-        let (_, merged) = apply_one(client, &obj, DryRun::Server).await?;
+        let Applied { live, stored, .. } = apply_one(client, &obj, DryRun::Server).await?;
         let file = format!(
             "{}.{}.{}.{}",
             kind.api_version().replace('/', "."),
@@ -302,7 +310,7 @@ pub async fn diff(client: &Client, namespace: Option<&str>, args: &DiffArgs) -> 
         if let Some(live) = live {
             std::fs::write(live_dir.join(&file), diff_yaml(&live)?)?;
         }
-        if let Some(merged) = merged {
+        if let Some(merged) = stored {
             std::fs::write(merged_dir.join(&file), diff_yaml(&merged)?)?;
         }
     }

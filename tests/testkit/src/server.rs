@@ -220,6 +220,21 @@ impl Server {
         KillOnDrop(child)
     }
 
+    /// A kubeconfig for this server (in its HOME), for kubectl.
+    pub fn kubeconfig(&self) -> PathBuf {
+        let path = self.home.path().join("kubeconfig");
+        let config = format!(
+            "apiVersion: v1\nkind: Config\n\
+             clusters: [{{name: skiff, cluster: {{server: \"{}\"}}}}]\n\
+             users: [{{name: user, user: {{}}}}]\n\
+             contexts: [{{name: skiff, context: {{cluster: skiff, user: user}}}}]\n\
+             current-context: skiff\n",
+            self.url()
+        );
+        std::fs::write(&path, config).expect("write kubeconfig");
+        path
+    }
+
     /// The last `n` lines of the server's log.
     pub fn log_tail(&self, n: usize) -> String {
         let log = std::fs::read_to_string(self.home.path().join("server.log")).unwrap_or_default();

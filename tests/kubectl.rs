@@ -1,0 +1,343 @@
+//! kubectl against `skiff server`: scripted commands of the kubectl these
+//! machines ship (v1.32, /usr/bin/kubectl) and of Debian's
+//! kubernetes-client (v1.20, which .ci/run unpacks into
+//! /opt/kubernetes-client-1.20), each checked by the objects it leaves, not
+//! only its exit code.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+use skiff_testkit::server::Server;
+use skiff_testkit::{in_ci, require_tool};
+
+const SKIFF: &str = env!("CARGO_BIN_EXE_skiff");
+/// Where .ci/run puts Debian's kubectl 1.20 (beside the newer one on PATH).
+const KUBECTL_1_20: &str = "/opt/kubernetes-client-1.20/usr/bin/kubectl";
+
+struct Kubectl {
+    bin: PathBuf,
+    config: PathBuf,
+    home: PathBuf,
+}
+
+impl Kubectl {
+    fn new(bin: PathBuf, server: &Server) -> Kubectl {
+        Kubectl {
+            bin,
+            config: server.kubeconfig(),
+            // kubectl keeps its discovery cache under HOME.
+            home: server.home.path().to_path_buf(),
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(&self.bin)
+            .arg("--kubeconfig")
+            .arg(&self.config)
+            .args(args)
+            .env("HOME", &self.home)
+            .env_remove("KUBECONFIG")
+            .output()
+            .expect("run kubectl")
+    }
+
+    /// Stdout of a command that must succeed.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.extend_from_slice(&["-o", "json"]);
+        serde_json::from_str(&self.ok(&a)).expect("JSON from kubectl get")
+    }
+}
+
+/// The kubectl on PATH (1.32 here), required in CI.
+fn current(server: &Server) -> Option<Kubectl> {
+    require_tool("kubectl").map(|bin| Kubectl::new(bin, server))
+}
+
+/// Debian's kubectl 1.20, required in CI.
+fn debian(server: &Server) -> Option<Kubectl> {
+    let bin = Path::new(KUBECTL_1_20);
+    if !bin.is_file() {
+        assert!(
+            !in_ci(),
+            "{KUBECTL_1_20} is required in CI: .ci/run unpacks it"
+        );
+        eprintln!("skipping kubectl 1.20: {KUBECTL_1_20} is missing (bash .ci/run --setup-only)");
+        return None;
+    }
+    Some(Kubectl::new(bin.to_path_buf(), server))
+}
+
+fn deployment(name: &str, image: &str) -> String {
+    format!(
+        "apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      containers:
+      - name: web
+        image: {image}
+        ports: [{{containerPort: 80}}]
+        env: [{{name: A, value: \"1\"}}]
+"
+    )
+}
+
+/// A Deployment as its manifest and the user own it: what controllers
+/// write (status, and the resourceVersion that moves with it) left out.
+fn desired(mut d: Value) -> Value {
+    let obj = d.as_object_mut().expect("an object");
+    obj.remove("status");
+    obj["metadata"]
+        .as_object_mut()
+        .expect("metadata")
+        .remove("resourceVersion");
+    d
+}
+
+/// Nothing but the user writes a ConfigMap: its resourceVersion must stay.
+fn config_map(data: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: settings}}\ndata: {{mode: {data}}}\n"
+    )
+}
+
+fn write(server: &Server, file: &str, text: &str) -> String {
+    let path = server.home.path().join(file);
+    std::fs::write(&path, text).expect("write manifest");
+    path.display().to_string()
+}
+
+fn container<'a>(d: &'a Value, name: &str) -> &'a Value {
+    d["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .expect("containers")
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no container {name} in {d}"))
+}
+
+fn container_names(d: &Value) -> Vec<String> {
+    d["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .expect("containers")
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// `apply --dry-run=server`, `diff` and `delete --dry-run=server` leave
+/// the object and its resourceVersion as they were; a dry-run apply of a
+/// new object creates nothing.
+#[test]
+fn server_dry_runs_and_diff_change_nothing() {
+    let s = Server::start(Path::new(SKIFF), &[], &[]);
+    let Some(k) = current(&s) else { return };
+    let v1 = write(&s, "v1.yaml", &deployment("web", "nginx:1"));
+    let v2 = write(&s, "v2.yaml", &deployment("web", "nginx:2"));
+    let c1 = write(&s, "c1.yaml", &config_map("a"));
+    let c2 = write(&s, "c2.yaml", &config_map("b"));
+    k.ok(&["apply", "-f", &v1, "-f", &c1]);
+    let before = desired(k.json(&["get", "deployment", "web"]));
+    let cm = k.json(&["get", "configmap", "settings"]);
+
+    let out = k.ok(&["apply", "--dry-run=server", "-f", &v2, "-f", &c2]);
+    assert!(
+        out.contains("deployment.apps/web configured (server dry run)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("configmap/settings configured (server dry run)"),
+        "{out}"
+    );
+    assert_eq!(desired(k.json(&["get", "deployment", "web"])), before);
+    assert_eq!(k.json(&["get", "configmap", "settings"]), cm);
+
+    let out = k.run(&["diff", "-f", &v2, "-f", &c2]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "differences: {text}");
+    assert!(text.contains("-        image: nginx:1"), "{text}");
+    assert!(text.contains("+        image: nginx:2"), "{text}");
+    assert!(
+        text.contains("-  mode: a") && text.contains("+  mode: b"),
+        "{text}"
+    );
+    assert_eq!(
+        desired(k.json(&["get", "deployment", "web"])),
+        before,
+        "diff wrote"
+    );
+    assert_eq!(k.json(&["get", "configmap", "settings"]), cm, "diff wrote");
+    let out = k.run(&["diff", "-f", &v1, "-f", &c1]);
+    assert_eq!(out.status.code(), Some(0), "no differences: {out:?}");
+
+    let out = k.ok(&["delete", "--dry-run=server", "deployment", "web"]);
+    assert!(out.contains("deleted (server dry run)"), "{out}");
+    assert_eq!(desired(k.json(&["get", "deployment", "web"])), before);
+    k.ok(&["delete", "--dry-run=server", "-f", &c1]);
+    assert_eq!(k.json(&["get", "configmap", "settings"]), cm);
+
+    let new = write(&s, "new.yaml", &deployment("new", "nginx:1"));
+    k.ok(&["apply", "--dry-run=server", "-f", &new]);
+    let out = k.run(&["get", "deployment", "new"]);
+    assert!(!out.status.success(), "a dry-run apply created it");
+}
+
+/// `set image`, `patch` (strategic, by default), `patch --type json|merge`
+/// and a re-apply keep what they do not name — with both kubectl versions.
+#[test]
+fn patches_keep_what_they_do_not_name() {
+    let s = Server::start(Path::new(SKIFF), &[], &[]);
+    let clients: Vec<Kubectl> = [current(&s), debian(&s)].into_iter().flatten().collect();
+    for (i, k) in clients.iter().enumerate() {
+        let name = format!("web{i}");
+        let d = &format!("deployment/{name}");
+        let v1 = write(
+            &s,
+            &format!("{name}-v1.yaml"),
+            &deployment(&name, "nginx:1"),
+        );
+        k.ok(&["apply", "-f", &v1]);
+
+        k.ok(&["set", "image", d, "web=nginx:2"]);
+        let got = k.json(&["get", d]);
+        let web = container(&got, "web");
+        assert_eq!(web["image"], "nginx:2");
+        assert_eq!(
+            web["ports"][0]["containerPort"], 80,
+            "set image dropped the ports: {web}"
+        );
+        assert_eq!(web["env"][0]["name"], "A");
+
+        k.ok(&[
+            "patch",
+            d,
+            "-p",
+            r#"{"spec":{"template":{"spec":{"containers":[{"name":"sidecar","image":"busybox"}]}}}}"#,
+        ]);
+        let got = k.json(&["get", d]);
+        let mut names = container_names(&got);
+        names.sort();
+        assert_eq!(
+            names,
+            ["sidecar", "web"],
+            "a patched-in sidecar replaced the list"
+        );
+        assert_eq!(container(&got, "web")["ports"][0]["containerPort"], 80);
+
+        k.ok(&[
+            "patch",
+            d,
+            "--type",
+            "json",
+            "-p",
+            r#"[{"op":"test","path":"/spec/replicas","value":1},{"op":"replace","path":"/spec/replicas","value":3}]"#,
+        ]);
+        assert_eq!(k.json(&["get", d])["spec"]["replicas"], 3);
+        let out = k.run(&[
+            "patch",
+            d,
+            "--type",
+            "json",
+            "-p",
+            r#"[{"op":"test","path":"/spec/replicas","value":1}]"#,
+        ]);
+        assert!(!out.status.success(), "a failing JSON patch test passed");
+
+        k.ok(&[
+            "patch",
+            d,
+            "--type",
+            "merge",
+            "-p",
+            r#"{"metadata":{"labels":{"tier":"front"}}}"#,
+        ]);
+        assert_eq!(k.json(&["get", d])["metadata"]["labels"]["tier"], "front");
+
+        // Re-applying the edited manifest: its image wins, the sidecar
+        // someone else added stays, the ports stay.
+        let v3 = write(
+            &s,
+            &format!("{name}-v3.yaml"),
+            &deployment(&name, "nginx:3"),
+        );
+        k.ok(&["apply", "-f", &v3]);
+        let got = k.json(&["get", d]);
+        assert_eq!(container(&got, "web")["image"], "nginx:3");
+        assert_eq!(container(&got, "web")["ports"][0]["containerPort"], 80);
+        assert!(container_names(&got).contains(&"sidecar".to_string()));
+    }
+}
+
+/// `skiff apply|delete --dry-run=server|client` and `skiff diff` do what
+/// kubectl's do, through the gRPC API.
+#[test]
+fn skiff_dry_runs_and_diff() {
+    let s = Server::start(Path::new(SKIFF), &[], &[]);
+    let v1 = write(&s, "v1.yaml", &deployment("web", "nginx:1"));
+    let v2 = write(&s, "v2.yaml", &deployment("web", "nginx:2"));
+    let c1 = write(&s, "c1.yaml", &config_map("a"));
+    let c2 = write(&s, "c2.yaml", &config_map("b"));
+    s.ok(&["apply", "-f", &v1, "-f", &c1]);
+    let before = desired(s.get(&["deployment", "web"]));
+    let cm = s.get(&["configmap", "settings"]);
+    for mode in ["--dry-run=server", "--dry-run=client", "--dry-run"] {
+        let out = s.ok(&["apply", mode, "-f", &v2, "-f", &c2]);
+        assert!(out.contains("configured ("), "{mode}: {out}");
+        assert_eq!(desired(s.get(&["deployment", "web"])), before, "{mode}");
+        assert_eq!(s.get(&["configmap", "settings"]), cm, "{mode}");
+    }
+    let out = s
+        .cmd(&["diff", "-f", &v2, "-f", &c2])
+        .output()
+        .expect("skiff diff");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("-        image: nginx:1") && text.contains("+        image: nginx:2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("-  mode: a") && text.contains("+  mode: b"),
+        "{text}"
+    );
+    let out = s.cmd(&["diff", "-f", &c1]).output().expect("skiff diff");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let out = s
+        .cmd(&["diff", "-f", "/nonexistent/skiff.yaml"])
+        .output()
+        .expect("skiff diff");
+    assert_eq!(out.status.code(), Some(2), "trouble is not a difference");
+    assert_eq!(desired(s.get(&["deployment", "web"])), before);
+    assert_eq!(s.get(&["configmap", "settings"]), cm);
+    for mode in ["--dry-run=server", "--dry-run=client"] {
+        let out = s.ok(&["delete", mode, "deployment", "web"]);
+        assert!(out.contains("deleted ("), "{mode}: {out}");
+        assert_eq!(desired(s.get(&["deployment", "web"])), before, "{mode}");
+        s.ok(&["delete", mode, "-f", &c1]);
+        assert_eq!(s.get(&["configmap", "settings"]), cm, "{mode}");
+    }
+    // A real apply of v2 keeps the ports and moves the image.
+    s.ok(&["apply", "-f", &v2]);
+    let got = s.get(&["deployment", "web"]);
+    assert_eq!(container(&got, "web")["image"], "nginx:2");
+    assert_eq!(container(&got, "web")["ports"][0]["containerPort"], 80);
+}
