@@ -234,12 +234,12 @@ async fn a_compare_only_transaction_writes_nothing(s: Arc<dyn Store>) {
         .unwrap();
     assert!(holds.succeeded);
     assert_eq!(holds.revision, rev, "no new revision");
-    assert_eq!(holds.current[0].as_ref().unwrap().value, b"a");
     let fails = s
         .txn(Txn::default().when(Compare::Absent("cmp/a".into())))
         .await
         .unwrap();
     assert!(!fails.succeeded);
+    assert_eq!(fails.current[0].as_ref().unwrap().value, b"a");
     assert_eq!(s.revision().await.unwrap(), rev);
     // The next real write is the next revision and the first event.
     let written = s.create("cmp/b", b"b".to_vec(), 0).await.unwrap().unwrap();
