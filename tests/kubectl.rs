@@ -286,6 +286,63 @@ fn patches_keep_what_they_do_not_name() {
     }
 }
 
+/// `get` prints kubectl's columns from the server's Table, `-o wide` the
+/// wide ones, `get all` the kinds of the `all` category — both versions.
+#[test]
+fn get_prints_tables() {
+    let s = Server::start(Path::new(SKIFF), &[], &[]);
+    let clients: Vec<Kubectl> = [current(&s), debian(&s)].into_iter().flatten().collect();
+    let guestbook =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/manifests/guestbook-all-in-one.yaml");
+    s.ok(&["apply", "-f", guestbook.to_str().unwrap()]);
+    for k in &clients {
+        let out = k.ok(&["get", "pods"]);
+        let header: Vec<&str> = out
+            .lines()
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        assert_eq!(
+            header,
+            ["NAME", "READY", "STATUS", "RESTARTS", "AGE"],
+            "{out}"
+        );
+        assert!(
+            out.lines().skip(1).all(|l| l.contains("/")),
+            "READY cells: {out}"
+        );
+        let out = k.ok(&["get", "deployments", "-o", "wide"]);
+        assert!(
+            out.starts_with("NAME") && out.contains("IMAGES") && out.contains("SELECTOR"),
+            "{out}"
+        );
+        assert!(
+            out.contains("gcr.io/google-samples/gb-frontend:v4"),
+            "{out}"
+        );
+        let out = k.ok(&["get", "svc", "frontend"]);
+        assert!(
+            out.contains("CLUSTER-IP") && out.contains("NodePort"),
+            "{out}"
+        );
+        let out = k.ok(&["get", "all"]);
+        for shown in [
+            "pod/frontend-",
+            "service/frontend",
+            "deployment.apps/frontend",
+            "replicaset.apps/frontend-",
+        ] {
+            assert!(out.contains(shown), "get all lacks {shown}: {out}");
+        }
+        let out = k.ok(&["get", "ns"]);
+        assert!(
+            out.contains("kube-system") && out.contains("Active"),
+            "{out}"
+        );
+    }
+}
+
 /// `skiff apply|delete --dry-run=server|client` and `skiff diff` do what
 /// kubectl's do, through the gRPC API.
 #[test]

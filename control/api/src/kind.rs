@@ -113,6 +113,15 @@ impl Kind {
         info(self).short
     }
 
+    /// Discovery categories: `all` for the kinds `kubectl get all` shows
+    /// (the workload kinds and Services, as in Kubernetes).
+    pub const fn categories(self) -> &'static [&'static str] {
+        match self {
+            Kind::Pod | Kind::Service | Kind::Deployment | Kind::ReplicaSet => &["all"],
+            _ => &[],
+        }
+    }
+
     /// `deployment.apps`-style name for CLI output; the bare lower-case name
     /// for the core group.
     pub fn qualified_name(self) -> String {

@@ -10,6 +10,7 @@
 //! This crate does no I/O: it knows nothing of the store, the network or
 //! the kernel.
 
+pub mod columns;
 mod kind;
 pub mod manifest;
 pub(crate) mod names;

@@ -89,9 +89,9 @@ impl ApiError {
         Self::new(400, "BadRequest", message)
     }
 
-    /// A well-formed patch that cannot be applied to the object (a JSON
-    /// patch `test` that fails, a path that is not there).
-    pub fn invalid_patch(message: impl Into<String>) -> ApiError {
+    /// A well-formed request that cannot be carried out (a JSON patch
+    /// `test` that fails, a parameter this server does not implement).
+    pub fn unprocessable(message: impl Into<String>) -> ApiError {
         Self::new(422, "Invalid", message)
     }
 
@@ -110,6 +110,10 @@ impl ApiError {
 
     pub fn unsupported_media(message: impl Into<String>) -> ApiError {
         Self::new(415, "UnsupportedMediaType", message)
+    }
+
+    pub fn not_acceptable(message: impl Into<String>) -> ApiError {
+        Self::new(406, "NotAcceptable", message)
     }
 
     pub fn method_not_allowed(message: impl Into<String>) -> ApiError {

@@ -20,6 +20,7 @@ mod registry;
 mod rest;
 mod service_claims;
 mod strategy;
+mod table;
 mod watch_cache;
 
 use std::net::SocketAddr;
@@ -249,19 +250,40 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         },
     ))
     .into_axum_router();
-    let app = Router::new()
+    let rest = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .route("/version", get(|| async { axum::Json(serde_json::json!({"gitVersion": concat!("v", env!("CARGO_PKG_VERSION")), "platform": "linux"})) }))
+        .route("/version", get(|| async { axum::Json(version()) }))
+        .route("/openapi/v2", get(openapi_v2))
         .route("/api", any(rest::handle))
         .route("/api/{*rest}", any(rest::handle))
         .route("/apis", any(rest::handle))
         .route("/apis/{*rest}", any(rest::handle))
         .layer(axum::extract::DefaultBodyLimit::max(3 * 1024 * 1024))
-        .with_state(state)
-        .merge(grpc);
+        .with_state(state);
+    // gRPC requests go to the gRPC services; any other path nothing
+    // serves is a 404 Status, not an empty gRPC answer.
+    let app = rest.fallback(move |req: axum::extract::Request| {
+        let grpc = grpc.clone();
+        async move {
+            let is_grpc = req
+                .headers()
+                .get(axum::http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|c| c.starts_with("application/grpc"));
+            if is_grpc {
+                use tower::ServiceExt;
+                match grpc.oneshot(req).await {
+                    Ok(resp) => resp,
+                    Err(never) => match never {},
+                }
+            } else {
+                rest::unknown_path(req.uri().path())
+            }
+        }
+    });
 
     let (stop, stopped) = oneshot::channel::<()>();
     // Without TCP_NODELAY a response written in several pieces (headers,
@@ -289,6 +311,50 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         stop: Some(stop),
         done,
         background,
+    })
+}
+
+/// No OpenAPI schema is published yet: `/openapi/v2` answers an empty
+/// document (protobuf or JSON, as asked), which kubectl's client-side
+/// validation reads as "nothing to check against"; `/openapi/v3` is a 404,
+/// which kubectl reads as "no v3 here" and falls back to v2.
+async fn openapi_v2(headers: axum::http::HeaderMap) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let accept = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if accept.contains("protobuf") {
+        // The gnostic `Document` with every field unset.
+        let media = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
+        return (
+            [(axum::http::header::CONTENT_TYPE, media)],
+            Vec::<u8>::new(),
+        )
+            .into_response();
+    }
+    axum::Json(serde_json::json!({
+        "swagger": "2.0",
+        "info": {"title": "skiff", "version": "v1.32.0"},
+        "paths": {},
+        "definitions": {},
+    }))
+    .into_response()
+}
+
+/// The Kubernetes version this server speaks (its API and kubectl's),
+/// and skiff's own in the build metadata.
+fn version() -> serde_json::Value {
+    serde_json::json!({
+        "major": "1",
+        "minor": "32",
+        "gitVersion": concat!("v1.32.0+skiff-", env!("CARGO_PKG_VERSION")),
+        "gitCommit": "",
+        "gitTreeState": "",
+        "buildDate": "",
+        "goVersion": "",
+        "compiler": "rustc",
+        "platform": format!("linux/{}", std::env::consts::ARCH),
     })
 }
 

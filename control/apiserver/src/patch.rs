@@ -58,7 +58,7 @@ impl Patch {
             Patch::Strategic(p) => strategic::apply(&mut value, p, schema::of(kind))
                 .map_err(|e| ApiError::bad_request(format!("the strategic merge patch: {e}")))?,
             Patch::Json(ops) => json::apply(&mut value, ops)
-                .map_err(|e| ApiError::invalid_patch(format!("the JSON patch: {e}")))?,
+                .map_err(|e| ApiError::unprocessable(format!("the JSON patch: {e}")))?,
         }
         Ok(value)
     }

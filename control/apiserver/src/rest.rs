@@ -22,6 +22,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::patch::Patch;
 use crate::registry::{DeleteOptions, ListOptions, Propagation, WriteOptions};
 use crate::strategy::Strategy;
+use crate::table::{self, Include, Shape};
 use crate::watch_cache::Filter;
 
 /// What a path names.
@@ -46,6 +47,12 @@ fn not_found(path: &str) -> ApiError {
     e
 }
 
+/// The answer to a path nothing serves: 404 with a Status, as
+/// kube-apiserver gives.
+pub fn unknown_path(path: &str) -> Response {
+    error_response(&not_found(path))
+}
+
 fn resource_list(group: &str) -> Value {
     let group_version = if group.is_empty() {
         "v1".to_string()
@@ -60,6 +67,7 @@ fn resource_list(group: &str) -> Value {
             let mut v = vec![json!({
                 "name": k.plural(), "singularName": k.name().to_ascii_lowercase(), "namespaced": k.namespaced(),
                 "kind": k.name(), "verbs": verbs, "shortNames": k.short_names(),
+                "categories": k.categories(),
             })];
             if k.has_status() {
                 v.push(json!({"name": format!("{}/status", k.plural()), "singularName": "", "namespaced": k.namespaced(),
@@ -165,7 +173,12 @@ fn json_response(code: StatusCode, body: &Value, warnings: &[String]) -> Respons
     )
         .into_response();
     for w in warnings {
-        let text = format!("299 - \"unknown field {w:?}\"").replace('\n', " ");
+        // RFC 7234's warn-text is a quoted string: inner quotes escaped.
+        let text = format!("unknown field \"{w}\"")
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', " ");
+        let text = format!("299 - \"{text}\"");
         if let Ok(v) = HeaderValue::from_str(&text) {
             resp.headers_mut().append(header::WARNING, v);
         }
@@ -369,10 +382,21 @@ async fn dispatch<R: Strategy>(
 ) -> ApiResult<Response> {
     let registry = &state.registry;
     let name = name.unwrap_or("");
+    let shape = table::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()))?;
+    let include = Include::parse(query.get("includeObject").map(String::as_str))?;
     match verb {
         "get" => {
             let obj = registry.get::<R>(namespace, name).await?;
-            Ok(json_response(StatusCode::OK, &object_json(obj), &[]))
+            let body = match shape {
+                Shape::Object => object_json(obj),
+                Shape::Table(version) => {
+                    let rv = obj.meta().resource_version.clone();
+                    let obj = obj.into_object();
+                    let json = obj.to_json();
+                    table::table(R::KIND, [(&obj, json)], &rv, include, version)
+                }
+            };
+            Ok(json_response(StatusCode::OK, &body, &[]))
         }
         "list" => {
             let (labels, fields) = selectors(query)?;
@@ -382,14 +406,20 @@ async fn dispatch<R: Strategy>(
                 fields,
             };
             let (items, rev) = registry.list::<R>(&opts).await?;
-            let items = items.into_iter().map(object_json).collect();
-            Ok(json_response(
-                StatusCode::OK,
-                &list_json(R::KIND, items, rev),
-                &[],
-            ))
+            let body = match shape {
+                Shape::Object => {
+                    list_json(R::KIND, items.into_iter().map(object_json).collect(), rev)
+                }
+                Shape::Table(version) => {
+                    let objects: Vec<Object> =
+                        items.into_iter().map(Resource::into_object).collect();
+                    let rows = objects.iter().map(|o| (o, o.to_json()));
+                    table::table(R::KIND, rows, &rev.to_string(), include, version)
+                }
+            };
+            Ok(json_response(StatusCode::OK, &body, &[]))
         }
-        "watch" => watch::<R>(state, namespace, query).await,
+        "watch" => watch::<R>(state, namespace, query, shape, include).await,
         "create" => {
             let (mut obj, warnings) = read_body::<R>(headers, body)?;
             settle_namespace(&mut obj, namespace)?;
@@ -424,7 +454,7 @@ async fn dispatch<R: Strategy>(
                 let cur = registry.get::<R>(namespace, name).await?;
                 let value = patch.apply(R::KIND, object_json(cur))?;
                 let (obj, warnings) = Object::from_json(value).map_err(|e| {
-                    ApiError::invalid_patch(format!("the patch gives a malformed {}: {e}", R::KIND))
+                    ApiError::unprocessable(format!("the patch gives a malformed {}: {e}", R::KIND))
                 })?;
                 let mut obj = R::from_object(obj)
                     .ok_or_else(|| ApiError::bad_request("the patch may not change the kind"))?;
@@ -490,7 +520,15 @@ async fn watch<R: Resource>(
     state: &Arc<AppState>,
     namespace: &str,
     query: &HashMap<String, String>,
+    shape: Shape,
+    include: Include,
 ) -> ApiResult<Response> {
+    if query.get("sendInitialEvents").is_some_and(|v| v == "true") {
+        // Watch-list is not implemented: kubectl falls back to list+watch.
+        return Err(ApiError::unprocessable(
+            "sendInitialEvents: Forbidden: sendInitialEvents is not supported by this server (watch-list); list, then watch",
+        ));
+    }
     let (labels, fields) = selectors(query)?;
     let filter = Filter {
         kind: R::KIND,
@@ -506,9 +544,18 @@ async fn watch<R: Resource>(
     let guard = state.metrics.watcher();
     let lines = events.map(move |item| {
         let _held = &guard;
-        // The object's JSON is rendered once for all watchers.
+        // The object's JSON is rendered once for all watchers; a Table of
+        // its one row per watcher that asks for one.
         let (t, object) = match item {
-            Ok((t, obj)) => (t.as_str(), obj.json()),
+            Ok((t, obj)) => match shape {
+                Shape::Object => (t.as_str(), obj.json()),
+                Shape::Table(version) => {
+                    let o = &obj.object;
+                    let rv = o.meta().resource_version.clone();
+                    let t_json = table::table(R::KIND, [(o, o.to_json())], &rv, include, version);
+                    (t.as_str(), Bytes::from(t_json.to_string()))
+                }
+            },
             Err(e) => ("ERROR", Bytes::from(e.to_status().to_string())),
         };
         let mut line = Vec::with_capacity(object.len() + 32);
@@ -543,6 +590,18 @@ mod tests {
             } => (kind, namespace, name, status),
             Target::Discovery(_) => panic!("{path} is not a resource"),
         }
+    }
+
+    #[test]
+    fn warnings_are_rfc7234_quoted_strings() {
+        let resp = json_response(StatusCode::OK, &json!({}), &["spec.x\"y".to_string()]);
+        let w: Vec<&str> = resp
+            .headers()
+            .get_all(header::WARNING)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(w, [r#"299 - "unknown field \"spec.x\"y\"""#]);
     }
 
     #[test]

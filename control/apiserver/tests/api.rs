@@ -141,7 +141,122 @@ on_both_stores!(
     nodes_get_pod_cidrs_that_stay_theirs,
     dry_runs_check_everything_and_write_nothing,
     patches_of_every_type,
+    tables_media_types_and_unknown_paths,
 );
+
+/// What `kubectl get` asks for: a meta.k8s.io Table of the kind's columns,
+/// rows carrying PartialObjectMetadata; media types not served are 406 and
+/// paths nothing serves a 404 Status.
+async fn tables_media_types_and_unknown_paths(s: TestServer) {
+    let pods = "/api/v1/namespaces/default/pods";
+    let (code, _) = s
+        .call("POST", pods, Some(pod("web", json!({"app": "web"}))))
+        .await;
+    assert_eq!(code, 201);
+    let get = |path: String, accept: &'static str| {
+        let http = s.http.clone();
+        let url = format!("{}{path}", s.url);
+        async move {
+            let resp = http.get(url).header("accept", accept).send().await.unwrap();
+            (
+                resp.status().as_u16(),
+                resp.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let kubectl = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json";
+    let (code, t) = get(pods.to_string(), kubectl).await;
+    assert_eq!(code, 200, "{t}");
+    assert_eq!(
+        (t["kind"].as_str(), t["apiVersion"].as_str()),
+        (Some("Table"), Some("meta.k8s.io/v1"))
+    );
+    let columns: Vec<&str> = t["columnDefinitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        columns,
+        ["Name", "Ready", "Status", "Restarts", "Age", "IP", "Node"]
+    );
+    let row = &t["rows"][0];
+    assert_eq!(
+        row["cells"].as_array().unwrap()[0..4],
+        [json!("web"), json!("0/1"), json!("Pending"), json!("0")]
+    );
+    assert_eq!(row["object"]["kind"], "PartialObjectMetadata");
+    assert_eq!(row["object"]["metadata"]["labels"]["app"], "web");
+    let (_, one) = get(format!("{pods}/web?includeObject=Object"), kubectl).await;
+    assert_eq!(one["rows"].as_array().unwrap().len(), 1);
+    assert_eq!(one["rows"][0]["object"]["kind"], "Pod");
+    assert_eq!(
+        one["rows"][0]["object"]["spec"]["containers"][0]["name"],
+        "c"
+    );
+    let (_, plain) = get(format!("{pods}/web"), "application/json").await;
+    assert_eq!(plain["kind"], "Pod");
+    let (code, status) = get(format!("{pods}/web"), "application/yaml").await;
+    assert_eq!(
+        (code, status["reason"].as_str()),
+        (406, Some("NotAcceptable"))
+    );
+    let (code, status) = get(format!("{pods}?includeObject=Everything"), kubectl).await;
+    assert_eq!(code, 400, "{status}");
+
+    // A watch in Table form: each event a Table of its one row.
+    let resp = s
+        .http
+        .get(format!("{}{pods}?watch=1", s.url))
+        .header("accept", kubectl)
+        .send()
+        .await
+        .unwrap();
+    let ev = read_lines(resp, 1).await;
+    assert_eq!(ev[0]["type"], "ADDED");
+    assert_eq!(ev[0]["object"]["kind"], "Table");
+    assert_eq!(ev[0]["object"]["rows"][0]["cells"][0], "web");
+    let (code, status) = get(
+        format!("{pods}?watch=1&sendInitialEvents=true"),
+        "application/json",
+    )
+    .await;
+    assert_eq!(code, 422, "{status}");
+
+    for path in [
+        "/foo",
+        "/openapi/v3",
+        "/api/v1/gadgets",
+        "/apis/apps/v1/namespaces/a/deployments/d/scale",
+    ] {
+        let (code, status) = get(path.to_string(), "application/json").await;
+        assert_eq!(
+            (code, status["kind"].as_str()),
+            (404, Some("Status")),
+            "{path}: {status}"
+        );
+    }
+    let (code, v) = get("/version".to_string(), "application/json").await;
+    assert_eq!(
+        (code, v["major"].as_str(), v["minor"].as_str()),
+        (200, Some("1"), Some("32"))
+    );
+    assert!(
+        v["gitVersion"].as_str().unwrap().starts_with("v1.32."),
+        "{v}"
+    );
+    let (_, apps) = get("/apis/apps/v1".to_string(), "application/json").await;
+    let deploy = apps["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "deployments")
+        .unwrap()
+        .clone();
+    assert_eq!(deploy["categories"], json!(["all"]));
+    assert_eq!(deploy["shortNames"], json!(["deploy"]));
+}
 
 /// `dryRun=All` on create, update, patch and delete: defaults, validation
 /// and allocation checks run, the answer is what would be stored, and the

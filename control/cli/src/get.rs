@@ -121,7 +121,7 @@ fn print_objects(
             let wide = output == Some(Output::Wide);
             let mut headers = table::headers(kind, wide);
             if show_ns {
-                headers.insert(0, "NAMESPACE");
+                headers.insert(0, "NAMESPACE".to_string());
             }
             let rows: Vec<Vec<String>> = objects
                 .iter()
