@@ -261,6 +261,13 @@ fn patches_keep_what_they_do_not_name() {
         ]);
         assert!(!out.status.success(), "a failing JSON patch test passed");
 
+        // scale goes through deployments/scale.
+        k.ok(&["scale", d, "--replicas=2"]);
+        assert_eq!(k.json(&["get", d])["spec"]["replicas"], 2);
+        let out = k.run(&["scale", d, "--current-replicas=7", "--replicas=1"]);
+        assert!(!out.status.success(), "a failed precondition scaled");
+        assert_eq!(k.json(&["get", d])["spec"]["replicas"], 2);
+
         k.ok(&[
             "patch",
             d,

@@ -113,6 +113,11 @@ impl Kind {
         info(self).short
     }
 
+    /// Whether the kind has a `/scale` subresource (its spec.replicas).
+    pub const fn has_scale(self) -> bool {
+        matches!(self, Kind::Deployment | Kind::ReplicaSet)
+    }
+
     /// Discovery categories: `all` for the kinds `kubectl get all` shows
     /// (the workload kinds and Services, as in Kubernetes).
     pub const fn categories(self) -> &'static [&'static str] {

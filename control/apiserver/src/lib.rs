@@ -18,6 +18,7 @@ mod patch;
 pub mod pods_proxy;
 mod registry;
 mod rest;
+mod scale;
 mod service_claims;
 mod strategy;
 mod table;

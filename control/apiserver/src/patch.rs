@@ -3,8 +3,8 @@
 //! patch. Server-side apply is not served yet (415).
 
 use serde_json::Value;
-use skiff_api::Kind;
-use skiff_api::patch::{self, json, schema, strategic};
+use skiff_api::patch::schema::Schema;
+use skiff_api::patch::{self, json, strategic};
 
 use crate::error::{ApiError, ApiResult};
 
@@ -51,11 +51,12 @@ impl Patch {
         }
     }
 
-    /// The patched object, from the current one as JSON.
-    pub fn apply(&self, kind: Kind, mut value: Value) -> ApiResult<Value> {
+    /// The patched object, from the current one as JSON (`schema`: how
+    /// its lists merge).
+    pub fn apply(&self, schema: &Schema, mut value: Value) -> ApiResult<Value> {
         match self {
             Patch::Merge(p) => patch::merge_patch(&mut value, p),
-            Patch::Strategic(p) => strategic::apply(&mut value, p, schema::of(kind))
+            Patch::Strategic(p) => strategic::apply(&mut value, p, schema)
                 .map_err(|e| ApiError::bad_request(format!("the strategic merge patch: {e}")))?,
             Patch::Json(ops) => json::apply(&mut value, ops)
                 .map_err(|e| ApiError::unprocessable(format!("the JSON patch: {e}")))?,

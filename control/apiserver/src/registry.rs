@@ -323,15 +323,19 @@ impl Registry {
             for c in &claims {
                 txn = txn.when(Compare::Absent(c.allocation.key()));
             }
+            let mut raw = None;
             if !opts.dry_run {
-                txn = put_with_claims(txn, &key, &candidate, &claims)?;
+                let bytes: Arc<[u8]> = encode(&candidate)?.into();
+                txn = put_with_claims(txn, &key, &bytes, &candidate, &claims);
+                raw = Some(bytes);
             }
             // A dry run's transaction only compares: it writes nothing.
             let r = self.store.txn(txn).await?;
             if r.succeeded {
-                if opts.dry_run {
+                let Some(raw) = raw else {
                     return Ok(candidate);
-                }
+                };
+                self.cache.wrote(&key, r.revision, raw);
                 candidate.meta_mut().resource_version = r.revision.to_string();
                 for c in &claims {
                     self.alloc.observe(c.allocation, true);
@@ -496,11 +500,14 @@ impl Registry {
                     txn = txn.when(Compare::Absent(c.allocation.key()));
                 }
             }
+            let mut raw = None;
             if !opts.dry_run {
                 if finishing {
                     txn = txn.then(Op::Delete { key: key.clone() });
                 } else {
-                    txn = put_with_claims(txn, &key, &new, &claims)?;
+                    let bytes: Arc<[u8]> = encode(&new)?.into();
+                    txn = put_with_claims(txn, &key, &bytes, &new, &claims);
+                    raw = Some(bytes);
                 }
                 for a in &released {
                     txn = txn.then(Op::Delete { key: a.key() });
@@ -510,6 +517,12 @@ impl Registry {
             if r.succeeded {
                 if opts.dry_run {
                     return Ok(new);
+                }
+                // The next compare-and-set at this revision (often the
+                // writer's own, at once) starts from these bytes, before
+                // the store's watch has brought them.
+                if let Some(raw) = raw {
+                    self.cache.wrote(&key, r.revision, raw);
                 }
                 new.meta_mut().resource_version = r.revision.to_string();
                 for a in &released {
@@ -766,12 +779,13 @@ impl Registry {
 fn put_with_claims<R: Resource>(
     mut txn: Txn,
     key: &str,
+    raw: &[u8],
     obj: &R,
     claims: &[Claim],
-) -> ApiResult<Txn> {
+) -> Txn {
     txn = txn.then(Op::Put {
         key: key.to_string(),
-        value: encode(obj)?,
+        value: raw.to_vec(),
         lease: 0,
     });
     for c in claims {
@@ -781,7 +795,7 @@ fn put_with_claims<R: Resource>(
             lease: 0,
         });
     }
-    Ok(txn)
+    txn
 }
 
 fn terminating(kind: Kind, name: &str, ns: &str) -> ApiError {

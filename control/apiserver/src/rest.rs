@@ -34,8 +34,18 @@ pub enum Target {
         kind: Kind,
         namespace: String,
         name: Option<String>,
-        status: bool,
+        sub: Sub,
     },
+}
+
+/// Which part of an object a path names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sub {
+    Whole,
+    /// `/status`: writes change only the status.
+    Status,
+    /// `/scale`: the autoscaling/v1 Scale view of the replicas.
+    Scale,
 }
 
 fn not_found(path: &str) -> ApiError {
@@ -72,6 +82,10 @@ fn resource_list(group: &str) -> Value {
             if k.has_status() {
                 v.push(json!({"name": format!("{}/status", k.plural()), "singularName": "", "namespaced": k.namespaced(),
                     "kind": k.name(), "verbs": ["get", "patch", "update"]}));
+            }
+            if k.has_scale() {
+                v.push(json!({"name": format!("{}/scale", k.plural()), "singularName": "", "namespaced": k.namespaced(),
+                    "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"]}));
             }
             v
         })
@@ -121,20 +135,23 @@ pub fn parse_path(path: &str) -> ApiResult<Target> {
     let resource = |kind: Option<Kind>,
                     namespace: &str,
                     name: Option<&str>,
-                    status: bool|
+                    sub: Option<&str>|
      -> ApiResult<Target> {
         let kind = kind.ok_or_else(|| not_found(path))?;
         if namespace.is_empty() && name.is_some() && kind.namespaced() {
             return Err(not_found(path));
         }
-        if status && !kind.has_status() {
-            return Err(not_found(path));
-        }
+        let sub = match sub {
+            None => Sub::Whole,
+            Some("status") if kind.has_status() => Sub::Status,
+            Some("scale") if kind.has_scale() => Sub::Scale,
+            Some(_) => return Err(not_found(path)),
+        };
         Ok(Target::Resource {
             kind,
             namespace: namespace.to_string(),
             name: name.map(str::to_string),
-            status,
+            sub,
         })
     };
     match rest {
@@ -142,15 +159,15 @@ pub fn parse_path(path: &str) -> ApiResult<Target> {
         ["namespaces", ns, plural, tail @ ..] if *plural != "status" => {
             let kind = Kind::from_rest(group, plural).filter(|k| k.namespaced());
             match tail {
-                [] => resource(kind, ns, None, false),
-                [name] => resource(kind, ns, Some(name), false),
-                [name, "status"] => resource(kind, ns, Some(name), true),
+                [] => resource(kind, ns, None, None),
+                [name] => resource(kind, ns, Some(name), None),
+                [name, sub] => resource(kind, ns, Some(name), Some(sub)),
                 _ => Err(not_found(path)),
             }
         }
-        [plural] => resource(Kind::from_rest(group, plural), "", None, false),
-        [plural, name] => resource(Kind::from_rest(group, plural), "", Some(name), false),
-        [plural, name, "status"] => resource(Kind::from_rest(group, plural), "", Some(name), true),
+        [plural] => resource(Kind::from_rest(group, plural), "", None, None),
+        [plural, name] => resource(Kind::from_rest(group, plural), "", Some(name), None),
+        [plural, name, sub] => resource(Kind::from_rest(group, plural), "", Some(name), Some(sub)),
         _ => Err(not_found(path)),
     }
 }
@@ -165,7 +182,7 @@ fn error_response(e: &ApiError) -> Response {
         .into_response()
 }
 
-fn json_response(code: StatusCode, body: &Value, warnings: &[String]) -> Response {
+pub(crate) fn json_response(code: StatusCode, body: &Value, warnings: &[String]) -> Response {
     let mut resp = (
         code,
         [(header::CONTENT_TYPE, "application/json")],
@@ -275,7 +292,7 @@ fn dry_run(values: &[&str]) -> ApiResult<bool> {
     }
 }
 
-fn write_options(query: &HashMap<String, String>) -> ApiResult<WriteOptions> {
+pub(crate) fn write_options(query: &HashMap<String, String>) -> ApiResult<WriteOptions> {
     let given: Vec<&str> = query
         .get("dryRun")
         .map(String::as_str)
@@ -304,7 +321,7 @@ fn settle_namespace<R: Resource>(obj: &mut R, path_ns: &str) -> ApiResult<()> {
     Ok(())
 }
 
-fn check_name<R: Resource>(obj: &mut R, name: &str) -> ApiResult<()> {
+pub(crate) fn check_name<R: Resource>(obj: &mut R, name: &str) -> ApiResult<()> {
     let meta = obj.meta_mut();
     if meta.name.is_empty() {
         meta.name = name.to_string();
@@ -329,7 +346,7 @@ pub async fn handle(
         Ok(t) => t,
         Err(e) => return error_response(&e),
     };
-    let (kind, namespace, name, status) = match target {
+    let (kind, namespace, name, sub) = match target {
         Target::Discovery(v) if method == Method::GET => {
             return json_response(StatusCode::OK, &v, &[]);
         }
@@ -340,8 +357,8 @@ pub async fn handle(
             kind,
             namespace,
             name,
-            status,
-        } => (kind, namespace, name, status),
+            sub,
+        } => (kind, namespace, name, sub),
     };
     let verb = match (&method, &name) {
         (&Method::GET, None) if query_flag(&query, "watch") => "watch",
@@ -358,9 +375,24 @@ pub async fn handle(
             )));
         }
     };
-    let result = with_resource!(kind, R => {
-        dispatch::<R>(&state, verb, &namespace, name.as_deref(), status, &query, &headers, &body).await
-    });
+    let result = match (sub, name.as_deref()) {
+        (Sub::Scale, Some(name)) => {
+            crate::scale::handle(
+                &state.registry,
+                kind,
+                verb,
+                &namespace,
+                name,
+                &query,
+                &headers,
+                &body,
+            )
+            .await
+        }
+        _ => with_resource!(kind, R => {
+            dispatch::<R>(&state, verb, &namespace, name.as_deref(), sub == Sub::Status, &query, &headers, &body).await
+        }),
+    };
     let code = match &result {
         Ok(r) => r.status().as_u16(),
         Err(e) => e.code,
@@ -447,12 +479,13 @@ async fn dispatch<R: Strategy>(
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
             let patch = Patch::parse(content_type, body)?;
+            let schema = skiff_api::patch::schema::of(R::KIND);
             let opts = write_options(query)?;
             // A patch applies to the current object; without a
             // resourceVersion in the patch a lost race is retried.
             for _ in 0..8 {
                 let cur = registry.get::<R>(namespace, name).await?;
-                let value = patch.apply(R::KIND, object_json(cur))?;
+                let value = patch.apply(schema, object_json(cur))?;
                 let (obj, warnings) = Object::from_json(value).map_err(|e| {
                     ApiError::unprocessable(format!("the patch gives a malformed {}: {e}", R::KIND))
                 })?;
@@ -586,8 +619,8 @@ mod tests {
                 kind,
                 namespace,
                 name,
-                status,
-            } => (kind, namespace, name, status),
+                sub,
+            } => (kind, namespace, name, sub == Sub::Status),
             Target::Discovery(_) => panic!("{path} is not a resource"),
         }
     }
@@ -645,7 +678,7 @@ mod tests {
             "/api/v1/pods/x",
             "/apis/apps/v1/namespaces/a/pods",
             "/api/v1/gadgets",
-            "/apis/apps/v1/namespaces/a/deployments/d/scale",
+            "/api/v1/namespaces/a/pods/p/scale",
             "/api/v1/configmaps/x/status",
         ] {
             assert!(parse_path(bad).is_err(), "{bad}");

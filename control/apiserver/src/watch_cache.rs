@@ -206,16 +206,33 @@ impl WatchCache {
             .map(|(_, raw)| raw.clone())
     }
 
+    /// A write this server just made (at `rev`, with these stored bytes),
+    /// known before the store's watch brings it back.
+    pub fn wrote(&self, key: &str, rev: Revision, raw: Arc<[u8]>) {
+        let mut cur = self.current.lock().expect("watch cache poisoned");
+        match cur.get_mut(key) {
+            Some(slot) if slot.0 >= rev => {}
+            Some(slot) => *slot = (rev, raw),
+            None => {
+                cur.insert(key.to_string(), (rev, raw));
+            }
+        }
+    }
+
     pub fn push(&self, ev: CachedEvent) {
         {
             let mut cur = self.current.lock().expect("watch cache poisoned");
+            // Never back: an own write may already be newer than the event.
+            let newer = cur.get(&ev.key).is_none_or(|(r, _)| *r <= ev.revision);
             match ev.event_type {
-                WatchType::Deleted => {
+                WatchType::Deleted if newer => {
                     cur.remove(&ev.key);
                 }
-                _ => {
+                WatchType::Deleted => {}
+                _ if newer => {
                     cur.insert(ev.key.clone(), (ev.revision, ev.raw.clone()));
                 }
+                _ => {}
             }
         }
         let ev = Arc::new(ev);
@@ -294,4 +311,31 @@ pub fn decode_event(ev: &skiff_store::Event) -> Option<CachedEvent> {
         raw,
         prev_raw,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(rev: Revision, t: WatchType, raw: &[u8]) -> CachedEvent {
+        CachedEvent::new(rev, Kind::ConfigMap, t, "k".into(), raw.to_vec(), None)
+    }
+
+    #[test]
+    fn own_writes_are_current_until_the_feed_passes_them() {
+        let c = WatchCache::new(0, 16);
+        c.push(ev(5, WatchType::Added, b"five"));
+        c.wrote("k", 7, Arc::from(&b"seven"[..]));
+        assert_eq!(c.current_at("k", 7).as_deref(), Some(&b"seven"[..]));
+        // The feed catching up with an older revision does not go back.
+        c.push(ev(6, WatchType::Modified, b"six"));
+        assert_eq!(c.current_at("k", 6), None);
+        assert_eq!(c.current_at("k", 7).as_deref(), Some(&b"seven"[..]));
+        // An own write older than what the feed has is ignored.
+        c.push(ev(8, WatchType::Modified, b"eight"));
+        c.wrote("k", 7, Arc::from(&b"stale"[..]));
+        assert_eq!(c.current_at("k", 8).as_deref(), Some(&b"eight"[..]));
+        c.push(ev(9, WatchType::Deleted, b"eight"));
+        assert_eq!(c.current_at("k", 8), None);
+    }
 }

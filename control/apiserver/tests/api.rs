@@ -142,7 +142,101 @@ on_both_stores!(
     dry_runs_check_everything_and_write_nothing,
     patches_of_every_type,
     tables_media_types_and_unknown_paths,
+    the_scale_subresource,
 );
+
+/// deployments/scale and replicasets/scale: an autoscaling/v1 Scale that
+/// reads and writes spec.replicas (and nothing else), pinned by its
+/// resourceVersion when it names one.
+async fn the_scale_subresource(s: TestServer) {
+    let deploys = "/apis/apps/v1/namespaces/default/deployments";
+    let d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "labels": {"team": "a"}},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": {"labels": {"app": "web"}},
+                              "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}});
+    let (code, created) = s.call("POST", deploys, Some(d)).await;
+    assert_eq!(code, 201, "{created}");
+    let (code, sc) = s.call("GET", &format!("{deploys}/web/scale"), None).await;
+    assert_eq!(code, 200, "{sc}");
+    assert_eq!(
+        (sc["kind"].as_str(), sc["apiVersion"].as_str()),
+        (Some("Scale"), Some("autoscaling/v1"))
+    );
+    assert_eq!(sc["spec"]["replicas"], 2);
+    assert_eq!(sc["status"]["selector"], "app=web");
+
+    let (code, sc) = s
+        .call(
+            "PATCH",
+            &format!("{deploys}/web/scale"),
+            Some(json!({"spec": {"replicas": 5}})),
+        )
+        .await;
+    assert_eq!(code, 200, "{sc}");
+    assert_eq!(sc["spec"]["replicas"], 5);
+    let (_, live) = s.call("GET", &format!("{deploys}/web"), None).await;
+    assert_eq!(live["spec"]["replicas"], 5);
+    assert_eq!(
+        live["metadata"]["labels"]["team"], "a",
+        "only the replicas changed"
+    );
+    assert_eq!(live["spec"]["template"], created["spec"]["template"]);
+
+    // PUT at a stale resourceVersion is a conflict; at the current one it lands.
+    let mut stale = sc.clone();
+    stale["metadata"]["resourceVersion"] = created["metadata"]["resourceVersion"].clone();
+    stale["spec"]["replicas"] = json!(1);
+    let (code, _) = s
+        .call("PUT", &format!("{deploys}/web/scale"), Some(stale))
+        .await;
+    assert_eq!(code, 409);
+    let (_, cur) = s.call("GET", &format!("{deploys}/web/scale"), None).await;
+    let mut put = cur.clone();
+    put["spec"]["replicas"] = json!(0);
+    let (code, sc) = s
+        .call("PUT", &format!("{deploys}/web/scale"), Some(put))
+        .await;
+    assert_eq!(
+        (code, sc["spec"]["replicas"].as_i64()),
+        (200, Some(0)),
+        "{sc}"
+    );
+    let (code, status) = s
+        .call(
+            "PATCH",
+            &format!("{deploys}/web/scale"),
+            Some(json!({"spec": {"replicas": -2}})),
+        )
+        .await;
+    assert_eq!(code, 422, "{status}");
+    let (code, _) = s
+        .call(
+            "PATCH",
+            &format!("{deploys}/web/scale?dryRun=All"),
+            Some(json!({"spec": {"replicas": 9}})),
+        )
+        .await;
+    assert_eq!(code, 200);
+    let (_, live) = s.call("GET", &format!("{deploys}/web/scale"), None).await;
+    assert_eq!(live["spec"]["replicas"], 0, "a dry run scaled");
+
+    let (_, apps) = s.call("GET", "/apis/apps/v1", None).await;
+    let scale = apps["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "deployments/scale")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        (scale["kind"].as_str(), scale["group"].as_str()),
+        (Some("Scale"), Some("autoscaling"))
+    );
+    let (code, _) = s
+        .call("GET", "/api/v1/namespaces/default/pods/x/scale", None)
+        .await;
+    assert_eq!(code, 404);
+}
 
 /// What `kubectl get` asks for: a meta.k8s.io Table of the kind's columns,
 /// rows carrying PartialObjectMetadata; media types not served are 406 and
