@@ -658,6 +658,63 @@ spec:
         "{stamped}"
     );
 
+    // --since: once it has logged for more than three seconds (a line each
+    // 0.2 s), the last second holds no "hello"; the last hour does.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !c.skiff_ok(&["logs", "talker"]).contains("line 16\n") {
+        assert!(Instant::now() < deadline, "talker never logged line 16");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let recent = c.skiff_ok(&["logs", "talker", "--since", "1s"]);
+    assert!(
+        !recent.contains("hello") && recent.contains("line "),
+        "{recent}"
+    );
+    assert!(
+        c.skiff_ok(&["logs", "talker", "--since", "1h"])
+            .starts_with("hello\n")
+    );
+
+    // kubectl reads the same through pods/{name}/log.
+    if let Some(kubectl) = require_tool("kubectl") {
+        let config = c.dir.path().join("kubeconfig");
+        std::fs::write(
+            &config,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: \"{}\"}}}}]\n\
+                 users: [{{name: u, user: {{}}}}]\ncontexts: [{{name: c, context: {{cluster: c, user: u}}}}]\n\
+                 current-context: c\n",
+                c.server_url
+            ),
+        )
+        .unwrap();
+        let kubectl = |args: &[&str]| {
+            let out = std::process::Command::new(&kubectl)
+                .arg("--kubeconfig")
+                .arg(&config)
+                .args(args)
+                .env("HOME", c.dir.path())
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "kubectl {args:?}: {out:?}");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let all = kubectl(&["logs", "talker"]);
+        assert!(
+            without_stderr(&all).starts_with("hello\nfirst run\nline 1\n"),
+            "{all}"
+        );
+        let tail = kubectl(&["logs", "talker", "--tail=2", "-c", "talk"]);
+        assert_eq!(tail.lines().count(), 2, "{tail}");
+        let recent = kubectl(&["logs", "talker", "--since=1s"]);
+        assert!(!recent.contains("hello"), "{recent}");
+        let stamped = kubectl(&["logs", "talker", "--tail=1", "--timestamps"]);
+        assert!(
+            stamped.starts_with("20") && stamped.contains("Z line "),
+            "{stamped}"
+        );
+    }
+
     // -f keeps streaming: new lines arrive after the command started.
     let mut follow = std::process::Command::new(SKIFF)
         .args([

@@ -112,6 +112,22 @@ impl ApiError {
         Self::new(415, "UnsupportedMediaType", message)
     }
 
+    /// A node's (or another server's) gRPC error, as an HTTP one.
+    pub fn from_grpc(s: tonic::Status) -> ApiError {
+        use tonic::Code;
+        let (code, reason) = match s.code() {
+            Code::NotFound => (404, "NotFound"),
+            Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
+                (400, "BadRequest")
+            }
+            Code::PermissionDenied => (403, "Forbidden"),
+            Code::Unauthenticated => (401, "Unauthorized"),
+            Code::Unavailable | Code::DeadlineExceeded => (503, "ServiceUnavailable"),
+            _ => (500, "InternalError"),
+        };
+        Self::new(code, reason, s.message().to_string())
+    }
+
     pub fn not_acceptable(message: impl Into<String>) -> ApiError {
         Self::new(406, "NotAcceptable", message)
     }

@@ -104,6 +104,8 @@ pub(crate) struct AppState {
     registry: Arc<Registry>,
     metrics: Arc<metrics::Metrics>,
     feeding: Arc<AtomicBool>,
+    /// The cluster token, presented to nodes (pods/log).
+    token: String,
 }
 
 /// A running server; dropping it (or calling [`Running::shutdown`]) stops it.
@@ -224,6 +226,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         registry: registry.clone(),
         metrics: metrics::Metrics::new(),
         feeding: Arc::new(AtomicBool::new(false)),
+        token: token.clone(),
     });
     let mut background = vec![tokio::spawn(feed::feed_cache(
         state.registry.clone(),

@@ -1,6 +1,7 @@
 //! `Pods` (logs and exec) for clients: the API server finds the pod's node
 //! and relays the stream to that node's endpoint, presenting the cluster
-//! token. Clients never talk to nodes.
+//! token. Clients never talk to nodes. The same logs are served over REST
+//! as `pods/{name}/log`, the path kubectl reads.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -22,60 +23,108 @@ pub struct Service {
     pub token: String,
 }
 
-impl Service {
-    /// A client to the node running `ns/pod`.
-    async fn node_for(&self, ns: &str, pod: &str) -> Result<PodsClient<Channel>, Status> {
-        let p: Pod = self
-            .registry
-            .get(ns, pod)
-            .await
-            .map_err(|_| Status::not_found(format!("pod {ns}/{pod} not found")))?;
-        let node_name = p
-            .spec
-            .as_ref()
-            .map(|s| s.node_name.clone())
-            .unwrap_or_default();
-        if node_name.is_empty() {
-            return Err(Status::failed_precondition(format!(
-                "pod {ns}/{pod} is not scheduled to a node yet"
-            )));
-        }
-        let node: Node = self.registry.get("", &node_name).await.map_err(|_| {
-            Status::unavailable(format!(
-                "node {node_name} of pod {ns}/{pod} is not registered"
-            ))
-        })?;
-        let status = node.status.unwrap_or_default();
-        let ip = status
-            .addresses
-            .iter()
-            .find(|a| a.r#type == "InternalIP")
-            .map(|a| a.address.clone())
-            .ok_or_else(|| Status::unavailable(format!("node {node_name} has no InternalIP")))?;
-        let port = status
-            .daemon_endpoints
-            .and_then(|d| d.kubelet_endpoint)
-            .map(|e| e.port)
-            .filter(|p| *p > 0)
-            .ok_or_else(|| {
-                Status::unavailable(format!("node {node_name} has not published its endpoint"))
-            })?;
-        let endpoint = Endpoint::from_shared(format!("http://{ip}:{port}"))
-            .map_err(|e| Status::internal(e.to_string()))?
-            .connect_timeout(Duration::from_secs(5));
-        let channel = endpoint.connect().await.map_err(|e| {
-            Status::unavailable(format!("cannot reach node {node_name} at {ip}:{port}: {e}"))
-        })?;
-        Ok(PodsClient::new(channel))
+/// A client to the node running `ns/pod`.
+async fn node_for(registry: &Registry, ns: &str, pod: &str) -> Result<PodsClient<Channel>, Status> {
+    let p: Pod = registry
+        .get(ns, pod)
+        .await
+        .map_err(|_| Status::not_found(format!("pod {ns}/{pod} not found")))?;
+    let node_name = p
+        .spec
+        .as_ref()
+        .map(|s| s.node_name.clone())
+        .unwrap_or_default();
+    if node_name.is_empty() {
+        return Err(Status::failed_precondition(format!(
+            "pod {ns}/{pod} is not scheduled to a node yet"
+        )));
     }
+    let node: Node = registry.get("", &node_name).await.map_err(|_| {
+        Status::unavailable(format!(
+            "node {node_name} of pod {ns}/{pod} is not registered"
+        ))
+    })?;
+    let status = node.status.unwrap_or_default();
+    let ip = status
+        .addresses
+        .iter()
+        .find(|a| a.r#type == "InternalIP")
+        .map(|a| a.address.clone())
+        .ok_or_else(|| Status::unavailable(format!("node {node_name} has no InternalIP")))?;
+    let port = status
+        .daemon_endpoints
+        .and_then(|d| d.kubelet_endpoint)
+        .map(|e| e.port)
+        .filter(|p| *p > 0)
+        .ok_or_else(|| {
+            Status::unavailable(format!("node {node_name} has not published its endpoint"))
+        })?;
+    let endpoint = Endpoint::from_shared(format!("http://{ip}:{port}"))
+        .map_err(|e| Status::internal(e.to_string()))?
+        .connect_timeout(Duration::from_secs(5));
+    let channel = endpoint.connect().await.map_err(|e| {
+        Status::unavailable(format!("cannot reach node {node_name} at {ip}:{port}: {e}"))
+    })?;
+    Ok(PodsClient::new(channel))
+}
 
-    fn authorized<T>(&self, msg: T) -> Request<T> {
-        let mut r = Request::new(msg);
-        if let Ok(v) = format!("Bearer {}", self.token).parse() {
-            r.metadata_mut().insert("authorization", v);
-        }
-        r
+/// A request to a node, with the cluster token.
+fn authorized<T>(token: &str, msg: T) -> Request<T> {
+    let mut r = Request::new(msg);
+    if let Ok(v) = format!("Bearer {token}").parse() {
+        r.metadata_mut().insert("authorization", v);
     }
+    r
+}
+
+/// `GET .../pods/{name}/log`: kubectl's parameters (`container`, `follow`,
+/// `tailLines`, `previous`, `timestamps`, `sinceSeconds`), the container's
+/// output as `text/plain`, streamed while `follow` lasts.
+pub async fn rest_log(
+    registry: &Registry,
+    token: &str,
+    ns: &str,
+    pod: &str,
+    query: &std::collections::HashMap<String, String>,
+) -> crate::error::ApiResult<axum::response::Response> {
+    use crate::error::ApiError;
+    let flag = |k: &str| query.get(k).is_some_and(|v| v == "true" || v == "1");
+    let number = |k: &str| -> crate::error::ApiResult<Option<i64>> {
+        query
+            .get(k)
+            .map(|v| {
+                v.parse::<i64>().map_err(|_| {
+                    ApiError::bad_request(format!(
+                        "{k}: Invalid value: \"{v}\": must be an integer"
+                    ))
+                })
+            })
+            .transpose()
+    };
+    let req = LogsRequest {
+        namespace: ns.to_string(),
+        pod: pod.to_string(),
+        container: query.get("container").cloned().unwrap_or_default(),
+        follow: flag("follow"),
+        tail_lines: number("tailLines")?.unwrap_or(-1),
+        previous: flag("previous"),
+        timestamps: flag("timestamps"),
+        since_seconds: number("sinceSeconds")?,
+    };
+    let mut node = node_for(registry, ns, pod)
+        .await
+        .map_err(ApiError::from_grpc)?;
+    let stream = node
+        .logs(authorized(token, req))
+        .await
+        .map_err(ApiError::from_grpc)?
+        .into_inner();
+    let body = stream.map(|chunk| chunk.map(|c| axum::body::Bytes::from(c.data)));
+    Ok(axum::response::Response::builder()
+        .status(axum::http::StatusCode::OK)
+        .header(axum::http::header::CONTENT_TYPE, "text/plain")
+        .body(axum::body::Body::from_stream(body))
+        .expect("static response parts"))
 }
 
 #[tonic::async_trait]
@@ -85,8 +134,8 @@ impl Pods for Service {
 
     async fn logs(&self, req: Request<LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
         let r = req.into_inner();
-        let mut node = self.node_for(&r.namespace, &r.pod).await?;
-        let stream = node.logs(self.authorized(r)).await?.into_inner();
+        let mut node = node_for(&self.registry, &r.namespace, &r.pod).await?;
+        let stream = node.logs(authorized(&self.token, r)).await?.into_inner();
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -102,10 +151,10 @@ impl Pods for Service {
         let start = first.start.clone().ok_or_else(|| {
             Status::invalid_argument("the first exec message must say what to run")
         })?;
-        let mut node = self.node_for(&start.namespace, &start.pod).await?;
+        let mut node = node_for(&self.registry, &start.namespace, &start.pod).await?;
         let rest = futures::stream::iter([first])
             .chain(input.filter_map(|m| futures::future::ready(m.ok())));
-        let stream = node.exec(self.authorized(rest)).await?.into_inner();
+        let stream = node.exec(authorized(&self.token, rest)).await?.into_inner();
         Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -46,6 +46,8 @@ pub enum Sub {
     Status,
     /// `/scale`: the autoscaling/v1 Scale view of the replicas.
     Scale,
+    /// A pod's `/log`.
+    Log,
 }
 
 fn not_found(path: &str) -> ApiError {
@@ -82,6 +84,10 @@ fn resource_list(group: &str) -> Value {
             if k.has_status() {
                 v.push(json!({"name": format!("{}/status", k.plural()), "singularName": "", "namespaced": k.namespaced(),
                     "kind": k.name(), "verbs": ["get", "patch", "update"]}));
+            }
+            if k == Kind::Pod {
+                v.push(json!({"name": "pods/log", "singularName": "", "namespaced": true,
+                    "kind": "Pod", "verbs": ["get"]}));
             }
             if k.has_scale() {
                 v.push(json!({"name": format!("{}/scale", k.plural()), "singularName": "", "namespaced": k.namespaced(),
@@ -145,6 +151,7 @@ pub fn parse_path(path: &str) -> ApiResult<Target> {
             None => Sub::Whole,
             Some("status") if kind.has_status() => Sub::Status,
             Some("scale") if kind.has_scale() => Sub::Scale,
+            Some("log") if kind == Kind::Pod => Sub::Log,
             Some(_) => return Err(not_found(path)),
         };
         Ok(Target::Resource {
@@ -376,6 +383,11 @@ pub async fn handle(
         }
     };
     let result = match (sub, name.as_deref()) {
+        (Sub::Log, Some(name)) if verb == "get" => {
+            crate::pods_proxy::rest_log(&state.registry, &state.token, &namespace, name, &query)
+                .await
+        }
+        (Sub::Log, _) => Err(ApiError::method_not_allowed("pods/log is read-only")),
         (Sub::Scale, Some(name)) => {
             crate::scale::handle(
                 &state.registry,

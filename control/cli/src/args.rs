@@ -230,6 +230,9 @@ pub struct LogsArgs {
     /// Prefix each line with its time
     #[arg(long)]
     pub timestamps: bool,
+    /// Only lines of the last DURATION (30s, 5m, 2h)
+    #[arg(long)]
+    pub since: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -15,6 +15,23 @@ fn status_error(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{}", s.message())
 }
 
+/// kubectl's `--since`: `30s`, `5m`, `2h` (or a plain number of seconds).
+fn parse_since(text: &str) -> Result<i64> {
+    let bad = || anyhow::anyhow!("--since {text:?}: expected a duration such as 30s, 5m or 2h");
+    let (n, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: i64 = n.parse().map_err(|_| bad())?;
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => return Err(bad()),
+    };
+    Ok(n * scale)
+}
+
 pub async fn logs(client: &Client, namespace: Option<&str>, a: LogsArgs) -> Result<()> {
     let req = LogsRequest {
         namespace: namespace.unwrap_or("default").to_string(),
@@ -24,6 +41,7 @@ pub async fn logs(client: &Client, namespace: Option<&str>, a: LogsArgs) -> Resu
         tail_lines: a.tail.unwrap_or(-1),
         previous: a.previous,
         timestamps: a.timestamps,
+        since_seconds: a.since.as_deref().map(parse_since).transpose()?,
     };
     let mut stream = client
         .pods()

@@ -88,14 +88,22 @@ impl Pods for Service {
         let (restart, file) = read::instance_file(&cdir, r.previous, &name)
             .map_err(|e| Status::not_found(format!("{e:#}")))?;
         let tail = usize::try_from(r.tail_lines).ok();
+        let since = r.since_seconds.map(|s| {
+            crate::logs::cri::time_of(
+                time::OffsetDateTime::now_utc() - time::Duration::seconds(s.max(0)),
+            )
+        });
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(stream_log(
             file,
             cdir,
             restart,
-            r.follow && !r.previous,
-            r.timestamps,
-            tail,
+            LogOptions {
+                follow: r.follow && !r.previous,
+                timestamps: r.timestamps,
+                tail,
+                since,
+            },
             tx,
         ));
         Ok(Response::new(Box::pin(
@@ -358,15 +366,28 @@ async fn find_container(
 /// Sends the log as the container wrote it; with `follow`, keeps sending
 /// what is appended until the container's next instance starts (or the
 /// pod's logs go away) or the caller leaves.
+/// What of a log a client asked for.
+struct LogOptions {
+    follow: bool,
+    timestamps: bool,
+    tail: Option<usize>,
+    /// The earliest record time shown, in the records' format.
+    since: Option<String>,
+}
+
 async fn stream_log(
     file: PathBuf,
     container_dir: PathBuf,
     restart: u32,
-    follow: bool,
-    timestamps: bool,
-    tail: Option<usize>,
+    opts: LogOptions,
     tx: mpsc::Sender<Result<LogChunk, Status>>,
 ) {
+    let LogOptions {
+        follow,
+        timestamps,
+        tail,
+        since,
+    } = opts;
     let data = match tokio::fs::read(&file).await {
         Ok(d) => d,
         Err(e) => {
@@ -378,7 +399,7 @@ async fn stream_log(
     };
     // Only whole records: a record being written is sent when complete.
     let whole = data.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-    let out = read::render(&data[..whole], timestamps, tail);
+    let out = read::render(&data[..whole], timestamps, tail, since.as_deref());
     if !out.is_empty() && tx.send(Ok(LogChunk { data: out })).await.is_err() {
         return;
     }
@@ -401,7 +422,7 @@ async fn stream_log(
         pending.extend_from_slice(&buf);
         if let Some(i) = pending.iter().rposition(|b| *b == b'\n') {
             let rest = pending.split_off(i + 1);
-            let out = read::render(&pending, timestamps, None);
+            let out = read::render(&pending, timestamps, None, None);
             pending = rest;
             if !out.is_empty() && tx.send(Ok(LogChunk { data: out })).await.is_err() {
                 return;

@@ -81,7 +81,13 @@ fn emit(
 
 /// The current time as the format wants it.
 pub fn now() -> String {
-    let t = time::OffsetDateTime::now_utc();
+    time_of(time::OffsetDateTime::now_utc())
+}
+
+/// A time as the format writes it: UTC, always nine fractional digits, so
+/// that text order is time order.
+pub fn time_of(t: time::OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
     format!(
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:09}Z",
         t.year(),

@@ -86,12 +86,22 @@ pub fn instance_file(
 }
 
 /// Turns CRI records into what the container wrote: optionally each line
-/// prefixed by its timestamp, optionally only the last `tail` lines.
-pub fn render(records: &[u8], timestamps: bool, tail: Option<usize>) -> Vec<u8> {
+/// prefixed by its timestamp, optionally only the lines stamped at or
+/// after `since` (a time in the records' own fixed-width format, so text
+/// order is time order), optionally only the last `tail` lines.
+pub fn render(
+    records: &[u8],
+    timestamps: bool,
+    tail: Option<usize>,
+    since: Option<&str>,
+) -> Vec<u8> {
     let mut lines: Vec<Vec<u8>> = Vec::new();
     let mut partial: Vec<u8> = Vec::new();
     for rec in records.split(|b| *b == b'\n') {
         let Some(r) = cri::parse(rec) else { continue };
+        if partial.is_empty() && since.is_some_and(|s| r.time < s) {
+            continue;
+        }
         if partial.is_empty() && timestamps {
             partial.extend_from_slice(r.time.as_bytes());
             partial.push(b' ');
@@ -113,10 +123,13 @@ mod tests {
     #[test]
     fn tail_and_timestamps() {
         let recs = b"T1 stdout F a\nT2 stderr F b\nT3 stdout P c1\nT4 stdout F c2\n";
-        assert_eq!(render(recs, false, None), b"a\nb\nc1c2\n");
-        assert_eq!(render(recs, false, Some(2)), b"b\nc1c2\n");
-        assert_eq!(render(recs, true, Some(1)), b"T3 c1c2\n");
-        assert_eq!(render(recs, false, Some(0)), b"");
+        assert_eq!(render(recs, false, None, None), b"a\nb\nc1c2\n");
+        assert_eq!(render(recs, false, Some(2), None), b"b\nc1c2\n");
+        assert_eq!(render(recs, true, Some(1), None), b"T3 c1c2\n");
+        assert_eq!(render(recs, false, Some(0), None), b"");
+        assert_eq!(render(recs, false, None, Some("T2")), b"b\nc1c2\n");
+        assert_eq!(render(recs, false, Some(1), Some("T2")), b"c1c2\n");
+        assert_eq!(render(recs, false, None, Some("T5")), b"");
     }
 
     #[test]
