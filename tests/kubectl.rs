@@ -350,6 +350,107 @@ fn get_prints_tables() {
     }
 }
 
+/// `kubectl create ...` sends Kubernetes' protobuf; `expose` and `run`
+/// send JSON: the objects come out as they asked, with both versions.
+#[test]
+fn create_expose_and_run() {
+    let s = Server::start(Path::new(SKIFF), &[], &[]);
+    let clients: Vec<Kubectl> = [current(&s), debian(&s)].into_iter().flatten().collect();
+    for (i, k) in clients.iter().enumerate() {
+        let ns = format!("team{i}");
+        k.ok(&["create", "namespace", &ns]);
+        let n = |args: &[&str]| {
+            let mut a = vec!["-n", ns.as_str()];
+            a.extend_from_slice(args);
+            k.ok(&a)
+        };
+        n(&[
+            "create",
+            "deployment",
+            "web",
+            "--image=nginx:1",
+            "--replicas=2",
+            "--port=80",
+        ]);
+        n(&[
+            "create",
+            "deployment",
+            "none",
+            "--image=nginx:1",
+            "--replicas=0",
+        ]);
+        n(&[
+            "create",
+            "configmap",
+            "settings",
+            "--from-literal=mode=fast",
+            "--from-literal=level=3",
+        ]);
+        let node_port = format!("--node-port={}", 30080 + i);
+        n(&[
+            "create",
+            "service",
+            "nodeport",
+            "np",
+            "--tcp=80:8080",
+            &node_port,
+        ]);
+        n(&[
+            "create",
+            "service",
+            "externalname",
+            "ex",
+            "--external-name=example.com",
+        ]);
+        n(&[
+            "expose",
+            "deployment",
+            "web",
+            "--port=8000",
+            "--target-port=80",
+        ]);
+        n(&[
+            "run",
+            "solo",
+            "--image=busybox",
+            "--labels=app=solo",
+            "--",
+            "sleep",
+            "1000",
+        ]);
+
+        let get = |what: &str| k.json(&["-n", &ns, "get", what]);
+        let d = get("deployment/web");
+        assert_eq!(d["spec"]["replicas"], 2);
+        assert_eq!(d["spec"]["selector"]["matchLabels"]["app"], "web");
+        assert_eq!(container(&d, "nginx")["image"], "nginx:1");
+        assert_eq!(container(&d, "nginx")["ports"][0]["containerPort"], 80);
+        assert_eq!(
+            get("deployment/none")["spec"]["replicas"],
+            0,
+            "zero replicas kept"
+        );
+        assert_eq!(
+            get("configmap/settings")["data"],
+            serde_json::json!({"mode": "fast", "level": "3"})
+        );
+        let np = get("service/np");
+        assert_eq!(np["spec"]["type"], "NodePort");
+        assert_eq!(np["spec"]["ports"][0]["port"], 80);
+        assert_eq!(np["spec"]["ports"][0]["targetPort"], 8080);
+        assert_eq!(np["spec"]["ports"][0]["nodePort"], 30080 + i);
+        assert_eq!(get("service/ex")["spec"]["externalName"], "example.com");
+        let web = get("service/web");
+        assert_eq!(web["spec"]["selector"]["app"], "web");
+        assert_eq!(web["spec"]["ports"][0]["targetPort"], 80);
+        let solo = get("pod/solo");
+        assert_eq!(
+            solo["spec"]["containers"][0]["args"],
+            serde_json::json!(["sleep", "1000"])
+        );
+    }
+}
+
 /// `skiff apply|delete --dry-run=server|client` and `skiff diff` do what
 /// kubectl's do, through the gRPC API.
 #[test]

@@ -11,6 +11,7 @@ mod defaults;
 mod error;
 mod feed;
 mod grpc;
+mod k8s_protobuf;
 mod metrics;
 mod namespaces;
 mod node_claims;

@@ -217,7 +217,7 @@ fn object_json<R: Resource>(obj: R) -> Value {
 /// Reads a request body (JSON, or YAML by content type) as an object of
 /// kind `R`, with the paths of fields that were not understood.
 fn read_body<R: Resource>(headers: &HeaderMap, body: &[u8]) -> ApiResult<(R, Vec<String>)> {
-    let mut value = parse_value(headers, body)?;
+    let mut value = parse_value(R::KIND, headers, body)?;
     if let Value::Object(map) = &mut value {
         let kind = R::KIND;
         let api_version = map
@@ -244,17 +244,28 @@ fn read_body<R: Resource>(headers: &HeaderMap, body: &[u8]) -> ApiResult<(R, Vec
     Ok((obj, warnings))
 }
 
-fn parse_value(headers: &HeaderMap, body: &[u8]) -> ApiResult<Value> {
+/// A request body as JSON, by its content type: JSON, YAML, or
+/// Kubernetes' protobuf (decoded for `kind`).
+fn parse_value(kind: Kind, headers: &HeaderMap, body: &[u8]) -> ApiResult<Value> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if content_type.contains("yaml") {
-        serde_yaml_ng::from_slice(body)
-            .map_err(|e| ApiError::bad_request(format!("malformed YAML: {e}")))
-    } else {
-        serde_json::from_slice(body)
-            .map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))
+    let media = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match media.as_str() {
+        "application/yaml" | "application/x-yaml" | "text/yaml" => serde_yaml_ng::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("malformed YAML: {e}"))),
+        "" | "application/json" | "text/json" => serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}"))),
+        crate::k8s_protobuf::MEDIA_TYPE => crate::k8s_protobuf::decode(kind, body),
+        other => Err(ApiError::unsupported_media(format!(
+            "the body of the request was in an unknown format ({other}) - accepted media types include: application/json, application/yaml"
+        ))),
     }
 }
 

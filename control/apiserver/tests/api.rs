@@ -298,6 +298,11 @@ async fn tables_media_types_and_unknown_paths(s: TestServer) {
     );
     let (code, status) = get(format!("{pods}?includeObject=Everything"), kubectl).await;
     assert_eq!(code, 400, "{status}");
+    // A body in a media type not read is 415, not "malformed JSON".
+    let (code, status) = s
+        .call_as("POST", pods, "application/cbor", Some(pod("x", json!({}))))
+        .await;
+    assert_eq!(code, 415, "{status}");
 
     // A watch in Table form: each event a Table of its one row.
     let resp = s
