@@ -451,6 +451,92 @@ fn create_expose_and_run() {
     }
 }
 
+fn pods_on(k: &Kubectl, ns: &str, node: &str) -> Vec<Value> {
+    let field = format!("spec.nodeName={node}");
+    k.json(&["-n", ns, "get", "pods", "--field-selector", &field])["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Waits for `done`, at most 30 s; on a timeout says what `state` shows.
+fn wait_for(what: &str, state: impl Fn() -> String, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}:\n{}",
+            state()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// `cordon`, `drain` (pods/eviction) and `uncordon` on simulated nodes:
+/// the drained node's pods are evicted and come back on the other node.
+#[test]
+fn cordon_drain_and_uncordon() {
+    let s = Server::start(Path::new(SKIFF), &[], &[]);
+    let clients: Vec<Kubectl> = [current(&s), debian(&s)].into_iter().flatten().collect();
+    for (i, k) in clients.iter().enumerate() {
+        let prefix = format!("drain{i}");
+        let _nodes = s.sim(&prefix, &["--count", "2", "--pods-running"]);
+        let (a, b) = (format!("{prefix}-0"), format!("{prefix}-1"));
+        let ns = format!("drain{i}");
+        k.ok(&["create", "namespace", &ns]);
+        // Spread over both: a's pods are the ones drain must move.
+        k.ok(&["cordon", &b]);
+        k.ok(&[
+            "-n",
+            &ns,
+            "create",
+            "deployment",
+            "web",
+            "--image=nginx",
+            "--replicas=2",
+        ]);
+        let state = || k.ok(&["get", "pods", "-A", "-o", "wide"]) + &k.ok(&["get", "nodes"]);
+        wait_for("two pods running on the first node", state, || {
+            pods_on(k, &ns, &a)
+                .iter()
+                .filter(|p| p["status"]["phase"] == "Running")
+                .count()
+                == 2
+        });
+        k.ok(&["uncordon", &b]);
+        let out = k.ok(&[
+            "drain",
+            &a,
+            "--ignore-daemonsets",
+            "--grace-period=0",
+            "--timeout=60s",
+        ]);
+        assert!(out.contains(&a), "{out}");
+        assert_eq!(k.json(&["get", "node", &a])["spec"]["unschedulable"], true);
+        assert!(
+            pods_on(k, &ns, &a).is_empty(),
+            "pods left on the drained node"
+        );
+        wait_for("two pods running on the other node", state, || {
+            pods_on(k, &ns, &b)
+                .iter()
+                .filter(|p| p["status"]["phase"] == "Running")
+                .count()
+                == 2
+        });
+        k.ok(&["uncordon", &a]);
+        assert!(
+            k.json(&["get", "node", &a])["spec"]
+                .get("unschedulable")
+                .is_none_or(|u| u == false)
+        );
+        // The next round's pods must not land on these nodes.
+        drop(_nodes);
+        k.ok(&["delete", "namespace", &ns, "--wait=false"]);
+        k.ok(&["delete", "node", &a, &b]);
+    }
+}
+
 /// `skiff apply|delete --dry-run=server|client` and `skiff diff` do what
 /// kubectl's do, through the gRPC API.
 #[test]

@@ -48,6 +48,8 @@ pub enum Sub {
     Scale,
     /// A pod's `/log`.
     Log,
+    /// A pod's `/eviction`: a policy/v1 Eviction deletes it.
+    Eviction,
 }
 
 fn not_found(path: &str) -> ApiError {
@@ -88,6 +90,8 @@ fn resource_list(group: &str) -> Value {
             if k == Kind::Pod {
                 v.push(json!({"name": "pods/log", "singularName": "", "namespaced": true,
                     "kind": "Pod", "verbs": ["get"]}));
+                v.push(json!({"name": "pods/eviction", "singularName": "", "namespaced": true,
+                    "group": "policy", "version": "v1", "kind": "Eviction", "verbs": ["create"]}));
             }
             if k.has_scale() {
                 v.push(json!({"name": format!("{}/scale", k.plural()), "singularName": "", "namespaced": k.namespaced(),
@@ -152,6 +156,7 @@ pub fn parse_path(path: &str) -> ApiResult<Target> {
             Some("status") if kind.has_status() => Sub::Status,
             Some("scale") if kind.has_scale() => Sub::Scale,
             Some("log") if kind == Kind::Pod => Sub::Log,
+            Some("eviction") if kind == Kind::Pod => Sub::Eviction,
             Some(_) => return Err(not_found(path)),
         };
         Ok(Target::Resource {
@@ -383,6 +388,7 @@ pub async fn handle(
         (&Method::GET, None) => "list",
         (&Method::GET, Some(_)) => "get",
         (&Method::POST, None) => "create",
+        (&Method::POST, Some(_)) if sub == Sub::Eviction => "create",
         (&Method::PUT, Some(_)) => "update",
         (&Method::PATCH, Some(_)) => "patch",
         (&Method::DELETE, Some(_)) => "delete",
@@ -399,6 +405,8 @@ pub async fn handle(
                 .await
         }
         (Sub::Log, _) => Err(ApiError::method_not_allowed("pods/log is read-only")),
+        (Sub::Eviction, Some(name)) => evict(&state.registry, &namespace, name, &body).await,
+        (Sub::Eviction, None) => Err(ApiError::method_not_allowed("an eviction names its pod")),
         (Sub::Scale, Some(name)) => {
             crate::scale::handle(
                 &state.registry,
@@ -422,6 +430,66 @@ pub async fn handle(
     };
     state.metrics.request("rest", verb, kind, code);
     result.unwrap_or_else(|e| error_response(&e))
+}
+
+/// `POST .../pods/{name}/eviction`: a policy/v1 Eviction deletes the pod
+/// with its deleteOptions (there are no PodDisruptionBudgets to refuse
+/// it); the answer is a Success Status, as kube-apiserver's.
+async fn evict(
+    registry: &crate::registry::Registry,
+    namespace: &str,
+    name: &str,
+    body: &[u8],
+) -> ApiResult<Response> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("malformed Eviction: {e}")))?;
+    match (
+        v.get("apiVersion").and_then(Value::as_str),
+        v.get("kind").and_then(Value::as_str),
+    ) {
+        (Some("policy/v1" | "policy/v1beta1") | None, Some("Eviction") | None) => {}
+        (a, k) => {
+            return Err(ApiError::bad_request(format!(
+                "the body is a {} {}, but the path is for policy/v1 Eviction",
+                a.unwrap_or(""),
+                k.unwrap_or("")
+            )));
+        }
+    }
+    if let Some(n) = v.pointer("/metadata/name").and_then(Value::as_str)
+        && n != name
+    {
+        return Err(ApiError::bad_request(format!(
+            "name in URL does not match name in Eviction object: {name} != {n}"
+        )));
+    }
+    let o = v.get("deleteOptions").cloned().unwrap_or(Value::Null);
+    let dry: Vec<&str> = o
+        .get("dryRun")
+        .and_then(Value::as_array)
+        .map(|l| l.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let opts = DeleteOptions {
+        resource_version: o
+            .pointer("/preconditions/resourceVersion")
+            .and_then(Value::as_str)
+            .and_then(|rv| rv.parse().ok()),
+        grace_period_seconds: o.get("gracePeriodSeconds").and_then(Value::as_i64),
+        propagation: Propagation::parse(
+            o.get("propagationPolicy")
+                .and_then(Value::as_str)
+                .unwrap_or(""),
+        )?,
+        dry_run: dry_run(&dry)?,
+    };
+    registry
+        .delete::<skiff_api::v1::Pod>(namespace, name, &opts)
+        .await?;
+    Ok(json_response(
+        StatusCode::CREATED,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+        &[],
+    ))
 }
 
 #[expect(clippy::too_many_arguments, reason = "one request's parts")]

@@ -143,7 +143,60 @@ on_both_stores!(
     patches_of_every_type,
     tables_media_types_and_unknown_paths,
     the_scale_subresource,
+    pods_are_evicted,
 );
+
+/// pods/eviction (what kubectl drain posts): a policy/v1 Eviction deletes
+/// the pod with its deleteOptions; a dry run deletes nothing.
+async fn pods_are_evicted(s: TestServer) {
+    let pods = "/api/v1/namespaces/default/pods";
+    let (code, _) = s.call("POST", pods, Some(pod("p", json!({})))).await;
+    assert_eq!(code, 201);
+    let eviction = |name: &str, options: Value| {
+        json!({"apiVersion": "policy/v1", "kind": "Eviction",
+               "metadata": {"name": name, "namespace": "default"}, "deleteOptions": options})
+    };
+    let (code, status) = s
+        .call(
+            "POST",
+            &format!("{pods}/p/eviction"),
+            Some(eviction("q", json!({}))),
+        )
+        .await;
+    assert_eq!(code, 400, "{status}");
+    let (code, _) = s
+        .call(
+            "POST",
+            &format!("{pods}/p/eviction"),
+            Some(eviction("p", json!({"dryRun": ["All"]}))),
+        )
+        .await;
+    assert_eq!(code, 201);
+    let (code, _) = s.call("GET", &format!("{pods}/p"), None).await;
+    assert_eq!(code, 200, "a dry-run eviction deleted");
+    let (code, status) = s
+        .call(
+            "POST",
+            &format!("{pods}/p/eviction"),
+            Some(eviction("p", json!({"gracePeriodSeconds": 0}))),
+        )
+        .await;
+    assert_eq!(
+        (code, status["status"].as_str()),
+        (201, Some("Success")),
+        "{status}"
+    );
+    let (code, _) = s.call("GET", &format!("{pods}/p"), None).await;
+    assert_eq!(code, 404);
+    let (code, _) = s
+        .call(
+            "POST",
+            &format!("{pods}/gone/eviction"),
+            Some(eviction("gone", json!({}))),
+        )
+        .await;
+    assert_eq!(code, 404);
+}
 
 /// deployments/scale and replicasets/scale: an autoscaling/v1 Scale that
 /// reads and writes spec.replicas (and nothing else), pinned by its
