@@ -592,3 +592,116 @@ fn skiff_dry_runs_and_diff() {
     assert_eq!(container(&got, "web")["image"], "nginx:2");
     assert_eq!(container(&got, "web")["ports"][0]["containerPort"], 80);
 }
+
+/// The core kinds clients expect: every namespace has its `default`
+/// ServiceAccount (back when deleted), and v1 Endpoints follow a Service's
+/// ready pods while user-made Endpoints of a selector-less Service stay.
+#[test]
+fn service_accounts_and_endpoints() {
+    let s = Server::start(Path::new(SKIFF), &[], &[]);
+    let clients: Vec<Kubectl> = [current(&s), debian(&s)].into_iter().flatten().collect();
+    for (i, k) in clients.iter().enumerate() {
+        let prefix = format!("ep{i}");
+        let _nodes = s.sim(&prefix, &["--count", "2", "--pods-running"]);
+        let ns = format!("core{i}");
+        k.ok(&["create", "namespace", &ns]);
+        let sa = |name: &str| k.run(&["-n", &ns, "get", "serviceaccount", name, "-o", "json"]);
+        let uid = |o: &Output| -> Option<String> {
+            let v: Value = serde_json::from_slice(&o.stdout).ok()?;
+            v["metadata"]["uid"].as_str().map(str::to_string)
+        };
+        let accounts = || k.ok(&["get", "sa", "-A"]);
+        wait_for("the default service account", accounts, || {
+            sa("default").status.success()
+        });
+        let first = uid(&sa("default")).expect("a uid");
+        let listed = k.ok(&["-n", &ns, "get", "sa"]);
+        assert!(
+            listed.contains("SECRETS") && listed.contains("default"),
+            "{listed}"
+        );
+        k.ok(&["-n", &ns, "delete", "sa", "default"]);
+        wait_for("the default service account again", accounts, || {
+            uid(&sa("default")).is_some_and(|u| u != first)
+        });
+
+        // A selector-less Service with Endpoints of the user's own.
+        let ext = write(
+            &s,
+            &format!("ext{i}.yaml"),
+            &format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: ext, namespace: {ns}}}\n\
+                 spec: {{ports: [{{port: 5432}}]}}\n---\n\
+                 apiVersion: v1\nkind: Endpoints\nmetadata: {{name: ext, namespace: {ns}}}\n\
+                 subsets: [{{addresses: [{{ip: 192.0.2.10}}], ports: [{{port: 5432}}]}}]\n"
+            ),
+        );
+        k.ok(&["apply", "-f", &ext]);
+        let ext_before = k.json(&["-n", &ns, "get", "endpoints", "ext"]);
+
+        k.ok(&[
+            "-n",
+            &ns,
+            "create",
+            "deployment",
+            "web",
+            "--image=nginx",
+            "--replicas=2",
+        ]);
+        k.ok(&["-n", &ns, "expose", "deployment", "web", "--port=80"]);
+        let eps = || k.ok(&["-n", &ns, "get", "endpoints,pods", "-o", "wide"]);
+        let ready_ips = || -> Vec<String> {
+            let e = k.json(&["-n", &ns, "get", "ep", "web"]);
+            e["subsets"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|s| s["addresses"].as_array().cloned().unwrap_or_default())
+                .filter_map(|a| a["ip"].as_str().map(str::to_string))
+                .collect()
+        };
+        wait_for("two ready addresses", eps, || ready_ips().len() == 2);
+        let pod_ips: Vec<String> = k.json(&["-n", &ns, "get", "pods"])["items"]
+            .as_array()
+            .expect("pods")
+            .iter()
+            .filter_map(|p| p["status"]["podIP"].as_str().map(str::to_string))
+            .collect();
+        let mut got = ready_ips();
+        let mut want = pod_ips.clone();
+        got.sort();
+        want.sort();
+        assert_eq!(got, want, "the Endpoints name the pods' addresses");
+        let e = k.json(&["-n", &ns, "get", "ep", "web"]);
+        assert_eq!(e["subsets"][0]["ports"][0]["port"], 80);
+        assert_eq!(e["subsets"][0]["addresses"][0]["targetRef"]["kind"], "Pod");
+        let table = k.ok(&["-n", &ns, "get", "endpoints", "web"]);
+        assert!(
+            table.contains("ENDPOINTS") && table.contains(&format!("{}:80", want[0])),
+            "{table}"
+        );
+        // Pods run as the namespace's default account.
+        let pod = k.json(&["-n", &ns, "get", "pods"])["items"][0].clone();
+        assert_eq!(pod["spec"]["serviceAccountName"], "default");
+
+        k.ok(&["-n", &ns, "scale", "deployment", "web", "--replicas=0"]);
+        wait_for("no addresses", eps, || ready_ips().is_empty());
+        k.ok(&["-n", &ns, "delete", "service", "web"]);
+        wait_for("the Endpoints to go with the Service", eps, || {
+            !k.run(&["-n", &ns, "get", "ep", "web"]).status.success()
+        });
+        assert_eq!(
+            k.json(&["-n", &ns, "get", "endpoints", "ext"]),
+            ext_before,
+            "the user's Endpoints are left alone"
+        );
+        drop(_nodes);
+        k.ok(&["delete", "namespace", &ns, "--wait=false"]);
+        k.ok(&[
+            "delete",
+            "node",
+            &format!("{prefix}-0"),
+            &format!("{prefix}-1"),
+        ]);
+    }
+}

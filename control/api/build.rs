@@ -6,7 +6,7 @@
 use prost_types::field_descriptor_proto::{Label, Type};
 
 /// Messages whose JSON form is written by hand in `src/wire.rs`.
-const HAND_WRITTEN: &[&str] = &["Time", "Quantity", "IntOrString"];
+const HAND_WRITTEN: &[&str] = &["Time", "Quantity", "IntOrString", "FieldsV1"];
 
 /// Fields Kubernetes writes even when zero or false (`exitCode: 0`,
 /// `restartCount: 0`, `ready: false`), as `Message.field`.

@@ -141,6 +141,24 @@ pub fn of(kind: Kind) -> &'static [Column] {
             }
         }
         Kind::ConfigMap => const { &[NAME, col("Data", "Number of data keys."), AGE] },
+        Kind::ServiceAccount => {
+            const {
+                &[
+                    NAME,
+                    col("Secrets", "Number of secrets the service account lists."),
+                    AGE,
+                ]
+            }
+        }
+        Kind::Endpoints => {
+            const {
+                &[
+                    NAME,
+                    col("Endpoints", "The ready addresses with their ports."),
+                    AGE,
+                ]
+            }
+        }
         Kind::EndpointSlice => {
             const {
                 &[
@@ -407,6 +425,8 @@ pub fn cells(obj: &Object) -> Vec<String> {
             ],
             vec![],
         ),
+        Object::ServiceAccount(s) => (vec![name, s.secrets.len().to_string(), created], vec![]),
+        Object::Endpoints(e) => (vec![name, endpoints_cell(e), created], vec![]),
         Object::EndpointSlice(e) => {
             let ports: Vec<String> = e
                 .ports
@@ -493,5 +513,37 @@ mod tests {
         assert_eq!(&c[..4], ["web", "1/2", "CrashLoopBackOff", "3"]);
         assert_eq!(c[4], "<unknown>", "no creationTimestamp");
         assert_eq!(&c[5..], ["10.244.0.5", "n1"]);
+    }
+}
+
+/// The first three ready `ip:port`s of v1 Endpoints (bare IPs for a subset
+/// without ports), then `+ N more...`, as kubectl prints them.
+fn endpoints_cell(e: &crate::v1::Endpoints) -> String {
+    const MAX: usize = 3;
+    let mut shown = Vec::new();
+    let mut count = 0;
+    for ss in &e.subsets {
+        let mut add = |s: String| {
+            count += 1;
+            if shown.len() < MAX {
+                shown.push(s);
+            }
+        };
+        if ss.ports.is_empty() {
+            ss.addresses.iter().for_each(|a| add(a.ip.clone()));
+        }
+        for p in &ss.ports {
+            for a in &ss.addresses {
+                add(match a.ip.parse::<std::net::IpAddr>() {
+                    Ok(ip) => std::net::SocketAddr::new(ip, p.port as u16).to_string(),
+                    Err(_) => format!("{}:{}", a.ip, p.port),
+                });
+            }
+        }
+    }
+    match (shown.is_empty(), count > MAX) {
+        (true, _) => "<none>".into(),
+        (false, true) => format!("{} + {} more...", shown.join(","), count - MAX),
+        (false, false) => shown.join(","),
     }
 }

@@ -15,6 +15,8 @@ pub enum Kind {
     ConfigMap,
     Lease,
     Event,
+    ServiceAccount,
+    Endpoints,
 }
 
 struct Info {
@@ -39,13 +41,22 @@ const fn info(kind: Kind) -> Info {
             "endpointslices",
             true,
             false,
-            &["ep", "eps"],
+            &["eps"],
         ),
         Kind::Deployment => ("Deployment", "apps", "deployments", true, true, &["deploy"]),
         Kind::ReplicaSet => ("ReplicaSet", "apps", "replicasets", true, true, &["rs"]),
         Kind::ConfigMap => ("ConfigMap", "", "configmaps", true, false, &["cm"]),
         Kind::Lease => ("Lease", "coordination.k8s.io", "leases", true, false, &[]),
         Kind::Event => ("Event", "", "events", true, false, &["ev"]),
+        Kind::ServiceAccount => (
+            "ServiceAccount",
+            "",
+            "serviceaccounts",
+            true,
+            false,
+            &["sa"],
+        ),
+        Kind::Endpoints => ("Endpoints", "", "endpoints", true, false, &["ep"]),
     };
     Info {
         name,
@@ -58,7 +69,7 @@ const fn info(kind: Kind) -> Info {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 12] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Pod,
@@ -69,6 +80,8 @@ impl Kind {
         Kind::ConfigMap,
         Kind::Lease,
         Kind::Event,
+        Kind::ServiceAccount,
+        Kind::Endpoints,
     ];
 
     /// The kind's name as in a manifest's `kind:` field.
@@ -151,6 +164,8 @@ impl Kind {
             Kind::ConfigMap => "core/configmaps/",
             Kind::Lease => "coordination.k8s.io/leases/",
             Kind::Event => "core/events/",
+            Kind::ServiceAccount => "core/serviceaccounts/",
+            Kind::Endpoints => "core/endpoints/",
         }
     }
 
@@ -185,10 +200,8 @@ impl Kind {
         };
         Kind::ALL.into_iter().find(|k| {
             let lower = k.name().to_ascii_lowercase();
-            let matches = base == lower
-                || base == k.plural()
-                || k.short_names().contains(&base.as_str())
-                || (*k == Kind::EndpointSlice && base == "endpoints");
+            let matches =
+                base == lower || base == k.plural() || k.short_names().contains(&base.as_str());
             matches && group.as_deref().is_none_or(|g| g == k.group())
         })
     }
@@ -218,7 +231,10 @@ mod tests {
         assert_eq!(Kind::parse("deployment.apps"), Some(Kind::Deployment));
         assert_eq!(Kind::parse("deployment.core"), None);
         assert_eq!(Kind::parse("Services"), Some(Kind::Service));
-        assert_eq!(Kind::parse("ep"), Some(Kind::EndpointSlice));
+        assert_eq!(Kind::parse("ep"), Some(Kind::Endpoints));
+        assert_eq!(Kind::parse("endpoints"), Some(Kind::Endpoints));
+        assert_eq!(Kind::parse("eps"), Some(Kind::EndpointSlice));
+        assert_eq!(Kind::parse("sa"), Some(Kind::ServiceAccount));
         assert_eq!(Kind::parse("no"), Some(Kind::Node));
         assert_eq!(Kind::parse("gadget"), None);
     }

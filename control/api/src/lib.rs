@@ -37,6 +37,6 @@ pub use object::Object;
 pub use quantity::Quantity as ParsedQuantity;
 pub use resource::Resource;
 pub use v1::{
-    ConfigMap, Deployment, EndpointSlice, Event, Lease, Namespace, Node, ObjectMeta, Pod,
-    ReplicaSet, Service,
+    ConfigMap, Deployment, EndpointSlice, Endpoints, Event, Lease, Namespace, Node, ObjectMeta,
+    Pod, ReplicaSet, Service, ServiceAccount,
 };

@@ -54,6 +54,14 @@ macro_rules! with_resource {
                 type $R = $crate::v1::Event;
                 $body
             }
+            $crate::Kind::ServiceAccount => {
+                type $R = $crate::v1::ServiceAccount;
+                $body
+            }
+            $crate::Kind::Endpoints => {
+                type $R = $crate::v1::Endpoints;
+                $body
+            }
         }
     };
 }
@@ -71,6 +79,8 @@ pub enum Object {
     ConfigMap(ConfigMap),
     Lease(Lease),
     Event(Event),
+    ServiceAccount(ServiceAccount),
+    Endpoints(Endpoints),
 }
 
 macro_rules! each {
@@ -86,6 +96,8 @@ macro_rules! each {
             Object::ConfigMap($o) => $body,
             Object::Lease($o) => $body,
             Object::Event($o) => $body,
+            Object::ServiceAccount($o) => $body,
+            Object::Endpoints($o) => $body,
         }
     };
 }
@@ -148,6 +160,7 @@ impl Object {
             kind: self.kind().name().to_string(),
             raw: self.encode(),
             dry_run: false,
+            field_manager: String::new(),
         }
     }
 

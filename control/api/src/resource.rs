@@ -145,6 +145,8 @@ resource!(ReplicaSet, ReplicaSet, status: status, validate: validation::replica_
 resource!(ConfigMap, ConfigMap, status:, validate: validation::config_map);
 resource!(Lease, Lease, status:, validate: validation::lease);
 resource!(Event, Event, status:, validate: validation::event);
+resource!(ServiceAccount, ServiceAccount, status:, validate: validation::service_account);
+resource!(Endpoints, Endpoints, status:, validate: validation::endpoints);
 
 /// Field selector values beyond `metadata.name` and `metadata.namespace`,
 /// the ones Kubernetes supports and components use.
@@ -243,6 +245,12 @@ mod extra_field {
         None
     }
     pub fn Lease(_: &Lease, _: &str) -> Option<String> {
+        None
+    }
+    pub fn ServiceAccount(_: &ServiceAccount, _: &str) -> Option<String> {
+        None
+    }
+    pub fn Endpoints(_: &Endpoints, _: &str) -> Option<String> {
         None
     }
 }

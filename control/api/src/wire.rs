@@ -1,6 +1,7 @@
 //! The hand-written JSON forms: [`Time`] as RFC 3339, [`Quantity`] as a
 //! string (a bare number is accepted on input, as Kubernetes does) and
-//! [`IntOrString`] as a bare number or a string. Also the helper the
+//! [`IntOrString`] as a bare number or a string, [`FieldsV1`] as the JSON
+//! object it holds. Also the helper the
 //! generated code uses to omit empty scalars.
 
 use std::fmt;
@@ -10,7 +11,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-pub use crate::v1::{IntOrString, Quantity, Time};
+pub use crate::v1::{FieldsV1, IntOrString, Quantity, Time};
 
 /// Used by the generated `skip_serializing_if` attributes: empty strings,
 /// zero numbers and `false` are left out of the JSON form.
@@ -81,6 +82,27 @@ impl Quantity {
 impl fmt::Display for Quantity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.value)
+    }
+}
+
+impl Serialize for FieldsV1 {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let v: serde_json::Value = if self.raw.is_empty() {
+            serde_json::Value::Object(Default::default())
+        } else {
+            serde_json::from_str(&self.raw).map_err(serde::ser::Error::custom)?
+        };
+        v.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for FieldsV1 {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = serde_json::Value::deserialize(d)?;
+        if !v.is_object() {
+            return Err(de::Error::custom("fieldsV1 must be a JSON object"));
+        }
+        Ok(FieldsV1 { raw: v.to_string() })
     }
 }
 

@@ -38,6 +38,14 @@ pub fn endpoint_slice(e: &mut EndpointSlice) {
     }
 }
 
+pub fn endpoints(e: &mut Endpoints) {
+    for p in e.subsets.iter_mut().flat_map(|s| s.ports.iter_mut()) {
+        if p.protocol.is_empty() {
+            p.protocol = "TCP".into();
+        }
+    }
+}
+
 pub fn pod_spec(spec: &mut PodSpec) {
     if spec.restart_policy.is_empty() {
         spec.restart_policy = "Always".into();

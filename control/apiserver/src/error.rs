@@ -16,6 +16,9 @@ pub struct ApiError {
     pub kind: Option<Kind>,
     pub name: String,
     pub causes: Vec<FieldError>,
+    /// Causes that are not field validation errors (server-side apply's
+    /// `FieldManagerConflict`s), as Status causes.
+    pub other_causes: Vec<Value>,
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
@@ -29,6 +32,7 @@ impl ApiError {
             kind: None,
             name: String::new(),
             causes: Vec::new(),
+            other_causes: Vec::new(),
         }
     }
 
@@ -82,6 +86,27 @@ impl ApiError {
         };
         let mut e = Self::new(422, "Invalid", message).about(kind, name);
         e.causes = causes;
+        e
+    }
+
+    /// A server-side apply that would change fields other managers own.
+    pub fn apply_conflicts(
+        kind: Kind,
+        name: &str,
+        conflicts: &skiff_api::patch::fields::Conflicts,
+    ) -> ApiError {
+        let mut e = Self::new(409, "Conflict", conflicts.to_string()).about(kind, name);
+        e.other_causes = conflicts
+            .0
+            .iter()
+            .map(|c| {
+                json!({
+                    "reason": "FieldManagerConflict",
+                    "message": format!("conflict with {}", c.label),
+                    "field": skiff_api::patch::fields::render(&c.path),
+                })
+            })
+            .collect();
         e
     }
 
@@ -164,8 +189,8 @@ impl ApiError {
             if !kind.group().is_empty() {
                 details["group"] = json!(kind.group());
             }
-            if !self.causes.is_empty() {
-                details["causes"] = self
+            if !self.causes.is_empty() || !self.other_causes.is_empty() {
+                let mut causes: Vec<Value> = self
                     .causes
                     .iter()
                     .map(|c| {
@@ -176,6 +201,8 @@ impl ApiError {
                         json!({"reason": c.error_type.reason(), "message": m, "field": c.field})
                     })
                     .collect();
+                causes.extend(self.other_causes.iter().cloned());
+                details["causes"] = Value::Array(causes);
             }
             status["details"] = details;
         }

@@ -8,7 +8,8 @@ use prost::Message;
 use skiff_api::selector::{FieldSelector, Selector};
 use skiff_api::v1::resources_server::Resources;
 use skiff_api::v1::{
-    DeleteRequest, GetRequest, ListRequest, RawList, RawObject, WatchEvent, WatchRequest,
+    ApplyRequest, ApplyResponse, DeleteRequest, GetRequest, ListRequest, RawList, RawObject,
+    WatchEvent, WatchRequest,
 };
 use skiff_api::{Kind, Resource, with_resource};
 use tonic::{Request, Response, Status};
@@ -38,6 +39,7 @@ fn raw<R: Resource>(obj: &R) -> RawObject {
         kind: R::KIND.name().to_string(),
         raw: obj.encode_to_vec(),
         dry_run: false,
+        field_manager: String::new(),
     }
 }
 
@@ -81,7 +83,10 @@ impl Service {
         let out = with_resource!(k, R => {
             let mut obj: R = decode(&r)?;
             default_namespace(&mut obj);
-            let opts = WriteOptions { dry_run: r.dry_run };
+            let opts = WriteOptions {
+                dry_run: r.dry_run,
+                field_manager: (!r.field_manager.is_empty()).then(|| r.field_manager.clone()),
+            };
             match op {
                 Write::Create => self.registry.create(obj, opts).await,
                 Write::Update => self.registry.update(obj, false, opts).await,
@@ -158,6 +163,35 @@ impl Resources for Service {
         };
         let out = with_resource!(k, R => self.registry.delete::<R>(&r.namespace, &r.name, &opts).await.map(|(o, _)| raw(&o)));
         self.observe("delete", k, &out);
+        out.map(Response::new).map_err(|e| e.to_grpc())
+    }
+
+    async fn apply(&self, req: Request<ApplyRequest>) -> Result<Response<ApplyResponse>, Status> {
+        let r = req.into_inner();
+        let k = kind(&r.kind)?;
+        let config: serde_json::Value = serde_json::from_slice(&r.config)
+            .map_err(|e| Status::invalid_argument(format!("malformed apply configuration: {e}")))?;
+        let namespace = if k.namespaced() && r.namespace.is_empty() {
+            "default".to_string()
+        } else {
+            r.namespace.clone()
+        };
+        let out = with_resource!(k, R => {
+            crate::apply::apply::<R>(
+                &self.registry,
+                crate::apply::Apply {
+                    namespace: &namespace,
+                    name: &r.name,
+                    config,
+                    manager: &r.field_manager,
+                    force: r.force,
+                    dry_run: r.dry_run,
+                },
+            )
+            .await
+            .map(|(o, created)| ApplyResponse { object: Some(raw(&o)), created })
+        });
+        self.observe("apply", k, &out);
         out.map(Response::new).map_err(|e| e.to_grpc())
     }
 

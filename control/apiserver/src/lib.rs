@@ -6,12 +6,14 @@
 //! and the dashboard), plus `/healthz`, `/readyz` and `/metrics`.
 
 mod alloc;
+mod apply;
 mod codec;
 mod defaults;
 mod error;
 mod feed;
 mod grpc;
 mod k8s_protobuf;
+mod managed;
 mod metrics;
 mod namespaces;
 mod node_claims;

@@ -1,6 +1,7 @@
 //! `PATCH` bodies by media type, as kube-apiserver takes them: JSON merge
-//! patch, strategic merge patch (lists merge by the kind's keys) and JSON
-//! patch. Server-side apply is not served yet (415).
+//! patch, strategic merge patch (lists merge by the kind's keys), JSON
+//! patch, and server-side apply's configuration (carried out by
+//! `crate::apply`).
 
 use serde_json::Value;
 use skiff_api::patch::schema::Schema;
@@ -12,9 +13,11 @@ pub enum Patch {
     Merge(Value),
     Strategic(Value),
     Json(Vec<json::Operation>),
+    /// A server-side apply configuration.
+    Apply(Value),
 }
 
-const MEDIA_TYPES: &str = "application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json";
+const MEDIA_TYPES: &str = "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json";
 
 impl Patch {
     pub fn parse(content_type: &str, body: &[u8]) -> ApiResult<Patch> {
@@ -42,9 +45,7 @@ impl Patch {
             "application/json-patch+json" => json::parse(&doc()?)
                 .map(Patch::Json)
                 .map_err(|e| ApiError::bad_request(format!("malformed JSON patch: {e}"))),
-            "application/apply-patch+yaml" => Err(ApiError::unsupported_media(format!(
-                "server-side apply is not supported yet (use client-side kubectl apply); accepted media types include: {MEDIA_TYPES}"
-            ))),
+            "application/apply-patch+yaml" => crate::apply::parse_config(body).map(Patch::Apply),
             _ => Err(ApiError::unsupported_media(format!(
                 "the body of the request was in an unknown format - accepted media types include: {MEDIA_TYPES}"
             ))),
@@ -60,6 +61,11 @@ impl Patch {
                 .map_err(|e| ApiError::bad_request(format!("the strategic merge patch: {e}")))?,
             Patch::Json(ops) => json::apply(&mut value, ops)
                 .map_err(|e| ApiError::unprocessable(format!("the JSON patch: {e}")))?,
+            Patch::Apply(_) => {
+                return Err(ApiError::internal(
+                    "server-side apply is not a patch of the object",
+                ));
+            }
         }
         Ok(value)
     }
@@ -68,7 +74,7 @@ impl Patch {
     /// client's; otherwise a lost race is retried on the new object).
     pub fn names_resource_version(&self) -> bool {
         match self {
-            Patch::Merge(p) | Patch::Strategic(p) => {
+            Patch::Merge(p) | Patch::Strategic(p) | Patch::Apply(p) => {
                 p.pointer("/metadata/resourceVersion").is_some()
             }
             Patch::Json(ops) => ops
@@ -104,7 +110,7 @@ mod tests {
         ));
         for (ct, body, code) in [
             ("application/json", &b"{}"[..], 415),
-            ("application/apply-patch+yaml", b"a: 1", 415),
+            ("application/apply-patch+yaml", b"- a", 400),
             ("application/strategic-merge-patch+json", b"[]", 400),
             ("application/json-patch+json", b"{}", 400),
             ("application/merge-patch+json", b"{", 400),

@@ -42,12 +42,17 @@ pub fn parse_selectors(labels: &str, fields: &str) -> ApiResult<(Selector, Field
 }
 
 /// What a create or update may do besides what it says.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct WriteOptions {
     /// Kubernetes' `dryRun=All`: everything runs (defaults, validation,
     /// allocation and conflict checks) and nothing is written or
     /// allocated; the answer is what would have been stored.
     pub dry_run: bool,
+    /// Who writes: the write's fields are recorded as this manager's in
+    /// `metadata.managedFields` (unless the object brings managedFields
+    /// of its own). Components writing over gRPC name none and are not
+    /// recorded.
+    pub field_manager: Option<String>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -293,6 +298,11 @@ impl Registry {
         obj.set_type_meta();
         obj.initial_status();
         obj.defaults();
+        if let Some(m) = &opts.field_manager
+            && obj.meta().managed_fields.is_empty()
+        {
+            crate::managed::track(None, &mut obj, m);
+        }
         let mut name = obj.name().to_string();
         let errors = obj.validate();
         if !errors.is_empty() {
@@ -473,6 +483,18 @@ impl Registry {
             };
             new.set_type_meta();
             new.defaults();
+            if !status_only {
+                // Brought unchanged (or not at all), managedFields follow
+                // the write; changed, they are the client's to set.
+                if new.meta().managed_fields.is_empty() {
+                    new.meta_mut().managed_fields = cur.meta().managed_fields.clone();
+                }
+                if let Some(m) = &opts.field_manager
+                    && new.meta().managed_fields == cur.meta().managed_fields
+                {
+                    crate::managed::track(Some(&cur), &mut new, m);
+                }
+            }
             let claims = new
                 .claims(Some(&cur), &self.alloc, &avoid)
                 .map_err(|errors| ApiError::invalid(kind, &name, errors))?;

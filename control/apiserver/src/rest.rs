@@ -315,7 +315,10 @@ fn dry_run(values: &[&str]) -> ApiResult<bool> {
     }
 }
 
-pub(crate) fn write_options(query: &HashMap<String, String>) -> ApiResult<WriteOptions> {
+pub(crate) fn write_options(
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+) -> ApiResult<WriteOptions> {
     let given: Vec<&str> = query
         .get("dryRun")
         .map(String::as_str)
@@ -323,7 +326,25 @@ pub(crate) fn write_options(query: &HashMap<String, String>) -> ApiResult<WriteO
         .collect();
     Ok(WriteOptions {
         dry_run: dry_run(&given)?,
+        field_manager: Some(field_manager(query, headers)?),
     })
+}
+
+/// `fieldManager`, else the manager Kubernetes infers from the
+/// User-Agent.
+fn field_manager(query: &HashMap<String, String>, headers: &HeaderMap) -> ApiResult<String> {
+    match query.get("fieldManager") {
+        Some(m) if m.len() > 128 => Err(ApiError::bad_request(
+            "fieldManager: Too long: may not be more than 128 bytes",
+        )),
+        Some(m) if !m.is_empty() => Ok(m.clone()),
+        _ => Ok(crate::managed::from_user_agent(
+            headers
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(""),
+        )),
+    }
 }
 
 fn settle_namespace<R: Resource>(obj: &mut R, path_ns: &str) -> ApiResult<()> {
@@ -546,7 +567,7 @@ async fn dispatch<R: Strategy>(
         "create" => {
             let (mut obj, warnings) = read_body::<R>(headers, body)?;
             settle_namespace(&mut obj, namespace)?;
-            let created = registry.create(obj, write_options(query)?).await?;
+            let created = registry.create(obj, write_options(query, headers)?).await?;
             Ok(json_response(
                 StatusCode::CREATED,
                 &object_json(created),
@@ -557,7 +578,9 @@ async fn dispatch<R: Strategy>(
             let (mut obj, warnings) = read_body::<R>(headers, body)?;
             settle_namespace(&mut obj, namespace)?;
             check_name(&mut obj, name)?;
-            let updated = registry.update(obj, status, write_options(query)?).await?;
+            let updated = registry
+                .update(obj, status, write_options(query, headers)?)
+                .await?;
             Ok(json_response(
                 StatusCode::OK,
                 &object_json(updated),
@@ -571,7 +594,33 @@ async fn dispatch<R: Strategy>(
                 .unwrap_or("");
             let patch = Patch::parse(content_type, body)?;
             let schema = skiff_api::patch::schema::of(R::KIND);
-            let opts = write_options(query)?;
+            let opts = write_options(query, headers)?;
+            if let Patch::Apply(config) = patch {
+                if status {
+                    return Err(ApiError::unsupported_media(
+                        "server-side apply of the status subresource is not supported",
+                    ));
+                }
+                let (obj, created) = crate::apply::apply::<R>(
+                    registry,
+                    crate::apply::Apply {
+                        namespace,
+                        name,
+                        config,
+                        // Apply needs the parameter; no User-Agent default.
+                        manager: query.get("fieldManager").map(String::as_str).unwrap_or(""),
+                        force: query_flag(query, "force"),
+                        dry_run: opts.dry_run,
+                    },
+                )
+                .await?;
+                let code = if created {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::OK
+                };
+                return Ok(json_response(code, &object_json(obj), &[]));
+            }
             // A patch applies to the current object; without a
             // resourceVersion in the patch a lost race is retried.
             for _ in 0..8 {
@@ -583,7 +632,7 @@ async fn dispatch<R: Strategy>(
                 let mut obj = R::from_object(obj)
                     .ok_or_else(|| ApiError::bad_request("the patch may not change the kind"))?;
                 check_name(&mut obj, name)?;
-                match registry.update(obj, status, opts).await {
+                match registry.update(obj, status, opts.clone()).await {
                     Err(e) if e.reason == "Conflict" && !patch.names_resource_version() => {
                         continue;
                     }
@@ -602,7 +651,7 @@ async fn dispatch<R: Strategy>(
                         .map(String::as_str)
                         .unwrap_or(""),
                 )?,
-                dry_run: write_options(query)?.dry_run,
+                dry_run: write_options(query, headers)?.dry_run,
             };
             if !body.is_empty()
                 && let Ok(v) = serde_json::from_slice::<Value>(body)

@@ -163,13 +163,14 @@ async fn scale<R: Scalable>(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> ApiResult<Response> {
-    let opts = write_options(query)?;
+    let opts = write_options(query, headers)?;
+    let opts = &opts;
     let write = |mut cur: R, replicas: i32, rv: String| async move {
         cur.set_replicas(replicas);
         if !rv.is_empty() {
             cur.meta_mut().resource_version = rv;
         }
-        registry.update(cur, false, opts).await
+        registry.update(cur, false, opts.clone()).await
     };
     match verb {
         "get" => {

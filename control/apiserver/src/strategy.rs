@@ -77,6 +77,11 @@ impl Strategy for Pod {
     fn defaults(&mut self) {
         if let Some(spec) = &mut self.spec {
             crate::defaults::pod_spec(spec);
+            // Kubernetes' ServiceAccount admission: pods run as their
+            // namespace's `default` account unless they name one.
+            if spec.service_account_name.is_empty() {
+                spec.service_account_name = "default".into();
+            }
         }
     }
 
@@ -204,6 +209,14 @@ impl Strategy for Lease {}
 
 impl Strategy for Event {
     const OWNS_DEPENDENTS: bool = false;
+}
+
+impl Strategy for ServiceAccount {}
+
+impl Strategy for Endpoints {
+    fn defaults(&mut self) {
+        crate::defaults::endpoints(self);
+    }
 }
 
 #[cfg(test)]

@@ -645,12 +645,33 @@ async fn patches_of_every_type(s: TestServer) {
     let (_, live) = s.call("GET", &format!("{pods}/web"), None).await;
     assert_eq!(live, patched);
 
-    for ct in ["application/json", "application/apply-patch+yaml"] {
-        let (code, status) = s
-            .call_as("PATCH", &format!("{pods}/web"), ct, Some(json!({})))
-            .await;
-        assert_eq!(code, 415, "{ct}: {status}");
-    }
+    let (code, status) = s
+        .call_as(
+            "PATCH",
+            &format!("{pods}/web"),
+            "application/json",
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(code, 415, "{status}");
+    // Server-side apply names its manager.
+    let (code, status) = s
+        .call_as(
+            "PATCH",
+            &format!("{pods}/web"),
+            "application/apply-patch+yaml",
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(code, 400, "{status}");
+    assert!(
+        status["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("fieldManager is required")),
+        "{status}"
+    );
+    let (_, still) = s.call("GET", &format!("{pods}/web"), None).await;
+    assert_eq!(still, patched);
 }
 
 /// Nodes registering without a podCIDR get a /24 of the cluster CIDR, never

@@ -138,12 +138,20 @@ impl DryRun {
 }
 
 pub async fn apply(client: &Client, namespace: Option<&str>, args: &ApplyArgs) -> Result<()> {
+    if args.server_side && args.dry_run == DryRun::Client {
+        bail!(
+            "--dry-run=client doesn't work with --server-side (did you mean --dry-run=server instead?)"
+        );
+    }
     let docs = read_all(&args.files)?;
     let mut failed = 0;
     for Sourced { origin, doc } in docs {
         let mut obj = doc.object;
         let result = async {
             settle_namespace(&mut obj, namespace)?;
+            if args.server_side {
+                return server_side(client, &obj, args).await;
+            }
             apply_one(client, &obj, args.dry_run).await
         }
         .await;
@@ -165,6 +173,26 @@ pub async fn apply(client: &Client, namespace: Option<&str>, args: &ApplyArgs) -
         bail!("{failed} object(s) were not applied");
     }
     Ok(())
+}
+
+/// `--server-side`: the manifest is the manager's whole configuration.
+async fn server_side(client: &Client, obj: &Object, args: &ApplyArgs) -> Result<Applied> {
+    let meta = obj.meta();
+    let (obj, _) = client
+        .apply_object(
+            obj.kind(),
+            &meta.namespace,
+            &configuration(obj),
+            &args.field_manager,
+            args.force_conflicts,
+            args.dry_run == DryRun::Server,
+        )
+        .await?;
+    Ok(Applied {
+        outcome: "serverside-applied",
+        stored: Some(obj),
+        live: None,
+    })
 }
 
 /// Where apply records what it applied, as kubectl does.

@@ -269,6 +269,16 @@ pub struct ApplyArgs {
     /// Write nothing: `server` (checked by the server) or `client`
     #[arg(long, value_enum, default_value = "none", num_args = 0..=1, default_missing_value = "client", require_equals = true)]
     pub dry_run: DryRun,
+    /// Server-side apply: the server merges by field ownership and refuses
+    /// to change fields other managers own
+    #[arg(long)]
+    pub server_side: bool,
+    /// With --server-side: take the fields other managers own
+    #[arg(long, requires = "server_side")]
+    pub force_conflicts: bool,
+    /// With --server-side: the manager the fields are recorded under
+    #[arg(long, default_value = "skiff")]
+    pub field_manager: String,
 }
 
 #[derive(Debug, Args)]

@@ -26,7 +26,8 @@ pub async fn run(global: &args::Global, command: ClientCommand) -> Result<()> {
     let server = config::server_url(global.server.as_deref())?;
     let client = Client::connect(&server)
         .await
-        .with_context(|| format!("connect to {server}"))?;
+        .with_context(|| format!("connect to {server}"))?
+        .with_field_manager("skiff");
     let namespace = global.namespace.clone();
     match command {
         ClientCommand::Apply(a) => apply::apply(&client, namespace.as_deref(), &a).await,

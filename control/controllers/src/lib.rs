@@ -1,9 +1,10 @@
 //! The control loops that run inside `skiff server`: the scheduler, the
-//! ReplicaSet, Deployment, EndpointSlice and node lifecycle controllers and
-//! the garbage collector. Each is one task fed by informers, with its
+//! ReplicaSet, Deployment, EndpointSlice, Endpoints, ServiceAccount and
+//! node lifecycle controllers and the garbage collector. Each is one task fed by informers, with its
 //! decisions in pure functions.
 
 pub mod deployment;
+pub mod endpoints;
 pub mod endpointslice;
 pub mod events;
 pub mod gc;
@@ -14,6 +15,7 @@ pub mod replicaset;
 #[cfg(test)]
 mod rollout_model;
 pub mod scheduler;
+pub mod serviceaccounts;
 
 use skiff_client::Client;
 use skiff_runtime::Informers;
@@ -34,6 +36,8 @@ pub fn start(client: Client, cfg: Config) -> Vec<tokio::task::JoinHandle<()>> {
         replicaset::start(client.clone(), &mut inf),
         deployment::start(client.clone(), &mut inf),
         endpointslice::start(client.clone(), &mut inf),
+        endpoints::start(client.clone(), &mut inf),
+        serviceaccounts::start(client.clone(), &mut inf),
         nodelifecycle::start(client.clone(), cfg.node_lifecycle, &mut inf),
         gc::start(client, &mut inf),
     ];

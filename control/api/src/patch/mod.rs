@@ -1,8 +1,10 @@
 //! Patches, as Kubernetes applies them: JSON merge patch (RFC 7386),
 //! strategic merge patch (lists merge by the keys in [`schema`]) and JSON
-//! patch (RFC 6902). Pure functions on JSON values, used by the API server
+//! patch (RFC 6902); and server-side apply's field ownership ([`fields`]).
+//! Pure functions on JSON values, used by the API server
 //! for `PATCH` and by `skiff apply` for its three-way merge.
 
+pub mod fields;
 pub mod json;
 pub mod schema;
 pub mod strategic;

@@ -170,6 +170,12 @@ static WITH_CONDITIONS: Schema = Schema {
     fields: &[object("metadata", &META), object("status", &CONDITIONS)],
 };
 
+/// `secrets` merge by name; `imagePullSecrets` and Endpoints' `subsets`
+/// are atomic (no merge key in Kubernetes).
+static SERVICE_ACCOUNT: Schema = Schema {
+    fields: &[object("metadata", &META), keyed("secrets", "name", None)],
+};
+
 static META_ONLY: Schema = Schema {
     fields: &[object("metadata", &META)],
 };
@@ -182,6 +188,9 @@ pub fn of(kind: Kind) -> &'static Schema {
         Kind::Service => &SERVICE,
         Kind::Node => &NODE,
         Kind::Namespace => &WITH_CONDITIONS,
-        Kind::EndpointSlice | Kind::ConfigMap | Kind::Lease | Kind::Event => &META_ONLY,
+        Kind::ServiceAccount => &SERVICE_ACCOUNT,
+        Kind::EndpointSlice | Kind::ConfigMap | Kind::Lease | Kind::Event | Kind::Endpoints => {
+            &META_ONLY
+        }
     }
 }

@@ -1,4 +1,5 @@
-//! The core group: Namespaces, Nodes, Pods, Services, ConfigMaps, Events.
+//! The core group: Namespaces, Nodes, Pods, Services, ConfigMaps, Events,
+//! ServiceAccounts, Endpoints.
 
 use std::collections::BTreeSet;
 
@@ -511,5 +512,87 @@ pub fn event(ev: &Event) -> Errors {
         &ev.r#type,
         &["Normal", "Warning"],
     );
+    errors
+}
+
+pub fn service_account(sa: &ServiceAccount) -> Errors {
+    let mut errors = Vec::new();
+    for (i, s) in sa.secrets.iter().enumerate() {
+        if let Some(d) = dns_subdomain_error(&s.name) {
+            errors.push(FieldError::invalid(
+                format!("secrets[{i}].name"),
+                &s.name,
+                d,
+            ));
+        }
+    }
+    for (i, s) in sa.image_pull_secrets.iter().enumerate() {
+        if let Some(d) = dns_subdomain_error(&s.name) {
+            errors.push(FieldError::invalid(
+                format!("imagePullSecrets[{i}].name"),
+                &s.name,
+                d,
+            ));
+        }
+    }
+    errors
+}
+
+/// v1 Endpoints, as Kubernetes validates them: IP addresses, DNS-label
+/// hostnames, and named ports when a subset has more than one.
+pub fn endpoints(ep: &Endpoints) -> Errors {
+    let mut errors = Vec::new();
+    for (i, subset) in ep.subsets.iter().enumerate() {
+        let p = format!("subsets[{i}]");
+        if subset.addresses.is_empty() && subset.not_ready_addresses.is_empty() {
+            errors.push(FieldError::required(
+                p.clone(),
+                "must specify `addresses` or `notReadyAddresses`",
+            ));
+        }
+        let lists = [
+            ("addresses", &subset.addresses),
+            ("notReadyAddresses", &subset.not_ready_addresses),
+        ];
+        for (list, addrs) in lists {
+            for (j, a) in addrs.iter().enumerate() {
+                let field = format!("{p}.{list}[{j}]");
+                if a.ip.parse::<std::net::IpAddr>().is_err() {
+                    errors.push(FieldError::invalid(
+                        format!("{field}.ip"),
+                        &a.ip,
+                        "must be a valid IP address",
+                    ));
+                }
+                if !a.hostname.is_empty()
+                    && let Some(d) = dns_label_error(&a.hostname)
+                {
+                    errors.push(FieldError::invalid(
+                        format!("{field}.hostname"),
+                        &a.hostname,
+                        d,
+                    ));
+                }
+            }
+        }
+        let mut names = BTreeSet::new();
+        for (j, port) in subset.ports.iter().enumerate() {
+            let field = format!("{p}.ports[{j}]");
+            if port.name.is_empty() {
+                if subset.ports.len() > 1 {
+                    errors.push(FieldError::required(format!("{field}.name"), ""));
+                }
+            } else if let Some(d) = dns_label_error(&port.name) {
+                errors.push(FieldError::invalid(format!("{field}.name"), &port.name, d));
+            }
+            if !names.insert(port.name.as_str()) {
+                errors.push(FieldError::duplicate(format!("{field}.name"), &port.name));
+            }
+            check_port(&mut errors, format!("{field}.port"), port.port);
+            if !port.protocol.is_empty() {
+                check_protocol(&mut errors, format!("{field}.protocol"), &port.protocol);
+            }
+        }
+    }
     errors
 }

@@ -20,5 +20,5 @@ pub use crate::names::{
 pub use apps::{deployment, replica_set};
 pub use common::{ErrorType, FieldError, validate_meta};
 pub use coordination::lease;
-pub use core::{config_map, event, namespace, node, pod, service};
+pub use core::{config_map, endpoints, event, namespace, node, pod, service, service_account};
 pub use discovery::endpoint_slice;
