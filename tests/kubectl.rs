@@ -705,3 +705,175 @@ fn service_accounts_and_endpoints() {
         ]);
     }
 }
+
+/// Server-side apply with both kubectls and skiff: a manager's fields are
+/// its own; another manager's change to one is a 409 naming that manager
+/// and the field, until forced; an object last applied client-side moves
+/// to server-side apply without a conflict.
+#[test]
+fn server_side_apply() {
+    let s = Server::start(Path::new(SKIFF), &[], &[]);
+    let clients: Vec<Kubectl> = [current(&s), debian(&s)].into_iter().flatten().collect();
+    let managers = |d: &Value| -> Vec<(String, String)> {
+        d["metadata"]["managedFields"]
+            .as_array()
+            .expect("managedFields")
+            .iter()
+            .map(|e| {
+                (
+                    e["manager"].as_str().unwrap().to_string(),
+                    e["operation"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    for (i, k) in clients.iter().enumerate() {
+        let ns = format!("ssa{i}");
+        k.ok(&["create", "namespace", &ns]);
+        let get = || k.json(&["-n", &ns, "get", "deployment", "web"]);
+        let v1 = write(&s, &format!("ssa{i}-1.yaml"), &deployment("web", "nginx:1"));
+        let out = k.ok(&["-n", &ns, "apply", "--server-side", "-f", &v1]);
+        assert!(out.contains("serverside-applied"), "{out}");
+        // kubectl hides managedFields (since 1.21): read them with skiff.
+        let made = s.get(&["-n", &ns, "deployment", "web"]);
+        assert_eq!(
+            managers(&made),
+            [("kubectl".to_string(), "Apply".to_string())]
+        );
+        let fields = &made["metadata"]["managedFields"][0]["fieldsV1"];
+        assert!(
+            fields["f:spec"]["f:replicas"].is_object()
+                && fields["f:spec"]["f:template"]["f:spec"]["f:containers"]["k:{\"name\":\"web\"}"]
+                    ["f:image"]
+                    .is_object(),
+            "{fields}"
+        );
+        assert!(
+            made["metadata"]["annotations"]
+                .get("kubectl.kubernetes.io/last-applied-configuration")
+                .is_none(),
+            "server-side apply keeps no last-applied annotation"
+        );
+        // The same configuration again is no write at all (a ConfigMap:
+        // no controller writes it meanwhile).
+        let cm = write(&s, &format!("ssa{i}-cm.yaml"), &config_map("a"));
+        k.ok(&["-n", &ns, "apply", "--server-side", "-f", &cm]);
+        let cm_rv =
+            || k.json(&["-n", &ns, "get", "cm", "settings"])["metadata"]["resourceVersion"].clone();
+        let rv = cm_rv();
+        let out = k.ok(&["-n", &ns, "apply", "--server-side", "-f", &cm]);
+        assert!(out.contains("serverside-applied"), "{out}");
+        assert_eq!(cm_rv(), rv);
+
+        // Another writer takes .spec.replicas; applying a different count
+        // conflicts with it, and changes nothing.
+        k.ok(&["-n", &ns, "scale", "deployment", "web", "--replicas=3"]);
+        let scaled = get();
+        let three = deployment("web", "nginx:1").replace("replicas: 1", "replicas: 5");
+        let v3 = write(&s, &format!("ssa{i}-3.yaml"), &three);
+        let out = k.run(&["-n", &ns, "apply", "--server-side", "-f", &v3]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "a conflict fails");
+        assert!(
+            err.contains("conflict with \"kubectl") && err.contains(".spec.replicas"),
+            "{err}"
+        );
+        assert_eq!(
+            desired(get()),
+            desired(scaled),
+            "a refused apply changes nothing"
+        );
+        assert_eq!(get()["spec"]["replicas"], 3);
+        // Forced, the applier takes the field back.
+        k.ok(&[
+            "-n",
+            &ns,
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            &v3,
+        ]);
+        let forced = get();
+        assert_eq!(forced["spec"]["replicas"], 5);
+        assert_eq!(container(&forced, "web")["image"], "nginx:1");
+
+        // Fields the configuration drops are removed; those no one named
+        // (defaults) stay.
+        let lean = deployment("web", "nginx:1")
+            .replace("replicas: 1", "replicas: 5")
+            .replace("        env: [{name: A, value: \"1\"}]\n", "");
+        let v4 = write(&s, &format!("ssa{i}-4.yaml"), &lean);
+        k.ok(&["-n", &ns, "apply", "--server-side", "-f", &v4]);
+        let lean_live = get();
+        assert!(
+            container(&lean_live, "web").get("env").is_none(),
+            "{lean_live}"
+        );
+        assert_eq!(
+            container(&lean_live, "web")["ports"][0]["containerPort"],
+            80
+        );
+        assert!(lean_live["spec"]["strategy"]["type"].is_string());
+
+        // Client-side apply first, then server-side with a new image: the
+        // fields the last-applied annotation set are kubectl's to take.
+        let c1 = write(&s, &format!("csa{i}-1.yaml"), &deployment("api", "nginx:1"));
+        k.ok(&["-n", &ns, "apply", "-f", &c1]);
+        let c2 = write(&s, &format!("csa{i}-2.yaml"), &deployment("api", "nginx:2"));
+        let out = k.run(&["-n", &ns, "apply", "--server-side", "-f", &c2]);
+        assert!(
+            out.status.success(),
+            "client-side to server-side apply: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let api = s.get(&["-n", &ns, "deployment", "api"]);
+        assert_eq!(container(&api, "web")["image"], "nginx:2");
+        assert!(
+            managers(&api).contains(&("kubectl".to_string(), "Apply".to_string())),
+            "{:?}",
+            managers(&api)
+        );
+        // A client-side apply after that still diffs against a fresh
+        // last-applied record: dropping env removes it.
+        let last =
+            api["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"]
+                .as_str()
+                .expect("the last-applied annotation is kept up to date");
+        assert!(last.contains("nginx:2"), "{last}");
+        k.ok(&["delete", "namespace", &ns, "--wait=false"]);
+    }
+
+    // skiff's own --server-side, under its own manager.
+    let ns = "ssa-skiff";
+    s.ok(&["create", "namespace", ns]);
+    let m = write(&s, "skiff-ssa.yaml", &deployment("web", "nginx:1"));
+    let out = s.ok(&["-n", ns, "apply", "--server-side", "-f", &m]);
+    assert!(out.contains("serverside-applied"), "{out}");
+    let d = s.get(&["-n", ns, "deployment", "web"]);
+    assert_eq!(managers(&d), [("skiff".to_string(), "Apply".to_string())]);
+    s.ok(&["-n", ns, "scale", "deployment", "web", "--replicas=4"]);
+    let five = deployment("web", "nginx:1").replace("replicas: 1", "replicas: 5");
+    let m5 = write(&s, "skiff-ssa5.yaml", &five);
+    let (ok, _, err) = s.skiff(&["-n", ns, "apply", "--server-side", "-f", &m5]);
+    assert!(!ok && err.contains(".spec.replicas"), "{err}");
+    assert_eq!(
+        s.get(&["-n", ns, "deployment", "web"])["spec"]["replicas"],
+        4
+    );
+    s.ok(&[
+        "-n",
+        ns,
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        &m5,
+    ]);
+    assert_eq!(
+        s.get(&["-n", ns, "deployment", "web"])["spec"]["replicas"],
+        5
+    );
+    let (ok, _, err) = s.skiff(&["apply", "--dry-run=client", "--server-side", "-f", &m5]);
+    assert!(!ok && err.contains("--dry-run=server"), "{err}");
+}

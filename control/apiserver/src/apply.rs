@@ -180,10 +180,17 @@ fn from_last_applied(live: &Value, schema: &skiff_api::patch::schema::Schema) ->
     else {
         return fields::FieldSet::new();
     };
-    fields::fields_of(&last, schema)
+    let mut set: fields::FieldSet = fields::fields_of(&last, schema)
         .into_iter()
         .filter(|p| fields::value_at(live, p) == fields::value_at(&last, p))
-        .collect()
+        .collect();
+    // The record itself, which the apply brings up to date.
+    set.insert(vec![
+        "f:metadata".into(),
+        "f:annotations".into(),
+        format!("f:{LAST_APPLIED}"),
+    ]);
+    set
 }
 
 /// For `kubectl` applying to an object client-side apply manages, the

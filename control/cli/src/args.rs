@@ -299,7 +299,8 @@ pub enum Output {
 #[derive(Debug, Args)]
 pub struct GetArgs {
     /// Kind: pods (po), services (svc), deployments (deploy), replicasets (rs),
-    /// namespaces (ns), nodes (no), configmaps (cm), endpointslices (ep), leases, events (ev)
+    /// namespaces (ns), nodes (no), configmaps (cm), endpoints (ep),
+    /// endpointslices (eps), serviceaccounts (sa), leases, events (ev)
     pub kind: String,
     /// Names of the objects (all when left out)
     pub names: Vec<String>,

@@ -156,7 +156,7 @@ fn find_element<'a>(items: &'a [Value], step: &str) -> Option<&'a Value> {
     }
 }
 
-/// Removes a field or element; empty objects it leaves go too.
+/// Removes a field or element.
 fn remove_at(obj: &mut Value, path: &[Step]) {
     let Some((last, parents)) = path.split_last() else {
         return;
@@ -401,16 +401,36 @@ pub fn apply(
         .collect();
     let mut out = live_v.clone();
     merge(&mut out, config, schema);
-    // What this manager set before, no longer names, and no one else owns:
-    // deepest first, so elements go before the lists holding them.
-    let mut dropped: Vec<&Path> = before
+    // What this manager set before, no longer names, and no one else owns
+    // (nor anything beneath it). A field inside a dropped one goes with
+    // it: removed first, it could leave a keyed element unfindable.
+    let below =
+        |set: &FieldSet, p: &Path| set.iter().any(|w| w.len() > p.len() && w.starts_with(p));
+    let dropped: Vec<&Path> = before
         .iter()
         .filter(|p| !wanted.contains(*p) && !others.contains(*p))
-        .filter(|p| !wanted.iter().any(|w| w.starts_with(p) && w.len() > p.len()))
+        .filter(|p| !below(&wanted, p) && !below(&others, p))
         .collect();
-    dropped.sort_by_key(|p| std::cmp::Reverse(p.len()));
-    for p in dropped {
+    let outermost = dropped.iter().filter(|p| {
+        !dropped
+            .iter()
+            .any(|q| q.len() < p.len() && p.starts_with(q))
+    });
+    for p in outermost {
         remove_at(&mut out, p);
+        // Containers the removal emptied go too, unless someone sets them.
+        for end in (1..p.len()).rev() {
+            let parent = &p[..end];
+            let emptied = match value_at(&out, parent) {
+                Some(Value::Object(m)) => m.is_empty(),
+                Some(Value::Array(a)) => a.is_empty(),
+                _ => false,
+            };
+            if !emptied || wanted.contains(parent) || others.contains(parent) {
+                break;
+            }
+            remove_at(&mut out, parent);
+        }
     }
     entries.retain(|e| !(e.manager == manager && e.operation == "Apply"));
     entries.push(Entry {
@@ -683,6 +703,35 @@ mod tests {
             "f:labels",
             "f:shared"
         ])));
+    }
+
+    #[test]
+    fn a_keyed_element_the_applier_stops_naming_goes_whole() {
+        let mut cfg = config("nginx:1", 1);
+        cfg["spec"]["template"]["spec"]["containers"][0]["env"] =
+            json!([{"name": "A", "value": "1"}, {"name": "B", "value": "2"}]);
+        let (obj, entries) = apply(None, &cfg, deploy(), &[], "a", false).unwrap();
+        cfg["spec"]["template"]["spec"]["containers"][0]["env"] =
+            json!([{"name": "B", "value": "2"}]);
+        let (obj, _) = apply(Some(&obj), &cfg, deploy(), &entries, "a", false).unwrap();
+        assert_eq!(
+            obj["spec"]["template"]["spec"]["containers"][0]["env"],
+            json!([{"name": "B", "value": "2"}])
+        );
+        cfg["spec"]["template"]["spec"]["containers"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("env");
+        let (obj, entries) = apply(Some(&obj), &cfg, deploy(), &entries, "a", false).unwrap();
+        let web = &obj["spec"]["template"]["spec"]["containers"][0];
+        assert!(web.get("env").is_none(), "{web}");
+        assert_eq!(web["image"], "nginx:1");
+        assert!(
+            !owner(&entries, "a")
+                .fields
+                .iter()
+                .any(|p| p.iter().any(|s| s == "f:env"))
+        );
     }
 
     #[test]
