@@ -877,3 +877,51 @@ fn server_side_apply() {
     let (ok, _, err) = s.skiff(&["apply", "--dry-run=client", "--server-side", "-f", &m5]);
     assert!(!ok && err.contains("--dry-run=server"), "{err}");
 }
+
+/// `kubectl exec` refusals are clear before any stream opens: a container
+/// the pod lacks is named, and kubectl 1.20 (SPDY only) hears which
+/// transports are served. (Commands running: tests/node.rs, on a real
+/// node.)
+#[test]
+fn exec_refusals_are_clear() {
+    let s = Server::start(Path::new(SKIFF), &[], &[]);
+    let _nodes = s.sim("ex", &["--count", "1", "--pods-running"]);
+    s.ok(&["create", "namespace", "ex"]);
+    s.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: one, namespace: ex}\n\
+         spec: {containers: [{name: a, image: busybox}, {name: b, image: busybox}]}\n",
+    );
+    let clients: Vec<(usize, Kubectl)> = [current(&s), debian(&s)]
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, k)| k.map(|k| (i, k)))
+        .collect();
+    for (i, k) in &clients {
+        wait_for(
+            "the pod to be bound",
+            || k.ok(&["-n", "ex", "get", "pods", "-o", "wide"]),
+            || {
+                k.json(&["-n", "ex", "get", "pod", "one"])["spec"]["nodeName"]
+                    .as_str()
+                    .is_some_and(|n| !n.is_empty())
+            },
+        );
+        let out = k.run(&["-n", "ex", "exec", "one", "-c", "nope", "--", "true"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("container nope is not valid for pod one"),
+            "{err}"
+        );
+        let out = k.run(&["-n", "ex", "exec", "nosuch", "-c", "a", "--", "true"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("nosuch"), "{err}");
+        if *i == 1 {
+            let out = k.run(&["-n", "ex", "exec", "one", "-c", "a", "--", "true"]);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !out.status.success() && err.contains("SPDY is not supported"),
+                "{err}"
+            );
+        }
+    }
+}

@@ -813,6 +813,63 @@ spec:
         );
     }
 
+    // kubectl exec: the WebSocket (v5.channel.k8s.io) pods/exec.
+    if let Some(kubectl) = require_tool("kubectl") {
+        let config = c.dir.path().join("kubeconfig");
+        let run = |args: &[&str], stdin: &[u8]| {
+            use std::io::Write;
+            let mut child = std::process::Command::new(&kubectl)
+                .arg("--kubeconfig")
+                .arg(&config)
+                .args(args)
+                .env("HOME", c.dir.path())
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            child.stdin.take().unwrap().write_all(stdin).unwrap();
+            child.wait_with_output().unwrap()
+        };
+        let out = run(&["exec", "talker", "--", "echo", "hi"], b"");
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
+        let out = run(
+            &[
+                "exec",
+                "talker",
+                "--",
+                "sh",
+                "-c",
+                "echo out; echo err >&2; exit 4",
+            ],
+            b"",
+        );
+        assert_eq!(out.status.code(), Some(4), "{out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("err\n") && err.contains("exit code 4"),
+            "{err}"
+        );
+        let out = run(
+            &[
+                "exec", "-i", "talker", "-c", "talk", "--", "tr", "a-z", "A-Z",
+            ],
+            b"piped through\n",
+        );
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "PIPED THROUGH\n");
+        let out = run(&["exec", "talker", "-c", "nope", "--", "true"], b"");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("container nope is not valid"),
+            "{err}"
+        );
+        let out = run(&["exec", "talker", "--", "/no/such/binary"], b"");
+        assert!(!out.status.success(), "{out:?}");
+    }
+
     // --previous: after a restart, the first instance's output.
     c.skiff_ok(&["exec", "talker", "--", "touch", "/tmp/stop"]);
     wait_pod(&c, "talker", "a restart", Duration::from_secs(30), |p| {

@@ -10,6 +10,7 @@ mod apply;
 mod codec;
 mod defaults;
 mod error;
+mod exec;
 mod feed;
 mod grpc;
 mod k8s_protobuf;
@@ -264,6 +265,10 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         .route("/metrics", get(metrics_text))
         .route("/version", get(|| async { axum::Json(version()) }))
         .route("/openapi/v2", get(openapi_v2))
+        .route(
+            "/api/v1/namespaces/{ns}/pods/{name}/exec",
+            any(exec::handle),
+        )
         .route("/api", any(rest::handle))
         .route("/api/{*rest}", any(rest::handle))
         .route("/apis", any(rest::handle))

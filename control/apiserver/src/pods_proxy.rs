@@ -29,6 +29,13 @@ async fn node_for(registry: &Registry, ns: &str, pod: &str) -> Result<PodsClient
         .get(ns, pod)
         .await
         .map_err(|_| Status::not_found(format!("pod {ns}/{pod} not found")))?;
+    node_of(registry, &p).await
+}
+
+/// A client to the node `p` is bound to.
+pub(crate) async fn node_of(registry: &Registry, p: &Pod) -> Result<PodsClient<Channel>, Status> {
+    use skiff_api::Resource;
+    let (ns, pod) = (&p.meta().namespace, &p.meta().name);
     let node_name = p
         .spec
         .as_ref()
@@ -69,7 +76,7 @@ async fn node_for(registry: &Registry, ns: &str, pod: &str) -> Result<PodsClient
 }
 
 /// A request to a node, with the cluster token.
-fn authorized<T>(token: &str, msg: T) -> Request<T> {
+pub(crate) fn authorized<T>(token: &str, msg: T) -> Request<T> {
     let mut r = Request::new(msg);
     if let Ok(v) = format!("Bearer {token}").parse() {
         r.metadata_mut().insert("authorization", v);

@@ -90,6 +90,8 @@ fn resource_list(group: &str) -> Value {
             if k == Kind::Pod {
                 v.push(json!({"name": "pods/log", "singularName": "", "namespaced": true,
                     "kind": "Pod", "verbs": ["get"]}));
+                v.push(json!({"name": "pods/exec", "singularName": "", "namespaced": true,
+                    "kind": "PodExecOptions", "verbs": ["create", "get"]}));
                 v.push(json!({"name": "pods/eviction", "singularName": "", "namespaced": true,
                     "group": "policy", "version": "v1", "kind": "Eviction", "verbs": ["create"]}));
             }
@@ -184,7 +186,7 @@ pub fn parse_path(path: &str) -> ApiResult<Target> {
     }
 }
 
-fn error_response(e: &ApiError) -> Response {
+pub(crate) fn error_response(e: &ApiError) -> Response {
     let code = StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (
         code,
