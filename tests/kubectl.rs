@@ -925,3 +925,82 @@ fn exec_refusals_are_clear() {
         }
     }
 }
+
+/// `kubectl explain` reads the OpenAPI v3 documents (fields, their types
+/// and descriptions), and `fieldValidation`: kubectl's default Strict
+/// refuses a typo where skiff models every Kubernetes field (ConfigMap),
+/// warns where it does not (a Deployment field skiff lacks may be valid),
+/// and kubectl 1.20 (which sends no fieldValidation) is warned.
+#[test]
+fn explain_and_field_validation() {
+    let s = Server::start(Path::new(SKIFF), &[], &[]);
+    let root = s.rest("/openapi/v3");
+    let url = root["paths"]["apis/apps/v1"]["serverRelativeURL"]
+        .as_str()
+        .expect("apps/v1 is listed");
+    let apps = s.rest(url);
+    assert!(apps["components"]["schemas"]["io.k8s.api.apps.v1.Deployment"].is_object());
+
+    let typo =
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: NAME}\ndata: {a: b}\ndatta: {x: y}\n";
+    let lacking = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: NAME}\nspec:\n  \
+        selector: {matchLabels: {app: NAME}}\n  template:\n    metadata: {labels: {app: NAME}}\n    \
+        spec: {containers: [{name: c, image: nginx, securityContext: {runAsUser: 1}}]}\n";
+    if let Some(k) = current(&s) {
+        let out = k.ok(&["explain", "pod.spec"]);
+        assert!(
+            out.contains("KIND:       Pod")
+                && out.contains("containers\t<[]Container>")
+                && out.contains("The pod's containers"),
+            "{out}"
+        );
+        let out = k.ok(&["explain", "deployment.spec.replicas"]);
+        assert!(
+            out.contains("GROUP:      apps") && out.contains("<integer>"),
+            "{out}"
+        );
+        let out = k.ok(&["explain", "svc.spec.ports.targetPort"]);
+        assert!(out.contains("<IntOrString>"), "{out}");
+        let out = k.run(&["explain", "pod.spec.nosuch"]);
+        assert!(!out.status.success());
+
+        let cm = write(&s, "typo.yaml", &typo.replace("NAME", "typo"));
+        let out = k.run(&["apply", "-f", &cm]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("strict decoding error: unknown field \"datta\""),
+            "{err}"
+        );
+        assert!(
+            !k.run(&["get", "cm", "typo"]).status.success(),
+            "nothing stored"
+        );
+        let out = k.run(&["apply", "--server-side", "-f", &cm]);
+        assert!(!out.status.success(), "server-side apply is strict too");
+        let out = k.run(&["apply", "--validate=false", "-f", &cm]);
+        assert!(out.status.success(), "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).is_empty(),
+            "Ignore: {out:?}"
+        );
+        assert_eq!(k.json(&["get", "cm", "typo"])["data"]["a"], "b");
+
+        let d = write(&s, "lacking.yaml", &lacking.replace("NAME", "lacking"));
+        let out = k.run(&["apply", "-f", &d]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert!(
+            err.contains(
+                "Warning: unknown field \"spec.template.spec.containers[0].securityContext\""
+            ),
+            "{err}"
+        );
+    }
+    if let Some(k) = debian(&s) {
+        let cm = write(&s, "typo20.yaml", &typo.replace("NAME", "typo20"));
+        let out = k.run(&["apply", "-f", &cm]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert!(err.contains("unknown field \"datta\""), "{err}");
+    }
+}

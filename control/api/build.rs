@@ -86,6 +86,10 @@ fn main() -> anyhow::Result<()> {
             }
         }
     }
+    // The descriptors themselves (comments included), for the OpenAPI
+    // schema `openapi.rs` derives from them.
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out.join("skiff.fds"), prost::Message::encode_to_vec(&fds))?;
     config.compile_fds(fds)?;
     Ok(())
 }

@@ -16,6 +16,7 @@ pub mod manifest;
 pub(crate) mod names;
 pub mod nodes;
 mod object;
+pub mod openapi;
 pub mod patch;
 pub mod quantity;
 mod resource;

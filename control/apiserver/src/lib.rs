@@ -265,6 +265,8 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         .route("/metrics", get(metrics_text))
         .route("/version", get(|| async { axum::Json(version()) }))
         .route("/openapi/v2", get(openapi_v2))
+        .route("/openapi/v3", get(openapi_v3_root))
+        .route("/openapi/v3/{*path}", get(openapi_v3))
         .route(
             "/api/v1/namespaces/{ns}/pods/{name}/exec",
             any(exec::handle),
@@ -326,10 +328,47 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     })
 }
 
-/// No OpenAPI schema is published yet: `/openapi/v2` answers an empty
-/// document (protobuf or JSON, as asked), which kubectl's client-side
-/// validation reads as "nothing to check against"; `/openapi/v3` is a 404,
-/// which kubectl reads as "no v3 here" and falls back to v2.
+/// `/openapi/v3`: where each group-version's document is.
+async fn openapi_v3_root() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        [(axum::http::header::CACHE_CONTROL, "no-cache, private")],
+        axum::Json(skiff_api::openapi::root()),
+    )
+        .into_response()
+}
+
+/// `/openapi/v3/api/v1` and the like (`kubectl explain` reads them): a
+/// URL with the current `hash` may be cached for good.
+async fn openapi_v3(
+    axum::extract::Path(path): axum::extract::Path<String>,
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let Some(doc) = skiff_api::openapi::document(&path) else {
+        return rest::unknown_path(&format!("/openapi/v3/{path}"));
+    };
+    let current = query.get("hash").is_some_and(|h| {
+        skiff_api::openapi::document_hash(&path).is_some_and(|c| c.eq_ignore_ascii_case(h))
+    });
+    let cache = if current {
+        "public, immutable"
+    } else {
+        "no-cache, private"
+    };
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, "application/json"),
+            (axum::http::header::CACHE_CONTROL, cache),
+        ],
+        doc,
+    )
+        .into_response()
+}
+
+/// The OpenAPI v2 document is published empty (protobuf or JSON, as
+/// asked), which kubectl's client-side validation reads as "nothing to
+/// check against"; the schemas are in v3.
 async fn openapi_v2(headers: axum::http::HeaderMap) -> axum::response::Response {
     use axum::response::IntoResponse;
     let accept = headers

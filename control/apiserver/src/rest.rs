@@ -332,6 +332,69 @@ pub(crate) fn write_options(
     })
 }
 
+/// `fieldValidation`: what a write does with fields the server does not
+/// know.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FieldValidation {
+    Ignore,
+    /// The default: a Warning header each.
+    Warn,
+    /// Refuse the request, naming them.
+    Strict,
+}
+
+fn field_validation(query: &HashMap<String, String>) -> ApiResult<FieldValidation> {
+    match query.get("fieldValidation").map(String::as_str) {
+        None | Some("") | Some("Warn") => Ok(FieldValidation::Warn),
+        Some("Ignore") => Ok(FieldValidation::Ignore),
+        Some("Strict") => Ok(FieldValidation::Strict),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "fieldValidation: Unsupported value: \"{other}\": supported values: \"Ignore\", \"Strict\", \"Warn\""
+        ))),
+    }
+}
+
+/// Paths skiff does not model that Kubernetes' own decoder also lets by
+/// even when strict (`selfLink`, gone from objects since 1.20, still in
+/// old `kubectl get -o yaml` output).
+const TOLERATED: &[&str] = &["metadata.selfLink"];
+
+/// The warnings a write sends, or, strict, its refusal. Strict holds
+/// only for kinds whose every Kubernetes field skiff models (as OpenAPI
+/// advertises): elsewhere a field skiff lacks may be a valid Kubernetes
+/// field, and kubectl asks for Strict by default, so it stays a warning.
+pub(crate) fn settle_unknown(
+    kind: Kind,
+    validation: FieldValidation,
+    unknown: Vec<String>,
+) -> ApiResult<Vec<String>> {
+    let validation = match validation {
+        FieldValidation::Strict if !skiff_api::openapi::strict_capable(kind) => {
+            FieldValidation::Warn
+        }
+        v => v,
+    };
+    match validation {
+        FieldValidation::Ignore => Ok(Vec::new()),
+        FieldValidation::Warn => Ok(unknown),
+        FieldValidation::Strict => {
+            let refused: Vec<String> = unknown
+                .iter()
+                .filter(|p| !TOLERATED.contains(&p.as_str()))
+                .map(|p| format!("unknown field \"{p}\""))
+                .collect();
+            if refused.is_empty() {
+                return Ok(unknown);
+            }
+            Err(ApiError::bad_request(format!(
+                "{kind} in version \"{}\" cannot be handled as a {kind}: strict decoding error: {}",
+                kind.version(),
+                refused.join(", ")
+            )))
+        }
+    }
+}
+
 /// `fieldManager`, else the manager Kubernetes infers from the
 /// User-Agent.
 fn field_manager(query: &HashMap<String, String>, headers: &HeaderMap) -> ApiResult<String> {
@@ -568,6 +631,7 @@ async fn dispatch<R: Strategy>(
         "watch" => watch::<R>(state, namespace, query, shape, include).await,
         "create" => {
             let (mut obj, warnings) = read_body::<R>(headers, body)?;
+            let warnings = settle_unknown(R::KIND, field_validation(query)?, warnings)?;
             settle_namespace(&mut obj, namespace)?;
             let created = registry.create(obj, write_options(query, headers)?).await?;
             Ok(json_response(
@@ -578,6 +642,7 @@ async fn dispatch<R: Strategy>(
         }
         "update" => {
             let (mut obj, warnings) = read_body::<R>(headers, body)?;
+            let warnings = settle_unknown(R::KIND, field_validation(query)?, warnings)?;
             settle_namespace(&mut obj, namespace)?;
             check_name(&mut obj, name)?;
             let updated = registry
@@ -597,7 +662,13 @@ async fn dispatch<R: Strategy>(
             let patch = Patch::parse(content_type, body)?;
             let schema = skiff_api::patch::schema::of(R::KIND);
             let opts = write_options(query, headers)?;
+            let validation = field_validation(query)?;
             if let Patch::Apply(config) = patch {
+                // What the configuration names that no field is.
+                let unknown = Object::from_json(config.clone())
+                    .map(|(_, w)| w)
+                    .unwrap_or_default();
+                let warnings = settle_unknown(R::KIND, validation, unknown)?;
                 if status {
                     return Err(ApiError::unsupported_media(
                         "server-side apply of the status subresource is not supported",
@@ -621,7 +692,7 @@ async fn dispatch<R: Strategy>(
                 } else {
                     StatusCode::OK
                 };
-                return Ok(json_response(code, &object_json(obj), &[]));
+                return Ok(json_response(code, &object_json(obj), &warnings));
             }
             // A patch applies to the current object; without a
             // resourceVersion in the patch a lost race is retried.
@@ -631,6 +702,7 @@ async fn dispatch<R: Strategy>(
                 let (obj, warnings) = Object::from_json(value).map_err(|e| {
                     ApiError::unprocessable(format!("the patch gives a malformed {}: {e}", R::KIND))
                 })?;
+                let warnings = settle_unknown(R::KIND, validation, warnings)?;
                 let mut obj = R::from_object(obj)
                     .ok_or_else(|| ApiError::bad_request("the patch may not change the kind"))?;
                 check_name(&mut obj, name)?;
@@ -765,6 +837,45 @@ mod tests {
             } => (kind, namespace, name, sub == Sub::Status),
             Target::Discovery(_) => panic!("{path} is not a resource"),
         }
+    }
+
+    #[test]
+    fn field_validation_refuses_warns_or_ignores() {
+        let q = |v: &str| HashMap::from([("fieldValidation".to_string(), v.to_string())]);
+        assert_eq!(
+            field_validation(&HashMap::new()).unwrap(),
+            FieldValidation::Warn
+        );
+        assert!(
+            field_validation(&q("strict")).is_err(),
+            "values are case-sensitive"
+        );
+        let unknown = || vec!["datta".to_string()];
+        let strict = field_validation(&q("Strict")).unwrap();
+        let e = settle_unknown(Kind::ConfigMap, strict, unknown()).unwrap_err();
+        assert_eq!(e.code, 400);
+        assert!(
+            e.message
+                .ends_with("strict decoding error: unknown field \"datta\""),
+            "{}",
+            e.message
+        );
+        assert_eq!(
+            settle_unknown(Kind::Pod, strict, unknown()).unwrap(),
+            unknown(),
+            "a kind skiff models in part only warns"
+        );
+        assert_eq!(
+            settle_unknown(Kind::ConfigMap, strict, vec!["metadata.selfLink".into()])
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(
+            settle_unknown(Kind::ConfigMap, FieldValidation::Ignore, unknown())
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]

@@ -378,7 +378,7 @@ async fn tables_media_types_and_unknown_paths(s: TestServer) {
 
     for path in [
         "/foo",
-        "/openapi/v3",
+        "/openapi/v3/apis/gadgets/v1",
         "/api/v1/gadgets",
         "/apis/apps/v1/namespaces/a/deployments/d/scale",
     ] {
