@@ -303,6 +303,25 @@ fn get_prints_tables() {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/manifests/guestbook-all-in-one.yaml");
     s.ok(&["apply", "-f", guestbook.to_str().unwrap()]);
     for k in &clients {
+        // Discovery (aggregated for 1.32, per group-version for 1.20).
+        let out = k.ok(&["api-resources"]);
+        for row in [
+            ["deployments", "deploy", "apps/v1", "true", "Deployment"],
+            ["nodes", "no", "v1", "false", "Node"],
+            [
+                "endpointslices",
+                "eps",
+                "discovery.k8s.io/v1",
+                "true",
+                "EndpointSlice",
+            ],
+        ] {
+            assert!(
+                out.lines()
+                    .any(|l| l.split_whitespace().eq(row.iter().copied())),
+                "{row:?} in {out}"
+            );
+        }
         let out = k.ok(&["get", "pods"]);
         let header: Vec<&str> = out
             .lines()

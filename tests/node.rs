@@ -704,6 +704,9 @@ spec:
             without_stderr(&all).starts_with("hello\nfirst run\nline 1\n"),
             "{all}"
         );
+        // The first line is hello or, arriving first, oops.
+        let head = kubectl(&["logs", "talker", "--limit-bytes=3"]);
+        assert!(head == "hel" || head == "oop", "{head:?}");
         let tail = kubectl(&["logs", "talker", "--tail=2", "-c", "talk"]);
         assert_eq!(tail.lines().count(), 2, "{tail}");
         let recent = kubectl(&["logs", "talker", "--since=1s"]);

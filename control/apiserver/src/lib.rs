@@ -9,6 +9,7 @@ mod alloc;
 mod apply;
 mod codec;
 mod defaults;
+mod discovery;
 mod error;
 mod exec;
 mod feed;

@@ -85,7 +85,7 @@ pub(crate) fn authorized<T>(token: &str, msg: T) -> Request<T> {
 }
 
 /// `GET .../pods/{name}/log`: kubectl's parameters (`container`, `follow`,
-/// `tailLines`, `previous`, `timestamps`, `sinceSeconds`), the container's
+/// `tailLines`, `previous`, `timestamps`, `sinceSeconds`, `limitBytes`), the container's
 /// output as `text/plain`, streamed while `follow` lasts.
 pub async fn rest_log(
     registry: &Registry,
@@ -126,7 +126,34 @@ pub async fn rest_log(
         .await
         .map_err(ApiError::from_grpc)?
         .into_inner();
-    let body = stream.map(|chunk| chunk.map(|c| axum::body::Bytes::from(c.data)));
+    // limitBytes: the output ends once that much is sent, followed or not.
+    let mut left = match number("limitBytes")? {
+        Some(n) if n <= 0 => {
+            return Err(ApiError::unprocessable(format!(
+                "limitBytes: Invalid value: {n}: must be greater than 0"
+            )));
+        }
+        Some(n) => n as u64,
+        None => u64::MAX,
+    };
+    let body = async_stream::stream! {
+        futures::pin_mut!(stream);
+        while left > 0 {
+            match stream.next().await {
+                Some(Ok(c)) => {
+                    let mut data = c.data;
+                    data.truncate(usize::try_from(left).unwrap_or(usize::MAX));
+                    left -= data.len() as u64;
+                    yield Ok::<_, tonic::Status>(axum::body::Bytes::from(data));
+                }
+                Some(Err(e)) => {
+                    yield Err(e);
+                    break;
+                }
+                None => break,
+            }
+        }
+    };
     Ok(axum::response::Response::builder()
         .status(axum::http::StatusCode::OK)
         .header(axum::http::header::CONTENT_TYPE, "text/plain")

@@ -67,55 +67,6 @@ pub fn unknown_path(path: &str) -> Response {
     error_response(&not_found(path))
 }
 
-fn resource_list(group: &str) -> Value {
-    let group_version = if group.is_empty() {
-        "v1".to_string()
-    } else {
-        format!("{group}/v1")
-    };
-    let resources: Vec<Value> = Kind::ALL
-        .into_iter()
-        .filter(|k| k.group() == group)
-        .flat_map(|k| {
-            let verbs = json!(["create", "delete", "get", "list", "patch", "update", "watch"]);
-            let mut v = vec![json!({
-                "name": k.plural(), "singularName": k.name().to_ascii_lowercase(), "namespaced": k.namespaced(),
-                "kind": k.name(), "verbs": verbs, "shortNames": k.short_names(),
-                "categories": k.categories(),
-            })];
-            if k.has_status() {
-                v.push(json!({"name": format!("{}/status", k.plural()), "singularName": "", "namespaced": k.namespaced(),
-                    "kind": k.name(), "verbs": ["get", "patch", "update"]}));
-            }
-            if k == Kind::Pod {
-                v.push(json!({"name": "pods/log", "singularName": "", "namespaced": true,
-                    "kind": "Pod", "verbs": ["get"]}));
-                v.push(json!({"name": "pods/exec", "singularName": "", "namespaced": true,
-                    "kind": "PodExecOptions", "verbs": ["create", "get"]}));
-                v.push(json!({"name": "pods/eviction", "singularName": "", "namespaced": true,
-                    "group": "policy", "version": "v1", "kind": "Eviction", "verbs": ["create"]}));
-            }
-            if k.has_scale() {
-                v.push(json!({"name": format!("{}/scale", k.plural()), "singularName": "", "namespaced": k.namespaced(),
-                    "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"]}));
-            }
-            v
-        })
-        .collect();
-    json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources})
-}
-
-fn groups() -> Vec<&'static str> {
-    let mut gs: Vec<&str> = Kind::ALL
-        .iter()
-        .map(|k| k.group())
-        .filter(|g| !g.is_empty())
-        .collect();
-    gs.sort();
-    gs.dedup();
-    gs
-}
-
 pub fn parse_path(path: &str) -> ApiResult<Target> {
     let segs: Vec<&str> = path
         .trim_matches('/')
@@ -129,7 +80,7 @@ pub fn parse_path(path: &str) -> ApiResult<Target> {
             ));
         }
         ["apis"] => {
-            let groups: Vec<Value> = groups()
+            let groups: Vec<Value> = crate::discovery::groups()
                 .into_iter()
                 .map(|g| {
                     let gv = json!({"groupVersion": format!("{g}/v1"), "version": "v1"});
@@ -141,7 +92,7 @@ pub fn parse_path(path: &str) -> ApiResult<Target> {
             ));
         }
         ["api", "v1", rest @ ..] => ("", rest),
-        ["apis", g, "v1", rest @ ..] if groups().contains(g) => (g, rest),
+        ["apis", g, "v1", rest @ ..] if crate::discovery::groups().contains(g) => (g, rest),
         _ => return Err(not_found(path)),
     };
     let resource = |kind: Option<Kind>,
@@ -169,7 +120,7 @@ pub fn parse_path(path: &str) -> ApiResult<Target> {
         })
     };
     match rest {
-        [] => Ok(Target::Discovery(resource_list(group))),
+        [] => Ok(Target::Discovery(crate::discovery::resource_list(group))),
         ["namespaces", ns, plural, tail @ ..] if *plural != "status" => {
             let kind = Kind::from_rest(group, plural).filter(|k| k.namespaced());
             match tail {
@@ -451,6 +402,26 @@ pub async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let path = uri.path().trim_end_matches('/');
+    if method == Method::GET
+        && (path == "/api" || path == "/apis")
+        && crate::discovery::wants_aggregated(
+            headers
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(""),
+        )
+    {
+        let body = crate::discovery::aggregated(path == "/api");
+        return (
+            [
+                (header::CONTENT_TYPE, crate::discovery::AGGREGATED),
+                (header::VARY, "Accept"),
+            ],
+            body.to_string(),
+        )
+            .into_response();
+    }
     let target = match parse_path(uri.path()) {
         Ok(t) => t,
         Err(e) => return error_response(&e),
