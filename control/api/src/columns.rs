@@ -485,37 +485,6 @@ pub fn cells(obj: &Object) -> Vec<String> {
     base
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_row_has_a_cell_per_column() {
-        for kind in Kind::ALL {
-            let obj = crate::with_resource!(kind, R => crate::Resource::into_object(R::default()));
-            assert_eq!(cells(&obj).len(), of(kind).len(), "{kind}");
-        }
-    }
-
-    #[test]
-    fn a_pod_row_reads_like_kubectl() {
-        let (obj, _) = Object::from_json(serde_json::json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": "web", "namespace": "default"},
-            "spec": {"nodeName": "n1", "containers": [{"name": "a", "image": "x"}, {"name": "b", "image": "y"}]},
-            "status": {"phase": "Running", "podIP": "10.244.0.5", "containerStatuses": [
-                {"name": "a", "ready": true, "restartCount": 2},
-                {"name": "b", "ready": false, "restartCount": 1,
-                 "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}
-        }))
-        .unwrap();
-        let c = cells(&obj);
-        assert_eq!(&c[..4], ["web", "1/2", "CrashLoopBackOff", "3"]);
-        assert_eq!(c[4], "<unknown>", "no creationTimestamp");
-        assert_eq!(&c[5..], ["10.244.0.5", "n1"]);
-    }
-}
-
 /// The first three ready `ip:port`s of v1 Endpoints (bare IPs for a subset
 /// without ports), then `+ N more...`, as kubectl prints them.
 fn endpoints_cell(e: &crate::v1::Endpoints) -> String {
@@ -545,5 +514,36 @@ fn endpoints_cell(e: &crate::v1::Endpoints) -> String {
         (true, _) => "<none>".into(),
         (false, true) => format!("{} + {} more...", shown.join(","), count - MAX),
         (false, false) => shown.join(","),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_row_has_a_cell_per_column() {
+        for kind in Kind::ALL {
+            let obj = crate::with_resource!(kind, R => crate::Resource::into_object(R::default()));
+            assert_eq!(cells(&obj).len(), of(kind).len(), "{kind}");
+        }
+    }
+
+    #[test]
+    fn a_pod_row_reads_like_kubectl() {
+        let (obj, _) = Object::from_json(serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"nodeName": "n1", "containers": [{"name": "a", "image": "x"}, {"name": "b", "image": "y"}]},
+            "status": {"phase": "Running", "podIP": "10.244.0.5", "containerStatuses": [
+                {"name": "a", "ready": true, "restartCount": 2},
+                {"name": "b", "ready": false, "restartCount": 1,
+                 "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}
+        }))
+        .unwrap();
+        let c = cells(&obj);
+        assert_eq!(&c[..4], ["web", "1/2", "CrashLoopBackOff", "3"]);
+        assert_eq!(c[4], "<unknown>", "no creationTimestamp");
+        assert_eq!(&c[5..], ["10.244.0.5", "n1"]);
     }
 }
