@@ -101,10 +101,25 @@ impl FieldError {
         FieldError {
             field: field.into(),
             error_type: t,
-            value,
+            value: value.map(truncated),
             detail: detail.into(),
         }
     }
+}
+
+/// The longest offending value an error repeats: a 2 MB label value is
+/// not echoed back whole.
+const MAX_ECHOED: usize = 256;
+
+fn truncated(v: String) -> String {
+    if v.len() <= MAX_ECHOED {
+        return v;
+    }
+    let mut end = MAX_ECHOED;
+    while !v.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...(truncated: {} bytes)", &v[..end], v.len())
 }
 
 impl fmt::Display for FieldError {

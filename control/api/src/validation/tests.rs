@@ -92,3 +92,21 @@ fn valid_objects_pass() {
     }))
     .is_empty());
 }
+
+#[test]
+fn long_values_are_not_echoed_whole() {
+    let big = "é".repeat(1_000_000);
+    let e = crate::validation::FieldError::invalid(
+        "metadata.labels[x]",
+        &big,
+        "must be no more than 63 characters",
+    );
+    let text = e.to_string();
+    assert!(text.len() < 400, "{} bytes", text.len());
+    assert!(
+        text.contains("(truncated: 2000002 bytes)"),
+        "{}",
+        &text[text.len() - 80..]
+    );
+    assert!(text.ends_with("must be no more than 63 characters"));
+}
