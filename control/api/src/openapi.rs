@@ -374,27 +374,38 @@ pub fn root() -> Value {
 /// The document at `/openapi/v3/{path}` (`api/v1`, `apis/apps/v1`),
 /// serialized once.
 pub fn document(path: &str) -> Option<&'static str> {
-    static DOCS: OnceLock<BTreeMap<String, String>> = OnceLock::new();
+    documents().get(path).map(|d| d.text.as_str())
+}
+
+/// A stable digest of a document (the cache key of its URL), computed
+/// with it.
+pub fn document_hash(path: &str) -> Option<&'static str> {
+    documents().get(path).map(|d| d.hash.as_str())
+}
+
+struct Document {
+    text: String,
+    hash: String,
+}
+
+fn documents() -> &'static BTreeMap<String, Document> {
+    static DOCS: OnceLock<BTreeMap<String, Document>> = OnceLock::new();
     DOCS.get_or_init(|| {
         group_versions()
             .into_iter()
-            .map(|(path, group)| (path, group_document(group).to_string()))
+            .map(|(path, group)| {
+                let text = group_document(group).to_string();
+                // FNV-1a, 64 bits: stable across builds and runs.
+                let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+                for b in text.as_bytes() {
+                    h ^= u64::from(*b);
+                    h = h.wrapping_mul(0x0100_0000_01b3);
+                }
+                let hash = format!("{h:016X}");
+                (path, Document { text, hash })
+            })
             .collect()
     })
-    .get(path)
-    .map(String::as_str)
-}
-
-/// A stable digest of a document (the cache key of its URL).
-pub fn document_hash(path: &str) -> Option<String> {
-    let doc = document(path)?;
-    // FNV-1a, 64 bits: stable across builds and runs.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in doc.as_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    Some(format!("{h:016X}"))
 }
 
 fn group_document(group: &str) -> Value {
