@@ -213,3 +213,112 @@ async fn kill_9_loses_no_acknowledged_write_etcd() {
     };
     crash_and_check(Some(etcd.url())).await;
 }
+
+/// The server on a disk that fills up (a real tmpfs): writes fail with a
+/// clear 503, `/readyz` and `/healthz` say why and `/metrics` counts it,
+/// and once space is back the server serves again by itself — writes,
+/// leader election and with it the controllers — with no acknowledged
+/// write lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_reported_and_survived() {
+    use skiff_api::Lease;
+    use skiff_testkit::http_get;
+
+    let disk = skiff_testkit::disk::SmallDisk::mount(32);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let _server = start_server(&addr, disk.path(), None);
+    let client = Client::connect(&format!("http://{addr}")).await.unwrap();
+    let lease = || async {
+        client
+            .get::<Lease>("kube-system", "skiff-controllers")
+            .await
+            .ok()
+            .and_then(|l| l.spec?.renew_time)
+            .map(|t| t.seconds)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while lease().await.is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no leader within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let filler = disk.fill();
+    let big = "z".repeat(256 * 1024);
+    let mut acked = Vec::new();
+    let mut refused = None;
+    for i in 0..200 {
+        let name = format!("big-{i}");
+        let cm = ConfigMap {
+            metadata: meta(&name),
+            data: [("z".into(), big.clone())].into(),
+            ..Default::default()
+        };
+        match client.create(&cm).await {
+            Ok(_) => acked.push(name),
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    let refused = refused.expect("a create refused on a full disk");
+    assert_eq!(refused.code(), 503, "{refused}");
+    assert!(
+        refused.to_string().contains("No space left on device"),
+        "the reason: {refused}"
+    );
+    let (status, body) = http_get(&addr, "/readyz").unwrap();
+    assert_eq!(status, 503, "/readyz while the disk is full: {body}");
+    assert!(body.contains("[-]store failed"), "{body}");
+    assert!(body.contains("skiff.redb"), "{body}");
+    assert_eq!(http_get(&addr, "/healthz").unwrap().0, 503);
+    assert_eq!(http_get(&addr, "/livez").unwrap().0, 200);
+    let (_, metrics) = http_get(&addr, "/metrics").unwrap();
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} in /metrics"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert!(value("skiff_store_errors_total") >= 1.0);
+    assert_eq!(value("skiff_store_healthy"), 0.0);
+    assert!(metrics.ends_with("# EOF\n"), "OpenMetrics ends with # EOF");
+    // Reads go on.
+    if let Some(first) = acked.first() {
+        client.get::<ConfigMap>("default", first).await.unwrap();
+    }
+
+    std::fs::remove_file(&filler).unwrap();
+    assert!(
+        wait_http_ok(&addr, "/readyz", Duration::from_secs(30)),
+        "ready again within 30 s of space coming back"
+    );
+    let cm = ConfigMap {
+        metadata: meta("after"),
+        data: [("z".into(), big)].into(),
+        ..Default::default()
+    };
+    client.create(&cm).await.expect("writes work again");
+    // Leader election goes on: the lease is renewed again.
+    let since = lease().await.unwrap_or(0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while lease().await.unwrap_or(0) <= since {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the controllers' lease renewed within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for name in &acked {
+        client
+            .get::<ConfigMap>("default", name)
+            .await
+            .unwrap_or_else(|e| panic!("acknowledged {name}: {e}"));
+    }
+}

@@ -260,7 +260,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     ))
     .into_axum_router();
     let rest = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(readyz))
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
@@ -410,16 +410,27 @@ fn version() -> serde_json::Value {
     })
 }
 
+/// `/readyz` (and `/healthz`, which Kubernetes also fails when its store
+/// does): ready while the store serves reads and writes and the watch
+/// cache follows it. `/livez` stays ok: the server recovers by itself, so
+/// restarting it would not help.
 async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, String) {
-    if !state.feeding.load(Ordering::Acquire) {
-        return (
+    let store = &state.registry.store;
+    let failed = if let Some(fault) = store.fault() {
+        Some(format!("[-]store failed: {fault}"))
+    } else if let Err(e) = store.revision().await {
+        Some(format!("[-]store failed: {e}"))
+    } else if !state.feeding.load(Ordering::Acquire) {
+        Some("[-]watch-cache failed: not following the store".to_string())
+    } else {
+        None
+    };
+    match failed {
+        None => (StatusCode::OK, "ok\n".into()),
+        Some(check) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            "watch cache not following the store\n".into(),
-        );
-    }
-    match state.registry.store.revision().await {
-        Ok(_) => (StatusCode::OK, "ok\n".into()),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}\n")),
+            format!("{check}\nreadyz check failed\n"),
+        ),
     }
 }
 
@@ -427,10 +438,21 @@ async fn metrics_text(
     State(state): State<Arc<AppState>>,
 ) -> ([(axum::http::HeaderName, &'static str); 1], String) {
     let mut text = state.metrics.render();
+    // What follows goes before OpenMetrics' end marker.
+    if text.ends_with("# EOF\n") {
+        text.truncate(text.len() - "# EOF\n".len());
+    }
     text.push_str(&format!(
         "# HELP skiff_apiserver_cache_watchers Watchers on the watch cache.\n# TYPE skiff_apiserver_cache_watchers gauge\nskiff_apiserver_cache_watchers {}\n",
         state.registry.cache.watchers()
     ));
+    let store = &state.registry.store;
+    text.push_str(&format!(
+        "# HELP skiff_store_errors Failures of the storage under the store (I/O errors, a full disk).\n# TYPE skiff_store_errors counter\nskiff_store_errors_total {}\n# HELP skiff_store_healthy Whether the store can serve reads and writes (0 while it recovers from a fault).\n# TYPE skiff_store_healthy gauge\nskiff_store_healthy {}\n",
+        store.errors(),
+        u8::from(store.fault().is_none()),
+    ));
+    text.push_str("# EOF\n");
     (
         [(
             axum::http::header::CONTENT_TYPE,

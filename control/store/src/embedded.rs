@@ -12,6 +12,18 @@
 //! compacted revision, lease sequence), `leases` (id → TTL) and
 //! `lease_keys` (id → keys). Lease deadlines live in memory and restart
 //! with a full TTL when the store opens, as etcd does on a leader change.
+//!
+//! Disk faults. After an I/O error (a full disk, a read-only or failing
+//! filesystem, a failed fsync) redb refuses every later read and write
+//! until the file is reopened. So the writer reopens it at once — a failed
+//! write fails only its own batch — and, while the file cannot be opened,
+//! every [`RETRY`], refusing requests meanwhile with
+//! [`StoreError::Unavailable`] and the reason. [`Store::fault`] reports the
+//! last failure until a write commits again (when nothing else writes, the
+//! writer tries a small one every [`RETRY`]). A write whose commit failed
+//! is never acknowledged — its fsync may not have reached the disk (the
+//! fsyncgate lesson) — but if the reopened file holds it, its events are
+//! announced so that watches agree with reads.
 
 #![expect(
     clippy::result_large_err,
@@ -20,8 +32,9 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use redb::{
@@ -44,6 +57,9 @@ const LEASE_KEYS: MultimapTableDefinition<i64, &str> = MultimapTableDefinition::
 
 /// How many waiting requests one commit may take.
 const MAX_BATCH: usize = 4096;
+
+/// How often a store that cannot write tries to reopen its file.
+const RETRY: Duration = Duration::from_millis(500);
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
@@ -177,11 +193,11 @@ enum Reply {
 }
 
 impl Reply {
-    fn fail(self, msg: &str) {
+    fn fail(self, e: impl Fn() -> StoreError) {
         match self {
-            Reply::Txn(tx, _) => drop(tx.send(Err(backend(msg)))),
-            Reply::Unit(tx, _) => drop(tx.send(Err(backend(msg)))),
-            Reply::Lease(tx, _) => drop(tx.send(Err(backend(msg)))),
+            Reply::Txn(tx, _) => drop(tx.send(Err(e()))),
+            Reply::Unit(tx, _) => drop(tx.send(Err(e()))),
+            Reply::Lease(tx, _) => drop(tx.send(Err(e()))),
         }
     }
     fn send(self) {
@@ -194,13 +210,115 @@ impl Reply {
 }
 
 struct Shared {
-    db: Database,
+    /// `None` while the file is closed after an I/O error.
+    db: RwLock<Option<Arc<Database>>>,
     path: PathBuf,
     events: broadcast::Sender<Arc<Vec<Event>>>,
     /// Lease id → (TTL, deadline).
     leases: Mutex<HashMap<LeaseId, (i64, Instant)>>,
     lease_changed: Arc<Notify>,
-    compacted: std::sync::atomic::AtomicI64,
+    compacted: AtomicI64,
+    /// Why the store cannot serve, while it cannot.
+    fault: Mutex<Option<Fault>>,
+    /// I/O errors met since the store opened.
+    errors: AtomicU64,
+}
+
+struct Fault {
+    reason: String,
+    /// The disk was full: the fault lasts until it has room again.
+    no_space: bool,
+}
+
+/// After a full disk, how much room must be free again before the store
+/// calls itself healthy: an eighth of the filesystem, at most 64 MiB.
+fn headroom(total: u64) -> u64 {
+    (total / 8).min(64 << 20)
+}
+
+/// Free and total bytes of the filesystem holding `path`.
+fn disk_space(path: &Path) -> Option<(u64, u64)> {
+    let st = rustix::fs::statvfs(path).ok()?;
+    Some((
+        st.f_bavail.saturating_mul(st.f_frsize),
+        st.f_blocks.saturating_mul(st.f_frsize),
+    ))
+}
+
+impl Shared {
+    fn db(&self) -> Result<Arc<Database>> {
+        if let Some(db) = self.db.read().expect("database lock poisoned").as_ref() {
+            return Ok(db.clone());
+        }
+        Err(StoreError::Unavailable(
+            self.unavailable("nothing was read or stored"),
+        ))
+    }
+
+    fn fault(&self) -> Option<String> {
+        self.fault
+            .lock()
+            .expect("fault lock poisoned")
+            .as_ref()
+            .map(|f| f.reason.clone())
+    }
+
+    fn set_fault(&self, reason: String, no_space: bool) {
+        let mut fault = self.fault.lock().expect("fault lock poisoned");
+        if fault.is_none() {
+            tracing::error!("store {}: {reason}", self.path.display());
+        }
+        *fault = Some(Fault { reason, no_space });
+    }
+
+    /// A write committed: what failed before works again — once a full
+    /// disk has room again.
+    fn healed(&self) {
+        let mut fault = self.fault.lock().expect("fault lock poisoned");
+        let Some(f) = fault.as_mut() else { return };
+        if f.no_space {
+            let dir = self.path.parent().unwrap_or(Path::new("."));
+            if let Some((free, total)) = disk_space(dir)
+                && free < headroom(total)
+            {
+                f.reason = format!(
+                    "the disk is nearly full ({} KiB free, {} KiB needed) after a write failed: {}",
+                    free >> 10,
+                    headroom(total) >> 10,
+                    f.reason.rsplit(": ").next().unwrap_or_default()
+                );
+                return;
+            }
+        }
+        *fault = None;
+        tracing::info!("store {}: writes work again", self.path.display());
+    }
+
+    fn unavailable(&self, what: &str) -> String {
+        let reason = self
+            .fault()
+            .unwrap_or_else(|| "the file is being reopened".into());
+        format!(
+            "the store cannot use {}: {reason} (it retries by itself); {what}",
+            self.path.display()
+        )
+    }
+
+    /// Turns a redb error into a store error. An I/O error marks the store
+    /// faulty, which has the writer reopen the file.
+    fn error(&self, e: impl Into<redb::Error>) -> StoreError {
+        let e = e.into();
+        if !matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo) {
+            return backend(e);
+        }
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        let no_space = matches!(&e, redb::Error::Io(io) if io.raw_os_error() == Some(28));
+        self.set_fault(e.to_string(), no_space);
+        StoreError::Unavailable(format!(
+            "the store cannot use {}: {e} (it retries by itself)",
+            self.path.display()
+        ))
+    }
 }
 
 fn apply_txn(
@@ -359,17 +477,34 @@ fn revoke_in(
     Ok(Ok(()))
 }
 
+impl Request {
+    /// Answers without running: the store cannot write.
+    fn refuse(self, e: impl Fn() -> StoreError) {
+        match self {
+            Request::Txn(_, tx) => drop(tx.send(Err(e()))),
+            Request::Compact(_, tx) | Request::LeaseRevoke(_, tx) => drop(tx.send(Err(e()))),
+            Request::LeaseGrant(_, tx) => drop(tx.send(Err(e()))),
+        }
+    }
+}
+
 fn run_batch(shared: &Shared, state: &mut WriterState, batch: Vec<Request>) {
     let saved = (state.revision, state.compacted, state.lease_seq);
     let mut replies = Vec::with_capacity(batch.len());
+    let mut refused = Vec::new();
     let mut events = Vec::new();
     let mut granted = Vec::new();
     let mut revoked = Vec::new();
+    let mut committing = false;
     let outcome: std::result::Result<(), redb::Error> = (|| {
-        let tx = shared.db.begin_write()?;
+        let db = shared.db().map_err(|_| redb::Error::PreviousIo)?;
+        let tx = db.begin_write()?;
         {
             let leases = shared.leases.lock().expect("lease table poisoned").clone();
-            for req in batch {
+            let mut batch = batch.into_iter();
+            // A failure below leaves the rest of the batch unrun: they are
+            // refused with the same error, never dropped.
+            let mut run = |req: Request| -> std::result::Result<(), redb::Error> {
                 match req {
                     Request::Txn(txn, reply) => {
                         let r = apply_txn(&tx, state, &leases, &txn, &mut events)?;
@@ -403,20 +538,27 @@ fn run_batch(shared: &Shared, state: &mut WriterState, batch: Vec<Request>) {
                         replies.push(Reply::Unit(reply, r));
                     }
                 }
+                Ok(())
+            };
+            while let Some(req) = batch.next() {
+                if let Err(e) = run(req) {
+                    refused.extend(batch);
+                    return Err(e);
+                }
             }
             let mut meta = tx.open_table(META)?;
             meta.insert("revision", state.revision)?;
             meta.insert("compacted", state.compacted)?;
             meta.insert("lease_seq", state.lease_seq)?;
         }
+        committing = true;
         tx.commit()?;
         Ok(())
     })();
     match outcome {
         Ok(()) => {
-            shared
-                .compacted
-                .store(state.compacted, std::sync::atomic::Ordering::Release);
+            shared.healed();
+            shared.compacted.store(state.compacted, Ordering::Release);
             {
                 let mut leases = shared.leases.lock().expect("lease table poisoned");
                 let now = Instant::now();
@@ -438,23 +580,163 @@ fn run_batch(shared: &Shared, state: &mut WriterState, batch: Vec<Request>) {
         }
         Err(e) => {
             (state.revision, state.compacted, state.lease_seq) = saved;
-            let msg = format!("write to {}: {e}", shared.path.display());
-            tracing::error!("{msg}");
+            let io = matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo);
+            let err = shared.error(e);
+            // Reopen at once, so the answer can say whether the batch is in
+            // the file; it is never acknowledged either way.
+            let landed = if io && reopen_logged(shared, state) {
+                Some((state.revision, state.compacted, state.lease_seq) != saved)
+            } else if !committing {
+                Some(false)
+            } else {
+                None
+            };
+            let msg = match landed {
+                Some(false) => format!("{err}; nothing was stored"),
+                _ => format!("{err}; the write may have been stored: read it back before retrying"),
+            };
+            tracing::warn!(
+                "a batch of {} writes failed: {msg}",
+                replies.len() + refused.len()
+            );
+            let e = || {
+                if io {
+                    StoreError::Unavailable(msg.clone())
+                } else {
+                    backend(&msg)
+                }
+            };
             for r in replies {
-                r.fail(&msg);
+                r.fail(e);
+            }
+            for r in refused {
+                r.refuse(e);
             }
         }
     }
 }
 
+/// Closes the file and opens it again (redb refuses every request after an
+/// I/O error until then), keeping the reason as the fault when that fails.
+fn reopen_logged(shared: &Shared, state: &mut WriterState) -> bool {
+    match reopen(shared, state) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::debug!("store {}: reopen: {e}", shared.path.display());
+            let no_space = e.contains("os error 28");
+            shared.set_fault(e, no_space);
+            false
+        }
+    }
+}
+
+/// A small commit, to learn whether the disk takes writes again.
+fn probe(shared: &Shared, state: &WriterState) {
+    let attempt = || -> std::result::Result<(), redb::Error> {
+        let db = shared.db().map_err(|_| redb::Error::PreviousIo)?;
+        let tx = db.begin_write()?;
+        tx.open_table(META)?.insert("revision", state.revision)?;
+        tx.commit()?;
+        Ok(())
+    };
+    match attempt() {
+        Ok(()) => shared.healed(),
+        Err(e) => {
+            let _ = shared.error(e);
+            drop(shared.db.write().expect("database lock poisoned").take());
+        }
+    }
+}
+
+fn reopen(shared: &Shared, state: &mut WriterState) -> std::result::Result<(), String> {
+    drop(shared.db.write().expect("database lock poisoned").take());
+    // A reader may hold the old file for a moment longer.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let db = loop {
+        match Database::create(&shared.path) {
+            Ok(db) => break db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    };
+    let (loaded, on_disk) = Embedded::load(&db).map_err(|e| e.to_string())?;
+    if loaded.revision > state.revision {
+        let missed =
+            log_range(&db, "", state.revision + 1, loaded.revision).map_err(|e| e.to_string())?;
+        if !missed.is_empty() {
+            let _ = shared.events.send(Arc::new(missed));
+        }
+    }
+    {
+        let mut leases = shared.leases.lock().expect("lease table poisoned");
+        leases.retain(|id, _| on_disk.contains_key(id));
+        for (id, entry) in on_disk {
+            leases.entry(id).or_insert(entry);
+        }
+    }
+    shared.lease_changed.notify_one();
+    shared.compacted.store(loaded.compacted, Ordering::Release);
+    *state = loaded;
+    *shared.db.write().expect("database lock poisoned") = Some(Arc::new(db));
+    Ok(())
+}
+
+/// Events under `prefix` in revisions `from..=to`, from the log.
+fn log_range(
+    db: &Database,
+    prefix: &str,
+    from: Revision,
+    to: Revision,
+) -> std::result::Result<Vec<Event>, redb::Error> {
+    let tx = db.begin_read()?;
+    let log = tx.open_table(LOG)?;
+    let mut out = Vec::new();
+    for entry in log.range(from..=to)? {
+        let (rev, bytes) = entry?;
+        out.extend(
+            decode_events(rev.value(), bytes.value())
+                .map_err(|e| redb::Error::Corrupted(e.to_string()))?
+                .into_iter()
+                .filter(|e| e.key.starts_with(prefix)),
+        );
+    }
+    Ok(out)
+}
+
 fn writer_loop(shared: Arc<Shared>, mut state: WriterState, rx: std_mpsc::Receiver<Request>) {
-    while let Ok(first) = rx.recv() {
+    let mut last_try = Instant::now();
+    loop {
+        let first = match rx.recv_timeout(RETRY) {
+            Ok(r) => Some(r),
+            Err(std_mpsc::RecvTimeoutError::Timeout) => None,
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        let closed = shared.db.read().expect("database lock poisoned").is_none();
+        if closed && last_try.elapsed() >= RETRY {
+            last_try = Instant::now();
+            reopen_logged(&shared, &mut state);
+        }
+        let Some(first) = first else {
+            if shared.fault().is_some() && !closed {
+                probe(&shared, &state);
+            }
+            continue;
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(r) => batch.push(r),
                 Err(_) => break,
             }
+        }
+        if shared.db.read().expect("database lock poisoned").is_none() {
+            let msg = shared.unavailable("nothing was stored");
+            for r in batch {
+                r.refuse(|| StoreError::Unavailable(msg.clone()));
+            }
+            continue;
         }
         run_batch(&shared, &mut state, batch);
     }
@@ -510,12 +792,14 @@ impl Embedded {
             Self::load(&db).map_err(|e| backend(format!("read {}: {e}", path.display())))?;
         let (events, _) = broadcast::channel(1024);
         let shared = Arc::new(Shared {
-            db,
+            db: RwLock::new(Some(Arc::new(db))),
             path,
             events,
             leases: Mutex::new(leases),
             lease_changed: Arc::new(Notify::new()),
-            compacted: std::sync::atomic::AtomicI64::new(state.compacted),
+            compacted: AtomicI64::new(state.compacted),
+            fault: Mutex::new(None),
+            errors: AtomicU64::new(0),
         });
         let (tx, rx) = std_mpsc::channel();
         let writer_shared = shared.clone();
@@ -546,7 +830,7 @@ impl Embedded {
             tx.open_table(KV)?;
             tx.open_table(LOG)?;
             tx.open_multimap_table(LEASE_KEYS)?;
-            let meta = tx.open_table(META)?;
+            let mut meta = tx.open_table(META)?;
             let get = |k: &str| -> std::result::Result<i64, redb::Error> {
                 Ok(meta.get(k)?.map(|v| v.value()).unwrap_or(0))
             };
@@ -555,6 +839,8 @@ impl Embedded {
                 compacted: get("compacted")?,
                 lease_seq: get("lease_seq")?,
             };
+            // A write, so that opening proves the file takes writes.
+            meta.insert("revision", state.revision)?;
             let table = tx.open_table(LEASES)?;
             let now = Instant::now();
             for entry in table.iter()? {
@@ -628,8 +914,15 @@ impl Embedded {
         &self,
         f: impl FnOnce(&redb::ReadTransaction) -> std::result::Result<T, redb::Error>,
     ) -> Result<T> {
-        let tx = self.handle.shared.db.begin_read().map_err(backend)?;
-        f(&tx).map_err(backend)
+        Self::read_in(&self.handle.shared, f)
+    }
+
+    fn read_in<T>(
+        shared: &Shared,
+        f: impl FnOnce(&redb::ReadTransaction) -> std::result::Result<T, redb::Error>,
+    ) -> Result<T> {
+        let tx = shared.db()?.begin_read().map_err(|e| shared.error(e))?;
+        f(&tx).map_err(|e| shared.error(e))
     }
 
     fn read_revision(tx: &redb::ReadTransaction) -> std::result::Result<Revision, redb::Error> {
@@ -642,25 +935,15 @@ impl Embedded {
 
     /// Events under `prefix` in revisions `from..=to`, from the log.
     fn read_log(shared: &Shared, prefix: &str, from: Revision, to: Revision) -> Result<Vec<Event>> {
-        let tx = shared.db.begin_read().map_err(backend)?;
-        let compacted = shared.compacted.load(std::sync::atomic::Ordering::Acquire);
+        let db = shared.db()?;
+        let compacted = shared.compacted.load(Ordering::Acquire);
         if from < compacted {
             return Err(StoreError::Compacted {
                 requested: from,
                 compacted,
             });
         }
-        let log = tx.open_table(LOG).map_err(backend)?;
-        let mut out = Vec::new();
-        for entry in log.range(from..=to).map_err(backend)? {
-            let (rev, bytes) = entry.map_err(backend)?;
-            out.extend(
-                decode_events(rev.value(), bytes.value())?
-                    .into_iter()
-                    .filter(|e| e.key.starts_with(prefix)),
-            );
-        }
-        Ok(out)
+        log_range(&db, prefix, from, to).map_err(|e| shared.error(e))
     }
 
     /// How many keys the store holds (for metrics and tests).
@@ -689,19 +972,22 @@ impl Store for Embedded {
         let shared = self.handle.shared.clone();
         let prefix = prefix.to_string();
         tokio::task::spawn_blocking(move || {
-            let tx = shared.db.begin_read().map_err(backend)?;
-            let revision = Self::read_revision(&tx).map_err(backend)?;
-            let table = tx.open_table(KV).map_err(backend)?;
-            let mut kvs = Vec::new();
-            for entry in table.range::<&[u8]>(prefix.as_bytes()..).map_err(backend)? {
-                let (k, v) = entry.map_err(backend)?;
-                if !k.value().starts_with(prefix.as_bytes()) {
-                    break;
+            let corrupt = redb::Error::Corrupted;
+            let (kvs, revision) = Self::read_in(&shared, |tx| {
+                let revision = Self::read_revision(tx)?;
+                let table = tx.open_table(KV)?;
+                let mut kvs = Vec::new();
+                for entry in table.range::<&[u8]>(prefix.as_bytes()..)? {
+                    let (k, v) = entry?;
+                    if !k.value().starts_with(prefix.as_bytes()) {
+                        break;
+                    }
+                    let key = std::str::from_utf8(k.value())
+                        .map_err(|_| corrupt("a key that is not UTF-8".into()))?;
+                    kvs.push(decode_record(key, v.value()).map_err(|e| corrupt(e.to_string()))?);
                 }
-                let key = std::str::from_utf8(k.value())
-                    .map_err(|_| backend("a key that is not UTF-8"))?;
-                kvs.push(decode_record(key, v.value())?);
-            }
+                Ok((kvs, revision))
+            })?;
             Ok(ListResult { kvs, revision })
         })
         .await
@@ -716,11 +1002,7 @@ impl Store for Embedded {
         // Subscribe before reading the log so nothing committed in between
         // is missed; events already replayed are skipped by revision.
         let mut live = self.handle.shared.events.subscribe();
-        let compacted = self
-            .handle
-            .shared
-            .compacted
-            .load(std::sync::atomic::Ordering::Acquire);
+        let compacted = self.handle.shared.compacted.load(Ordering::Acquire);
         if after + 1 < compacted {
             return Err(StoreError::Compacted {
                 requested: after + 1,
@@ -733,7 +1015,7 @@ impl Store for Embedded {
             let mut last = after;
             loop {
                 // Catch up from the log (at start, and after lagging behind).
-                let current = match shared.db.begin_read().map_err(backend).and_then(|tx| Self::read_revision(&tx).map_err(backend)) {
+                let current = match Self::read_in(&shared, Self::read_revision) {
                     Ok(r) => r,
                     Err(e) => { yield Err(e); return; }
                 };
@@ -805,5 +1087,16 @@ impl Store for Embedded {
 
     fn describe(&self) -> String {
         format!("embedded:{}", self.handle.shared.path.display())
+    }
+
+    fn fault(&self) -> Option<String> {
+        self.handle
+            .shared
+            .fault()
+            .map(|reason| format!("{}: {reason}", self.handle.shared.path.display()))
+    }
+
+    fn errors(&self) -> u64 {
+        self.handle.shared.errors.load(Ordering::Relaxed)
     }
 }

@@ -150,6 +150,10 @@ pub enum StoreError {
     InvalidTxn(String),
     #[error("store backend: {0}")]
     Backend(String),
+    /// The store cannot serve now (a full or failing disk, a lost
+    /// quorum); it says why, and whether a write may have been stored.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("the store is shutting down")]
     Closed,
 }
@@ -195,6 +199,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// Short description for logs and metrics (`embedded:/var/lib/...`).
     fn describe(&self) -> String;
+
+    /// Why the store cannot serve writes right now, or `None` when it can
+    /// (as far as it knows without a round trip): for `/readyz`.
+    fn fault(&self) -> Option<String> {
+        None
+    }
+
+    /// Failures of the storage underneath (I/O errors, a full disk) since
+    /// the store opened: for `/metrics`.
+    fn errors(&self) -> u64 {
+        0
+    }
 
     // ---- conveniences over txn
 
