@@ -169,6 +169,22 @@ impl ApiError {
         Self::new(500, "InternalError", message)
     }
 
+    /// A resourceVersion the server has not reached (after a bounded
+    /// wait), as kube-apiserver says it: client-go's reflectors recognise
+    /// the cause and retry.
+    pub fn too_large_resource_version(requested: i64, current: i64) -> ApiError {
+        let mut e = Self::new(
+            504,
+            "Timeout",
+            format!("Timeout: Too large resource version: {requested}, current: {current}"),
+        );
+        e.other_causes = vec![json!({
+            "reason": "ResourceVersionTooLarge",
+            "message": "Too large resource version",
+        })];
+        e
+    }
+
     pub fn unavailable(message: impl Into<String>) -> ApiError {
         Self::new(503, "ServiceUnavailable", message)
     }
@@ -205,6 +221,8 @@ impl ApiError {
                 details["causes"] = Value::Array(causes);
             }
             status["details"] = details;
+        } else if !self.other_causes.is_empty() {
+            status["details"] = json!({"causes": self.other_causes, "retryAfterSeconds": 1});
         }
         status
     }

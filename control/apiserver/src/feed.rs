@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use skiff_store::{Revision, StoreError};
 
 use crate::alloc;
@@ -34,9 +34,10 @@ pub(crate) async fn feed_cache(
         };
         let mut gap = false;
         match registry.store.watch("", resume_from).await {
-            Ok(mut events) => {
+            Ok(events) => {
                 feeding.store(true, Ordering::Release);
                 let mut skip = taken_of_last;
+                let mut events = events.peekable();
                 while let Some(ev) = events.next().await {
                     let ev = match ev {
                         Ok(ev) => ev,
@@ -67,6 +68,15 @@ pub(crate) async fn feed_cache(
                     if let Some(ce) = decode_event(&ev) {
                         registry.observe(&ce);
                         registry.cache.push(ce);
+                    }
+                    // The store's watches hand over whole revisions: with
+                    // nothing more ready, this revision is complete.
+                    if std::pin::Pin::new(&mut events)
+                        .peek()
+                        .now_or_never()
+                        .is_none()
+                    {
+                        registry.cache.complete_to(last_rev);
                     }
                 }
             }

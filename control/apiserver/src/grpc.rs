@@ -16,7 +16,10 @@ use tonic::{Request, Response, Status};
 
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::registry::{DeleteOptions, ListOptions, Propagation, Registry, WriteOptions};
+use crate::registry::{
+    DeleteOptions, ListOptions, Propagation, Registry, WatchParams, Watched, WriteOptions,
+    watch_timeout,
+};
 use crate::strategy::Strategy;
 use crate::watch_cache::Filter;
 
@@ -211,24 +214,32 @@ impl Resources for Service {
             labels,
             fields,
         };
-        let events = self.registry.watch(filter, rv).await;
+        let params = WatchParams {
+            bookmarks: r.allow_bookmarks,
+            timeout: watch_timeout(Some(r.timeout_seconds)).map_err(|e| e.to_grpc())?,
+        };
+        let events = self.registry.watch(filter, rv, params).await;
         self.observe("watch", k, &events);
         let events = events.map_err(|e| e.to_grpc())?;
         let guard = self.metrics.watcher();
         let out = events.map(move |item| {
             let _held = &guard;
             Ok(match item {
-                Ok((t, obj)) => WatchEvent {
+                Ok(Watched::Event(t, obj)) => WatchEvent {
                     r#type: t.as_str().to_string(),
                     raw: obj.proto(),
-                    error: String::new(),
-                    code: 0,
+                    ..Default::default()
+                },
+                Ok(Watched::Bookmark(rv)) => WatchEvent {
+                    r#type: "BOOKMARK".into(),
+                    resource_version: rv.to_string(),
+                    ..Default::default()
                 },
                 Err(e) => WatchEvent {
                     r#type: "ERROR".into(),
-                    raw: Default::default(),
                     error: e.message,
                     code: i32::from(e.code),
+                    ..Default::default()
                 },
             })
         });

@@ -13,7 +13,7 @@ use skiff_api::v1::Namespace;
 use skiff_api::{Kind, Resource, with_resource};
 use skiff_store::{Compare, Op, Txn};
 
-use crate::registry::{DeleteOptions, ListOptions, Registry};
+use crate::registry::{DeleteOptions, ListOptions, Registry, Watched};
 use crate::watch_cache::Filter;
 
 pub async fn finalize_terminating(registry: Arc<Registry>) {
@@ -25,7 +25,7 @@ pub async fn finalize_terminating(registry: Arc<Registry>) {
             labels: Selector::everything(),
             fields: FieldSelector::default(),
         };
-        let mut events = match registry.watch(filter, None).await {
+        let mut events = match registry.watch(filter, None, Default::default()).await {
             Ok(e) => e,
             Err(e) => {
                 tracing::warn!("watch namespaces: {e}");
@@ -33,7 +33,7 @@ pub async fn finalize_terminating(registry: Arc<Registry>) {
                 continue;
             }
         };
-        while let Some(Ok((_, obj))) = events.next().await {
+        while let Some(Ok(Watched::Event(_, obj))) = events.next().await {
             let meta = obj.object.meta();
             if meta.deletion_timestamp.is_none() {
                 continue;

@@ -7,6 +7,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
+use futures::FutureExt;
 use futures::{Stream, StreamExt};
 use rand::Rng;
 use skiff_api::selector::{FieldSelector, Selector};
@@ -104,8 +105,78 @@ impl Propagation {
     }
 }
 
-pub type WatchItem = ApiResult<(WatchType, Arc<EventObject>)>;
+/// What a watch sends: a change, or a bookmark — every change up to this
+/// resourceVersion has been sent, resume from here.
+#[derive(Clone, Debug)]
+pub enum Watched {
+    Event(WatchType, Arc<EventObject>),
+    Bookmark(Revision),
+}
+
+pub type WatchItem = ApiResult<Watched>;
 pub type WatchEvents = Pin<Box<dyn Stream<Item = WatchItem> + Send>>;
+
+/// How long a watch from a resourceVersion the server has not reached
+/// waits for it before answering `ResourceVersionTooLarge` (kube-apiserver
+/// waits 3 s too).
+pub const FUTURE_REVISION_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// How often a watch that allows bookmarks gets one (kube-apiserver: about
+/// a minute).
+pub const BOOKMARK_PERIOD: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The longest a watch may last before the server ends it.
+pub const MAX_WATCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// A watch's `timeoutSeconds`: not negative; beyond an hour, an hour.
+/// Absent or 0: the server's own, spread between 30 and 60 minutes so that
+/// clients do not all come back at once (kube-apiserver's
+/// `--min-request-timeout` does the same).
+pub fn watch_timeout(seconds: Option<i64>) -> ApiResult<std::time::Duration> {
+    use std::hash::{BuildHasher, Hasher};
+    match seconds {
+        Some(s) if s < 0 => Err(ApiError::bad_request(format!(
+            "timeoutSeconds: Invalid value: {s}: must be greater than or equal to 0"
+        ))),
+        Some(s) if s > 0 => Ok(std::time::Duration::from_secs(s as u64).min(MAX_WATCH_TIMEOUT)),
+        _ => {
+            let spread = std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish()
+                % 1800;
+            Ok(std::time::Duration::from_secs(1800 + spread))
+        }
+    }
+}
+
+/// How a watch runs, beyond what it selects.
+#[derive(Clone, Copy, Debug)]
+pub struct WatchParams {
+    /// Send bookmarks: every [`BOOKMARK_PERIOD`], and when the watch ends
+    /// at its timeout.
+    pub bookmarks: bool,
+    /// When the server ends the watch (clients watch again from the last
+    /// resourceVersion they saw).
+    pub timeout: std::time::Duration,
+}
+
+impl Default for WatchParams {
+    fn default() -> WatchParams {
+        WatchParams {
+            bookmarks: false,
+            timeout: std::time::Duration::MAX,
+        }
+    }
+}
+
+/// Changes in revision order, from the cache or the store.
+struct WatchSource {
+    events: Pin<Box<dyn Stream<Item = ApiResult<Arc<CachedEvent>>> + Send>>,
+    from_cache: bool,
+}
+
+/// A deadline that never comes (a watch without a timeout).
+const FOREVER: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 24 * 3600);
 
 pub struct Registry {
     pub store: Arc<dyn Store>,
@@ -670,17 +741,30 @@ impl Registry {
     // ------------------------------------------------------------- watch
 
     /// Events for `filter` after `resource_version`; without one, the
-    /// current state first (as ADDED events), then changes.
+    /// current state first (as ADDED events), then changes. A revision the
+    /// server has not reached is waited for [`FUTURE_REVISION_WAIT`], then
+    /// refused as too large.
     pub async fn watch(
         self: &Arc<Self>,
         filter: Filter,
         resource_version: Option<Revision>,
+        params: WatchParams,
     ) -> ApiResult<WatchEvents> {
         if !filter.fields.is_empty() {
             with_resource!(filter.kind, R => filter
                 .fields
                 .check_fields(&R::default())
                 .map_err(|e| ApiError::bad_request(e.to_string()))?);
+        }
+        let deadline = tokio::time::Instant::now()
+            .checked_add(params.timeout)
+            .unwrap_or_else(|| tokio::time::Instant::now() + FOREVER);
+        if let Some(rv) = resource_version.filter(|rv| *rv > 0)
+            && rv > self.cache.complete()
+            && !self.cache.wait_for(rv, FUTURE_REVISION_WAIT).await
+        {
+            let current = self.store.revision().await.unwrap_or(self.cache.complete());
+            return Err(ApiError::too_large_resource_version(rv, current));
         }
         let (initial, from) = match resource_version {
             Some(rv) if rv > 0 => (Vec::new(), rv),
@@ -692,37 +776,95 @@ impl Registry {
                 };
                 with_resource!(filter.kind, R => {
                     let (items, rev) = self.list::<R>(&opts).await?;
-                    let initial: Vec<WatchItem> = items
+                    let initial: Vec<Arc<EventObject>> = items
                         .into_iter()
-                        .map(|o| Ok((WatchType::Added, EventObject::new(o.into_object()))))
+                        .map(|o| EventObject::new(o.into_object()))
                         .collect();
                     (initial, rev)
                 })
             }
         };
-        let initial = futures::stream::iter(initial);
+        let source = self.watch_source(&filter, from).await?;
+        let registry = self.clone();
+        let stream = async_stream::stream! {
+            for obj in initial {
+                yield Ok(Watched::Event(WatchType::Added, obj));
+            }
+            let mut source = source;
+            // The newest revision this watch has sent everything up to.
+            let mut reached = from;
+            let mut last = from;
+            let mut bookmark_at = tokio::time::Instant::now() + BOOKMARK_PERIOD;
+            let mut ending = false;
+            loop {
+                // When a bookmark is due: read what the cache has complete
+                // first, then make sure no event is ready; whatever was
+                // complete before that check has all been sent.
+                let due = ending || (params.bookmarks && tokio::time::Instant::now() >= bookmark_at);
+                let next = if due {
+                    let complete = if source.from_cache { registry.cache.complete() } else { 0 };
+                    match source.events.next().now_or_never() {
+                        Some(next) => next,
+                        None => {
+                            // Store history hands over whole revisions.
+                            reached = reached.max(complete).max(if source.from_cache { 0 } else { last });
+                            if params.bookmarks {
+                                yield Ok(Watched::Bookmark(reached));
+                            }
+                            if ending {
+                                return;
+                            }
+                            bookmark_at = tokio::time::Instant::now() + BOOKMARK_PERIOD;
+                            continue;
+                        }
+                    }
+                } else {
+                    let wake = if params.bookmarks { bookmark_at.min(deadline) } else { deadline };
+                    tokio::select! {
+                        biased;
+                        next = source.events.next() => next,
+                        _ = tokio::time::sleep_until(wake) => {
+                            ending = tokio::time::Instant::now() >= deadline;
+                            continue;
+                        }
+                    }
+                };
+                match next {
+                    Some(Ok(ev)) => {
+                        last = last.max(ev.revision);
+                        if let Some(t) = filter.view(&ev)
+                            && let Some(obj) = ev.object()
+                        {
+                            yield Ok(Watched::Event(t, obj.clone()));
+                        }
+                    }
+                    Some(Err(e)) => {
+                        yield Err(e);
+                        return;
+                    }
+                    None => return,
+                }
+            }
+        };
+        Ok(Box::pin(stream.take_until(self.until_closing())))
+    }
+
+    /// The changes after `from`: from the watch cache while its window
+    /// reaches back that far, else from the store's history.
+    async fn watch_source(&self, filter: &Filter, from: Revision) -> ApiResult<WatchSource> {
         if let Some((backlog, mut rx)) = self.cache.subscribe_from(from) {
-            let stream = async_stream::stream! {
+            let events = async_stream::stream! {
                 let mut last = from;
                 for ev in backlog {
-                    if let Some(t) = filter.view(&ev)
-                        && let Some(obj) = ev.object()
-                    {
-                        yield Ok((t, obj.clone()));
-                    }
                     last = ev.revision;
+                    yield Ok(ev);
                 }
                 loop {
                     match rx.recv().await {
+                        Ok(ev) if ev.revision <= last => {}
                         Ok(ev) => {
-                            if ev.revision <= last {
-                                continue;
-                            }
-                            if let Some(t) = filter.view(&ev)
-                        && let Some(obj) = ev.object()
-                    {
-                        yield Ok((t, obj.clone()));
-                    }
+                            last = ev.revision;
+                            yield Ok(ev);
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                             yield Err(ApiError::gone(format!(
@@ -734,21 +876,19 @@ impl Registry {
                     }
                 }
             };
-            return Ok(Box::pin(
-                initial.chain(stream).take_until(self.until_closing()),
-            ));
+            return Ok(WatchSource {
+                events: Box::pin(events),
+                from_cache: true,
+            });
         }
         // Older than the cache's window: straight from the store's history.
-        let mut events = self.store.watch(filter.kind.key_prefix(), from).await?;
-        let stream = async_stream::stream! {
-            while let Some(ev) = events.next().await {
+        let mut store_events = self.store.watch(filter.kind.key_prefix(), from).await?;
+        let events = async_stream::stream! {
+            while let Some(ev) = store_events.next().await {
                 match ev {
                     Ok(ev) => {
-                        if let Some(ce) = decode_event(&ev)
-                            && let Some(t) = filter.view(&ce)
-                            && let Some(obj) = ce.object()
-                        {
-                            yield Ok((t, obj.clone()));
+                        if let Some(ce) = decode_event(&ev) {
+                            yield Ok(Arc::new(ce));
                         }
                     }
                     Err(e) => {
@@ -758,9 +898,10 @@ impl Registry {
                 }
             }
         };
-        Ok(Box::pin(
-            initial.chain(stream).take_until(self.until_closing()),
-        ))
+        Ok(WatchSource {
+            events: Box::pin(events),
+            from_cache: false,
+        })
     }
 
     // ------------------------------------------------------- bootstrapping
@@ -826,4 +967,26 @@ fn terminating(kind: Kind, name: &str, ns: &str) -> ApiError {
         name,
         format!("unable to create new content in namespace {ns} because it is being terminated"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn watch_timeouts_are_validated_capped_and_spread() {
+        assert_eq!(watch_timeout(Some(5)).unwrap(), Duration::from_secs(5));
+        assert_eq!(watch_timeout(Some(i64::MAX)).unwrap(), MAX_WATCH_TIMEOUT);
+        let e = watch_timeout(Some(-1)).unwrap_err();
+        assert_eq!(e.code, 400);
+        assert!(e.message.starts_with("timeoutSeconds: Invalid value: -1"));
+        let defaults: std::collections::BTreeSet<Duration> = (0..50)
+            .map(|_| watch_timeout(None).unwrap())
+            .chain([watch_timeout(Some(0)).unwrap()])
+            .collect();
+        assert!(defaults.iter().all(|d| (1800..3600).contains(&d.as_secs())));
+        assert!(defaults.len() > 10, "spread: {defaults:?}");
+    }
 }

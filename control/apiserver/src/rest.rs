@@ -20,7 +20,9 @@ use skiff_api::{Kind, Object, Resource, with_resource};
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::patch::Patch;
-use crate::registry::{DeleteOptions, ListOptions, Propagation, WriteOptions};
+use crate::registry::{
+    DeleteOptions, ListOptions, Propagation, WatchParams, Watched, WriteOptions, watch_timeout,
+};
 use crate::strategy::Strategy;
 use crate::table::{self, Include, Shape};
 use crate::watch_cache::Filter;
@@ -754,18 +756,31 @@ async fn watch<R: Resource>(
         labels,
         fields,
     };
-    let events = state.registry.watch(filter, query_rv(query)?).await?;
-    let timeout = query
-        .get("timeoutSeconds")
-        .and_then(|t| t.parse::<u64>().ok())
-        .map(std::time::Duration::from_secs);
+    let timeout = match query.get("timeoutSeconds").map(String::as_str) {
+        None | Some("") => None,
+        Some(t) => Some(t.parse::<i64>().map_err(|_| {
+            ApiError::bad_request(format!(
+                "timeoutSeconds: Invalid value: {t:?}: must be a whole number of seconds"
+            ))
+        })?),
+    };
+    let params = WatchParams {
+        bookmarks: query
+            .get("allowWatchBookmarks")
+            .is_some_and(|v| v == "true"),
+        timeout: watch_timeout(timeout)?,
+    };
+    let events = state
+        .registry
+        .watch(filter, query_rv(query)?, params)
+        .await?;
     let guard = state.metrics.watcher();
     let lines = events.map(move |item| {
         let _held = &guard;
         // The object's JSON is rendered once for all watchers; a Table of
         // its one row per watcher that asks for one.
         let (t, object) = match item {
-            Ok((t, obj)) => match shape {
+            Ok(Watched::Event(t, obj)) => match shape {
                 Shape::Object => (t.as_str(), obj.json()),
                 Shape::Table(version) => {
                     let o = &obj.object;
@@ -774,6 +789,19 @@ async fn watch<R: Resource>(
                     (t.as_str(), Bytes::from(t_json.to_string()))
                 }
             },
+            // An object of the kind with only its resourceVersion, as
+            // kube-apiserver sends.
+            Ok(Watched::Bookmark(rv)) => (
+                "BOOKMARK",
+                Bytes::from(
+                    json!({
+                        "kind": R::KIND.name(),
+                        "apiVersion": R::KIND.api_version(),
+                        "metadata": {"resourceVersion": rv.to_string()},
+                    })
+                    .to_string(),
+                ),
+            ),
             Err(e) => ("ERROR", Bytes::from(e.to_status().to_string())),
         };
         let mut line = Vec::with_capacity(object.len() + 32);
@@ -782,10 +810,7 @@ async fn watch<R: Resource>(
         line.extend_from_slice(b"}\n");
         Ok::<_, Infallible>(Bytes::from(line))
     });
-    let body = match timeout {
-        Some(t) => Body::from_stream(lines.take_until(tokio::time::sleep(t))),
-        None => Body::from_stream(lines),
-    };
+    let body = Body::from_stream(lines);
     Ok(Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/json")

@@ -178,6 +178,10 @@ pub struct WatchCache {
     /// of the store first (as kube-apiserver's cacher does). Deleted keys
     /// leave; a reset empties it.
     current: Mutex<HashMap<String, Stored>>,
+    /// Every event up to this revision has been pushed: the feed says so
+    /// when the store's watch has nothing more ready, so a whole revision
+    /// (several events of one transaction) is in before it counts.
+    complete: tokio::sync::watch::Sender<Revision>,
 }
 
 /// An object's stored bytes and the revision that wrote them.
@@ -194,7 +198,32 @@ impl WatchCache {
             }),
             capacity,
             current: Mutex::new(HashMap::new()),
+            complete: tokio::sync::watch::Sender::new(start),
         }
+    }
+
+    /// Every event up to `rev` has been pushed (never goes back).
+    pub fn complete_to(&self, rev: Revision) {
+        self.complete.send_if_modified(|r| {
+            let newer = rev > *r;
+            if newer {
+                *r = rev;
+            }
+            newer
+        });
+    }
+
+    /// The revision up to which every event has been pushed.
+    pub fn complete(&self) -> Revision {
+        *self.complete.borrow()
+    }
+
+    /// Waits up to `wait` for the cache to reach `rev`; false if it did not.
+    pub async fn wait_for(&self, rev: Revision, wait: std::time::Duration) -> bool {
+        let mut rx = self.complete.subscribe();
+        tokio::time::timeout(wait, rx.wait_for(|r| *r >= rev))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// The stored bytes of `key` at revision `rev`, if the feed has seen
@@ -274,6 +303,7 @@ impl WatchCache {
         let mut w = self.window.lock().expect("watch cache poisoned");
         w.events.clear();
         w.start = start;
+        self.complete_to(start);
         let (tx, _) = broadcast::channel(self.capacity.max(1024));
         w.tx = tx;
     }

@@ -144,6 +144,7 @@ on_both_stores!(
     tables_media_types_and_unknown_paths,
     the_scale_subresource,
     pods_are_evicted,
+    watch_timeouts_future_revisions_and_bookmarks,
 );
 
 /// pods/eviction (what kubectl drain posts): a policy/v1 Eviction deletes
@@ -1786,4 +1787,181 @@ async fn next_cm(
         .await
         .expect("informer event within 30 s")
         .unwrap()
+}
+
+fn watch_lines(body: &str) -> Vec<Value> {
+    body.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+fn rv_of(v: &Value) -> i64 {
+    v["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Watches end at `timeoutSeconds` (validated), with a bookmark last when
+/// asked for; a resourceVersion the server has not reached is waited for a
+/// bounded time, then refused as kube-apiserver does; gRPC watches alike.
+async fn watch_timeouts_future_revisions_and_bookmarks(s: TestServer) {
+    let cms = "/api/v1/namespaces/default/configmaps";
+    let (_, a) = s
+        .call("POST", cms, Some(json!({"metadata": {"name": "a"}})))
+        .await;
+    let rv_a = rv_of(&a);
+
+    for bad in ["-1", "soon"] {
+        let (code, body) = s
+            .call("GET", &format!("{cms}?watch=1&timeoutSeconds={bad}"), None)
+            .await;
+        assert_eq!(code, 400, "timeoutSeconds={bad}: {body}");
+        assert!(body["message"].as_str().unwrap().contains("timeoutSeconds"));
+    }
+
+    // The watch ends by itself; what happened meanwhile comes first, the
+    // bookmark last, at a revision that covers it.
+    let started = std::time::Instant::now();
+    let resp = s
+        .http
+        .get(format!(
+            "{}{cms}?watch=1&resourceVersion={rv_a}&timeoutSeconds=2&allowWatchBookmarks=true",
+            s.url
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let (_, b) = s
+        .call("POST", cms, Some(json!({"metadata": {"name": "b"}})))
+        .await;
+    let body = tokio::time::timeout(Duration::from_secs(20), resp.text())
+        .await
+        .expect("the watch ends within 20 s of a 2 s timeout")
+        .unwrap();
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    let lines = watch_lines(&body);
+    let types: Vec<&str> = lines.iter().map(|l| l["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["ADDED", "BOOKMARK"], "{body}");
+    assert_eq!(lines[0]["object"]["metadata"]["name"], "b");
+    let bookmark = &lines[1]["object"];
+    assert_eq!(bookmark["kind"], "ConfigMap");
+    assert_eq!(bookmark["apiVersion"], "v1");
+    assert!(rv_of(bookmark) >= rv_of(&b), "{bookmark}");
+    // Without allowWatchBookmarks: no bookmark, and the watch still ends.
+    let body = tokio::time::timeout(
+        Duration::from_secs(20),
+        s.http
+            .get(format!(
+                "{}{cms}?watch=1&resourceVersion={}&timeoutSeconds=1",
+                s.url,
+                rv_of(&b)
+            ))
+            .send()
+            .await
+            .unwrap()
+            .text(),
+    )
+    .await
+    .expect("the watch ends")
+    .unwrap();
+    assert_eq!(body, "", "nothing happened, nothing sent");
+
+    // A resume from the bookmark misses nothing and repeats nothing.
+    let (_, c) = s
+        .call("POST", cms, Some(json!({"metadata": {"name": "c"}})))
+        .await;
+    let body = s
+        .http
+        .get(format!(
+            "{}{cms}?watch=1&resourceVersion={}&timeoutSeconds=1",
+            s.url,
+            rv_of(bookmark)
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let names: Vec<Value> = watch_lines(&body)
+        .iter()
+        .map(|l| l["object"]["metadata"]["name"].clone())
+        .collect();
+    assert_eq!(names, [json!("c")]);
+
+    // A revision far ahead: refused after a bounded wait.
+    let started = std::time::Instant::now();
+    let (code, status) = s
+        .call(
+            "GET",
+            &format!("{cms}?watch=1&resourceVersion={}", rv_of(&c) + 1_000_000),
+            None,
+        )
+        .await;
+    assert_eq!(code, 504, "{status}");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert_eq!(status["reason"], "Timeout");
+    assert_eq!(
+        status["details"]["causes"][0]["reason"], "ResourceVersionTooLarge",
+        "{status}"
+    );
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Timeout: Too large resource version"),
+        "{status}"
+    );
+    // A revision just ahead that the server reaches while waiting: served.
+    let next = rv_of(&c) + 1;
+    let ahead = tokio::spawn(
+        s.http
+            .get(format!(
+                "{}{cms}?watch=1&resourceVersion={next}&timeoutSeconds=5",
+                s.url
+            ))
+            .send(),
+    );
+    s.call("POST", cms, Some(json!({"metadata": {"name": "d"}})))
+        .await;
+    let ahead = ahead.await.unwrap().unwrap();
+    assert_eq!(ahead.status(), 200, "a revision reached within the wait");
+
+    // gRPC: the same timeout and bookmarks.
+    let client = s.client().await;
+    let mut stream = client
+        .watch_with::<ConfigMap>(
+            "default",
+            &ListParams::default(),
+            Some(&rv_of(&c).to_string()),
+            skiff_client::WatchOptions {
+                bookmarks: true,
+                timeout_seconds: 1,
+            },
+        )
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while let Some(ev) = tokio::time::timeout(Duration::from_secs(20), stream.next())
+        .await
+        .expect("the gRPC watch ends within 20 s of a 1 s timeout")
+    {
+        got.push(ev.unwrap());
+    }
+    assert!(
+        matches!(got.as_slice(), [WatchEvent::Added(d), WatchEvent::Bookmark(rv)]
+            if d.name() == "d" && rv.parse::<i64>().unwrap() >= next),
+        "{got:?}"
+    );
+    let err = match client
+        .watch::<ConfigMap>("default", &ListParams::default(), Some("999999999"))
+        .await
+    {
+        Ok(mut s) => s.next().await.unwrap().unwrap_err(),
+        Err(e) => e,
+    };
+    assert_eq!(err.code(), 504, "{err}");
 }

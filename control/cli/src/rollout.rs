@@ -191,7 +191,7 @@ async fn status(
                 .await?;
             loop {
                 match events.next().await {
-                    Some(Ok(ev)) if ev.object().name() == name => break,
+                    Some(Ok(ev)) if ev.object().is_some_and(|d| d.name() == name) => break,
                     Some(Ok(_)) => continue,
                     Some(Err(e)) if e.is_gone() => break,
                     Some(Err(e)) => return Err(e.into()),

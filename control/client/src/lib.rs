@@ -139,14 +139,40 @@ pub enum WatchEvent<R> {
     Added(R),
     Modified(R),
     Deleted(R),
+    /// Every change up to this resourceVersion has been sent (only when
+    /// [`WatchOptions::bookmarks`] asked for them).
+    Bookmark(String),
 }
 
-impl<R> WatchEvent<R> {
-    pub fn object(&self) -> &R {
+impl<R: Resource> WatchEvent<R> {
+    /// The changed object; `None` for a bookmark.
+    pub fn object(&self) -> Option<&R> {
         match self {
-            WatchEvent::Added(o) | WatchEvent::Modified(o) | WatchEvent::Deleted(o) => o,
+            WatchEvent::Added(o) | WatchEvent::Modified(o) | WatchEvent::Deleted(o) => Some(o),
+            WatchEvent::Bookmark(_) => None,
         }
     }
+
+    /// Where a watch resumes after this event.
+    pub fn resource_version(&self) -> &str {
+        match self {
+            WatchEvent::Added(o) | WatchEvent::Modified(o) | WatchEvent::Deleted(o) => {
+                &o.meta().resource_version
+            }
+            WatchEvent::Bookmark(rv) => rv,
+        }
+    }
+}
+
+/// How a watch runs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WatchOptions {
+    /// Ask for bookmarks, so a resumed watch starts from a recent
+    /// resourceVersion even when nothing it selects has changed.
+    pub bookmarks: bool,
+    /// When the server should end the watch; 0 leaves it to the server
+    /// (30 to 60 minutes).
+    pub timeout_seconds: i64,
 }
 
 pub type WatchStream<R> = Pin<Box<dyn Stream<Item = Result<WatchEvent<R>>> + Send>>;
@@ -338,11 +364,27 @@ impl Client {
         params: &ListParams,
         resource_version: Option<&str>,
     ) -> Result<WatchStream<R>> {
+        self.watch_with(namespace, params, resource_version, WatchOptions::default())
+            .await
+    }
+
+    /// A watch with bookmarks or a timeout.
+    pub async fn watch_with<R: Resource>(
+        &self,
+        namespace: &str,
+        params: &ListParams,
+        resource_version: Option<&str>,
+        options: WatchOptions,
+    ) -> Result<WatchStream<R>> {
         let events = self
-            .watch_raw(R::KIND, namespace, params, resource_version)
+            .watch_raw(R::KIND, namespace, params, resource_version, options)
             .await?;
         Ok(Box::pin(events.map(|e| {
-            e.and_then(|(t, obj)| {
+            e.and_then(|ev| {
+                let (t, obj) = match ev {
+                    RawWatched::Bookmark(rv) => return Ok(WatchEvent::Bookmark(rv)),
+                    RawWatched::Event(t, obj) => (t, obj),
+                };
                 let obj = R::from_object(obj)
                     .ok_or_else(|| ClientError::Decode("wrong kind in watch".into()))?;
                 Ok(match t {
@@ -417,8 +459,22 @@ impl Client {
         params: &ListParams,
         resource_version: Option<&str>,
     ) -> Result<Pin<Box<dyn Stream<Item = Result<(WatchType, Object)>> + Send>>> {
-        self.watch_raw(kind, namespace, params, resource_version)
-            .await
+        let events = self
+            .watch_raw(
+                kind,
+                namespace,
+                params,
+                resource_version,
+                WatchOptions::default(),
+            )
+            .await?;
+        Ok(Box::pin(events.filter_map(|e| async move {
+            match e {
+                Ok(RawWatched::Event(t, obj)) => Some(Ok((t, obj))),
+                Ok(RawWatched::Bookmark(_)) => None,
+                Err(e) => Some(Err(e)),
+            }
+        })))
     }
 
     async fn list_raw(
@@ -535,13 +591,16 @@ impl Client {
         namespace: &str,
         params: &ListParams,
         resource_version: Option<&str>,
-    ) -> Result<Pin<Box<dyn Stream<Item = Result<(WatchType, Object)>> + Send>>> {
+        options: WatchOptions,
+    ) -> Result<Pin<Box<dyn Stream<Item = Result<RawWatched>> + Send>>> {
         let req = WatchRequest {
             kind: kind.name().into(),
             namespace: namespace.into(),
             label_selector: params.label_selector.clone(),
             field_selector: params.field_selector.clone(),
             resource_version: resource_version.unwrap_or("").into(),
+            timeout_seconds: options.timeout_seconds,
+            allow_bookmarks: options.bookmarks,
         };
         let stream = self
             .rpc
@@ -556,11 +615,14 @@ impl Client {
                 "ADDED" => WatchType::Added,
                 "MODIFIED" => WatchType::Modified,
                 "DELETED" => WatchType::Deleted,
+                "BOOKMARK" => return Ok(RawWatched::Bookmark(ev.resource_version)),
                 _ => {
                     return Err(ClientError::Api {
                         code: u16::try_from(ev.code).unwrap_or(500),
                         reason: if ev.code == 410 {
                             "Expired".into()
+                        } else if ev.code == 504 {
+                            "Timeout".into()
                         } else {
                             "InternalError".into()
                         },
@@ -571,9 +633,19 @@ impl Client {
             };
             let obj =
                 Object::decode(kind, &ev.raw).map_err(|e| ClientError::Decode(e.to_string()))?;
-            Ok((t, obj))
+            Ok(RawWatched::Event(t, obj))
         })))
     }
+}
+
+/// One item of a watch as it comes off the wire.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "events are the common case and as large as before; a bookmark is rare"
+)]
+enum RawWatched {
+    Event(WatchType, Object),
+    Bookmark(String),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

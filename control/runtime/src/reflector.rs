@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use skiff_api::Resource;
-use skiff_client::{Client, ListParams, WatchEvent};
+use skiff_client::{Client, ListParams, WatchEvent, WatchOptions};
 use tokio::sync::mpsc;
 
 use crate::store::{Event, Store, Writer};
@@ -82,13 +82,23 @@ impl<R: Resource> Reflector<R> {
             }
             let mut rv = list.resource_version;
             loop {
+                // Bookmarks keep `rv` recent, so that resuming after the
+                // server ends the watch (every 30 to 60 minutes) stays
+                // inside the server's window even when nothing changed.
+                let options = WatchOptions {
+                    bookmarks: true,
+                    timeout_seconds: 0,
+                };
                 let mut stream = match self
                     .client
-                    .watch::<R>(&self.namespace, &self.params, Some(&rv))
+                    .watch_with::<R>(&self.namespace, &self.params, Some(&rv), options)
                     .await
                 {
                     Ok(s) => s,
-                    Err(e) if e.is_gone() => continue 'relist,
+                    // History gone, or a revision the server has not
+                    // reached (another store behind the same address):
+                    // start over from a fresh list, as client-go does.
+                    Err(e) if e.is_gone() || e.code() == 504 => continue 'relist,
                     Err(e) => {
                         tracing::warn!(%kind, "watch: {e}");
                         if self.abandoned() {
@@ -103,8 +113,9 @@ impl<R: Resource> Reflector<R> {
                 while let Some(item) = stream.next().await {
                     match item {
                         Ok(ev) => {
-                            rv = ev.object().meta().resource_version.clone();
+                            rv = ev.resource_version().to_string();
                             let out = match ev {
+                                WatchEvent::Bookmark(_) => continue,
                                 WatchEvent::Added(o) | WatchEvent::Modified(o) => {
                                     self.writer.write().observe(o, false)
                                 }

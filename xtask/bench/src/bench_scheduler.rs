@@ -252,7 +252,7 @@ async fn measure(url: &str, total: usize, binder: Binder, pid: u32) -> Result<Ou
     let seen = bound.clone();
     let watcher = tokio::spawn(async move {
         while let Some(Ok(ev)) = events.next().await {
-            let p = ev.object();
+            let Some(p) = ev.object() else { continue };
             if p.spec.as_ref().is_some_and(|s| !s.node_name.is_empty()) {
                 let mut b = seen.lock().expect("bound");
                 b.entry(p.name().to_string()).or_insert_with(Instant::now);
