@@ -322,6 +322,24 @@ fn get_prints_tables() {
                 "{row:?} in {out}"
             );
         }
+        // kubectl pages its lists (500 by default): in chunks of one, the
+        // same table, one header.
+        let whole = k.ok(&["get", "services", "-o", "name"]);
+        assert!(whole.lines().count() >= 3, "{whole}");
+        assert_eq!(
+            k.ok(&["get", "services", "-o", "name", "--chunk-size=1"]),
+            whole
+        );
+        let chunked = k.ok(&["get", "namespaces", "--chunk-size=1"]);
+        assert_eq!(
+            chunked.lines().filter(|l| l.starts_with("NAME")).count(),
+            1,
+            "{chunked}"
+        );
+        assert_eq!(
+            chunked.lines().count(),
+            k.ok(&["get", "namespaces"]).lines().count()
+        );
         let out = k.ok(&["get", "pods"]);
         let header: Vec<&str> = out
             .lines()

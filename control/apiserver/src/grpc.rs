@@ -133,10 +133,19 @@ impl Resources for Service {
             labels,
             fields,
         };
-        let out = with_resource!(k, R => self.registry.list::<R>(&opts).await.map(|(items, rev)| RawList {
+        let limit = usize::try_from(r.limit).map_err(|_| {
+            Status::invalid_argument(format!("limit {} must be 0 or more", r.limit))
+        })?;
+        let out = with_resource!(k, R => self
+        .registry
+        .list_chunk::<R>(&opts, limit, &r.continue_token, crate::registry::CHUNK_BYTES)
+        .await
+        .map(|chunk| RawList {
             kind: k.name().to_string(),
-            items: items.iter().map(|o| o.encode_to_vec()).collect(),
-            resource_version: rev.to_string(),
+            items: chunk.items.iter().map(|o| o.encode_to_vec()).collect(),
+            resource_version: chunk.revision.to_string(),
+            continue_token: chunk.token.unwrap_or_default(),
+            remaining_item_count: chunk.remaining.and_then(|n| i64::try_from(n).ok()),
         }));
         self.observe("list", k, &out);
         out.map(Response::new).map_err(|e| e.to_grpc())

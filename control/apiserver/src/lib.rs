@@ -246,12 +246,16 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         registry.clone(),
     )));
 
-    let grpc = tonic::service::Routes::new(skiff_api::v1::resources_server::ResourcesServer::new(
-        grpc::Service {
+    // Message limits set on purpose: a request carries one object (as a
+    // REST body, at most 3 MiB); a response at most a list chunk.
+    let grpc = tonic::service::Routes::new(
+        skiff_api::v1::resources_server::ResourcesServer::new(grpc::Service {
             registry: registry.clone(),
             metrics: state.metrics.clone(),
-        },
-    ))
+        })
+        .max_decoding_message_size(MAX_BODY)
+        .max_encoding_message_size(registry::CHUNK_BYTES * 2),
+    )
     .add_service(skiff_api::v1::pods_server::PodsServer::new(
         pods_proxy::Service {
             registry: registry.clone(),
@@ -276,7 +280,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         .route("/api/{*rest}", any(rest::handle))
         .route("/apis", any(rest::handle))
         .route("/apis/{*rest}", any(rest::handle))
-        .layer(axum::extract::DefaultBodyLimit::max(3 * 1024 * 1024))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state);
     // gRPC requests go to the gRPC services; any other path nothing
     // serves is a 404 Status, not an empty gRPC answer.
@@ -414,6 +418,9 @@ fn version() -> serde_json::Value {
 /// does): ready while the store serves reads and writes and the watch
 /// cache follows it. `/livez` stays ok: the server recovers by itself, so
 /// restarting it would not help.
+/// The largest request body (kube-apiserver's limit too).
+const MAX_BODY: usize = 3 << 20;
+
 async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, String) {
     let store = &state.registry.store;
     let failed = if let Some(fault) = store.fault() {

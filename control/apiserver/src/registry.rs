@@ -14,7 +14,7 @@ use skiff_api::selector::{FieldSelector, Selector};
 use skiff_api::v1::{Namespace, ObjectMeta};
 use skiff_api::wire::Time;
 use skiff_api::{Kind, Resource, with_resource};
-use skiff_store::{Compare, KeyValue, Op, Revision, Store, Txn};
+use skiff_store::{Compare, KeyValue, Op, Revision, Store, StoreError, Txn};
 
 use crate::alloc::{Allocation, Allocators, Avoid, Claim};
 use crate::codec::{decode, decode_at, encode};
@@ -178,6 +178,68 @@ struct WatchSource {
 /// A deadline that never comes (a watch without a timeout).
 const FOREVER: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 24 * 3600);
 
+/// One chunk of a list.
+pub struct ListChunk<R> {
+    pub items: Vec<R>,
+    pub revision: Revision,
+    /// Where the next chunk starts; `None` on the last.
+    pub token: Option<String>,
+    /// How many objects follow (without selectors, when the store knows).
+    pub remaining: Option<u64>,
+}
+
+/// About how much of a chunked list one response carries (fewer objects
+/// than the limit, with a continue token, when they are large): well
+/// within the gRPC message limit.
+pub const CHUNK_BYTES: usize = 32 << 20;
+
+/// Keys read per store page for a chunk without a limit.
+const CHUNK_FETCH: usize = 500;
+const MAX_CHUNK_FETCH: usize = 10_000;
+
+/// kube-apiserver's words for a continue token whose snapshot is gone.
+const CONTINUE_EXPIRED: &str = "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.";
+
+/// A `continue` token: the revision every chunk reads and the key the next
+/// one starts from (as kube-apiserver's, base64 of JSON).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ContinueToken {
+    v: String,
+    rv: Revision,
+    start: String,
+}
+
+impl ContinueToken {
+    fn new(rv: Revision, start: &str) -> ContinueToken {
+        ContinueToken {
+            v: "meta.k8s.io/v1".into(),
+            rv,
+            start: start.to_string(),
+        }
+    }
+
+    fn encode(&self) -> String {
+        use base64::Engine;
+        let json = serde_json::to_vec(self).expect("a token serializes");
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+    }
+
+    fn decode(token: &str) -> ApiResult<ContinueToken> {
+        use base64::Engine;
+        let bad = || {
+            ApiError::bad_request("continue: Invalid value: the token is not one this server gave")
+        };
+        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token.trim_end_matches('='))
+            .map_err(|_| bad())?;
+        let t: ContinueToken = serde_json::from_slice(&json).map_err(|_| bad())?;
+        if t.v != "meta.k8s.io/v1" || t.rv <= 0 {
+            return Err(bad());
+        }
+        Ok(t)
+    }
+}
+
 pub struct Registry {
     pub store: Arc<dyn Store>,
     pub alloc: Allocators,
@@ -326,6 +388,89 @@ impl Registry {
             }
         }
         Ok((items, list.revision))
+    }
+
+    /// One chunk of a list (`limit` and `continue`, as Kubernetes pages):
+    /// at most `limit` objects (0: no limit) and at most about `max_bytes`
+    /// of them, every chunk of one list read at the first chunk's
+    /// revision. The token continues the list; it expires (410) once the
+    /// store compacts that revision away.
+    pub async fn list_chunk<R: Resource>(
+        &self,
+        opts: &ListOptions,
+        limit: usize,
+        token: &str,
+        max_bytes: usize,
+    ) -> ApiResult<ListChunk<R>> {
+        if !opts.fields.is_empty() {
+            opts.fields
+                .check_fields(&R::default())
+                .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        }
+        let prefix = if R::KIND.namespaced() && !opts.namespace.is_empty() {
+            format!("{}{}/", R::KIND.key_prefix(), opts.namespace)
+        } else {
+            R::KIND.key_prefix().to_string()
+        };
+        let (mut start, mut revision) = if token.is_empty() {
+            (String::new(), 0)
+        } else {
+            let t = ContinueToken::decode(token)?;
+            if !t.start.starts_with(&prefix) {
+                return Err(ApiError::bad_request(
+                    "continue: Invalid value: the token belongs to another list",
+                ));
+            }
+            (t.start, t.rv)
+        };
+        let selective = !opts.labels.is_empty() || !opts.fields.is_empty();
+        let mut items = Vec::new();
+        let mut bytes = 0usize;
+        // With selectors a page may hold few matches: read on, in growing
+        // pages, as kube-apiserver does.
+        let mut fetch = if limit > 0 { limit } else { CHUNK_FETCH };
+        loop {
+            let page = self
+                .store
+                .list_page(&prefix, &start, fetch, revision)
+                .await
+                .map_err(|e| match e {
+                    StoreError::Compacted { .. } => ApiError::gone(CONTINUE_EXPIRED),
+                    e => e.into(),
+                })?;
+            revision = page.revision;
+            let n = page.kvs.len();
+            for (i, kv) in page.kvs.iter().enumerate() {
+                start = skiff_store::key_after(&kv.key);
+                let obj: R = decode(kv)?;
+                if opts.labels.matches(&obj.meta().labels) && opts.fields.matches(&obj) {
+                    bytes += kv.value.len();
+                    items.push(obj);
+                }
+                let full = (limit > 0 && items.len() >= limit) || bytes >= max_bytes;
+                if full {
+                    let more = i + 1 < n || page.more;
+                    return Ok(ListChunk {
+                        items,
+                        revision,
+                        token: more.then(|| ContinueToken::new(revision, &start).encode()),
+                        remaining: page
+                            .remaining
+                            .filter(|_| more && !selective)
+                            .map(|r| r + (n - i - 1) as u64),
+                    });
+                }
+            }
+            if !page.more {
+                return Ok(ListChunk {
+                    items,
+                    revision,
+                    token: None,
+                    remaining: None,
+                });
+            }
+            fetch = (fetch * 2).min(MAX_CHUNK_FETCH);
+        }
     }
 
     // ------------------------------------------------------------ create

@@ -587,8 +587,25 @@ async fn dispatch<R: Strategy>(
                 labels,
                 fields,
             };
-            let (items, rev) = registry.list::<R>(&opts).await?;
-            let body = match shape {
+            let limit = match query.get("limit").map(String::as_str) {
+                None | Some("") => 0,
+                Some(l) => l.parse::<usize>().map_err(|_| {
+                    ApiError::bad_request(format!(
+                        "limit: Invalid value: {l:?}: must be a whole number, 0 or more"
+                    ))
+                })?,
+            };
+            let token = query.get("continue").map_or("", String::as_str);
+            let (items, rev, token, remaining) = if limit == 0 && token.is_empty() {
+                let (items, rev) = registry.list::<R>(&opts).await?;
+                (items, rev, None, None)
+            } else {
+                let chunk = registry
+                    .list_chunk::<R>(&opts, limit, token, crate::registry::CHUNK_BYTES)
+                    .await?;
+                (chunk.items, chunk.revision, chunk.token, chunk.remaining)
+            };
+            let mut body = match shape {
                 Shape::Object => {
                     list_json(R::KIND, items.into_iter().map(object_json).collect(), rev)
                 }
@@ -599,6 +616,12 @@ async fn dispatch<R: Strategy>(
                     table::table(R::KIND, rows, &rev.to_string(), include, version)
                 }
             };
+            if let Some(token) = token {
+                body["metadata"]["continue"] = json!(token);
+            }
+            if let Some(n) = remaining {
+                body["metadata"]["remainingItemCount"] = json!(n);
+            }
             Ok(json_response(StatusCode::OK, &body, &[]))
         }
         "watch" => watch::<R>(state, namespace, query, shape, include).await,

@@ -164,6 +164,10 @@ impl<R: Resource> WatchEvent<R> {
     }
 }
 
+/// Objects per list request: a list of any size arrives in chunks this
+/// large (client-go's reflectors use the same).
+const LIST_CHUNK: i64 = 500;
+
 /// How a watch runs.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct WatchOptions {
@@ -483,19 +487,41 @@ impl Client {
         namespace: &str,
         params: &ListParams,
     ) -> Result<skiff_api::v1::RawList> {
-        let req = ListRequest {
-            kind: kind.name().into(),
-            namespace: namespace.into(),
-            label_selector: params.label_selector.clone(),
-            field_selector: params.field_selector.clone(),
-        };
-        Ok(self
-            .rpc
-            .clone()
-            .list(req)
-            .await
-            .map_err(ClientError::from_status)?
-            .into_inner())
+        // In chunks, all read at the first one's revision; if the server
+        // compacts that away meanwhile (410), the list starts over.
+        let mut restarts = 0;
+        'list: loop {
+            let mut all = skiff_api::v1::RawList::default();
+            let mut token = String::new();
+            loop {
+                let req = ListRequest {
+                    kind: kind.name().into(),
+                    namespace: namespace.into(),
+                    label_selector: params.label_selector.clone(),
+                    field_selector: params.field_selector.clone(),
+                    limit: LIST_CHUNK,
+                    continue_token: token,
+                };
+                let chunk = match self.rpc.clone().list(req).await {
+                    Ok(r) => r.into_inner(),
+                    Err(status) => {
+                        let e = ClientError::from_status(status);
+                        if e.is_gone() && restarts < 3 {
+                            restarts += 1;
+                            continue 'list;
+                        }
+                        return Err(e);
+                    }
+                };
+                all.kind = chunk.kind;
+                all.resource_version = chunk.resource_version;
+                all.items.extend(chunk.items);
+                if chunk.continue_token.is_empty() {
+                    return Ok(all);
+                }
+                token = chunk.continue_token;
+            }
+        }
     }
 
     async fn create_object_raw(&self, obj: RawObject) -> Result<RawObject> {

@@ -44,8 +44,8 @@ use redb::{
 use tokio::sync::{Notify, broadcast, oneshot};
 
 use crate::{
-    Compare, Event, EventKind, KeyValue, LeaseId, ListResult, Op, Result, Revision, Store,
-    StoreError, Txn, TxnResult, WatchStream,
+    Compare, Event, EventKind, KeyValue, LeaseId, ListPage, ListResult, Op, Result, Revision,
+    Store, StoreError, Txn, TxnResult, WatchStream,
 };
 
 /// Keys as bytes: a `&str` key would be UTF-8-checked on every comparison.
@@ -57,6 +57,13 @@ const LEASE_KEYS: MultimapTableDefinition<i64, &str> = MultimapTableDefinition::
 
 /// How many waiting requests one commit may take.
 const MAX_BATCH: usize = 4096;
+
+/// How long the snapshot a paged list reads stays after its last page
+/// (etcd keeps history about as long before the API server compacts it).
+const SNAPSHOT_TTL: Duration = Duration::from_secs(300);
+
+/// How many list snapshots are kept at once (the oldest go first).
+const MAX_SNAPSHOTS: usize = 64;
 
 /// How often a store that cannot write tries to reopen its file.
 const RETRY: Duration = Duration::from_millis(500);
@@ -222,6 +229,9 @@ struct Shared {
     fault: Mutex<Option<Fault>>,
     /// I/O errors met since the store opened.
     errors: AtomicU64,
+    /// Read snapshots of paged lists, by revision, with their last use:
+    /// the next page of a list reads the same state as its first.
+    snapshots: Mutex<HashMap<Revision, (Arc<redb::ReadTransaction>, Instant)>>,
 }
 
 struct Fault {
@@ -558,6 +568,15 @@ fn run_batch(shared: &Shared, state: &mut WriterState, batch: Vec<Request>) {
     match outcome {
         Ok(()) => {
             shared.healed();
+            if state.compacted > saved.1 {
+                // As etcd's: compaction ends the lists that read before it.
+                let compacted = state.compacted;
+                shared
+                    .snapshots
+                    .lock()
+                    .expect("snapshots poisoned")
+                    .retain(|r, _| *r >= compacted);
+            }
             shared.compacted.store(state.compacted, Ordering::Release);
             {
                 let mut leases = shared.leases.lock().expect("lease table poisoned");
@@ -650,6 +669,8 @@ fn probe(shared: &Shared, state: &WriterState) {
 
 fn reopen(shared: &Shared, state: &mut WriterState) -> std::result::Result<(), String> {
     drop(shared.db.write().expect("database lock poisoned").take());
+    // Snapshots hold the old file open; their lists start over (410).
+    shared.snapshots.lock().expect("snapshots poisoned").clear();
     // A reader may hold the old file for a moment longer.
     let deadline = Instant::now() + Duration::from_secs(2);
     let db = loop {
@@ -800,6 +821,7 @@ impl Embedded {
             compacted: AtomicI64::new(state.compacted),
             fault: Mutex::new(None),
             errors: AtomicU64::new(0),
+            snapshots: Mutex::new(HashMap::new()),
         });
         let (tx, rx) = std_mpsc::channel();
         let writer_shared = shared.clone();
@@ -989,6 +1011,96 @@ impl Store for Embedded {
                 Ok((kvs, revision))
             })?;
             Ok(ListResult { kvs, revision })
+        })
+        .await
+        .map_err(backend)?
+    }
+
+    async fn list_page(
+        &self,
+        prefix: &str,
+        start: &str,
+        limit: usize,
+        revision: Revision,
+    ) -> Result<ListPage> {
+        let shared = self.handle.shared.clone();
+        let (prefix, start) = (prefix.to_string(), start.to_string());
+        tokio::task::spawn_blocking(move || {
+            let snapshot = if revision > 0 {
+                let mut snaps = shared.snapshots.lock().expect("snapshots poisoned");
+                match snaps.get_mut(&revision) {
+                    Some((tx, used)) => {
+                        *used = Instant::now();
+                        Some(tx.clone())
+                    }
+                    None => None,
+                }
+            } else {
+                None
+            };
+            let tx = match snapshot {
+                Some(tx) => tx,
+                None => {
+                    let tx = shared.db()?.begin_read().map_err(|e| shared.error(e))?;
+                    let now = Self::read_revision(&tx).map_err(|e| shared.error(e))?;
+                    if revision > 0 && revision != now {
+                        // That snapshot is gone: the list must start over.
+                        return Err(StoreError::Compacted {
+                            requested: revision,
+                            compacted: now,
+                        });
+                    }
+                    Arc::new(tx)
+                }
+            };
+            let at = Self::read_revision(&tx).map_err(|e| shared.error(e))?;
+            let from = if start.as_str() > prefix.as_str() {
+                start
+            } else {
+                prefix.clone()
+            };
+            let corrupt = redb::Error::Corrupted;
+            let (kvs, more) = (|| {
+                let table = tx.open_table(KV)?;
+                let mut kvs = Vec::new();
+                let mut more = false;
+                for entry in table.range::<&[u8]>(from.as_bytes()..)? {
+                    let (k, v) = entry?;
+                    if !k.value().starts_with(prefix.as_bytes()) {
+                        break;
+                    }
+                    if limit > 0 && kvs.len() == limit {
+                        more = true;
+                        break;
+                    }
+                    let key = std::str::from_utf8(k.value())
+                        .map_err(|_| corrupt("a key that is not UTF-8".into()))?;
+                    kvs.push(decode_record(key, v.value()).map_err(|e| corrupt(e.to_string()))?);
+                }
+                Ok::<_, redb::Error>((kvs, more))
+            })()
+            .map_err(|e| shared.error(e))?;
+            if more {
+                let mut snaps = shared.snapshots.lock().expect("snapshots poisoned");
+                let now = Instant::now();
+                snaps.retain(|_, (_, used)| now.duration_since(*used) < SNAPSHOT_TTL);
+                if !snaps.contains_key(&at)
+                    && snaps.len() >= MAX_SNAPSHOTS
+                    && let Some(oldest) = snaps
+                        .iter()
+                        .min_by_key(|(_, (_, used))| *used)
+                        .map(|(r, _)| *r)
+                {
+                    snaps.remove(&oldest);
+                }
+                snaps.entry(at).or_insert((tx, now)).1 = now;
+            }
+            Ok(ListPage {
+                kvs,
+                revision: at,
+                more,
+                remaining: None,
+            })
         })
         .await
         .map_err(backend)?

@@ -7,12 +7,49 @@ use etcd_client::{
 };
 
 use crate::{
-    Compare, Event, EventKind, KeyValue, LeaseId, ListResult, Op, Result, Revision, Store,
-    StoreError, Txn, TxnResult, WatchStream,
+    Compare, Event, EventKind, KeyValue, LeaseId, ListPage, ListResult, Op, Result, Revision,
+    Store, StoreError, Txn, TxnResult, WatchStream,
 };
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(format!("etcd: {e}"))
+}
+
+/// The largest response the store takes from etcd. A list is read in pages
+/// (see [`LIST_PAGE`]) so it never needs more than this, however many keys
+/// there are; etcd's own default is 4 MiB, less than one page of large
+/// objects (each may be 1.5 MiB).
+const MAX_RESPONSE: usize = 256 << 20;
+
+/// Keys per page when the store reads a whole prefix; a page that is still
+/// too large for [`MAX_RESPONSE`] is read again in smaller pages.
+const LIST_PAGE: usize = 1000;
+
+/// The error etcd answers for a revision compaction removed.
+fn read_error(e: etcd_client::Error, revision: Revision) -> StoreError {
+    let text = e.to_string();
+    if text.contains("required revision has been compacted") {
+        StoreError::Compacted {
+            requested: revision,
+            compacted: 0,
+        }
+    } else if text.contains("required revision is a future revision") {
+        StoreError::FutureRevision(revision)
+    } else {
+        backend(text)
+    }
+}
+
+/// The end of the key range of a prefix (etcd's `range_end`).
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
 }
 
 /// Connections for key-value requests: one HTTP/2 connection carrying
@@ -43,7 +80,12 @@ impl Etcd {
         let client = connect().await?;
         let mut kv = Vec::with_capacity(KV_CONNECTIONS);
         for _ in 0..KV_CONNECTIONS {
-            kv.push(connect().await?.kv_client());
+            kv.push(
+                connect()
+                    .await?
+                    .kv_client()
+                    .max_decoding_message_size(MAX_RESPONSE),
+            );
         }
         let store = Etcd {
             client,
@@ -107,19 +149,69 @@ impl Store for Etcd {
     }
 
     async fn list(&self, prefix: &str) -> Result<ListResult> {
+        // In pages at one revision: a single response of every key would
+        // outgrow any message limit.
+        let mut page_size = LIST_PAGE;
+        let mut kvs = Vec::new();
+        let mut start = String::new();
+        let mut revision = 0;
+        loop {
+            let page = match self.list_page(prefix, &start, page_size, revision).await {
+                Ok(p) => p,
+                Err(StoreError::Backend(m))
+                    if m.contains("message length too large") && page_size > 1 =>
+                {
+                    page_size = (page_size / 4).max(1);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            revision = page.revision;
+            if let Some(last) = page.kvs.last() {
+                start = crate::key_after(&last.key);
+            }
+            kvs.extend(page.kvs);
+            if !page.more {
+                return Ok(ListResult { kvs, revision });
+            }
+        }
+    }
+
+    async fn list_page(
+        &self,
+        prefix: &str,
+        start: &str,
+        limit: usize,
+        revision: Revision,
+    ) -> Result<ListPage> {
+        let from = if start > prefix { start } else { prefix };
+        let mut opts = GetOptions::new().with_range(prefix_end(&self.full(prefix)));
+        if limit > 0 {
+            opts = opts.with_limit(limit as i64);
+        }
+        if revision > 0 {
+            opts = opts.with_revision(revision);
+        }
         let resp = self
             .kv_client()
-            .get(self.full(prefix), Some(GetOptions::new().with_prefix()))
+            .get(self.full(from), Some(opts))
             .await
-            .map_err(backend)?;
+            .map_err(|e| read_error(e, revision))?;
         let kvs = resp
             .kvs()
             .iter()
             .map(|kv| self.kv(kv))
             .collect::<Result<Vec<_>>>()?;
-        Ok(ListResult {
+        let count = u64::try_from(resp.count()).unwrap_or(0);
+        Ok(ListPage {
+            remaining: Some(count.saturating_sub(kvs.len() as u64)),
+            more: resp.more(),
             kvs,
-            revision: header_revision(resp.header()),
+            revision: if revision > 0 {
+                revision
+            } else {
+                header_revision(resp.header())
+            },
         })
     }
 
@@ -204,7 +296,8 @@ impl Store for Etcd {
             .with_start_revision(after + 1);
         let mut stream = self
             .client
-            .clone()
+            .watch_client()
+            .max_decoding_message_size(MAX_RESPONSE)
             .watch(self.full(prefix), Some(opts))
             .await
             .map_err(backend)?;

@@ -133,6 +133,24 @@ pub struct ListResult {
     pub revision: Revision,
 }
 
+/// One page of a list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListPage {
+    pub kvs: Vec<KeyValue>,
+    /// The revision the page was read at: every page of one list reads
+    /// the same snapshot.
+    pub revision: Revision,
+    /// Whether keys under the prefix follow this page.
+    pub more: bool,
+    /// How many keys follow, when the backend knows without counting.
+    pub remaining: Option<u64>,
+}
+
+/// The first key after `key` (to start the next page from).
+pub fn key_after(key: &str) -> String {
+    format!("{key}\u{0}")
+}
+
 #[derive(Debug, Error)]
 pub enum StoreError {
     #[error(
@@ -175,6 +193,19 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every key under the prefix, in key order, at one revision.
     async fn list(&self, prefix: &str) -> Result<ListResult>;
+
+    /// Keys under `prefix` from `start` on (inclusive; empty: from the
+    /// first), at most `limit` of them (0: no limit), read at `revision`
+    /// (0: now; otherwise the revision a previous page reported, whose
+    /// snapshot the backend keeps for a while — [`StoreError::Compacted`]
+    /// once it is gone).
+    async fn list_page(
+        &self,
+        prefix: &str,
+        start: &str,
+        limit: usize,
+        revision: Revision,
+    ) -> Result<ListPage>;
 
     async fn txn(&self, txn: Txn) -> Result<TxnResult>;
 

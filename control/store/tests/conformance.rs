@@ -69,6 +69,8 @@ conformance!(
     watch_after_compaction_says_relist,
     leases_delete_their_keys,
     concurrent_cas_loses_no_update,
+    pages_read_one_snapshot,
+    large_lists,
 );
 
 async fn create_get_list(s: Arc<dyn Store>) {
@@ -391,4 +393,94 @@ async fn concurrent_cas_loses_no_update(s: Arc<dyn Store>) {
     }
     let kv = s.get("counter").await.unwrap().unwrap();
     assert_eq!(kv.value, b"160");
+}
+
+/// A list read in pages sees one snapshot, whatever is written between
+/// pages; compaction past that snapshot ends it.
+async fn pages_read_one_snapshot(s: Arc<dyn Store>) {
+    for i in 0..10 {
+        s.create(&format!("p/{i}"), format!("v{i}").into_bytes(), 0)
+            .await
+            .unwrap();
+    }
+    s.create("q/outside", b"x".to_vec(), 0).await.unwrap();
+    let first = s.list_page("p/", "", 3, 0).await.unwrap();
+    assert_eq!(first.kvs.len(), 3);
+    assert!(first.more);
+    if let Some(rem) = first.remaining {
+        assert_eq!(rem, 7);
+    }
+    // Changes after the first page.
+    let k0 = s.get("p/4").await.unwrap().unwrap();
+    s.update("p/4", b"changed".to_vec(), k0.mod_revision)
+        .await
+        .unwrap()
+        .unwrap();
+    let k5 = s.get("p/5").await.unwrap().unwrap();
+    s.delete("p/5", k5.mod_revision).await.unwrap().unwrap();
+    s.create("p/99", b"new".to_vec(), 0).await.unwrap();
+
+    let mut seen: Vec<(String, Vec<u8>)> = first
+        .kvs
+        .iter()
+        .map(|kv| (kv.key.clone(), kv.value.clone()))
+        .collect();
+    let mut start = skiff_store::key_after(&first.kvs.last().unwrap().key);
+    loop {
+        let page = s.list_page("p/", &start, 3, first.revision).await.unwrap();
+        assert_eq!(page.revision, first.revision);
+        seen.extend(page.kvs.iter().map(|kv| (kv.key.clone(), kv.value.clone())));
+        if !page.more {
+            break;
+        }
+        start = skiff_store::key_after(&page.kvs.last().unwrap().key);
+    }
+    let expected: Vec<(String, Vec<u8>)> = (0..10)
+        .map(|i| (format!("p/{i}"), format!("v{i}").into_bytes()))
+        .collect();
+    assert_eq!(seen, expected, "the snapshot of the first page");
+
+    // Now, without a revision: the changes.
+    let now = s.list_page("p/", "", 0, 0).await.unwrap();
+    assert!(!now.more);
+    assert_eq!(now.kvs.len(), 10);
+    assert!(now.kvs.iter().any(|kv| kv.key == "p/99"));
+
+    // Compaction past the snapshot ends the paged list.
+    let current = s.revision().await.unwrap();
+    s.compact(current).await.unwrap();
+    let err = s
+        .list_page("p/", &start, 3, first.revision)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Compacted { .. }),
+        "after compaction: {err:?}"
+    );
+}
+
+/// A prefix holding far more than one response's worth (etcd's default
+/// message limit is 4 MiB): a whole list still works.
+async fn large_lists(s: Arc<dyn Store>) {
+    let value = vec![b'v'; 4096];
+    let tasks: Vec<_> = (0..8)
+        .map(|w| {
+            let s = s.clone();
+            let value = value.clone();
+            tokio::spawn(async move {
+                for i in 0..250 {
+                    s.create(&format!("big/{w}-{i:04}"), value.clone(), 0)
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // 2,000 keys of 4 KiB: 8 MiB.
+    let all = s.list("big/").await.unwrap();
+    assert_eq!(all.kvs.len(), 2000);
+    assert!(all.kvs.windows(2).all(|w| w[0].key < w[1].key), "key order");
 }
