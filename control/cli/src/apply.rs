@@ -410,6 +410,7 @@ pub async fn delete(client: &Client, namespace: Option<&str>, args: &DeleteArgs)
             grace_seconds: args.grace_period.filter(|_| kind == Kind::Pod),
             propagation: propagation.into(),
             dry_run: args.dry_run == DryRun::Server,
+            ..Default::default()
         };
         let result = if args.dry_run == DryRun::Client {
             // Only that it is there.

@@ -214,6 +214,9 @@ pub struct DeleteParams {
     pub propagation: String,
     /// Check everything, delete nothing.
     pub dry_run: bool,
+    /// Delete only while the object is at this resourceVersion (a
+    /// precondition; empty: whatever it is). Otherwise 409 Conflict.
+    pub resource_version: String,
 }
 
 impl Client {
@@ -597,7 +600,7 @@ impl Client {
             kind: kind.name().into(),
             namespace: namespace.into(),
             name: name.into(),
-            resource_version: String::new(),
+            resource_version: params.resource_version.clone(),
             grace_period_seconds: params.grace_seconds,
             propagation_policy: params.propagation.clone(),
             dry_run: params.dry_run,

@@ -5,6 +5,8 @@
 
 pub mod cluster;
 pub mod disk;
+pub mod etcd_cluster;
+pub mod history;
 pub mod netlab;
 pub mod server;
 
