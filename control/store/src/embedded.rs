@@ -232,6 +232,9 @@ struct Shared {
     /// Read snapshots of paged lists, by revision, with their last use:
     /// the next page of a list reads the same state as its first.
     snapshots: Mutex<HashMap<Revision, (Arc<redb::ReadTransaction>, Instant)>>,
+    /// Times the file was found behind what had been acknowledged (a disk
+    /// that lost synced writes): each ends every watch open before it.
+    rewinds: AtomicU64,
 }
 
 struct Fault {
@@ -514,19 +517,28 @@ fn run_batch(shared: &Shared, state: &mut WriterState, batch: Vec<Request>) {
             let mut batch = batch.into_iter();
             // A failure below leaves the rest of the batch unrun: they are
             // refused with the same error, never dropped.
-            let mut run = |req: Request| -> std::result::Result<(), redb::Error> {
+            // A request that fails comes back with the error, to be
+            // refused like the rest: no reply sender is ever dropped.
+            let mut run = |req: Request| -> std::result::Result<(), (redb::Error, Request)> {
                 match req {
                     Request::Txn(txn, reply) => {
-                        let r = apply_txn(&tx, state, &leases, &txn, &mut events)?;
-                        replies.push(Reply::Txn(reply, r));
+                        match apply_txn(&tx, state, &leases, &txn, &mut events) {
+                            Ok(r) => replies.push(Reply::Txn(reply, r)),
+                            Err(e) => return Err((e, Request::Txn(txn, reply))),
+                        }
                     }
                     Request::Compact(rev, reply) => {
                         let r = if rev > state.revision {
                             Err(StoreError::FutureRevision(rev))
                         } else {
                             if rev > state.compacted {
-                                let mut log = tx.open_table(LOG)?;
-                                log.retain_in(..rev, |_, _| false)?;
+                                let pruned = || -> std::result::Result<(), redb::Error> {
+                                    tx.open_table(LOG)?.retain_in(..rev, |_, _| false)?;
+                                    Ok(())
+                                };
+                                if let Err(e) = pruned() {
+                                    return Err((e, Request::Compact(rev, reply)));
+                                }
                                 state.compacted = rev;
                             }
                             Ok(())
@@ -534,24 +546,35 @@ fn run_batch(shared: &Shared, state: &mut WriterState, batch: Vec<Request>) {
                         replies.push(Reply::Unit(reply, r));
                     }
                     Request::LeaseGrant(ttl, reply) => {
-                        state.lease_seq += 1;
-                        let id = state.lease_seq;
-                        tx.open_table(LEASES)?.insert(id, ttl)?;
+                        let id = state.lease_seq + 1;
+                        let stored = || -> std::result::Result<(), redb::Error> {
+                            tx.open_table(LEASES)?.insert(id, ttl)?;
+                            Ok(())
+                        };
+                        if let Err(e) = stored() {
+                            return Err((e, Request::LeaseGrant(ttl, reply)));
+                        }
+                        state.lease_seq = id;
                         granted.push((id, ttl));
                         replies.push(Reply::Lease(reply, Ok(id)));
                     }
                     Request::LeaseRevoke(id, reply) => {
-                        let r = revoke_in(&tx, state, &leases, id, &mut events)?;
-                        if r.is_ok() {
-                            revoked.push(id);
+                        match revoke_in(&tx, state, &leases, id, &mut events) {
+                            Ok(r) => {
+                                if r.is_ok() {
+                                    revoked.push(id);
+                                }
+                                replies.push(Reply::Unit(reply, r));
+                            }
+                            Err(e) => return Err((e, Request::LeaseRevoke(id, reply))),
                         }
-                        replies.push(Reply::Unit(reply, r));
                     }
                 }
                 Ok(())
             };
             while let Some(req) = batch.next() {
-                if let Err(e) = run(req) {
+                if let Err((e, req)) = run(req) {
+                    refused.push(req);
                     refused.extend(batch);
                     return Err(e);
                 }
@@ -682,7 +705,10 @@ fn reopen(shared: &Shared, state: &mut WriterState) -> std::result::Result<(), S
             Err(e) => return Err(e.to_string()),
         }
     };
-    let (loaded, on_disk) = Embedded::load(&db).map_err(|e| e.to_string())?;
+    let (mut loaded, on_disk) = Embedded::load(&db).map_err(|e| e.to_string())?;
+    if loaded.revision < state.revision {
+        rewound(shared, &db, &mut loaded, state.revision).map_err(|e| e.to_string())?;
+    }
     if loaded.revision > state.revision {
         let missed =
             log_range(&db, "", state.revision + 1, loaded.revision).map_err(|e| e.to_string())?;
@@ -701,6 +727,45 @@ fn reopen(shared: &Shared, state: &mut WriterState) -> std::result::Result<(), S
     shared.compacted.store(loaded.compacted, Ordering::Release);
     *state = loaded;
     *shared.db.write().expect("database lock poisoned") = Some(Arc::new(db));
+    Ok(())
+}
+
+/// The file is behind what was acknowledged: the disk said writes were
+/// synced and lost them (a kernel may report a successful fsync on a
+/// filesystem an error is taking down). Nothing can bring them back, but
+/// nothing may pretend either: revisions go on after the last one
+/// announced (never reused for other content), the history before it is
+/// compacted, and every open watch ends with `Compacted`, so caches and
+/// clients relist what the disk really holds.
+fn rewound(
+    shared: &Shared,
+    db: &Database,
+    loaded: &mut WriterState,
+    acknowledged: Revision,
+) -> std::result::Result<(), redb::Error> {
+    tracing::error!(
+        "store {}: the disk lost acknowledged writes: it holds revision {}, {} was acknowledged; \
+         continuing after {acknowledged} and ending every watch so clients relist",
+        shared.path.display(),
+        loaded.revision,
+        acknowledged
+    );
+    let tx = db.begin_write()?;
+    {
+        tx.open_table(LOG)?
+            .retain_in(..=acknowledged, |_, _| false)?;
+        let mut meta = tx.open_table(META)?;
+        meta.insert("revision", acknowledged)?;
+        meta.insert("compacted", acknowledged)?;
+    }
+    tx.commit()?;
+    loaded.revision = acknowledged;
+    loaded.compacted = acknowledged;
+    shared.compacted.store(acknowledged, Ordering::Release);
+    shared.errors.fetch_add(1, Ordering::Relaxed);
+    shared.rewinds.fetch_add(1, Ordering::AcqRel);
+    // Wakes every watch, to see the rewind.
+    let _ = shared.events.send(Arc::new(Vec::new()));
     Ok(())
 }
 
@@ -822,6 +887,7 @@ impl Embedded {
             fault: Mutex::new(None),
             errors: AtomicU64::new(0),
             snapshots: Mutex::new(HashMap::new()),
+            rewinds: AtomicU64::new(0),
         });
         let (tx, rx) = std_mpsc::channel();
         let writer_shared = shared.clone();
@@ -1123,6 +1189,7 @@ impl Store for Embedded {
         }
         let shared = self.handle.shared.clone();
         let prefix = prefix.to_string();
+        let rewinds = shared.rewinds.load(Ordering::Acquire);
         Ok(Box::pin(async_stream::stream! {
             let mut last = after;
             loop {
@@ -1144,7 +1211,16 @@ impl Store for Embedded {
                     last = current;
                 }
                 loop {
-                    match live.recv().await {
+                    let got = live.recv().await;
+                    if shared.rewinds.load(Ordering::Acquire) != rewinds {
+                        // What this watch saw is gone from the disk.
+                        yield Err(StoreError::Compacted {
+                            requested: last + 1,
+                            compacted: shared.compacted.load(Ordering::Acquire),
+                        });
+                        return;
+                    }
+                    match got {
                         Ok(batch) => {
                             for e in batch.iter() {
                                 if e.revision > last && e.key.starts_with(&prefix) {
