@@ -140,13 +140,13 @@ impl Resources for Service {
         .registry
         .list_chunk::<R>(&opts, limit, &r.continue_token, crate::registry::CHUNK_BYTES)
         .await
-        .map(|chunk| RawList {
+        .and_then(|chunk| Ok(RawList {
             kind: k.name().to_string(),
-            items: chunk.items.iter().map(|o| o.encode_to_vec()).collect(),
+            items: chunk.items().map(|o| o.map(|o| o.encode_to_vec())).collect::<Result<_, _>>()?,
             resource_version: chunk.revision.to_string(),
             continue_token: chunk.token.unwrap_or_default(),
             remaining_item_count: chunk.remaining.and_then(|n| i64::try_from(n).ok()),
-        }));
+        })));
         self.observe("list", k, &out);
         out.map(Response::new).map_err(|e| e.to_grpc())
     }

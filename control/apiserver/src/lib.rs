@@ -7,6 +7,7 @@
 
 mod alloc;
 mod apply;
+mod budget;
 mod codec;
 mod defaults;
 mod discovery;
@@ -49,8 +50,10 @@ pub use error::ApiError;
 use registry::Registry;
 use watch_cache::WatchCache;
 
-/// Events the watch cache keeps for resuming watchers.
+/// Events the watch cache keeps for resuming watchers, at most, and the
+/// memory they may take (stored bytes and what decoding adds).
 const WATCH_WINDOW: usize = 20_000;
+const WATCH_WINDOW_BYTES: usize = 64 << 20;
 
 /// How often history older than one period is compacted away.
 const COMPACTION_PERIOD: Duration = Duration::from_secs(300);
@@ -111,6 +114,8 @@ pub(crate) struct AppState {
     feeding: Arc<AtomicBool>,
     /// The cluster token, presented to nodes (pods/log).
     token: String,
+    /// Request bodies held at once.
+    bodies: Arc<budget::Budget>,
 }
 
 /// A running server; dropping it (or calling [`Running::shutdown`]) stops it.
@@ -225,14 +230,16 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
                 .with_cluster_cidr(c, config.node_cidr_mask),
             None => alloc::Allocators::new(cidr, config.node_port_range.clone()),
         },
-        WatchCache::new(start_rev, WATCH_WINDOW),
+        Arc::new(WatchCache::new(start_rev, WATCH_WINDOW, WATCH_WINDOW_BYTES)),
     ));
     let state = Arc::new(AppState {
         registry: registry.clone(),
         metrics: metrics::Metrics::new(),
         feeding: Arc::new(AtomicBool::new(false)),
         token: token.clone(),
+        bodies: budget::Budget::new(BODY_BUDGET, MAX_BODY),
     });
+    let bodies = state.bodies.clone();
     let mut background = vec![tokio::spawn(feed::feed_cache(
         state.registry.clone(),
         state.feeding.clone(),
@@ -304,6 +311,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         }
     });
 
+    let app = app.layer(axum::middleware::from_fn_with_state(bodies, budget::limit));
     let (stop, stopped) = oneshot::channel::<()>();
     // Without TCP_NODELAY a response written in several pieces (headers,
     // body, gRPC trailers) waits for the peer's delayed ACK: 40 ms stalls.
@@ -414,13 +422,17 @@ fn version() -> serde_json::Value {
     })
 }
 
+/// The largest request body (kube-apiserver's limit too).
+const MAX_BODY: usize = 3 << 20;
+
+/// Request bodies the server holds at once (about ten of the largest;
+/// thousands of ordinary ones).
+const BODY_BUDGET: usize = 32 << 20;
+
 /// `/readyz` (and `/healthz`, which Kubernetes also fails when its store
 /// does): ready while the store serves reads and writes and the watch
 /// cache follows it. `/livez` stays ok: the server recovers by itself, so
 /// restarting it would not help.
-/// The largest request body (kube-apiserver's limit too).
-const MAX_BODY: usize = 3 << 20;
-
 async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, String) {
     let store = &state.registry.store;
     let failed = if let Some(fault) = store.fault() {
@@ -458,6 +470,10 @@ async fn metrics_text(
         "# HELP skiff_store_errors Failures of the storage under the store (I/O errors, a full disk).\n# TYPE skiff_store_errors counter\nskiff_store_errors_total {}\n# HELP skiff_store_healthy Whether the store can serve reads and writes (0 while it recovers from a fault).\n# TYPE skiff_store_healthy gauge\nskiff_store_healthy {}\n",
         store.errors(),
         u8::from(store.fault().is_none()),
+    ));
+    text.push_str(&format!(
+        "# HELP skiff_apiserver_request_body_bytes Request bodies held now, of a budget of {BODY_BUDGET} bytes (past it requests wait, then get 429).\n# TYPE skiff_apiserver_request_body_bytes gauge\nskiff_apiserver_request_body_bytes {}\n",
+        state.bodies.in_use(),
     ));
     text.push_str("# EOF\n");
     (

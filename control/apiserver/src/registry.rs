@@ -179,13 +179,34 @@ struct WatchSource {
 const FOREVER: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// One chunk of a list.
+/// The objects of a list, as stored: each decoded only when it is encoded
+/// into the response, so a list holds one decoded object at a time
+/// (decoded, an object takes several times its stored bytes).
 pub struct ListChunk<R> {
-    pub items: Vec<R>,
+    pub kvs: Vec<skiff_store::KeyValue>,
     pub revision: Revision,
     /// Where the next chunk starts; `None` on the last.
     pub token: Option<String>,
     /// How many objects follow (without selectors, when the store knows).
     pub remaining: Option<u64>,
+    pub kind: std::marker::PhantomData<R>,
+}
+
+impl<R: Resource> ListChunk<R> {
+    /// The objects, decoded one by one.
+    pub fn items(&self) -> impl Iterator<Item = ApiResult<R>> + '_ {
+        self.kvs.iter().map(decode)
+    }
+}
+
+/// Whether a stored object is one a list selects (decoded only to check
+/// selectors).
+fn selected<R: Resource>(opts: &ListOptions, kv: &skiff_store::KeyValue) -> ApiResult<bool> {
+    if opts.labels.is_empty() && opts.fields.is_empty() {
+        return Ok(true);
+    }
+    let obj: R = decode(kv)?;
+    Ok(opts.labels.matches(&obj.meta().labels) && opts.fields.matches(&obj))
 }
 
 /// About how much of a chunked list one response carries (fewer objects
@@ -243,7 +264,7 @@ impl ContinueToken {
 pub struct Registry {
     pub store: Arc<dyn Store>,
     pub alloc: Allocators,
-    pub cache: WatchCache,
+    pub cache: Arc<WatchCache>,
     /// Namespace → (revision, terminating), following the watch cache: a
     /// create checks its namespace here and guards its transaction with a
     /// compare on that revision, so a stale entry costs a retry, never a
@@ -289,7 +310,7 @@ fn keep_server_metadata(new: &mut ObjectMeta, cur: &ObjectMeta) {
 }
 
 impl Registry {
-    pub fn new(store: Arc<dyn Store>, alloc: Allocators, cache: WatchCache) -> Registry {
+    pub fn new(store: Arc<dyn Store>, alloc: Allocators, cache: Arc<WatchCache>) -> Registry {
         Registry {
             store,
             alloc,
@@ -390,6 +411,35 @@ impl Registry {
         Ok((items, list.revision))
     }
 
+    /// A whole list as stored, for a response to encode object by object
+    /// (see [`ListChunk`]).
+    pub async fn list_stored<R: Resource>(&self, opts: &ListOptions) -> ApiResult<ListChunk<R>> {
+        if !opts.fields.is_empty() {
+            opts.fields
+                .check_fields(&R::default())
+                .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        }
+        let prefix = if R::KIND.namespaced() && !opts.namespace.is_empty() {
+            format!("{}{}/", R::KIND.key_prefix(), opts.namespace)
+        } else {
+            R::KIND.key_prefix().to_string()
+        };
+        let list = self.store.list(&prefix).await?;
+        let mut kvs = Vec::with_capacity(list.kvs.len());
+        for kv in list.kvs {
+            if selected::<R>(opts, &kv)? {
+                kvs.push(kv);
+            }
+        }
+        Ok(ListChunk {
+            kvs,
+            revision: list.revision,
+            token: None,
+            remaining: None,
+            kind: std::marker::PhantomData,
+        })
+    }
+
     /// One chunk of a list (`limit` and `continue`, as Kubernetes pages):
     /// at most `limit` objects (0: no limit) and at most about `max_bytes`
     /// of them, every chunk of one list read at the first chunk's
@@ -440,33 +490,34 @@ impl Registry {
                 })?;
             revision = page.revision;
             let n = page.kvs.len();
-            for (i, kv) in page.kvs.iter().enumerate() {
+            for (i, kv) in page.kvs.into_iter().enumerate() {
                 start = skiff_store::key_after(&kv.key);
-                let obj: R = decode(kv)?;
-                if opts.labels.matches(&obj.meta().labels) && opts.fields.matches(&obj) {
+                if selected::<R>(opts, &kv)? {
                     bytes += kv.value.len();
-                    items.push(obj);
+                    items.push(kv);
                 }
                 let full = (limit > 0 && items.len() >= limit) || bytes >= max_bytes;
                 if full {
                     let more = i + 1 < n || page.more;
                     return Ok(ListChunk {
-                        items,
+                        kvs: items,
                         revision,
                         token: more.then(|| ContinueToken::new(revision, &start).encode()),
                         remaining: page
                             .remaining
                             .filter(|_| more && !selective)
                             .map(|r| r + (n - i - 1) as u64),
+                        kind: std::marker::PhantomData,
                     });
                 }
             }
             if !page.more {
                 return Ok(ListChunk {
-                    items,
+                    kvs: items,
                     revision,
                     token: None,
                     remaining: None,
+                    kind: std::marker::PhantomData,
                 });
             }
             fetch = (fetch * 2).min(MAX_CHUNK_FETCH);
@@ -998,6 +1049,7 @@ impl Registry {
     /// reaches back that far, else from the store's history.
     async fn watch_source(&self, filter: &Filter, from: Revision) -> ApiResult<WatchSource> {
         if let Some((backlog, mut rx)) = self.cache.subscribe_from(from) {
+            let cache = self.cache.clone();
             let events = async_stream::stream! {
                 let mut last = from;
                 for ev in backlog {
@@ -1012,10 +1064,19 @@ impl Registry {
                             yield Ok(ev);
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                            yield Err(ApiError::gone(format!(
-                                "the watch fell behind after resourceVersion {last}: watch again from there"
-                            )));
-                            return;
+                            // Behind the live channel: catch up from the
+                            // window while it reaches back that far.
+                            let Some((backlog, again)) = cache.subscribe_from(last) else {
+                                yield Err(ApiError::gone(format!(
+                                    "the watch fell behind after resourceVersion {last}: watch again from there"
+                                )));
+                                return;
+                            };
+                            rx = again;
+                            for ev in backlog {
+                                last = ev.revision;
+                                yield Ok(ev);
+                            }
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                     }

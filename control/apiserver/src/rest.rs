@@ -229,13 +229,36 @@ fn parse_value(kind: Kind, headers: &HeaderMap, body: &[u8]) -> ApiResult<Value>
     }
 }
 
-fn list_json(kind: Kind, items: Vec<Value>, revision: i64) -> Value {
-    json!({
-        "kind": format!("{}List", kind.name()),
-        "apiVersion": kind.api_version(),
-        "metadata": {"resourceVersion": revision.to_string()},
-        "items": items,
-    })
+/// A list's JSON, written object by object: one decoded object at a time,
+/// whatever the list's size.
+fn list_response<R: Resource>(
+    chunk: &crate::registry::ListChunk<R>,
+    metadata: &Value,
+) -> ApiResult<Response> {
+    let stored: usize = chunk.kvs.iter().map(|kv| kv.value.len()).sum();
+    let mut out = Vec::with_capacity(stored + stored / 2 + 256);
+    out.extend_from_slice(
+        format!(
+            r#"{{"kind":"{}List","apiVersion":"{}","metadata":{metadata},"items":["#,
+            R::KIND.name(),
+            R::KIND.api_version()
+        )
+        .as_bytes(),
+    );
+    for (i, obj) in chunk.items().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut out, &object_json(obj?))
+            .map_err(|e| ApiError::internal(format!("encode a list: {e}")))?;
+    }
+    out.extend_from_slice(b"]}");
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        out,
+    )
+        .into_response())
 }
 
 fn query_flag(q: &HashMap<String, String>, name: &str) -> bool {
@@ -596,33 +619,34 @@ async fn dispatch<R: Strategy>(
                 })?,
             };
             let token = query.get("continue").map_or("", String::as_str);
-            let (items, rev, token, remaining) = if limit == 0 && token.is_empty() {
-                let (items, rev) = registry.list::<R>(&opts).await?;
-                (items, rev, None, None)
+            let chunk = if limit == 0 && token.is_empty() {
+                registry.list_stored::<R>(&opts).await?
             } else {
-                let chunk = registry
+                registry
                     .list_chunk::<R>(&opts, limit, token, crate::registry::CHUNK_BYTES)
-                    .await?;
-                (chunk.items, chunk.revision, chunk.token, chunk.remaining)
+                    .await?
             };
-            let mut body = match shape {
-                Shape::Object => {
-                    list_json(R::KIND, items.into_iter().map(object_json).collect(), rev)
-                }
+            let mut metadata = json!({"resourceVersion": chunk.revision.to_string()});
+            if let Some(token) = &chunk.token {
+                metadata["continue"] = json!(token);
+            }
+            if let Some(n) = chunk.remaining {
+                metadata["remainingItemCount"] = json!(n);
+            }
+            match shape {
+                Shape::Object => list_response(&chunk, &metadata),
                 Shape::Table(version) => {
-                    let objects: Vec<Object> =
-                        items.into_iter().map(Resource::into_object).collect();
+                    let objects: Vec<Object> = chunk
+                        .items()
+                        .map(|o| o.map(Resource::into_object))
+                        .collect::<ApiResult<_>>()?;
                     let rows = objects.iter().map(|o| (o, o.to_json()));
-                    table::table(R::KIND, rows, &rev.to_string(), include, version)
+                    let mut body =
+                        table::table(R::KIND, rows, &chunk.revision.to_string(), include, version);
+                    body["metadata"] = metadata;
+                    Ok(json_response(StatusCode::OK, &body, &[]))
                 }
-            };
-            if let Some(token) = token {
-                body["metadata"]["continue"] = json!(token);
             }
-            if let Some(n) = remaining {
-                body["metadata"]["remainingItemCount"] = json!(n);
-            }
-            Ok(json_response(StatusCode::OK, &body, &[]))
         }
         "watch" => watch::<R>(state, namespace, query, shape, include).await,
         "create" => {

@@ -100,6 +100,13 @@ impl CachedEvent {
         }
     }
 
+    /// What the event costs the window: its stored bytes, with room for
+    /// the decoded object and its encodings that serving it adds (decoded,
+    /// an object of many small labels takes about 12 times its protobuf).
+    fn cost(&self) -> usize {
+        16 * self.raw.len() + self.prev_raw.as_ref().map_or(0, Vec::len) + 512
+    }
+
     /// The object, or `None` if its bytes do not decode.
     pub fn object(&self) -> Option<&Arc<EventObject>> {
         self.object
@@ -161,6 +168,8 @@ impl Filter {
 
 struct Window {
     events: VecDeque<Arc<CachedEvent>>,
+    /// What the events in the window cost, as [`CachedEvent::cost`] counts.
+    bytes: usize,
     /// The window holds every event with a revision above this.
     start: Revision,
     tx: broadcast::Sender<Arc<CachedEvent>>,
@@ -169,9 +178,16 @@ struct Window {
 /// Events as they happen, after a backlog.
 pub type Live = broadcast::Receiver<Arc<CachedEvent>>;
 
+/// Events the live channel holds for a watcher that is behind (which keeps
+/// them alive too: a watcher further behind catches up from the window).
+const LIVE: usize = 1024;
+
 pub struct WatchCache {
     window: Mutex<Window>,
+    /// The window holds at most this many events and this many bytes of
+    /// them: a few huge objects take as much room as many small ones.
     capacity: usize,
+    budget: usize,
     /// Each object's newest stored bytes the feed has seen, by store key
     /// (sharing the event's allocation): what a compare-and-set update
     /// starts from when its resourceVersion is this revision, with no read
@@ -188,15 +204,17 @@ pub struct WatchCache {
 type Stored = (Revision, Arc<[u8]>);
 
 impl WatchCache {
-    pub fn new(start: Revision, capacity: usize) -> WatchCache {
-        let (tx, _) = broadcast::channel(capacity.max(1024));
+    pub fn new(start: Revision, capacity: usize, budget: usize) -> WatchCache {
+        let (tx, _) = broadcast::channel(LIVE);
         WatchCache {
             window: Mutex::new(Window {
-                events: VecDeque::with_capacity(capacity),
+                events: VecDeque::new(),
+                bytes: 0,
                 start,
                 tx,
             }),
             capacity,
+            budget,
             current: Mutex::new(HashMap::new()),
             complete: tokio::sync::watch::Sender::new(start),
         }
@@ -266,13 +284,16 @@ impl WatchCache {
         }
         let ev = Arc::new(ev);
         let mut w = self.window.lock().expect("watch cache poisoned");
-        if w.events.len() == self.capacity
+        w.bytes += ev.cost();
+        while (w.events.len() >= self.capacity || w.bytes > self.budget)
             && let Some(old) = w.events.pop_front()
         {
             // Keep whole revisions: everything above `start` is present.
             w.start = old.revision;
+            w.bytes -= old.cost();
             while w.events.front().is_some_and(|e| e.revision == old.revision) {
-                w.events.pop_front();
+                let e = w.events.pop_front().expect("front");
+                w.bytes -= e.cost();
             }
         }
         w.events.push_back(ev.clone());
@@ -302,9 +323,10 @@ impl WatchCache {
         self.current.lock().expect("watch cache poisoned").clear();
         let mut w = self.window.lock().expect("watch cache poisoned");
         w.events.clear();
+        w.bytes = 0;
         w.start = start;
         self.complete_to(start);
-        let (tx, _) = broadcast::channel(self.capacity.max(1024));
+        let (tx, _) = broadcast::channel(LIVE);
         w.tx = tx;
     }
 
@@ -353,7 +375,7 @@ mod tests {
 
     #[test]
     fn own_writes_are_current_until_the_feed_passes_them() {
-        let c = WatchCache::new(0, 16);
+        let c = WatchCache::new(0, 16, usize::MAX);
         c.push(ev(5, WatchType::Added, b"five"));
         c.wrote("k", 7, Arc::from(&b"seven"[..]));
         assert_eq!(c.current_at("k", 7).as_deref(), Some(&b"seven"[..]));
@@ -367,5 +389,51 @@ mod tests {
         assert_eq!(c.current_at("k", 8).as_deref(), Some(&b"eight"[..]));
         c.push(ev(9, WatchType::Deleted, b"eight"));
         assert_eq!(c.current_at("k", 8), None);
+    }
+
+    #[test]
+    fn the_window_keeps_to_its_count_and_its_bytes() {
+        // Room for 100 events, or 3 of 1,000 stored bytes.
+        let budget = 3 * (16 * 1000 + 512);
+        let c = WatchCache::new(0, 100, budget);
+        for rev in 1..=10 {
+            c.push(ev(rev, WatchType::Added, &[b'x'; 1000]));
+        }
+        let (backlog, _) = c.subscribe_from(7).expect("the last three are kept");
+        assert_eq!(backlog.len(), 3);
+        assert!(c.subscribe_from(6).is_none(), "older ones are gone");
+        // Small events: the count bounds the window.
+        let c = WatchCache::new(0, 4, budget);
+        for rev in 1..=10 {
+            c.push(ev(rev, WatchType::Added, b"s"));
+        }
+        assert_eq!(c.subscribe_from(6).unwrap().0.len(), 4);
+        assert!(c.subscribe_from(5).is_none());
+    }
+
+    #[test]
+    fn a_receiver_behind_the_live_feed_catches_up_from_the_window() {
+        let c = WatchCache::new(0, 10_000, usize::MAX);
+        let (_, mut rx) = c.subscribe_from(0).unwrap();
+        let n = 3 * LIVE as i64;
+        for rev in 1..=n {
+            c.push(ev(rev, WatchType::Added, b"v"));
+        }
+        let lagged = rx.try_recv();
+        assert!(
+            matches!(lagged, Err(broadcast::error::TryRecvError::Lagged(_))),
+            "{lagged:?}"
+        );
+        // What the registry's watch does then: everything after the last
+        // event it gave, from the window, and live events after that.
+        let (backlog, mut rx) = c.subscribe_from(0).expect("the window reaches back");
+        assert_eq!(backlog.len() as i64, n);
+        assert!(
+            backlog
+                .windows(2)
+                .all(|w| w[0].revision + 1 == w[1].revision)
+        );
+        c.push(ev(n + 1, WatchType::Added, b"v"));
+        assert_eq!(rx.try_recv().unwrap().revision, n + 1);
     }
 }

@@ -2259,3 +2259,163 @@ async fn a_hundred_thousand_objects_list_on_etcd() {
         assert!(matches!(ev, WatchEvent::Added(_)));
     }
 }
+
+/// Request bodies share one budget: clients that announce large bodies and
+/// send them slowly hold it, a further large request gets 429 with
+/// Retry-After (while small requests still pass), and the budget comes
+/// back when they go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_share_a_budget() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = TestServer::embedded().await;
+    let addr = s.running.as_ref().unwrap().addr;
+    let path = "/api/v1/namespaces/default/configmaps";
+    let big = 3 << 20;
+    let post = |len: usize| {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n"
+        )
+    };
+    let held = || async {
+        let body = s
+            .http
+            .get(format!("{}/metrics", s.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        body.lines()
+            .find_map(|l| l.strip_prefix("skiff_apiserver_request_body_bytes "))
+            .unwrap()
+            .parse::<usize>()
+            .unwrap()
+    };
+    // Ten slow uploads of 3 MiB: 30 of the 32 MiB.
+    let mut slow = Vec::new();
+    for _ in 0..10 {
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        c.write_all(post(big).as_bytes()).await.unwrap();
+        c.write_all(b"{\"apiVersion\":").await.unwrap();
+        slow.push(c);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while held().await < 10 * big {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slow uploads hold the budget"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // A small request passes.
+    let (code, body) = s
+        .call(
+            "POST",
+            path,
+            Some(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "small"}})),
+        )
+        .await;
+    assert_eq!(code, 201, "{body}");
+    // Another large one is refused after a short wait, saying why.
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    c.write_all(post(big).as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let started = std::time::Instant::now();
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") || !answer.ends_with(b"}") {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(20), c.read(&mut buf))
+            .await
+            .expect("an answer within 20 s")
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let answer = String::from_utf8_lossy(&answer).to_lowercase();
+    assert!(answer.starts_with("http/1.1 429"), "{answer}");
+    assert!(answer.contains("retry-after: 1"), "{answer}");
+    assert!(
+        answer.contains("\"reason\":\"toomanyrequests\""),
+        "{answer}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(15));
+    // The slow clients go: the budget is free again.
+    drop(slow);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while held().await > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the budget comes back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let big_cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "large"}, "data": {"blob": "x".repeat(1_000_000)}});
+    let (code, body) = s.call("POST", path, Some(big_cm)).await;
+    assert_eq!(code, 201, "{body}");
+}
+
+/// A watcher that stops reading while thousands of changes happen gets
+/// every one of them afterwards, in order, none lost (the watch cache's
+/// unit tests cover the live feed's lag and the catch-up from the window).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_that_stops_reading_gets_every_event_later() {
+    let s = TestServer::embedded().await;
+    let client = s.client().await;
+    let (_, list) = s
+        .call("GET", "/api/v1/namespaces/default/configmaps", None)
+        .await;
+    let from = list["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut stream = client
+        .watch_with::<ConfigMap>(
+            "default",
+            &ListParams::default(),
+            Some(&from),
+            skiff_client::WatchOptions::default(),
+        )
+        .await
+        .unwrap();
+    // 6,000 changes of 300 bytes while nobody reads: more than the live
+    // feed keeps (1,024), less than the window.
+    let n = 6000;
+    let writer = s.client().await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..4 {
+        let writer = writer.clone();
+        tasks.spawn(async move {
+            for i in (w..n).step_by(4) {
+                let cm = ConfigMap {
+                    metadata: Some(skiff_api::ObjectMeta {
+                        name: format!("c{i}"),
+                        namespace: "default".into(),
+                        ..Default::default()
+                    }),
+                    data: [("v".to_string(), "x".repeat(300))].into(),
+                    ..Default::default()
+                };
+                writer.create(&cm).await.unwrap();
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    let mut last = 0i64;
+    for i in 0..n {
+        let ev = tokio::time::timeout(Duration::from_secs(20), stream.next())
+            .await
+            .unwrap_or_else(|_| panic!("event {i} within 20 s"))
+            .expect("the watch goes on")
+            .unwrap_or_else(|e| panic!("event {i}: {e}"));
+        let WatchEvent::Added(cm) = ev else {
+            panic!("event {i}: {ev:?}")
+        };
+        let rv: i64 = cm.meta().resource_version.parse().unwrap();
+        assert!(rv > last, "in order, without repeats");
+        last = rv;
+    }
+}

@@ -690,6 +690,15 @@ fn probe(shared: &Shared, state: &WriterState) {
     }
 }
 
+/// redb's page cache, which would otherwise grow to 1 GiB with the file:
+/// the watch cache above the store serves most reads, so the store's own
+/// cache needs to hold little more than a write batch's pages.
+const PAGE_CACHE: usize = 16 << 20;
+
+fn open_db(path: &Path) -> std::result::Result<Database, redb::DatabaseError> {
+    redb::Builder::new().set_cache_size(PAGE_CACHE).create(path)
+}
+
 fn reopen(shared: &Shared, state: &mut WriterState) -> std::result::Result<(), String> {
     drop(shared.db.write().expect("database lock poisoned").take());
     // Snapshots hold the old file open; their lists start over (410).
@@ -697,7 +706,7 @@ fn reopen(shared: &Shared, state: &mut WriterState) -> std::result::Result<(), S
     // A reader may hold the old file for a moment longer.
     let deadline = Instant::now() + Duration::from_secs(2);
     let db = loop {
-        match Database::create(&shared.path) {
+        match open_db(&shared.path) {
             Ok(db) => break db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(2));
@@ -867,7 +876,7 @@ impl Embedded {
         std::fs::create_dir_all(dir)
             .map_err(|e| backend(format!("create data dir {}: {e}", dir.display())))?;
         let path = dir.join("skiff.redb");
-        let db = Database::create(&path).map_err(|e| match e {
+        let db = open_db(&path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => backend(format!(
                 "{} is already open in another process: stop the other server or use another --data-dir",
                 path.display()
