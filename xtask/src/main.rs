@@ -29,7 +29,11 @@ commands:
   bench dns [--quick]     dnsperf against skiff dns and dnsmasq serving 10k
                           Services, and API-to-answer latency
   bench pods [--quick]    50 pods create -> Running and -> answering via their
-                          Service, against ctr run -d (root)";
+                          Service, against ctr run -d (root)
+  soak [--minutes N]      N minutes (default 10) of writes, watches and pods
+                          churning on simulated nodes: the server's RSS, fds,
+                          watch lag and errors over time, and the RSS slope
+                          after warm-up (fails when it grows)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -38,6 +42,12 @@ fn main() -> ExitCode {
         ["test", rest @ ..] => test(rest.contains(&"--quick")),
         ["up", rest @ ..] => up::run_up(rest),
         ["tidy"] => tidy::run(&mut cargo(), &root()),
+        ["soak", rest @ ..] => run(
+            "skiff-bench",
+            cargo()
+                .args(["run", "--quiet", "-p", "skiff-bench", "--", "soak"])
+                .args(rest),
+        ),
         ["bench", rest @ ..] if !rest.is_empty() => run(
             "skiff-bench",
             cargo()

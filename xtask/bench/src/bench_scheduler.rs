@@ -72,10 +72,31 @@ fn server(bin: &Path, data: &Path, binder: Binder) -> Result<(KillOnDrop, String
 }
 
 fn sim(bin: &Path, url: &str, nodes: usize) -> Result<KillOnDrop> {
+    sim_nodes(
+        bin,
+        url,
+        nodes,
+        &[
+            "--cpu",
+            "32",
+            "--memory",
+            "256Gi",
+            "--max-pods",
+            "110",
+            "--heartbeat-seconds",
+            "60",
+            "--keep",
+            "--prefix",
+            "node",
+        ],
+    )
+}
+
+/// `skiff sim nodes --count N FLAGS`, once its nodes are ready.
+pub(crate) fn sim_nodes(bin: &Path, url: &str, nodes: usize, flags: &[&str]) -> Result<KillOnDrop> {
     let mut child = Command::new(bin)
         .args(["sim", "nodes", "--count", &nodes.to_string()])
-        .args(["--cpu", "32", "--memory", "256Gi", "--max-pods", "110"])
-        .args(["--heartbeat-seconds", "60", "--keep", "--prefix", "node"])
+        .args(flags)
         .env("SKIFF_SERVER", url)
         .env("SKIFF_LOG", "warn")
         .stdout(Stdio::null())

@@ -8,6 +8,7 @@ mod bench_pods;
 mod bench_scheduler;
 mod benchkit;
 mod netperf;
+mod soak;
 
 use std::process::{Command, ExitCode};
 
@@ -37,6 +38,7 @@ fn main() -> ExitCode {
         ["bench", "dns", rest @ ..] => bench_dns::run(rest.contains(&"--quick")),
         ["bench", "pods", rest @ ..] => bench_pods::run(rest.contains(&"--quick")),
         ["bench", "scheduler", rest @ ..] => bench_scheduler::run(rest.contains(&"--quick")),
+        ["soak", rest @ ..] => soak::run(rest),
         ["netperf", rest @ ..] => netperf::run(rest),
         _ => {
             eprintln!("{USAGE}");
