@@ -96,6 +96,7 @@ async fn server(args: skiff_cli::ServerArgs) -> anyhow::Result<()> {
         cluster_cidr: Some(args.cluster_cidr),
         node_cidr_mask: args.node_cidr_mask,
         token_file: args.token_file,
+        event_ttl: std::time::Duration::from_secs(args.event_ttl.max(1)),
     };
     let mut running = skiff_apiserver::start(config).await?;
     eprintln!(

@@ -74,6 +74,9 @@ pub struct Config {
     /// The cluster token (shared with the nodes: the API server presents it
     /// when it calls them); default `<data_dir>/token`, made when missing.
     pub token_file: Option<PathBuf>,
+    /// How long an Event lives after its last write (kube-apiserver's
+    /// `--event-ttl`, 1 h).
+    pub event_ttl: std::time::Duration,
 }
 
 impl Default for Config {
@@ -87,6 +90,7 @@ impl Default for Config {
             cluster_cidr: Some("10.244.0.0/16".into()),
             node_cidr_mask: 24,
             token_file: None,
+            event_ttl: std::time::Duration::from_secs(3600),
         }
     }
 }
@@ -223,7 +227,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         })?;
 
     let start_rev = store.revision().await?;
-    let registry = Arc::new(Registry::new(
+    let mut registry = Registry::new(
         store.clone(),
         match cluster {
             Some(c) => alloc::Allocators::new(cidr, config.node_port_range.clone())
@@ -231,7 +235,9 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
             None => alloc::Allocators::new(cidr, config.node_port_range.clone()),
         },
         Arc::new(WatchCache::new(start_rev, WATCH_WINDOW, WATCH_WINDOW_BYTES)),
-    ));
+    );
+    registry.ttl = config.event_ttl;
+    let registry = Arc::new(registry);
     let state = Arc::new(AppState {
         registry: registry.clone(),
         metrics: metrics::Metrics::new(),

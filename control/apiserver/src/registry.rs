@@ -272,7 +272,16 @@ pub struct Registry {
     namespaces: std::sync::RwLock<std::collections::HashMap<String, (Revision, bool)>>,
     /// Set when the server shuts down: every open watch ends.
     closing: tokio::sync::watch::Sender<bool>,
+    /// The store lease that objects with a TTL written now are attached
+    /// to, and when it was granted: one lease a minute for all of them,
+    /// as kube-apiserver's lease manager shares them.
+    ttl_lease: tokio::sync::Mutex<Option<(skiff_store::LeaseId, std::time::Instant)>>,
+    /// How long objects of kinds that expire (Events) live.
+    pub ttl: std::time::Duration,
 }
+
+/// How long one TTL lease is handed out to new writes.
+const TTL_LEASE_REUSE: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn parse_rv(kind: Kind, name: &str, rv: &str) -> ApiResult<Option<Revision>> {
     if rv.is_empty() {
@@ -317,6 +326,45 @@ impl Registry {
             cache,
             namespaces: Default::default(),
             closing: tokio::sync::watch::channel(false).0,
+            ttl_lease: tokio::sync::Mutex::new(None),
+            ttl: std::time::Duration::from_secs(3600),
+        }
+    }
+
+    /// The lease a write of `R` attaches its object to (0: none): it
+    /// expires no sooner than the kind's TTL from now.
+    async fn lease_for<R: Strategy>(&self) -> ApiResult<skiff_store::LeaseId> {
+        if !R::EXPIRES {
+            return Ok(0);
+        }
+        let ttl = self.ttl;
+        let mut current = self.ttl_lease.lock().await;
+        // Shared for a minute at most (less with a short TTL), so each
+        // object lives at least the TTL and at most a minute more.
+        let reuse = TTL_LEASE_REUSE.min(ttl / 2);
+        if let Some((id, granted)) = *current
+            && granted.elapsed() < reuse
+        {
+            return Ok(id);
+        }
+        let seconds = (ttl + reuse).as_secs().max(1) as i64;
+        let id = self.store.lease_grant(seconds).await?;
+        *current = Some((id, std::time::Instant::now()));
+        Ok(id)
+    }
+
+    /// A write's transaction; when the lease it attaches to is gone from
+    /// the store (the store lost it), the next write takes a new one.
+    async fn txn_with_lease(&self, txn: Txn) -> ApiResult<skiff_store::TxnResult> {
+        match self.store.txn(txn).await {
+            Err(StoreError::LeaseNotFound(id)) => {
+                let mut current = self.ttl_lease.lock().await;
+                if current.is_some_and(|(held, _)| held == id) {
+                    *current = None;
+                }
+                Err(StoreError::LeaseNotFound(id).into())
+            }
+            r => Ok(r?),
         }
     }
 
@@ -603,11 +651,12 @@ impl Registry {
             let mut raw = None;
             if !opts.dry_run {
                 let bytes: Arc<[u8]> = encode(&candidate)?.into();
-                txn = put_with_claims(txn, &key, &bytes, &candidate, &claims);
+                let lease = self.lease_for::<R>().await?;
+                txn = put_with_claims(txn, &key, &bytes, &candidate, &claims, lease);
                 raw = Some(bytes);
             }
             // A dry run's transaction only compares: it writes nothing.
-            let r = self.store.txn(txn).await?;
+            let r = self.txn_with_lease(txn).await?;
             if r.succeeded {
                 let Some(raw) = raw else {
                     return Ok(candidate);
@@ -795,14 +844,15 @@ impl Registry {
                     txn = txn.then(Op::Delete { key: key.clone() });
                 } else {
                     let bytes: Arc<[u8]> = encode(&new)?.into();
-                    txn = put_with_claims(txn, &key, &bytes, &new, &claims);
+                    let lease = self.lease_for::<R>().await?;
+                    txn = put_with_claims(txn, &key, &bytes, &new, &claims, lease);
                     raw = Some(bytes);
                 }
                 for a in &released {
                     txn = txn.then(Op::Delete { key: a.key() });
                 }
             }
-            let r = self.store.txn(txn).await?;
+            let r = self.txn_with_lease(txn).await?;
             if r.succeeded {
                 if opts.dry_run {
                     return Ok(new);
@@ -1144,18 +1194,20 @@ impl Registry {
     }
 }
 
-/// Writes the object and the allocation keys it claims (each naming it).
+/// Writes the object (attached to `lease`, 0 for none) and the
+/// allocation keys it claims (each naming it).
 fn put_with_claims<R: Resource>(
     mut txn: Txn,
     key: &str,
     raw: &[u8],
     obj: &R,
     claims: &[Claim],
+    lease: skiff_store::LeaseId,
 ) -> Txn {
     txn = txn.then(Op::Put {
         key: key.to_string(),
         value: raw.to_vec(),
-        lease: 0,
+        lease,
     });
     for c in claims {
         txn = txn.then(Op::Put {

@@ -22,6 +22,11 @@ pub trait Strategy: Resource {
     /// apply).
     const OWNS_DEPENDENTS: bool = true;
 
+    /// The object lives only so long after its last write (the server's
+    /// event TTL, kube-apiserver's `--event-ttl`); otherwise until it is
+    /// deleted.
+    const EXPIRES: bool = false;
+
     /// The status a new object starts with (none unless the kind says).
     fn initial_status(&mut self) {
         self.clear_status();
@@ -209,6 +214,8 @@ impl Strategy for Lease {}
 
 impl Strategy for Event {
     const OWNS_DEPENDENTS: bool = false;
+    /// Events do not pile up forever.
+    const EXPIRES: bool = true;
 }
 
 impl Strategy for ServiceAccount {}

@@ -2419,3 +2419,71 @@ async fn a_watcher_that_stops_reading_gets_every_event_later() {
         last = rv;
     }
 }
+
+/// Events expire (kube-apiserver's --event-ttl): an Event is gone once its
+/// TTL has passed since its last write, on both stores; other kinds stay.
+async fn events_expire(etcd: Option<Arc<EtcdServer>>) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().to_path_buf(),
+        store: etcd.as_ref().map(|e| e.url()),
+        event_ttl: Duration::from_secs(2),
+        ..Config::default()
+    };
+    let s = TestServer::start(config, dir, etcd).await;
+    let event = json!({
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": "e1"},
+        "involvedObject": {"kind": "Pod", "name": "p", "namespace": "default"},
+        "reason": "Tested", "message": "m", "type": "Normal",
+    });
+    let (code, body) = s
+        .call("POST", "/api/v1/namespaces/default/events", Some(event))
+        .await;
+    assert_eq!(code, 201, "{body}");
+    let (code, body) = s
+        .call(
+            "POST",
+            "/api/v1/namespaces/default/configmaps",
+            Some(json!({"metadata": {"name": "stays"}})),
+        )
+        .await;
+    assert_eq!(code, 201, "{body}");
+    let created = std::time::Instant::now();
+    let deadline = created + Duration::from_secs(30);
+    loop {
+        let (code, _) = s
+            .call("GET", "/api/v1/namespaces/default/events/e1", None)
+            .await;
+        if code == 404 {
+            break;
+        }
+        assert_eq!(code, 200);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the event outlived 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        created.elapsed() >= Duration::from_secs(2),
+        "gone before its TTL: {:?}",
+        created.elapsed()
+    );
+    let (code, _) = s
+        .call("GET", "/api/v1/namespaces/default/configmaps/stays", None)
+        .await;
+    assert_eq!(code, 200, "a ConfigMap does not expire");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_expire_embedded() {
+    events_expire(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_expire_etcd() {
+    let Some(etcd) = etcd().await else { return };
+    events_expire(Some(etcd)).await;
+}

@@ -83,6 +83,9 @@ pub struct ServerArgs {
     /// The cluster token nodes share with the server (default: <data-dir>/token, made when missing)
     #[arg(long)]
     pub token_file: Option<PathBuf>,
+    /// Seconds an Event lives after its last write (as kube-apiserver's --event-ttl)
+    #[arg(long, default_value_t = 3600)]
+    pub event_ttl: u64,
     /// Do not run the scheduler and controllers in this server
     #[arg(long)]
     pub no_controllers: bool,
