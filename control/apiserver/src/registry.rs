@@ -178,10 +178,10 @@ struct WatchSource {
 /// A deadline that never comes (a watch without a timeout).
 const FOREVER: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 24 * 3600);
 
-/// One chunk of a list.
-/// The objects of a list, as stored: each decoded only when it is encoded
-/// into the response, so a list holds one decoded object at a time
-/// (decoded, an object takes several times its stored bytes).
+/// A list, or one chunk of it: the objects as stored, each decoded only
+/// when it is encoded into the response, so a list holds one decoded
+/// object at a time (decoded, an object takes several times its stored
+/// bytes).
 pub struct ListChunk<R> {
     pub kvs: Vec<skiff_store::KeyValue>,
     pub revision: Revision,
@@ -197,6 +197,21 @@ impl<R: Resource> ListChunk<R> {
     pub fn items(&self) -> impl Iterator<Item = ApiResult<R>> + '_ {
         self.kvs.iter().map(decode)
     }
+}
+
+/// The store prefix a list reads, once its field selector is known to
+/// name fields of the kind.
+fn list_prefix<R: Resource>(opts: &ListOptions) -> ApiResult<String> {
+    if !opts.fields.is_empty() {
+        opts.fields
+            .check_fields(&R::default())
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    }
+    Ok(if R::KIND.namespaced() && !opts.namespace.is_empty() {
+        format!("{}{}/", R::KIND.key_prefix(), opts.namespace)
+    } else {
+        R::KIND.key_prefix().to_string()
+    })
 }
 
 /// Whether a stored object is one a list selects (decoded only to check
@@ -438,16 +453,7 @@ impl Registry {
     }
 
     pub async fn list<R: Resource>(&self, opts: &ListOptions) -> ApiResult<(Vec<R>, Revision)> {
-        if !opts.fields.is_empty() {
-            opts.fields
-                .check_fields(&R::default())
-                .map_err(|e| ApiError::bad_request(e.to_string()))?;
-        }
-        let prefix = if R::KIND.namespaced() && !opts.namespace.is_empty() {
-            format!("{}{}/", R::KIND.key_prefix(), opts.namespace)
-        } else {
-            R::KIND.key_prefix().to_string()
-        };
+        let prefix = list_prefix::<R>(opts)?;
         let list = self.store.list(&prefix).await?;
         let mut items = Vec::with_capacity(list.kvs.len());
         for kv in &list.kvs {
@@ -462,16 +468,7 @@ impl Registry {
     /// A whole list as stored, for a response to encode object by object
     /// (see [`ListChunk`]).
     pub async fn list_stored<R: Resource>(&self, opts: &ListOptions) -> ApiResult<ListChunk<R>> {
-        if !opts.fields.is_empty() {
-            opts.fields
-                .check_fields(&R::default())
-                .map_err(|e| ApiError::bad_request(e.to_string()))?;
-        }
-        let prefix = if R::KIND.namespaced() && !opts.namespace.is_empty() {
-            format!("{}{}/", R::KIND.key_prefix(), opts.namespace)
-        } else {
-            R::KIND.key_prefix().to_string()
-        };
+        let prefix = list_prefix::<R>(opts)?;
         let list = self.store.list(&prefix).await?;
         let mut kvs = Vec::with_capacity(list.kvs.len());
         for kv in list.kvs {
@@ -500,16 +497,7 @@ impl Registry {
         token: &str,
         max_bytes: usize,
     ) -> ApiResult<ListChunk<R>> {
-        if !opts.fields.is_empty() {
-            opts.fields
-                .check_fields(&R::default())
-                .map_err(|e| ApiError::bad_request(e.to_string()))?;
-        }
-        let prefix = if R::KIND.namespaced() && !opts.namespace.is_empty() {
-            format!("{}{}/", R::KIND.key_prefix(), opts.namespace)
-        } else {
-            R::KIND.key_prefix().to_string()
-        };
+        let prefix = list_prefix::<R>(opts)?;
         let (mut start, mut revision) = if token.is_empty() {
             (String::new(), 0)
         } else {

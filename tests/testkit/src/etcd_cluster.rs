@@ -86,13 +86,7 @@ impl EtcdCluster {
     fn wait_healthy(&mut self, i: usize, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            let health = Command::new("etcdctl")
-                .env("ETCDCTL_API", "3")
-                .args(["--endpoints", &self.members[i].client, "endpoint", "health"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-            if health.is_ok_and(|s| s.success()) {
+            if crate::etcd_healthy(&self.members[i].client) {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(100));

@@ -102,16 +102,7 @@ impl EtcdServer {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return false;
             }
-            let health = Command::new("etcdctl")
-                .env("ETCDCTL_API", "3")
-                .arg("--endpoints")
-                .arg(&self.endpoint)
-                .arg("endpoint")
-                .arg("health")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-            if health.is_ok_and(|s| s.success()) {
+            if etcd_healthy(&self.endpoint) {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -193,4 +184,15 @@ pub fn wait_http_ok(addr: &str, path: &str, timeout: Duration) -> bool {
         std::thread::sleep(Duration::from_millis(50));
     }
     false
+}
+
+/// Whether the etcd member at `endpoint` (host:port) answers healthy.
+pub fn etcd_healthy(endpoint: &str) -> bool {
+    Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", endpoint, "endpoint", "health"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }

@@ -233,7 +233,7 @@ async fn naive_binder(client: Client, total: usize) -> Result<()> {
 }
 
 /// A process's resident set (VmRSS), MiB.
-fn rss_mib(pid: u32) -> Result<f64> {
+pub(crate) fn rss_mib(pid: u32) -> Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kb: f64 = status
         .lines()

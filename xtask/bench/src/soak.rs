@@ -26,7 +26,7 @@ use skiff_api::{ObjectMeta, Pod, Resource};
 use skiff_client::{Client, ListParams, WatchEvent, WatchOptions};
 
 use crate::bench_api::{build_skiff, start_server_with};
-use crate::bench_scheduler::sim_nodes;
+use crate::bench_scheduler::{rss_mib, sim_nodes};
 use crate::benchkit::{machine, percentile, rerun_in_release, write_json};
 
 const NS: &str = "soak";
@@ -60,16 +60,6 @@ struct Sample {
     events: u64,
     errors: u64,
     pods: usize,
-}
-
-fn rss_mib(pid: u32) -> Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .context("no VmRSS")?;
-    Ok(kb / 1024.0)
 }
 
 fn fds(pid: u32) -> Result<usize> {
