@@ -60,10 +60,20 @@ struct Sample {
     events: u64,
     errors: u64,
     pods: usize,
+    /// Watches the server's watch cache feeds (its own and the clients').
+    watchers: u64,
 }
 
 fn fds(pid: u32) -> Result<usize> {
     Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
+}
+
+/// One number of the server's /metrics.
+fn metric(url: &str, name: &str) -> Option<u64> {
+    let addr = url.trim_start_matches("http://");
+    let (_, body) = skiff_testkit::http_get(addr, "/metrics")?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 fn now_ns() -> u64 {
@@ -262,8 +272,17 @@ async fn soak(url: &str, pid: u32, minutes: f64) -> Result<Vec<Sample>> {
     let mut tick = tokio::time::interval(every);
     tick.tick().await;
     eprintln!(
-        "{:>7} {:>8} {:>5} {:>9} {:>9} {:>8} {:>8} {:>6} {:>5}",
-        "t (s)", "RSS MiB", "fds", "lag p50", "lag p99", "writes", "events", "errors", "pods"
+        "{:>7} {:>8} {:>5} {:>9} {:>9} {:>8} {:>8} {:>6} {:>5} {:>8}",
+        "t (s)",
+        "RSS MiB",
+        "fds",
+        "lag p50",
+        "lag p99",
+        "writes",
+        "events",
+        "errors",
+        "pods",
+        "watchers"
     );
     while Instant::now() < stop {
         tick.tick().await;
@@ -272,6 +291,7 @@ async fn soak(url: &str, pid: u32, minutes: f64) -> Result<Vec<Sample>> {
             .list::<Pod>(NS, &ListParams::default())
             .await
             .map_or(0, |l| l.items.len());
+        let watchers = metric(url, "skiff_apiserver_cache_watchers").unwrap_or(0);
         let errors = counters.write_errors.load(Ordering::Relaxed)
             + counters.watch_errors.load(Ordering::Relaxed)
             + counters.scale_errors.load(Ordering::Relaxed);
@@ -285,9 +305,10 @@ async fn soak(url: &str, pid: u32, minutes: f64) -> Result<Vec<Sample>> {
             events: counters.events.load(Ordering::Relaxed),
             errors,
             pods,
+            watchers,
         };
         eprintln!(
-            "{:>7.0} {:>8.1} {:>5} {:>9.1} {:>9.1} {:>8} {:>8} {:>6} {:>5}",
+            "{:>7.0} {:>8.1} {:>5} {:>9.1} {:>9.1} {:>8} {:>8} {:>6} {:>5} {:>8}",
             s.at_s,
             s.rss_mib,
             s.fds,
@@ -296,7 +317,8 @@ async fn soak(url: &str, pid: u32, minutes: f64) -> Result<Vec<Sample>> {
             s.writes,
             s.events,
             s.errors,
-            s.pods
+            s.pods,
+            s.watchers
         );
         samples.push(s);
     }
@@ -391,6 +413,7 @@ pub fn run(args: &[&str]) -> Result<()> {
                 "t_s": s.at_s, "rss_mib": s.rss_mib, "fds": s.fds,
                 "lag_p50_ms": s.lag_p50_ms, "lag_p99_ms": s.lag_p99_ms,
                 "writes": s.writes, "events": s.events, "errors": s.errors, "pods": s.pods,
+                "watchers": s.watchers,
             })).collect::<Vec<_>>(),
         }),
     )?;
