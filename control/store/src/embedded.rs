@@ -715,7 +715,8 @@ fn reopen(shared: &Shared, state: &mut WriterState) -> std::result::Result<(), S
         }
     };
     let (mut loaded, on_disk) = Embedded::load(&db).map_err(|e| e.to_string())?;
-    if loaded.revision < state.revision {
+    let lost = loaded.revision < state.revision;
+    if lost {
         rewound(shared, &db, &mut loaded, state.revision).map_err(|e| e.to_string())?;
     }
     if loaded.revision > state.revision {
@@ -736,6 +737,12 @@ fn reopen(shared: &Shared, state: &mut WriterState) -> std::result::Result<(), S
     shared.compacted.store(loaded.compacted, Ordering::Release);
     *state = loaded;
     *shared.db.write().expect("database lock poisoned") = Some(Arc::new(db));
+    if lost {
+        // Ends every watch (they see the count change when woken), now
+        // that the store serves what the disk holds, for them to relist.
+        shared.rewinds.fetch_add(1, Ordering::AcqRel);
+        let _ = shared.events.send(Arc::new(Vec::new()));
+    }
     Ok(())
 }
 
@@ -772,9 +779,6 @@ fn rewound(
     loaded.compacted = acknowledged;
     shared.compacted.store(acknowledged, Ordering::Release);
     shared.errors.fetch_add(1, Ordering::Relaxed);
-    shared.rewinds.fetch_add(1, Ordering::AcqRel);
-    // Wakes every watch, to see the rewind.
-    let _ = shared.events.send(Arc::new(Vec::new()));
     Ok(())
 }
 
