@@ -30,7 +30,7 @@ commands:
                           Services, and API-to-answer latency
   bench pods [--quick]    50 pods create -> Running and -> answering via their
                           Service, against ctr run -d (root)
-  soak [--minutes N]      N minutes (default 10) of writes, watches and pods
+  soak [--minutes N]      N minutes (default 20) of writes, watches and pods
                           churning on simulated nodes: the server's RSS, fds,
                           watch lag and errors over time, and the RSS slope
                           after warm-up (fails when it grows)";

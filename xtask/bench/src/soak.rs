@@ -4,11 +4,12 @@
 //! so pods churn on simulated nodes that report them Running. Sampled
 //! every few seconds: the server's RSS and open file descriptors, the
 //! watch lag (write → event seen), errors and pods. At the end the RSS
-//! and fd slopes after warm-up (the first third, at least 5 minutes —
-//! until the watch cache's window is full — left out): flat means the
-//! fitted line moves less than 5 MiB (or 3 %) over the measured window,
-//! and fds by fewer than 10; otherwise the command fails. Runs shorter
-//! than about 6 minutes are refused as too short. Written to
+//! and fd slopes after warm-up (the first third, at least 10 minutes —
+//! until the watch window is full and the store has compacted — left
+//! out): flat means the fitted line moves less than 5 MiB (or 3 %) over
+//! the measured window, and fds by fewer than 10; otherwise the command
+//! fails. Runs shorter
+//! than about 11 minutes are refused as too short. Written to
 //! target/bench/soak.json.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,8 +39,9 @@ const NODES: usize = 20;
 /// The Deployment goes between these sizes.
 const REPLICAS: (i32, i32) = (10, 60);
 const SCALE_EVERY: Duration = Duration::from_secs(15);
-/// At least this much is warm-up (see `run`).
-const WARM_UP: Duration = Duration::from_secs(300);
+/// At least this much is warm-up (see `run`): two of the server's
+/// compaction periods.
+const WARM_UP: Duration = Duration::from_secs(600);
 
 #[derive(Default)]
 struct Counters {
@@ -333,7 +335,7 @@ pub fn run(args: &[&str]) -> Result<()> {
             .ok()
             .filter(|m: &f64| *m > 0.0)
             .context("--minutes takes a positive number")?,
-        [] => 10.0,
+        [] => 20.0,
         _ => bail!("usage: cargo xtask soak [--minutes N]"),
     };
     let mut again = vec!["soak".to_string()];
@@ -358,8 +360,10 @@ pub fn run(args: &[&str]) -> Result<()> {
     drop(server);
 
     // Warm-up: the watch cache's window (20,000 events) fills in about
-    // three and a half minutes at this load, the store's page cache
-    // (16 MiB) in a few more, and RSS with them.
+    // three and a half minutes at this load; the store's history (and its
+    // page cache, 16 MiB) grows until the first compaction that removes
+    // any, at ten minutes (each compacts to where the previous one saw
+    // the store); RSS with them.
     let warm = (minutes * 60.0 / 3.0).max(WARM_UP.as_secs_f64());
     let steady: Vec<&Sample> = samples.iter().filter(|s| s.at_s >= warm).collect();
     if steady.len() < 3 {
