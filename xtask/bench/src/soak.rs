@@ -8,9 +8,8 @@
 //! until the watch window is full and the store has compacted — left
 //! out): flat means the fitted line moves less than 5 MiB (or 3 %) over
 //! the measured window, and fds by fewer than 10; otherwise the command
-//! fails. Runs shorter
-//! than about 11 minutes are refused as too short. Written to
-//! target/bench/soak.json.
+//! fails. Runs shorter than about 11 minutes are refused as too short.
+//! Written to target/bench/soak.json.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
