@@ -43,6 +43,22 @@ fn rss(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// RSS growth from `base` per stored byte.
+fn per_stored(rss: u64, base: u64, stored: u64) -> f64 {
+    rss.saturating_sub(base) as f64 / stored as f64
+}
+
+/// RSS `after` grew from `base` by less than `bound` bytes per stored byte.
+fn assert_bound(after: u64, base: u64, stored: u64, bound: u64) {
+    assert!(
+        after < base + bound * stored,
+        "RSS {} from {} for {} stored: over {bound} bytes per stored byte",
+        mib(after),
+        mib(base),
+        mib(stored)
+    );
+}
+
 fn mib(b: u64) -> String {
     format!("{:.1} MiB", b as f64 / MIB as f64)
 }
@@ -145,16 +161,10 @@ async fn labels_by_the_hundred_thousand_stay_bounded() {
         mib(peak_created),
         mib(after),
         mib(peak),
-        (after.saturating_sub(base)) as f64 / stored as f64,
-        (peak.saturating_sub(base)) as f64 / stored as f64,
+        per_stored(after, base, stored),
+        per_stored(peak, base, stored),
     );
-    assert!(
-        after < base + PER_STORED_BYTE_LABELS * stored,
-        "RSS {} from {} for {} stored: over {PER_STORED_BYTE_LABELS} bytes per stored byte",
-        mib(after),
-        mib(base),
-        mib(stored)
-    );
+    assert_bound(after, base, stored, PER_STORED_BYTE_LABELS);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -245,19 +255,13 @@ async fn pods(flags: &[&str]) {
         mib(stored),
         mib(after),
         mib(peak),
-        (after.saturating_sub(base)) as f64 / stored as f64,
-        (peak.saturating_sub(base)) as f64 / stored as f64,
+        per_stored(after, base, stored),
+        per_stored(peak, base, stored),
     );
     let bound = if flags.is_empty() {
         PER_STORED_BYTE_PODS
     } else {
         PER_STORED_BYTE_PODS_API_ONLY
     };
-    assert!(
-        after < base + bound * stored,
-        "RSS {} from {} for {} stored: over {bound} bytes per stored byte",
-        mib(after),
-        mib(base),
-        mib(stored)
-    );
+    assert_bound(after, base, stored, bound);
 }

@@ -359,13 +359,7 @@ async fn a_disk_that_lost_acknowledged_writes() {
     let kept = store.revision().await.unwrap();
 
     // The disk breaks; while it is out, its image is copied.
-    disk.fail_read_only();
-    let refused = store.create("k/refused", b"x".to_vec(), 0).await;
-    assert!(
-        matches!(refused, Err(StoreError::Unavailable(_))),
-        "{refused:?}"
-    );
-    disk.unmount(Duration::from_secs(10));
+    break_and_unmount(&store, &disk).await;
     let old = disk.image().with_extension("old");
     std::fs::copy(disk.image(), &old).unwrap();
     disk.fsck();
@@ -404,13 +398,7 @@ async fn a_disk_that_lost_acknowledged_writes() {
     let errors = store.errors();
 
     // The disk breaks again and comes back as it was before those writes.
-    disk.fail_read_only();
-    let refused = store.create("k/refused", b"x".to_vec(), 0).await;
-    assert!(
-        matches!(refused, Err(StoreError::Unavailable(_))),
-        "{refused:?}"
-    );
-    disk.unmount(Duration::from_secs(10));
+    break_and_unmount(&store, &disk).await;
     std::fs::rename(&old, disk.image()).unwrap();
     disk.mount_again();
 
@@ -452,4 +440,16 @@ async fn a_disk_that_lost_acknowledged_writes() {
     let store = Embedded::open(&dir).unwrap();
     assert!(store.revision().await.unwrap() >= rev);
     assert_eq!(store.list("k/").await.unwrap().kvs.len(), 11);
+}
+
+/// Turns the disk read-only under the store, sees a write refused, and
+/// unmounts it once the store has let go.
+async fn break_and_unmount(store: &Embedded, disk: &skiff_testkit::disk::LoopDisk) {
+    disk.fail_read_only();
+    let refused = store.create("k/refused", b"x".to_vec(), 0).await;
+    assert!(
+        matches!(refused, Err(StoreError::Unavailable(_))),
+        "{refused:?}"
+    );
+    disk.unmount(Duration::from_secs(10));
 }
