@@ -190,6 +190,9 @@ struct WriterState {
     revision: Revision,
     compacted: Revision,
     lease_seq: i64,
+    /// The log holds no entry below this revision; entries from here up to
+    /// `compacted` are compacted but not yet removed.
+    pruned: Revision,
 }
 
 /// A reply that is sent only after the batch is durable.
@@ -531,16 +534,10 @@ fn run_batch(shared: &Shared, state: &mut WriterState, batch: Vec<Request>) {
                         let r = if rev > state.revision {
                             Err(StoreError::FutureRevision(rev))
                         } else {
-                            if rev > state.compacted {
-                                let pruned = || -> std::result::Result<(), redb::Error> {
-                                    tx.open_table(LOG)?.retain_in(..rev, |_, _| false)?;
-                                    Ok(())
-                                };
-                                if let Err(e) = pruned() {
-                                    return Err((e, Request::Compact(rev, reply)));
-                                }
-                                state.compacted = rev;
-                            }
+                            // Logical at once (reads below `rev` are refused
+                            // from this commit on); the log entries go in
+                            // bounded steps afterwards (`prune_step`).
+                            state.compacted = state.compacted.max(rev);
                             Ok(())
                         };
                         replies.push(Reply::Unit(reply, r));
@@ -668,6 +665,52 @@ fn reopen_logged(shared: &Shared, state: &mut WriterState) -> bool {
             let no_space = e.contains("os error 28");
             shared.set_fault(e, no_space);
             false
+        }
+    }
+}
+
+/// Log entries removed by one pruning commit: a compaction's working set
+/// (its dirty and freed pages) stays small however long the history was.
+const PRUNE_STEP: Revision = 2_000;
+
+/// Removes the next bounded run of compacted log entries in a commit of its
+/// own, between batches. Compaction itself is logical (`compacted` refuses
+/// older reads), so a step that fails loses nothing: the fault is handled
+/// as a failed batch's would be, and pruning resumes after the reopen.
+fn prune_step(shared: &Shared, state: &mut WriterState) {
+    if state.pruned >= state.compacted {
+        return;
+    }
+    let step = || -> std::result::Result<Revision, redb::Error> {
+        let db = shared.db().map_err(|_| redb::Error::PreviousIo)?;
+        let tx = db.begin_write()?;
+        let upto;
+        {
+            let mut log = tx.open_table(LOG)?;
+            let first = log.first()?.map(|(k, _)| k.value());
+            match first {
+                Some(first) if first < state.compacted => {
+                    upto = state.compacted.min(first.saturating_add(PRUNE_STEP));
+                    log.retain_in(first..upto, |_, _| false)?;
+                }
+                _ => upto = state.compacted,
+            }
+        }
+        tx.commit()?;
+        Ok(upto)
+    };
+    match step() {
+        Ok(upto) => state.pruned = upto,
+        Err(e) => {
+            let io = matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo);
+            let err = shared.error(e);
+            tracing::warn!(
+                "store {}: pruning the compacted log: {err}",
+                shared.path.display()
+            );
+            if io {
+                reopen_logged(shared, state);
+            }
         }
     }
 }
@@ -820,6 +863,8 @@ fn writer_loop(shared: Arc<Shared>, mut state: WriterState, rx: std_mpsc::Receiv
         let Some(first) = first else {
             if shared.fault().is_some() && !closed {
                 probe(&shared, &state);
+            } else if !closed {
+                prune_step(&shared, &mut state);
             }
             continue;
         };
@@ -838,6 +883,9 @@ fn writer_loop(shared: Arc<Shared>, mut state: WriterState, rx: std_mpsc::Receiv
             continue;
         }
         run_batch(&shared, &mut state, batch);
+        if shared.fault().is_none() {
+            prune_step(&shared, &mut state);
+        }
     }
 }
 
@@ -939,6 +987,8 @@ impl Embedded {
                 revision: get("revision")?,
                 compacted: get("compacted")?,
                 lease_seq: get("lease_seq")?,
+                // Found by the first `prune_step`.
+                pruned: 0,
             };
             // A write, so that opening proves the file takes writes.
             meta.insert("revision", state.revision)?;
@@ -1299,5 +1349,76 @@ impl Store for Embedded {
 
     fn errors(&self) -> u64 {
         self.handle.shared.errors.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+
+    use super::*;
+
+    /// The oldest revision the log still holds.
+    fn first_logged(store: &Embedded) -> Option<Revision> {
+        let db = store.handle.shared.db().unwrap();
+        let tx = db.begin_read().unwrap();
+        let log = tx.open_table(LOG).unwrap();
+        log.first().unwrap().map(|(k, _)| k.value())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn compaction_is_logical_at_once_and_prunes_the_log_in_bounded_steps() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Embedded::open(dir.path()).unwrap();
+        let writers: Vec<_> = (0..50)
+            .map(|w| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    for i in 0..(3 * PRUNE_STEP as usize / 50 + 20) {
+                        store
+                            .create(&format!("k/{w}/{i}"), vec![b'v'; 64], 0)
+                            .await
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.await.unwrap();
+        }
+        let last = store.revision().await.unwrap();
+        assert!(last > 3 * PRUNE_STEP, "{last} revisions");
+        assert_eq!(first_logged(&store), Some(1));
+        let keep = last - 10;
+        store.compact(keep).await.unwrap();
+        // Refused from the compaction on, whatever the log still holds.
+        let refused = match store.watch("k/", keep - 2).await {
+            Err(e) => e,
+            Ok(mut w) => tokio::time::timeout(Duration::from_secs(10), w.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .expect_err("compacted history must not be replayed"),
+        };
+        assert!(matches!(refused, StoreError::Compacted { .. }), "{refused}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while first_logged(&store) != Some(keep) {
+            assert!(
+                Instant::now() < deadline,
+                "the log still starts at {:?}",
+                first_logged(&store)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // What is kept still replays: revisions keep..=last, one event each.
+        let mut watch = store.watch("k/", keep - 1).await.unwrap();
+        for rev in keep..=last {
+            let e = tokio::time::timeout(Duration::from_secs(10), watch.next())
+                .await
+                .expect("the kept history replays")
+                .unwrap()
+                .unwrap();
+            assert_eq!(e.revision, rev);
+        }
     }
 }
