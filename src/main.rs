@@ -97,12 +97,21 @@ async fn server(args: skiff_cli::ServerArgs) -> anyhow::Result<()> {
         node_cidr_mask: args.node_cidr_mask,
         token_file: args.token_file,
         event_ttl: std::time::Duration::from_secs(args.event_ttl.max(1)),
+        tls: args.tls == "on",
+        token_auth_file: args.token_auth_file,
     };
     let mut running = skiff_apiserver::start(config).await?;
     eprintln!(
-        "skiff server listening on http://{} (store: {})",
-        running.addr, running.store
+        "skiff server listening on {} (store: {})",
+        running.url(),
+        running.store
     );
+    if let Some(k) = &running.kubeconfig {
+        eprintln!(
+            "admin kubeconfig: {} (skiff --kubeconfig, kubectl --kubeconfig)",
+            k.display()
+        );
+    }
     let controllers = if args.no_controllers {
         None
     } else {
@@ -114,9 +123,9 @@ async fn server(args: skiff_cli::ServerArgs) -> anyhow::Result<()> {
                 ),
             },
         };
-        Some(start_controllers(running.addr, cfg).await?)
+        Some(start_controllers(&running, cfg).await?)
     };
-    if !args.no_client_config {
+    if !args.no_client_config && running.kubeconfig.is_none() {
         let path = skiff_cli::config::write_server_config(running.addr)?;
         eprintln!("client configuration written to {}", path.display());
     }
@@ -137,10 +146,16 @@ async fn server(args: skiff_cli::ServerArgs) -> anyhow::Result<()> {
 /// The scheduler and controllers, talking to this server like any client,
 /// while this server holds their lease.
 async fn start_controllers(
-    addr: std::net::SocketAddr,
+    running: &skiff_apiserver::Running,
     cfg: skiff_controllers::Config,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let client = skiff_client::Client::connect(&format!("http://{addr}")).await?;
+    let mut creds = skiff_client::Credentials::plain(&running.url());
+    creds.ca_pem = running.ca_pem.clone();
+    if let Some(cert) = running.issue_client_certificate("system:kube-controller-manager", &[]) {
+        creds.cert_pem = Some(cert.cert_pem);
+        creds.key_pem = Some(cert.key_pem);
+    }
+    let client = skiff_client::Client::connect_with(&creds).await?;
     let identity = format!(
         "{}-{}",
         std::fs::read_to_string("/proc/sys/kernel/hostname")

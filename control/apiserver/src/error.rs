@@ -185,6 +185,12 @@ impl ApiError {
         e
     }
 
+    /// 401: no credentials where they are needed, or credentials that
+    /// prove nothing (kube-apiserver says only "Unauthorized").
+    pub fn unauthorized() -> ApiError {
+        Self::new(401, "Unauthorized", "Unauthorized")
+    }
+
     pub fn unavailable(message: impl Into<String>) -> ApiError {
         Self::new(503, "ServiceUnavailable", message)
     }
@@ -231,6 +237,7 @@ impl ApiError {
         use tonic::Code;
         let code = match self.code {
             400 | 422 => Code::InvalidArgument,
+            401 => Code::Unauthenticated,
             403 => Code::PermissionDenied,
             404 => Code::NotFound,
             405 | 415 => Code::Unimplemented,

@@ -7,6 +7,7 @@
 
 mod alloc;
 mod apply;
+pub mod authn;
 mod budget;
 mod codec;
 mod defaults;
@@ -21,6 +22,7 @@ mod metrics;
 mod namespaces;
 mod node_claims;
 mod patch;
+pub mod pki;
 pub mod pods_proxy;
 mod registry;
 mod rest;
@@ -28,6 +30,7 @@ mod scale;
 mod service_claims;
 mod strategy;
 mod table;
+pub mod tls;
 mod watch_cache;
 
 use std::net::SocketAddr;
@@ -77,6 +80,12 @@ pub struct Config {
     /// How long an Event lives after its last write (kube-apiserver's
     /// `--event-ttl`, 1 h).
     pub event_ttl: std::time::Duration,
+    /// TLS on the API port and authentication of every request (client
+    /// certificates from the data dir's client CA, bearer tokens); off is
+    /// plain HTTP with no authentication, for development only.
+    pub tls: bool,
+    /// kube-apiserver's `--token-auth-file`: `token,user,uid,"groups"`.
+    pub token_auth_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -91,6 +100,8 @@ impl Default for Config {
             node_cidr_mask: 24,
             token_file: None,
             event_ttl: std::time::Duration::from_secs(3600),
+            tls: false,
+            token_auth_file: None,
         }
     }
 }
@@ -129,6 +140,11 @@ pub struct Running {
     /// The cluster token nodes need (see `Config::token_file`).
     pub token: String,
     pub token_file: PathBuf,
+    /// With TLS: the admin kubeconfig (`<data-dir>/admin.kubeconfig`).
+    pub kubeconfig: Option<PathBuf>,
+    /// With TLS: the CA that signs the serving certificate (PEM).
+    pub ca_pem: Option<String>,
+    pki: Option<Arc<pki::Pki>>,
     registry: Arc<Registry>,
     stop: Option<oneshot::Sender<()>>,
     done: tokio::task::JoinHandle<Result<(), ServerError>>,
@@ -165,6 +181,34 @@ impl Running {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         served
+    }
+
+    /// The URL clients reach this server at (loopback for a wildcard
+    /// listen address).
+    pub fn url(&self) -> String {
+        let host = if self.addr.ip().is_unspecified() {
+            SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), self.addr.port())
+        } else {
+            self.addr
+        };
+        match self.pki {
+            Some(_) => format!("https://{host}"),
+            None => format!("http://{host}"),
+        }
+    }
+
+    /// With TLS: a client certificate (PEM certificate and key) for `user`
+    /// in `groups`, signed by the client CA, for the components this
+    /// process runs (the controllers as `system:kube-controller-manager`).
+    pub fn issue_client_certificate(&self, user: &str, groups: &[&str]) -> Option<pki::Issued> {
+        let pki = self.pki.as_ref()?;
+        match pki.client_ca.issue(user, groups, None) {
+            Ok(i) => Some(i),
+            Err(e) => {
+                tracing::error!("issue a client certificate for {user}: {e}");
+                None
+            }
+        }
     }
 
     /// Serves until the server fails.
@@ -226,6 +270,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
             source,
         })?;
 
+    let kubernetes_ip = std::net::IpAddr::V4(cidr.nth(1));
     let start_rev = store.revision().await?;
     let mut registry = Registry::new(
         store.clone(),
@@ -289,6 +334,10 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
             "/api/v1/namespaces/{ns}/pods/{name}/exec",
             any(exec::handle),
         )
+        .route(
+            "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+            axum::routing::post(authn::self_subject_review),
+        )
         .route("/api", any(rest::handle))
         .route("/api/{*rest}", any(rest::handle))
         .route("/apis", any(rest::handle))
@@ -318,14 +367,35 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     });
 
     let app = app.layer(axum::middleware::from_fn_with_state(bodies, budget::limit));
+    let (app, tls, kubeconfig, pki) = if config.tls {
+        // The `kubernetes` Service's ClusterIP, the range's first address
+        // (kube-apiserver's choice), so in-cluster clients can verify.
+        let names = pki::Names::for_server(config.listen.ip(), Some(kubernetes_ip));
+        let pki =
+            pki::Pki::load_or_create(&config.data_dir, &names).map_err(ServerError::Config)?;
+        let tls = tls::server_config(&pki).map_err(ServerError::Config)?;
+        let auth = match &config.token_auth_file {
+            Some(f) => authn::Authenticator::with_token_file(f).map_err(ServerError::Config)?,
+            None => authn::Authenticator::default(),
+        };
+        let kubeconfig = write_admin_kubeconfig(&config.data_dir, addr, &pki)?;
+        let app = app.layer(axum::middleware::from_fn_with_state(
+            Arc::new(auth),
+            authn::authenticate,
+        ));
+        (app, Some(tls), Some(kubeconfig), Some(Arc::new(pki)))
+    } else {
+        tracing::warn!(
+            "serving plain HTTP with no authentication on {addr}: for development only; anyone who reaches the port can do anything"
+        );
+        (app, None, None, None)
+    };
     let (stop, stopped) = oneshot::channel::<()>();
-    // Without TCP_NODELAY a response written in several pieces (headers,
-    // body, gRPC trailers) waits for the peer's delayed ACK: 40 ms stalls.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!("set TCP_NODELAY: {e}");
-        }
-    });
+    let listener = tls::Listener::new(listener, tls).map_err(|source| ServerError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    let app = app.into_make_service_with_connect_info::<tls::Peer>();
     let done = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
@@ -340,11 +410,51 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         store: store.describe(),
         token,
         token_file,
+        kubeconfig,
+        ca_pem: pki.as_ref().map(|p| p.server_ca.cert_pem.clone()),
+        pki,
         registry,
         stop: Some(stop),
         done,
         background,
     })
+}
+
+/// `<data-dir>/admin.kubeconfig` (0600): the `system:masters` admin, for
+/// `skiff` and kubectl alike. Written at every start (the address may have
+/// changed); nothing outside the data dir is touched.
+fn write_admin_kubeconfig(
+    data_dir: &std::path::Path,
+    addr: SocketAddr,
+    pki: &pki::Pki,
+) -> Result<PathBuf, ServerError> {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let host = if addr.ip().is_unspecified() {
+        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
+    } else {
+        addr
+    };
+    let doc = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "skiff", "cluster": {
+            "server": format!("https://{host}"),
+            "certificate-authority-data": b64(&pki.server_ca.cert_pem),
+        }}],
+        "users": [{"name": "admin", "user": {
+            "client-certificate-data": b64(&pki.admin.cert_pem),
+            "client-key-data": b64(&pki.admin.key_pem),
+        }}],
+        "contexts": [{"name": "skiff", "context": {"cluster": "skiff", "user": "admin"}}],
+        "current-context": "skiff",
+        "preferences": {},
+    });
+    let text = serde_yaml_ng::to_string(&doc)
+        .map_err(|e| ServerError::Config(format!("admin kubeconfig: {e}")))?;
+    let path = data_dir.join("admin.kubeconfig");
+    pki::write_secret(&path, &text).map_err(ServerError::Config)?;
+    Ok(path)
 }
 
 /// `/openapi/v3`: where each group-version's document is.

@@ -20,9 +20,15 @@ pub struct Cli {
 
 #[derive(Debug, Args, Clone)]
 pub struct Global {
-    /// API server URL (default: $SKIFF_SERVER, then ~/.skiff/config, then http://127.0.0.1:6443)
+    /// API server URL (default: $SKIFF_SERVER, then the kubeconfig's, then ~/.skiff/config, then http://127.0.0.1:6443)
     #[arg(long, global = true, env = "SKIFF_SERVER")]
     pub server: Option<String>,
+    /// The kubeconfig to use (default: $KUBECONFIG's files, then ~/.kube/config), as kubectl's
+    #[arg(long, global = true)]
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// The kubeconfig context to use (default: its current-context)
+    #[arg(long, global = true)]
+    pub context: Option<String>,
     /// Namespace of the objects (default: the manifest's, else "default")
     #[arg(short = 'n', long, global = true)]
     pub namespace: Option<String>,
@@ -86,6 +92,12 @@ pub struct ServerArgs {
     /// Seconds an Event lives after its last write (as kube-apiserver's --event-ttl)
     #[arg(long, default_value_t = 3600)]
     pub event_ttl: u64,
+    /// TLS and authentication on the API port (on: certificates in <data-dir>/tls, the admin's in <data-dir>/admin.kubeconfig; off: plain HTTP, anyone may do anything, for development only)
+    #[arg(long, default_value = "off", value_parser = ["on", "off"])]
+    pub tls: String,
+    /// Bearer tokens, as kube-apiserver's --token-auth-file: lines of token,user,uid,"group1,group2" (with --tls on)
+    #[arg(long)]
+    pub token_auth_file: Option<PathBuf>,
     /// Do not run the scheduler and controllers in this server
     #[arg(long)]
     pub no_controllers: bool,

@@ -1,6 +1,9 @@
-//! Where the CLI finds the API server: `--server`, `$SKIFF_SERVER`, then
-//! `~/.skiff/config` (written by `skiff server`), then the default port on
-//! loopback.
+//! Where the CLI finds the API server and which credentials it shows:
+//! `--server` (or `$SKIFF_SERVER`) alone is just an address; otherwise the
+//! kubeconfig (`--kubeconfig`, `$KUBECONFIG`, `~/.kube/config`; `--context`)
+//! gives both, and `--server` next to `--kubeconfig` overrides its server;
+//! with no kubeconfig, `~/.skiff/config` (written by `skiff server`), then
+//! the default port on loopback.
 
 use std::path::PathBuf;
 
@@ -15,6 +18,30 @@ pub struct ClientConfig {
 
 pub fn config_path() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".skiff").join("config"))
+}
+
+/// The server and credentials for the global flags.
+pub fn credentials(global: &crate::args::Global) -> Result<skiff_client::Credentials> {
+    let explicit = global.kubeconfig.is_some() || global.context.is_some();
+    if global.server.is_some() && !explicit {
+        return Ok(skiff_client::Credentials::plain(&server_url(
+            global.server.as_deref(),
+        )?));
+    }
+    let files = skiff_client::kubeconfig::files(global.kubeconfig.as_deref());
+    if files.is_empty() {
+        if explicit {
+            anyhow::bail!("--context needs a kubeconfig: none in $KUBECONFIG or ~/.kube/config");
+        }
+        return Ok(skiff_client::Credentials::plain(&server_url(None)?));
+    }
+    let resolved = skiff_client::kubeconfig::load(&files, global.context.as_deref())
+        .map_err(anyhow::Error::msg)?;
+    let mut creds = resolved.credentials;
+    if let Some(s) = &global.server {
+        creds.server = normalize(s);
+    }
+    Ok(creds)
 }
 
 pub fn server_url(flag: Option<&str>) -> Result<String> {

@@ -23,10 +23,10 @@ pub use args::{
 
 /// Runs one client verb. Errors carry the reason for stderr.
 pub async fn run(global: &args::Global, command: ClientCommand) -> Result<()> {
-    let server = config::server_url(global.server.as_deref())?;
-    let client = Client::connect(&server)
+    let creds = config::credentials(global)?;
+    let client = Client::connect_with(&creds)
         .await
-        .with_context(|| format!("connect to {server}"))?
+        .with_context(|| format!("connect to {}", creds.server))?
         .with_field_manager("skiff");
     let namespace = global.namespace.clone();
     match command {
@@ -55,10 +55,10 @@ pub async fn run(global: &args::Global, command: ClientCommand) -> Result<()> {
 
 /// `skiff sim ...`: long-running like the daemons, but a client of the API.
 pub async fn sim(global: &args::Global, command: SimCommand) -> Result<()> {
-    let server = config::server_url(global.server.as_deref())?;
-    let client = Client::connect(&server)
+    let creds = config::credentials(global)?;
+    let client = Client::connect_with(&creds)
         .await
-        .with_context(|| format!("connect to {server}"))?;
+        .with_context(|| format!("connect to {}", creds.server))?;
     match command {
         SimCommand::Nodes(a) => sim::nodes(&client, a).await,
     }

@@ -12,7 +12,57 @@ use skiff_api::v1::resources_client::ResourcesClient;
 use skiff_api::v1::{DeleteRequest, GetRequest, ListRequest, RawObject, WatchRequest};
 use skiff_api::{Kind, Object, Resource};
 use thiserror::Error;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
+
+pub mod kubeconfig;
+
+/// Where the API server is and how to prove who we are: what a kubeconfig
+/// context resolves to.
+#[derive(Clone, Debug, Default)]
+pub struct Credentials {
+    /// `https://host:port` (or `http://` for a development server).
+    pub server: String,
+    /// The CA that signs the server's certificate (PEM).
+    pub ca_pem: Option<String>,
+    /// A client certificate and its key (PEM).
+    pub cert_pem: Option<String>,
+    pub key_pem: Option<String>,
+    /// A bearer token.
+    pub token: Option<String>,
+    /// The name to check the server's certificate against, when not the
+    /// URL's host.
+    pub tls_server_name: Option<String>,
+}
+
+impl Credentials {
+    /// Just an address: no TLS settings, no credentials.
+    pub fn plain(server: &str) -> Credentials {
+        Credentials {
+            server: server.to_string(),
+            ..Credentials::default()
+        }
+    }
+}
+
+/// Adds the bearer token, if any, to every call.
+#[derive(Clone)]
+pub struct Auth(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Auth {
+    fn call(
+        &mut self,
+        mut req: tonic::Request<()>,
+    ) -> std::result::Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// The transport of every call: the channel with the credentials on it.
+pub type Transport = InterceptedService<Channel, Auth>;
 
 #[derive(Debug, Error, Clone)]
 pub enum ClientError {
@@ -184,8 +234,8 @@ pub type WatchStream<R> = Pin<Box<dyn Stream<Item = Result<WatchEvent<R>>> + Sen
 /// A connection to the API server; cheap to clone.
 #[derive(Clone)]
 pub struct Client {
-    rpc: ResourcesClient<Channel>,
-    pods: skiff_api::v1::pods_client::PodsClient<Channel>,
+    rpc: ResourcesClient<Transport>,
+    pods: skiff_api::v1::pods_client::PodsClient<Transport>,
     server: String,
     /// Recorded in managedFields for this client's creates and updates.
     field_manager: Option<Arc<str>>,
@@ -222,18 +272,52 @@ pub struct DeleteParams {
 impl Client {
     /// Connects to `http://host:port` (the API server's one port).
     pub async fn connect(server: &str) -> Result<Client> {
+        Self::connect_with(&Credentials::plain(server)).await
+    }
+
+    /// Connects with TLS and credentials (`https://`), or plainly.
+    pub async fn connect_with(creds: &Credentials) -> Result<Client> {
+        let server = creds.server.as_str();
         let connect_err = |message: String| ClientError::Connect {
             server: server.to_string(),
             message,
         };
-        let endpoint = Endpoint::from_shared(server.to_string())
+        let mut endpoint = Endpoint::from_shared(server.to_string())
             .map_err(|e| connect_err(e.to_string()))?
             .connect_timeout(std::time::Duration::from_secs(5))
             .tcp_nodelay(true);
+        if server.starts_with("https://") {
+            use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+            let ca = creds.ca_pem.as_deref().ok_or_else(|| {
+                connect_err("no certificate authority to check the server against (the kubeconfig's certificate-authority-data)".into())
+            })?;
+            let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+            if let (Some(cert), Some(key)) = (&creds.cert_pem, &creds.key_pem) {
+                tls = tls.identity(Identity::from_pem(cert, key));
+            }
+            if let Some(name) = &creds.tls_server_name {
+                tls = tls.domain_name(name.clone());
+            }
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| connect_err(source_chain(&e)))?;
+        } else if creds.cert_pem.is_some() || creds.token.is_some() {
+            return Err(connect_err(
+                "credentials would travel in plain text: use an https:// server".into(),
+            ));
+        }
+        let auth =
+            match &creds.token {
+                Some(t) => Some(format!("Bearer {t}").parse().map_err(|_| {
+                    connect_err("the bearer token is not valid header text".into())
+                })?),
+                None => None,
+            };
         let channel = endpoint
             .connect()
             .await
             .map_err(|e| connect_err(source_chain(&e)))?;
+        let channel = InterceptedService::new(channel, Auth(auth));
         Ok(Client {
             rpc: ResourcesClient::new(channel.clone()).max_decoding_message_size(256 * 1024 * 1024),
             pods: skiff_api::v1::pods_client::PodsClient::new(channel),
@@ -299,7 +383,7 @@ impl Client {
     }
 
     /// Logs and exec of pods (relayed by the API server to their node).
-    pub fn pods(&self) -> skiff_api::v1::pods_client::PodsClient<Channel> {
+    pub fn pods(&self) -> skiff_api::v1::pods_client::PodsClient<Transport> {
         self.pods.clone()
     }
 

@@ -17,6 +17,9 @@ pub struct Server {
     /// The server writes `~/.skiff/config` and the CLI finds it there
     /// (instead of `SKIFF_SERVER`).
     client_config: bool,
+    /// `--tls on`: the CLI and kubectl use `<data-dir>/admin.kubeconfig`,
+    /// curl the admin's certificate.
+    tls: bool,
     proc: Option<KillOnDrop>,
     /// `127.0.0.1:PORT`
     pub addr: String,
@@ -38,8 +41,17 @@ impl Server {
         Server::launch(skiff, flags, &[], true)
     }
 
+    /// Like [`Server::start`], with TLS and authentication on (`--tls on`).
+    pub fn start_secure(skiff: &Path, flags: &[&str]) -> Server {
+        let mut flags = flags.to_vec();
+        flags.extend(["--tls", "on"]);
+        Server::launch(skiff, &flags, &[], false)
+    }
+
     fn launch(skiff: &Path, flags: &[&str], env: &[(&str, &str)], client_config: bool) -> Server {
+        let tls = flags.windows(2).any(|w| w == ["--tls", "on"]);
         let mut s = Server {
+            tls,
             skiff: skiff.to_path_buf(),
             flags: flags.iter().map(|f| f.to_string()).collect(),
             env: env
@@ -75,15 +87,68 @@ impl Server {
             cmd.arg("--no-client-config");
         }
         self.proc = Some(KillOnDrop(cmd.spawn().expect("start skiff server")));
+        let ready = if self.tls {
+            self.wait_https_ready(Duration::from_secs(30))
+        } else {
+            wait_http_ok(&self.addr, "/readyz", Duration::from_secs(30))
+        };
         assert!(
-            wait_http_ok(&self.addr, "/readyz", Duration::from_secs(30)),
+            ready,
             "skiff server did not become ready:\n{}",
             self.log_tail(40)
         );
     }
 
+    /// `/readyz` over TLS, checked against the server's CA (anonymous:
+    /// health endpoints need no credentials).
+    fn wait_https_ready(&self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let ca = self.tls_file("server-ca.crt");
+        while std::time::Instant::now() < deadline {
+            if ca.exists() {
+                let ok = Command::new("curl")
+                    .args(["-sf", "-o", "/dev/null", "--cacert"])
+                    .arg(&ca)
+                    .arg(format!("{}/readyz", self.url()))
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if ok {
+                    return true;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        if self.tls {
+            format!("https://{}", self.addr)
+        } else {
+            format!("http://{}", self.addr)
+        }
+    }
+
+    /// A file of the server's PKI (`<data-dir>/tls/NAME`).
+    pub fn tls_file(&self, name: &str) -> PathBuf {
+        self.data.path().join("tls").join(name)
+    }
+
+    /// curl's flags for the admin: the CA and the admin's certificate
+    /// (none without TLS).
+    pub fn curl_admin(&self) -> Vec<String> {
+        if !self.tls {
+            return Vec::new();
+        }
+        let f = |n: &str| self.tls_file(n).display().to_string();
+        vec![
+            "--cacert".into(),
+            f("server-ca.crt"),
+            "--cert".into(),
+            f("admin.crt"),
+            "--key".into(),
+            f("admin.key"),
+        ]
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -107,7 +172,10 @@ impl Server {
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(&self.skiff);
         c.args(args).env("HOME", self.home.path());
-        if self.client_config {
+        if self.tls {
+            c.env_remove("SKIFF_SERVER")
+                .env("KUBECONFIG", self.data.path().join("admin.kubeconfig"));
+        } else if self.client_config {
             c.env_remove("SKIFF_SERVER");
         } else {
             c.env("SKIFF_SERVER", self.url());
@@ -137,7 +205,8 @@ impl Server {
     /// A REST GET that must succeed, as JSON.
     pub fn rest(&self, path: &str) -> Value {
         let out = Command::new("curl")
-            .args(["-sf", &format!("http://{}{path}", self.addr)])
+            .args(self.curl_admin())
+            .args(["-sf", &format!("{}{path}", self.url())])
             .output()
             .expect("run curl");
         assert!(out.status.success(), "curl {path} failed");
@@ -222,6 +291,9 @@ impl Server {
 
     /// A kubeconfig for this server (in its HOME), for kubectl.
     pub fn kubeconfig(&self) -> PathBuf {
+        if self.tls {
+            return self.data.path().join("admin.kubeconfig");
+        }
         let path = self.home.path().join("kubeconfig");
         let config = format!(
             "apiVersion: v1\nkind: Config\n\

@@ -1,0 +1,264 @@
+//! Authentication, as kube-apiserver does it: a verified client
+//! certificate (CN = user, O = groups), else a bearer token from the
+//! static token file (`--token-auth-file`, kube-apiserver's CSV:
+//! `token,user,uid,"group1,group2"`), else anonymous. A bad token is a 401
+//! whatever the path; anonymous callers reach only the health and version
+//! endpoints. The user rides in the request's extensions for the
+//! authorizer and the audit log.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::error::ApiError;
+use crate::tls::Peer;
+
+/// Credentials that prove nothing (an unknown bearer token): a 401.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Unauthorized;
+
+/// Who made a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserInfo {
+    pub name: String,
+    pub groups: Vec<String>,
+}
+
+pub const ANONYMOUS: &str = "system:anonymous";
+
+impl UserInfo {
+    /// A proven user: Kubernetes adds `system:authenticated`.
+    pub fn authenticated(name: String, mut groups: Vec<String>) -> UserInfo {
+        if !groups.iter().any(|g| g == "system:authenticated") {
+            groups.push("system:authenticated".into());
+        }
+        UserInfo { name, groups }
+    }
+
+    pub fn anonymous() -> UserInfo {
+        UserInfo {
+            name: ANONYMOUS.into(),
+            groups: vec!["system:unauthenticated".into()],
+        }
+    }
+
+    pub fn is_anonymous(&self) -> bool {
+        self.name == ANONYMOUS
+    }
+}
+
+/// Paths anyone may read (kube-apiserver's `system:public-info-viewer`).
+fn public(path: &str) -> bool {
+    ["/healthz", "/livez", "/readyz", "/version"]
+        .iter()
+        .any(|p| {
+            path == *p
+                || path
+                    .strip_prefix(p)
+                    .is_some_and(|rest| rest.starts_with('/'))
+        })
+}
+
+#[derive(Default)]
+pub struct Authenticator {
+    tokens: HashMap<String, Arc<UserInfo>>,
+}
+
+impl Authenticator {
+    /// Reads a static token file: one `token,user,uid[,"g1,g2"]` per line;
+    /// blank lines and `#` comments are skipped.
+    pub fn with_token_file(path: &Path) -> Result<Authenticator, String> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("read {}: {e}", path.display()))?;
+        Self::parse_tokens(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    fn parse_tokens(text: &str) -> Result<Authenticator, String> {
+        let mut tokens = HashMap::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let fields = split_csv(line);
+            let [token, user, _uid, rest @ ..] = fields.as_slice() else {
+                return Err(format!(
+                    "line {}: expected token,user,uid[,\"group1,group2\"]",
+                    i + 1
+                ));
+            };
+            if token.is_empty() || user.is_empty() {
+                return Err(format!("line {}: an empty token or user", i + 1));
+            }
+            let groups = rest
+                .first()
+                .map(|g| {
+                    g.split(',')
+                        .map(str::trim)
+                        .filter(|g| !g.is_empty())
+                        .map(String::from)
+                        .collect()
+                })
+                .unwrap_or_default();
+            let user = Arc::new(UserInfo::authenticated(user.clone(), groups));
+            if tokens.insert(token.clone(), user).is_some() {
+                return Err(format!("line {}: the token is listed twice", i + 1));
+            }
+        }
+        Ok(Authenticator { tokens })
+    }
+
+    /// The request's user.
+    pub fn user(
+        &self,
+        peer: Option<&Peer>,
+        authorization: Option<&str>,
+    ) -> Result<Arc<UserInfo>, Unauthorized> {
+        if let Some(user) = peer.and_then(|p| p.certificate.clone()) {
+            return Ok(user);
+        }
+        match authorization.and_then(|a| a.strip_prefix("Bearer ")) {
+            Some(token) => self.tokens.get(token.trim()).cloned().ok_or(Unauthorized),
+            None => Ok(Arc::new(UserInfo::anonymous())),
+        }
+    }
+}
+
+/// CSV fields with double quotes (a quoted field may hold commas).
+fn split_csv(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    for c in line.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => out.push(std::mem::take(&mut cur).trim().to_string()),
+            c => cur.push(c),
+        }
+    }
+    out.push(cur.trim().to_string());
+    out
+}
+
+fn refuse(req: &Request) -> Response {
+    let grpc = req
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("application/grpc"));
+    let err = ApiError::unauthorized();
+    if grpc {
+        err.to_grpc().into_http::<axum::body::Body>()
+    } else {
+        (
+            axum::http::StatusCode::UNAUTHORIZED,
+            axum::Json(err.to_status()),
+        )
+            .into_response()
+    }
+}
+
+/// The middleware: authenticates every request or answers 401.
+pub async fn authenticate(
+    State(auth): State<Arc<Authenticator>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<Peer>>()
+        .map(|c| c.0.clone());
+    let authorization = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let user = match auth.user(peer.as_ref(), authorization) {
+        Ok(u) => u,
+        Err(Unauthorized) => return refuse(&req),
+    };
+    if user.is_anonymous() && !public(req.uri().path()) {
+        return refuse(&req);
+    }
+    req.extensions_mut().insert(user);
+    next.run(req).await
+}
+
+/// `POST /apis/authentication.k8s.io/v1/selfsubjectreviews` (`kubectl
+/// auth whoami`): who the server takes the caller for. Without
+/// authentication (plain development mode) nobody is known.
+pub async fn self_subject_review(user: Option<axum::Extension<Arc<UserInfo>>>) -> Response {
+    let Some(axum::Extension(user)) = user else {
+        return (
+            axum::http::StatusCode::NOT_FOUND,
+            axum::Json(
+                ApiError::bad_request("authentication is off (the server runs with --tls off)")
+                    .to_status(),
+            ),
+        )
+            .into_response();
+    };
+    let now = time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .unwrap_or_else(|_| time::OffsetDateTime::now_utc())
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    axum::Json(serde_json::json!({
+        "kind": "SelfSubjectReview",
+        "apiVersion": "authentication.k8s.io/v1",
+        "metadata": {"creationTimestamp": now},
+        "status": {"userInfo": {"username": user.name, "groups": user.groups}},
+    }))
+    .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_file_and_precedence() {
+        let auth =
+            Authenticator::parse_tokens("# users\nt1,alice,1\n\nt2, bob ,2,\"dev,ops\"\n").unwrap();
+        let alice = auth.user(None, Some("Bearer t1")).unwrap();
+        assert_eq!(alice.name, "alice");
+        assert_eq!(alice.groups, ["system:authenticated"]);
+        let bob = auth.user(None, Some("Bearer t2")).unwrap();
+        assert_eq!((bob.name.as_str(), bob.groups.len()), ("bob", 3));
+        assert!(auth.user(None, Some("Bearer nope")).is_err());
+        assert!(auth.user(None, None).unwrap().is_anonymous());
+        assert!(auth.user(None, Some("Basic abc")).unwrap().is_anonymous());
+        // A certificate wins over a token.
+        let peer = Peer {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            certificate: Some(Arc::new(UserInfo::authenticated("carol".into(), vec![]))),
+        };
+        assert_eq!(
+            auth.user(Some(&peer), Some("Bearer nope")).unwrap().name,
+            "carol"
+        );
+        for bad in ["t1,alice", ",alice,1", "t1,a,1\nt1,b,2"] {
+            assert!(Authenticator::parse_tokens(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_health_and_version_are_public() {
+        for p in ["/healthz", "/livez", "/readyz", "/version", "/readyz/ping"] {
+            assert!(public(p), "{p}");
+        }
+        for p in [
+            "/api/v1/pods",
+            "/metrics",
+            "/healthzz",
+            "/",
+            "/openapi/v3",
+            "/apis",
+        ] {
+            assert!(!public(p), "{p}");
+        }
+    }
+}
