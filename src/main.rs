@@ -126,8 +126,8 @@ async fn server(args: skiff_cli::ServerArgs) -> anyhow::Result<()> {
         Some(start_controllers(&running, cfg).await?)
     };
     if !args.no_client_config && running.kubeconfig.is_none() {
-        let path = skiff_cli::config::write_server_config(running.addr)?;
-        eprintln!("client configuration written to {}", path.display());
+        let written = skiff_cli::config::write_server_config(running.addr)?;
+        eprintln!("{written}");
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

@@ -95,8 +95,8 @@ pub async fn up(a: UpArgs) -> Result<()> {
         Some(r)
     };
     if !a.no_client_config {
-        let path = skiff_cli::config::write_server_config(server.addr)?;
-        eprintln!("==> client configuration written to {}", path.display());
+        let written = skiff_cli::config::write_server_config(server.addr)?;
+        eprintln!("==> {written}");
     }
     eprintln!(
         "\nskiff is up: node {name}, podCIDR {}, API {url}\n\n  skiff get nodes\n  skiff apply -f deploy/examples/hello.yaml\n  skiff get pods -o wide\n  skiff get svc\n  curl http://<ClusterIP>/        (from this host or any pod)\n  skiff logs <pod>   skiff exec <pod> -- sh\n\nCtrl-C stops skiff; pods keep running and the next `skiff up` adopts them.",

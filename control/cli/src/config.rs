@@ -68,21 +68,85 @@ fn normalize(s: &str) -> String {
     }
 }
 
-/// Records the server's address for the CLI on this machine.
-pub fn write_server_config(addr: std::net::SocketAddr) -> Result<PathBuf> {
-    let path = config_path().context("HOME is not set")?;
+/// What [`write_server_config`] did.
+pub enum Written {
+    /// The file now points at this server.
+    Written(PathBuf),
+    /// It points at another server and was left alone.
+    Kept(PathBuf, String),
+}
+
+impl std::fmt::Display for Written {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Written::Written(p) => write!(f, "client configuration written to {}", p.display()),
+            Written::Kept(p, other) => write!(
+                f,
+                "{} points at {other}: left alone (remove it, or use --server, to reach this server)",
+                p.display()
+            ),
+        }
+    }
+}
+
+/// Records the server's address for the CLI on this machine, unless the
+/// file already points at another server: a second server starting never
+/// silently repoints the CLI.
+pub fn write_server_config(addr: std::net::SocketAddr) -> Result<Written> {
+    write_server_config_at(config_path().context("HOME is not set")?, addr)
+}
+
+fn write_server_config_at(path: PathBuf, addr: std::net::SocketAddr) -> Result<Written> {
     let host = if addr.ip().is_unspecified() {
         std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
     } else {
         addr
     };
-    let text = serde_yaml_ng::to_string(&ClientConfig {
-        server: format!("http://{host}"),
-    })?;
+    let server = format!("http://{host}");
+    if let Ok(old) = std::fs::read_to_string(&path)
+        && let Ok(cfg) = serde_yaml_ng::from_str::<ClientConfig>(&old)
+        && normalize(&cfg.server) != server
+    {
+        return Ok(Written::Kept(path, cfg.server));
+    }
+    let text = serde_yaml_ng::to_string(&ClientConfig { server })?;
     let dir = path.parent().expect("a file in ~/.skiff");
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text).with_context(|| format!("write {}", tmp.display()))?;
     std::fs::rename(&tmp, &path).with_context(|| format!("write {}", path.display()))?;
-    Ok(path)
+    Ok(Written::Written(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_server_never_repoints_the_cli() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".skiff").join("config");
+        let a: std::net::SocketAddr = "127.0.0.1:6443".parse().unwrap();
+        let b: std::net::SocketAddr = "127.0.0.1:7443".parse().unwrap();
+        assert!(matches!(
+            write_server_config_at(path.clone(), a).unwrap(),
+            Written::Written(_)
+        ));
+        // The same server again (a restart) rewrites it.
+        assert!(matches!(
+            write_server_config_at(path.clone(), a).unwrap(),
+            Written::Written(_)
+        ));
+        let kept = write_server_config_at(path.clone(), b).unwrap();
+        assert!(
+            kept.to_string()
+                .contains("points at http://127.0.0.1:6443: left alone"),
+            "{kept}"
+        );
+        assert!(
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .contains("127.0.0.1:6443")
+        );
+    }
 }
