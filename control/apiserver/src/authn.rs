@@ -144,14 +144,17 @@ fn split_csv(line: &str) -> Vec<String> {
     out
 }
 
-fn refuse(req: &Request) -> Response {
-    let grpc = req
-        .headers()
+/// Whether a request is a gRPC call (by its content type).
+pub(crate) fn is_grpc(req: &Request) -> bool {
+    req.headers()
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|c| c.starts_with("application/grpc"));
+        .is_some_and(|c| c.starts_with("application/grpc"))
+}
+
+fn refuse(req: &Request) -> Response {
     let err = ApiError::unauthorized();
-    if grpc {
+    if is_grpc(req) {
         err.to_grpc().into_http::<axum::body::Body>()
     } else {
         (

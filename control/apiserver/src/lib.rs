@@ -349,12 +349,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let app = rest.fallback(move |req: axum::extract::Request| {
         let grpc = grpc.clone();
         async move {
-            let is_grpc = req
-                .headers()
-                .get(axum::http::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|c| c.starts_with("application/grpc"));
-            if is_grpc {
+            if authn::is_grpc(&req) {
                 use tower::ServiceExt;
                 match grpc.oneshot(req).await {
                     Ok(resp) => resp,
