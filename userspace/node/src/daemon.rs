@@ -133,6 +133,7 @@ pub async fn start(cfg: NodeConfig) -> Result<Running> {
         ipam,
         node_ip,
         datapath: dp,
+        execs: Default::default(),
     });
     tasks.push(tokio::spawn({
         let ctx = ctx.clone();

@@ -214,46 +214,24 @@ impl Pods for Service {
                 }
             });
         }
-        let pump = |mut r: tokio::net::unix::pipe::Receiver,
-                    tx: mpsc::Sender<Result<ExecOutput, Status>>,
-                    is_err: bool| {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 32 * 1024];
-                loop {
-                    // The writer side is held open by us too (read-write):
-                    // the exit below ends this loop.
-                    match r.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => {
-                            let data = buf[..n].to_vec();
-                            let out = if is_err {
-                                ExecOutput {
-                                    stderr: data,
-                                    ..Default::default()
-                                }
-                            } else {
-                                ExecOutput {
-                                    stdout: data,
-                                    ..Default::default()
-                                }
-                            };
-                            if tx.send(Ok(out)).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-            })
-        };
-        let out_task = pump(out_rx, tx.clone(), false);
-        let err_task = err_rx.map(|r| pump(r, tx.clone(), true));
+        // The pumps read until told the process is done, then take what is
+        // left in their pipe and end.
+        let (done_tx, done_rx) = tokio::sync::watch::channel(false);
+        let out_task = tokio::spawn(pump(out_rx, tx.clone(), false, done_rx.clone()));
+        let err_task = err_rx.map(|r| tokio::spawn(pump(r, tx.clone(), true, done_rx)));
+        let guard = ctx.execs.begin(&cid);
         tokio::spawn(async move {
             let status = ctx.ctd.wait(&cid, &exec_id).await;
-            // Let the pipes drain what the process wrote before it exited.
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            out_task.abort();
+            drop(guard);
+            // Deleting the exec waits for the shim to have copied all the
+            // process wrote; stdin is closed first, or the copy never ends.
+            *stdin_w.lock().await = None;
+            let _ = ctx.ctd.close_stdin(&cid, &exec_id).await;
+            let _ = ctx.ctd.delete_exec(&cid, &exec_id).await;
+            let _ = done_tx.send(true);
+            let _ = out_task.await;
             if let Some(t) = err_task {
-                t.abort();
+                let _ = t.await;
             }
             let msg = match status {
                 Ok(s) => Ok(ExecOutput {
@@ -263,16 +241,61 @@ impl Pods for Service {
                 Err(e) => Err(internal(format!("{e:#}"))),
             };
             let _ = tx.send(msg).await;
-            drop(tx);
-            // Then the cleanup, which waits for the shim's copies to end.
-            *stdin_w.lock().await = None;
-            let _ = ctx.ctd.close_stdin(&cid, &exec_id).await;
-            let _ = ctx.ctd.delete_exec(&cid, &exec_id).await;
             let _ = std::fs::remove_dir_all(&dir);
         });
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
+    }
+}
+
+/// Copies one output pipe of an exec to the caller until `done`, then
+/// what is left in the pipe. The pipe is open read-write here, so it never
+/// reads as ended by itself.
+async fn pump(
+    r: tokio::net::unix::pipe::Receiver,
+    tx: mpsc::Sender<Result<ExecOutput, Status>>,
+    is_err: bool,
+    mut done: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        let last = tokio::select! {
+            ready = r.readable() => {
+                if ready.is_err() {
+                    return;
+                }
+                *done.borrow()
+            }
+            _ = done.changed() => true,
+        };
+        loop {
+            match r.try_read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    let data = buf[..n].to_vec();
+                    let out = if is_err {
+                        ExecOutput {
+                            stderr: data,
+                            ..Default::default()
+                        }
+                    } else {
+                        ExecOutput {
+                            stdout: data,
+                            ..Default::default()
+                        }
+                    };
+                    if tx.send(Ok(out)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => return,
+            }
+        }
+        if last {
+            return;
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! previous run left, and removal of those whose pod is gone.
 
 pub mod cgroups;
+pub mod execs;
 pub mod probe;
 pub mod resolve;
 pub mod restart;
@@ -46,6 +47,8 @@ pub struct Ctx {
     pub ipam: Ipam,
     pub node_ip: Ipv4Addr,
     pub datapath: Option<Arc<Datapath>>,
+    /// The exec'd processes in flight, which a container's exit waits for.
+    pub execs: Arc<execs::Execs>,
 }
 
 impl Ctx {

@@ -425,6 +425,11 @@ impl Worker {
         };
         let ran = c.started.map(|s| s.elapsed()).unwrap_or_default();
         c.started = None;
+        // The shim ends what was exec'd into the container; their callers
+        // get those exits before the task (and its shim) goes.
+        if !self.ctx.execs.settled(id, Duration::from_secs(2)).await {
+            tracing::warn!(pod = %self.uid, container = %name, "exec'd processes outlived their container");
+        }
         let _ = self.ctx.ctd.delete_task(id).await;
         tracing::info!(pod = %self.uid, container = %name, exit = code, "container exited");
         // An init container that succeeded is done; one that failed runs
