@@ -3,7 +3,7 @@
 //! network namespaces and veths, the real eBPF datapath — through the
 //! built `skiff` binary and its API.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -676,17 +676,7 @@ spec:
 
     // kubectl reads the same through pods/{name}/log.
     if let Some(kubectl) = require_tool("kubectl") {
-        let config = c.dir.path().join("kubeconfig");
-        std::fs::write(
-            &config,
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: \"{}\"}}}}]\n\
-                 users: [{{name: u, user: {{}}}}]\ncontexts: [{{name: c, context: {{cluster: c, user: u}}}}]\n\
-                 current-context: c\n",
-                c.server_url
-            ),
-        )
-        .unwrap();
+        let config = c.kubeconfig();
         let kubectl = |args: &[&str]| {
             let out = std::process::Command::new(&kubectl)
                 .arg("--kubeconfig")
@@ -718,16 +708,8 @@ spec:
     }
 
     // -f keeps streaming: new lines arrive after the command started.
-    let mut follow = std::process::Command::new(SKIFF)
-        .args([
-            "--server",
-            &c.server_url,
-            "logs",
-            "talker",
-            "-f",
-            "--tail",
-            "0",
-        ])
+    let mut follow = c
+        .cmd(&["logs", "talker", "-f", "--tail", "0"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -758,24 +740,13 @@ spec:
     );
     let (ok, _, _) = c.skiff(&["exec", "talker", "--", "sh", "-c", "exit 4"]);
     assert!(!ok);
-    let code = std::process::Command::new(SKIFF)
-        .args([
-            "--server",
-            &c.server_url,
-            "exec",
-            "talker",
-            "--",
-            "sh",
-            "-c",
-            "exit 4",
-        ])
+    let code = c
+        .cmd(&["exec", "talker", "--", "sh", "-c", "exit 4"])
         .status()
         .unwrap();
     assert_eq!(code.code(), Some(4), "the command's exit code is the CLI's");
-    let mut piped = std::process::Command::new(SKIFF)
-        .args([
-            "--server",
-            &c.server_url,
+    let mut piped = c
+        .cmd(&[
             "exec",
             "-i",
             "talker",
@@ -801,8 +772,8 @@ spec:
         let out = std::process::Command::new("script")
             .args(["-eqc"])
             .arg(format!(
-                "{SKIFF} --server {} exec -it talker -- sh -c 'tty; exit 6'",
-                c.server_url
+                "{SKIFF} --kubeconfig {} exec -it talker -- sh -c 'tty; exit 6'",
+                c.kubeconfig().display()
             ))
             .arg("/dev/null")
             .stdin(std::process::Stdio::null())
@@ -817,7 +788,7 @@ spec:
 
     // kubectl exec: the WebSocket (v5.channel.k8s.io) pods/exec.
     if let Some(kubectl) = require_tool("kubectl") {
-        let config = c.dir.path().join("kubeconfig");
+        let config = c.kubeconfig();
         let run = |args: &[&str], stdin: &[u8]| {
             use std::io::Write;
             let mut child = std::process::Command::new(&kubectl)
@@ -890,6 +861,51 @@ spec:
         "{now}"
     );
     assert!(!now.contains("stopping"), "{now}");
+
+    // The node endpoint: mutual TLS, and only the API server's kind of
+    // certificate (system:masters) may call it; not even the node's own.
+    let node: serde_json::Value =
+        serde_json::from_str(&c.skiff_ok(&["get", "node", &c.name, "-o", "json"])).unwrap();
+    let port = &node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"];
+    let url = format!("https://127.0.0.1:{port}/skiff.v1.Pods/Logs");
+    let server_tls = c.dir.path().join("server/tls");
+    let node_pki = c.node_dir().join("pki");
+    let call = |cert: Option<(PathBuf, PathBuf)>| {
+        let mut curl = std::process::Command::new("curl");
+        curl.args(["-s", "-o", "/dev/null", "-D", "-", "--http2", "--cacert"])
+            .arg(server_tls.join("server-ca.crt"));
+        if let Some((crt, key)) = cert {
+            curl.arg("--cert").arg(crt).arg("--key").arg(key);
+        }
+        let out = curl
+            .args([
+                "-X",
+                "POST",
+                "-H",
+                "content-type: application/grpc",
+                "-H",
+                "te: trailers",
+            ])
+            .args(["--data-binary", "", &url])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_lowercase(),
+        )
+    };
+    let (ok, _) = call(None);
+    assert!(!ok, "a caller without a certificate got past the handshake");
+    let (ok, headers) = call(Some((
+        node_pki.join("client.crt"),
+        node_pki.join("client.key"),
+    )));
+    assert!(ok && headers.contains("grpc-status: 7"), "{headers}");
+    let (ok, headers) = call(Some((
+        server_tls.join("admin.crt"),
+        server_tls.join("admin.key"),
+    )));
+    assert!(ok && !headers.contains("grpc-status: 7"), "{headers}");
 
     // Errors are named.
     let (ok, _, err) = c.skiff(&["logs", "nosuchpod"]);

@@ -180,7 +180,7 @@ fn the_api_port_serves_tls_and_authenticates_every_request() {
         ));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let (code, body) = curl(&args);
-        assert_eq!(code, 200, "{body}");
+        assert_eq!(code, 201, "{body}");
         serde_json::from_str::<Value>(&body).unwrap()["status"]["userInfo"].clone()
     };
     let alice = review(&["-H", "Authorization: Bearer alice-token"]);
@@ -316,4 +316,218 @@ fn the_api_port_serves_tls_and_authenticates_every_request() {
         before
     );
     assert_eq!(s.get(&["configmap", "app"])["data"]["k"], "v");
+}
+
+/// `skiff node` against `s` with `token`, its state under `dir`; stderr
+/// goes to `<dir>/node.log`. No containerd: a node that joined waits for
+/// it, which is where these tests stop it.
+fn node(s: &Server, name: &str, token: &str, dir: &Path) -> Command {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("node.log"))
+        .unwrap();
+    let mut c = Command::new(SKIFF);
+    c.args(["--server", &s.url(), "node", "--name", name])
+        .args(["--node-ip", "127.0.0.1", "--no-datapath", "--token", token])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--run-dir")
+        .arg(dir.join("run"))
+        .arg("--log-dir")
+        .arg(dir.join("logs"))
+        .arg("--containerd")
+        .arg(dir.join("no-containerd.sock"))
+        .env("HOME", dir)
+        .env_remove("SKIFF_SERVER")
+        .env_remove("KUBECONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(log);
+    c
+}
+
+/// Starts a node and waits until it stored certificates it did not have
+/// (or had other ones); stopped after.
+fn join(s: &Server, name: &str, token: &str, dir: &Path) {
+    let crt = dir.join("data/pki/client.crt");
+    let before = std::fs::read_to_string(&crt).ok();
+    let mut child = skiff_testkit::KillOnDrop(node(s, name, token, dir).spawn().unwrap());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let now = std::fs::read_to_string(&crt).ok();
+        if now.is_some() && now != before {
+            break;
+        }
+        if let Ok(Some(status)) = child.0.try_wait() {
+            panic!(
+                "skiff node exited with {status}: {}",
+                std::fs::read_to_string(dir.join("node.log")).unwrap_or_default()
+            );
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no certificates: {}",
+            std::fs::read_to_string(dir.join("node.log")).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.kill();
+}
+
+/// Who the server takes a client certificate for.
+fn whoami(s: &Server, cert: &Path, key: &Path) -> Value {
+    let (code, body) = curl(&[
+        "--cacert",
+        &ca(s),
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        r#"{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}"#,
+        &format!(
+            "{}/apis/authentication.k8s.io/v1/selfsubjectreviews",
+            s.url()
+        ),
+    ]);
+    assert_eq!(code, 201, "{body}");
+    serde_json::from_str::<Value>(&body).unwrap()["status"]["userInfo"].clone()
+}
+
+fn not_after(cert_pem: &str) -> time::OffsetDateTime {
+    rcgen::CertificateParams::from_ca_cert_pem(cert_pem)
+        .unwrap()
+        .not_after
+}
+
+#[test]
+fn nodes_join_with_a_k10_token_and_renew_their_certificates() {
+    if require_tool("curl").is_none() {
+        return;
+    }
+    let s = Server::start_secure(Path::new(SKIFF), &[]);
+    let server_token = std::fs::read_to_string(s.data_dir().join("token")).unwrap();
+    let bundle = std::fs::read_to_string(s.tls_file("server-ca.crt")).unwrap();
+    // The token carries the hash of what /cacerts serves (anonymously).
+    let (code, served) = curl(&["-k", &format!("{}/cacerts", s.url())]);
+    assert_eq!((code, served.as_str()), (200, bundle.as_str()));
+    let (hash, rest) = server_token
+        .strip_prefix("K10")
+        .and_then(|t| t.split_once("::"))
+        .expect("K10<hash>::<id>:<secret>");
+    assert_eq!(hash, skiff_api::join::ca_hash(&bundle));
+    assert!(rest.starts_with("server:"), "{rest}");
+
+    // A token of another CA: the node refuses, before sending its secret.
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = format!("K10{}::{rest}", "0".repeat(64));
+    let out = node(&s, "n1", &wrong, dir.path()).output().unwrap();
+    let log = std::fs::read_to_string(dir.path().join("node.log")).unwrap();
+    assert!(
+        !out.status.success() && log.contains("refusing to join"),
+        "{log}"
+    );
+    // A bad secret: the server refuses.
+    let bad = format!("K10{hash}::server:{}", "x".repeat(32));
+    let out = node(&s, "n1", &bad, dir.path()).output().unwrap();
+    let log = std::fs::read_to_string(dir.path().join("node.log")).unwrap();
+    assert!(
+        !out.status.success() && log.contains("refused to join"),
+        "{log}"
+    );
+    assert!(!dir.path().join("data/pki/client.crt").exists());
+
+    // Tokens made with `skiff token`: shown once, listed without secrets.
+    let made = s.ok(&["token", "create", "--ttl", "1h", "--description", "ci join"]);
+    let made = made.trim();
+    let joined = skiff_api::join::JoinToken::parse(made).unwrap();
+    assert_eq!(joined.ca_hash.as_deref(), Some(hash));
+    let list = s.ok(&["token", "list"]);
+    assert!(
+        list.contains(&joined.id) && list.contains("ci join"),
+        "{list}"
+    );
+    assert!(
+        list.contains("server") && !list.contains(&joined.secret),
+        "{list}"
+    );
+
+    // The node joins: its own key, a certificate as system:node:n1.
+    join(&s, "n1", made, dir.path());
+    let pki = dir.path().join("data/pki");
+    let mode = std::fs::metadata(pki.join("client.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let user = whoami(&s, &pki.join("client.crt"), &pki.join("client.key"));
+    assert_eq!(user["username"], "system:node:n1", "{user}");
+    assert!(
+        user["groups"]
+            .as_array()
+            .unwrap()
+            .contains(&"system:nodes".into()),
+        "{user}"
+    );
+    // The server keeps only a hash of the secret.
+    let store = std::fs::read(s.data_dir().join("skiff.redb")).unwrap();
+    let needle = joined.secret.as_bytes();
+    assert!(
+        !store.windows(needle.len()).any(|w| w == needle),
+        "a join token's secret in the store file"
+    );
+
+    // A deleted token joins nothing more.
+    s.ok(&["token", "delete", &joined.id]);
+    assert!(!s.ok(&["token", "list"]).contains(&joined.id));
+    let other = tempfile::tempdir().unwrap();
+    let out = node(&s, "n2", made, other.path()).output().unwrap();
+    let log = std::fs::read_to_string(other.path().join("node.log")).unwrap();
+    assert!(
+        !out.status.success() && log.contains("refused to join"),
+        "{log}"
+    );
+
+    // Renewal: a client certificate 10 days from expiry (same key, signed
+    // by the client CA) is renewed at start with itself as the proof, no
+    // token needed.
+    let ca_key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(s.tls_file("client-ca.key")).unwrap())
+            .unwrap();
+    let ca_pem = std::fs::read_to_string(s.tls_file("client-ca.crt")).unwrap();
+    let issuer = rcgen::CertificateParams::from_ca_cert_pem(&ca_pem)
+        .unwrap()
+        .self_signed(&ca_key)
+        .unwrap();
+    let node_key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(pki.join("client.key")).unwrap())
+            .unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "system:node:n1");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "system:nodes");
+    params.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+    params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(10);
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let short = params.signed_by(&node_key, &issuer, &ca_key).unwrap().pem();
+    std::fs::write(pki.join("client.crt"), &short).unwrap();
+    // The server takes it as the node's (so it can prove who renews).
+    let user = whoami(&s, &pki.join("client.crt"), &pki.join("client.key"));
+    assert_eq!(user["username"], "system:node:n1", "{user}");
+    // (A token it cannot parse: joining with it would fail.)
+    join(&s, "n1", "not-a-token", dir.path());
+    let renewed = std::fs::read_to_string(pki.join("client.crt")).unwrap();
+    assert!(
+        not_after(&renewed) > time::OffsetDateTime::now_utc() + time::Duration::days(300),
+        "not renewed for a year"
+    );
+    let user = whoami(&s, &pki.join("client.crt"), &pki.join("client.key"));
+    assert_eq!(user["username"], "system:node:n1", "{user}");
 }

@@ -21,6 +21,7 @@ fn main() -> anyhow::Result<()> {
         "proto/skiff/v1/types.proto",
         "proto/skiff/v1/api.proto",
         "proto/skiff/v1/pods.proto",
+        "proto/skiff/v1/bootstrap.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

@@ -23,7 +23,7 @@ pub fn config(server: &str, a: NodeArgs, token: Option<String>) -> Result<NodeCo
     cfg.cgroup_parent = a.cgroup_parent.clone();
     cfg.base_backoff = std::time::Duration::from_secs(a.restart_backoff.max(1));
     cfg.listen = a.listen;
-    cfg.token = match token {
+    cfg.token = match token.or(a.token) {
         Some(t) => Some(t),
         None => read_token(&a.token_file),
     };
@@ -43,13 +43,13 @@ pub fn config(server: &str, a: NodeArgs, token: Option<String>) -> Result<NodeCo
     Ok(cfg)
 }
 
-/// The cluster token the server wrote, if it can be read.
+/// The token the server wrote, if it can be read.
 fn read_token(path: &std::path::Path) -> Option<String> {
     match std::fs::read_to_string(path) {
         Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
         Ok(_) | Err(_) => {
             tracing::warn!(
-                "no cluster token at {} (--token-file): logs and exec of this node's pods will be refused",
+                "no token at {} (--token-file): a node without certificates cannot join a TLS server, and on a plain one logs and exec of its pods are refused",
                 path.display()
             );
             None

@@ -28,6 +28,8 @@ pub mod wire;
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// The generated protobuf types (objects, and the gRPC service).
+pub mod join;
+
 pub mod v1 {
     #![allow(clippy::all, reason = "generated code")]
     tonic::include_proto!("skiff.v1");

@@ -53,7 +53,7 @@ impl UserInfo {
 
 /// Paths anyone may read (kube-apiserver's `system:public-info-viewer`).
 fn public(path: &str) -> bool {
-    ["/healthz", "/livez", "/readyz", "/version"]
+    ["/healthz", "/livez", "/readyz", "/version", "/cacerts"]
         .iter()
         .any(|p| {
             path == *p
@@ -66,6 +66,8 @@ fn public(path: &str) -> bool {
 #[derive(Default)]
 pub struct Authenticator {
     tokens: HashMap<String, Arc<UserInfo>>,
+    /// Join tokens (`<id>:<secret>`), looked up in the store.
+    join: Option<Arc<crate::join::Tokens>>,
 }
 
 impl Authenticator {
@@ -109,22 +111,40 @@ impl Authenticator {
                 return Err(format!("line {}: the token is listed twice", i + 1));
             }
         }
-        Ok(Authenticator { tokens })
+        Ok(Authenticator { tokens, join: None })
     }
 
-    /// The request's user.
-    pub fn user(
+    /// Also accepts the join tokens of the store.
+    pub fn with_join_tokens(mut self, join: Arc<crate::join::Tokens>) -> Authenticator {
+        self.join = Some(join);
+        self
+    }
+
+    /// The request's user; a store that cannot answer for a join token is
+    /// a 503, not a 401.
+    pub async fn user(
         &self,
         peer: Option<&Peer>,
         authorization: Option<&str>,
-    ) -> Result<Arc<UserInfo>, Unauthorized> {
+    ) -> Result<Arc<UserInfo>, Result<Unauthorized, ApiError>> {
         if let Some(user) = peer.and_then(|p| p.certificate.clone()) {
             return Ok(user);
         }
-        match authorization.and_then(|a| a.strip_prefix("Bearer ")) {
-            Some(token) => self.tokens.get(token.trim()).cloned().ok_or(Unauthorized),
-            None => Ok(Arc::new(UserInfo::anonymous())),
+        let Some(token) = authorization.and_then(|a| a.strip_prefix("Bearer ")) else {
+            return Ok(Arc::new(UserInfo::anonymous()));
+        };
+        let token = token.trim();
+        if let Some(user) = self.tokens.get(token) {
+            return Ok(user.clone());
         }
+        if let Some(join) = &self.join {
+            match join.authenticate(token).await {
+                Ok(Some(user)) => return Ok(Arc::new(user)),
+                Ok(None) => {}
+                Err(e) => return Err(Err(e)),
+            }
+        }
+        Err(Ok(Unauthorized))
     }
 }
 
@@ -179,9 +199,16 @@ pub async fn authenticate(
         .headers()
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let user = match auth.user(peer.as_ref(), authorization) {
+    let user = match auth.user(peer.as_ref(), authorization).await {
         Ok(u) => u,
-        Err(Unauthorized) => return refuse(&req),
+        Err(Ok(Unauthorized)) => return refuse(&req),
+        Err(Err(e)) => {
+            return if is_grpc(&req) {
+                e.to_grpc().into_http::<axum::body::Body>()
+            } else {
+                crate::rest::error_response(&e)
+            };
+        }
     };
     if user.is_anonymous() && !public(req.uri().path()) {
         return refuse(&req);
@@ -209,38 +236,50 @@ pub async fn self_subject_review(user: Option<axum::Extension<Arc<UserInfo>>>) -
         .unwrap_or_else(|_| time::OffsetDateTime::now_utc())
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
-    axum::Json(serde_json::json!({
-        "kind": "SelfSubjectReview",
-        "apiVersion": "authentication.k8s.io/v1",
-        "metadata": {"creationTimestamp": now},
-        "status": {"userInfo": {"username": user.name, "groups": user.groups}},
-    }))
-    .into_response()
+    // A create, answered as kube-apiserver answers creates: 201.
+    (
+        axum::http::StatusCode::CREATED,
+        axum::Json(serde_json::json!({
+            "kind": "SelfSubjectReview",
+            "apiVersion": "authentication.k8s.io/v1",
+            "metadata": {"creationTimestamp": now},
+            "status": {"userInfo": {"username": user.name, "groups": user.groups}},
+        })),
+    )
+        .into_response()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn token_file_and_precedence() {
+    #[tokio::test]
+    async fn token_file_and_precedence() {
         let auth =
             Authenticator::parse_tokens("# users\nt1,alice,1\n\nt2, bob ,2,\"dev,ops\"\n").unwrap();
-        let alice = auth.user(None, Some("Bearer t1")).unwrap();
+        let alice = auth.user(None, Some("Bearer t1")).await.unwrap();
         assert_eq!(alice.name, "alice");
         assert_eq!(alice.groups, ["system:authenticated"]);
-        let bob = auth.user(None, Some("Bearer t2")).unwrap();
+        let bob = auth.user(None, Some("Bearer t2")).await.unwrap();
         assert_eq!((bob.name.as_str(), bob.groups.len()), ("bob", 3));
-        assert!(auth.user(None, Some("Bearer nope")).is_err());
-        assert!(auth.user(None, None).unwrap().is_anonymous());
-        assert!(auth.user(None, Some("Basic abc")).unwrap().is_anonymous());
+        assert!(auth.user(None, Some("Bearer nope")).await.is_err());
+        assert!(auth.user(None, None).await.unwrap().is_anonymous());
+        assert!(
+            auth.user(None, Some("Basic abc"))
+                .await
+                .unwrap()
+                .is_anonymous()
+        );
         // A certificate wins over a token.
         let peer = Peer {
             addr: "127.0.0.1:1".parse().unwrap(),
             certificate: Some(Arc::new(UserInfo::authenticated("carol".into(), vec![]))),
         };
         assert_eq!(
-            auth.user(Some(&peer), Some("Bearer nope")).unwrap().name,
+            auth.user(Some(&peer), Some("Bearer nope"))
+                .await
+                .unwrap()
+                .name,
             "carol"
         );
         for bad in ["t1,alice", ",alice,1", "t1,a,1\nt1,b,2"] {

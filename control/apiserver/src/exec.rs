@@ -220,7 +220,7 @@ async fn prepare(
     };
     let v5 = protocol == HeaderValue::from_static(PROTOCOLS[0]);
     let registry = state.registry.clone();
-    let token = state.token.clone();
+    let nodes = state.nodes.clone();
     let start = ExecStart {
         namespace: ns.to_string(),
         pod: name.to_string(),
@@ -230,7 +230,7 @@ async fn prepare(
         tty: q.tty,
     };
     Ok(ws.on_upgrade(move |socket| async move {
-        run(socket, &registry, &token, &pod, start, &q, v5).await;
+        run(socket, &registry, &nodes, &pod, start, &q, v5).await;
     }))
 }
 
@@ -239,7 +239,7 @@ async fn prepare(
 async fn run(
     socket: WebSocket,
     registry: &Registry,
-    token: &str,
+    nodes: &crate::pods_proxy::Nodes,
     pod: &Pod,
     start: ExecStart,
     q: &ExecQuery,
@@ -286,7 +286,7 @@ async fn run(
             }
         }
     });
-    let end = relay(&mut tx, registry, token, pod, queued, q, &command).await;
+    let end = relay(&mut tx, registry, nodes, pod, queued, q, &command).await;
     reader.abort();
     let status = match end {
         Ok(Some(code)) => exit_status(code, &command),
@@ -315,19 +315,17 @@ enum RelayEnd {
 async fn relay(
     tx: &mut futures::stream::SplitSink<WebSocket, Message>,
     registry: &Registry,
-    token: &str,
+    nodes: &crate::pods_proxy::Nodes,
     pod: &Pod,
     input: mpsc::Receiver<ExecInput>,
     q: &ExecQuery,
     command: &[String],
 ) -> Result<Option<i32>, RelayEnd> {
     let failed = |s: tonic::Status| RelayEnd::Failed(s.message().to_string());
-    let mut node = crate::pods_proxy::node_of(registry, pod)
-        .await
-        .map_err(failed)?;
+    let mut node = nodes.dial(registry, pod).await.map_err(failed)?;
     let stream = tokio_stream::wrappers::ReceiverStream::new(input);
     let mut out = node
-        .exec(crate::pods_proxy::authorized(token, stream))
+        .exec(nodes.request(stream))
         .await
         .map_err(failed)?
         .into_inner();

@@ -16,6 +16,7 @@ mod error;
 mod exec;
 mod feed;
 mod grpc;
+pub mod join;
 mod k8s_protobuf;
 mod managed;
 mod metrics;
@@ -127,8 +128,10 @@ pub(crate) struct AppState {
     registry: Arc<Registry>,
     metrics: Arc<metrics::Metrics>,
     feeding: Arc<AtomicBool>,
-    /// The cluster token, presented to nodes (pods/log).
-    token: String,
+    /// How to call nodes (pods/log, pods/exec).
+    nodes: Arc<pods_proxy::Nodes>,
+    /// With TLS: the server CA bundle (`/cacerts`).
+    ca_pem: Option<String>,
     /// Request bodies held at once.
     bodies: Arc<budget::Budget>,
 }
@@ -254,9 +257,38 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         .token_file
         .clone()
         .unwrap_or_else(|| config.data_dir.join("token"));
-    let token = pods_proxy::load_or_create_token(&token_file)
-        .map_err(|e| ServerError::Config(format!("cluster token {}: {e}", token_file.display())))?;
+    let kubernetes_ip = std::net::IpAddr::V4(cidr.nth(1));
+    let pki = if config.tls {
+        // The `kubernetes` Service's ClusterIP, the range's first address
+        // (kube-apiserver's choice), so in-cluster clients can verify.
+        let names = pki::Names::for_server(config.listen.ip(), Some(kubernetes_ip));
+        Some(Arc::new(
+            pki::Pki::load_or_create(&config.data_dir, &names).map_err(ServerError::Config)?,
+        ))
+    } else {
+        None
+    };
     let store = skiff_store::open(config.store.as_deref(), &config.data_dir).await?;
+    let tokens = Arc::new(join::Tokens::new(store.clone()));
+    // With TLS the token is a join token (`K10<CA hash>::server:<secret>`);
+    // plain, a shared secret the server presents to nodes.
+    let (token, nodes) = match &pki {
+        Some(pki) => {
+            let (join_token, full) = join::server_token(&token_file, &pki.server_ca.cert_pem)
+                .map_err(|e| ServerError::Config(format!("join token: {e}")))?;
+            tokens.ensure(&join_token, "the server's own token").await?;
+            let nodes =
+                pods_proxy::Nodes::tls(full.clone(), &pki.server_ca.cert_pem, &pki.kubelet_client);
+            (full, nodes)
+        }
+        None => {
+            let token = pods_proxy::load_or_create_token(&token_file).map_err(|e| {
+                ServerError::Config(format!("cluster token {}: {e}", token_file.display()))
+            })?;
+            (token.clone(), pods_proxy::Nodes::plain(token))
+        }
+    };
+    let nodes = Arc::new(nodes);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServerError::Listen {
@@ -270,7 +302,6 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
             source,
         })?;
 
-    let kubernetes_ip = std::net::IpAddr::V4(cidr.nth(1));
     let start_rev = store.revision().await?;
     let mut registry = Registry::new(
         store.clone(),
@@ -287,7 +318,8 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         registry: registry.clone(),
         metrics: metrics::Metrics::new(),
         feeding: Arc::new(AtomicBool::new(false)),
-        token: token.clone(),
+        nodes: nodes.clone(),
+        ca_pem: pki.as_ref().map(|p| p.server_ca.cert_pem.clone()),
         bodies: budget::Budget::new(BODY_BUDGET, MAX_BODY),
     });
     let bodies = state.bodies.clone();
@@ -317,9 +349,18 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     .add_service(skiff_api::v1::pods_server::PodsServer::new(
         pods_proxy::Service {
             registry: registry.clone(),
-            token: token.clone(),
+            nodes: nodes.clone(),
         },
-    ))
+    ));
+    let grpc = match &pki {
+        Some(pki) => grpc.add_service(skiff_api::v1::bootstrap_server::BootstrapServer::new(
+            join::Service {
+                tokens: tokens.clone(),
+                pki: pki.clone(),
+            },
+        )),
+        None => grpc,
+    }
     .into_axum_router();
     let rest = Router::new()
         .route("/healthz", get(readyz))
@@ -327,6 +368,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/version", get(|| async { axum::Json(version()) }))
+        .route("/cacerts", get(cacerts))
         .route("/openapi/v2", get(openapi_v2))
         .route("/openapi/v3", get(openapi_v3_root))
         .route("/openapi/v3/{*path}", get(openapi_v3))
@@ -362,28 +404,24 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     });
 
     let app = app.layer(axum::middleware::from_fn_with_state(bodies, budget::limit));
-    let (app, tls, kubeconfig, pki) = if config.tls {
-        // The `kubernetes` Service's ClusterIP, the range's first address
-        // (kube-apiserver's choice), so in-cluster clients can verify.
-        let names = pki::Names::for_server(config.listen.ip(), Some(kubernetes_ip));
-        let pki =
-            pki::Pki::load_or_create(&config.data_dir, &names).map_err(ServerError::Config)?;
-        let tls = tls::server_config(&pki).map_err(ServerError::Config)?;
+    let (app, tls, kubeconfig) = if let Some(pki) = &pki {
+        let tls = tls::server_config(pki).map_err(ServerError::Config)?;
         let auth = match &config.token_auth_file {
             Some(f) => authn::Authenticator::with_token_file(f).map_err(ServerError::Config)?,
             None => authn::Authenticator::default(),
-        };
-        let kubeconfig = write_admin_kubeconfig(&config.data_dir, addr, &pki)?;
+        }
+        .with_join_tokens(tokens.clone());
+        let kubeconfig = write_admin_kubeconfig(&config.data_dir, addr, pki)?;
         let app = app.layer(axum::middleware::from_fn_with_state(
             Arc::new(auth),
             authn::authenticate,
         ));
-        (app, Some(tls), Some(kubeconfig), Some(Arc::new(pki)))
+        (app, Some(tls), Some(kubeconfig))
     } else {
         tracing::warn!(
             "serving plain HTTP with no authentication on {addr}: for development only; anyone who reaches the port can do anything"
         );
-        (app, None, None, None)
+        (app, None, None)
     };
     let (stop, stopped) = oneshot::channel::<()>();
     let listener = tls::Listener::new(listener, tls).map_err(|source| ServerError::Listen {
@@ -450,6 +488,16 @@ fn write_admin_kubeconfig(
     let path = data_dir.join("admin.kubeconfig");
     pki::write_secret(&path, &text).map_err(ServerError::Config)?;
     Ok(path)
+}
+
+/// `/cacerts` (k3s' path, public): the CA bundle a joining node checks
+/// against the hash in its join token.
+async fn cacerts(State(state): State<Arc<AppState>>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match &state.ca_pem {
+        Some(ca) => ca.clone().into_response(),
+        None => rest::unknown_path("/cacerts"),
+    }
 }
 
 /// `/openapi/v3`: where each group-version's document is.

@@ -25,6 +25,8 @@ const RENEW_BEFORE: Duration = Duration::from_secs(90 * 24 * 3600);
 /// The admin user of `admin.kubeconfig`.
 pub const ADMIN_USER: &str = "system:admin";
 pub const MASTERS_GROUP: &str = "system:masters";
+/// The API server's user when it calls nodes.
+pub const KUBELET_CLIENT_USER: &str = "kube-apiserver-kubelet-client";
 
 /// A CA: its certificate (PEM) and what signs with it.
 pub struct Authority {
@@ -47,6 +49,9 @@ pub struct Pki {
     pub client_ca: Authority,
     pub serving: Issued,
     pub admin: Issued,
+    /// What the API server presents to nodes (kube-apiserver's
+    /// `--kubelet-client-certificate`).
+    pub kubelet_client: Issued,
 }
 
 /// What the serving certificate must cover.
@@ -185,31 +190,7 @@ impl Authority {
         server: Option<&Names>,
     ) -> Result<Issued, String> {
         let key = KeyPair::generate().map_err(|e| err("generate a key", e))?;
-        let mut params = CertificateParams::default();
-        params.distinguished_name = dn(user, groups);
-        params.not_before = now() - time::Duration::minutes(5);
-        params.not_after = now() + LEAF_LIFETIME;
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        match server {
-            Some(names) => {
-                params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-                for d in &names.dns {
-                    params.subject_alt_names.push(SanType::DnsName(
-                        d.clone()
-                            .try_into()
-                            .map_err(|e| err(&format!("DNS name {d}"), e))?,
-                    ));
-                }
-                for ip in &names.ips {
-                    params.subject_alt_names.push(SanType::IpAddress(*ip));
-                }
-            }
-            None => params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth],
-        }
-        let cert = params
+        let cert = leaf(user, groups, server)?
             .signed_by(&key, &self.cert, &self.key)
             .map_err(|e| err(&format!("issue a certificate for {user}"), e))?;
         Ok(Issued {
@@ -217,6 +198,59 @@ impl Authority {
             key_pem: key.serialize_pem(),
         })
     }
+
+    /// Signs the key of a PEM certificate request (its signature checked)
+    /// as a leaf for `user`; whatever else the request asks for is
+    /// ignored: the names and usages are the server's choice.
+    pub fn sign_request(
+        &self,
+        csr_pem: &str,
+        user: &str,
+        groups: &[&str],
+        server: Option<&Names>,
+    ) -> Result<String, String> {
+        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
+            err(
+                "read the certificate request (PEM PKCS#10, signed by its key)",
+                e,
+            )
+        })?;
+        csr.params = leaf(user, groups, server)?;
+        let cert = csr
+            .signed_by(&self.cert, &self.key)
+            .map_err(|e| err(&format!("sign a certificate for {user}"), e))?;
+        Ok(cert.pem())
+    }
+}
+
+/// A leaf's parameters: a server certificate for `names`, or a client
+/// certificate; CN = user, O = groups.
+fn leaf(user: &str, groups: &[&str], server: Option<&Names>) -> Result<CertificateParams, String> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = dn(user, groups);
+    params.not_before = now() - time::Duration::minutes(5);
+    params.not_after = now() + LEAF_LIFETIME;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    match server {
+        Some(names) => {
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+            for d in &names.dns {
+                params.subject_alt_names.push(SanType::DnsName(
+                    d.clone()
+                        .try_into()
+                        .map_err(|e| err(&format!("DNS name {d}"), e))?,
+                ));
+            }
+            for ip in &names.ips {
+                params.subject_alt_names.push(SanType::IpAddress(*ip));
+            }
+        }
+        None => params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth],
+    }
+    Ok(params)
 }
 
 /// A stored leaf that is still good: parses, is not near expiry, and (for
@@ -307,12 +341,21 @@ impl Pki {
             &[MASTERS_GROUP],
             None,
         )?;
+        let kubelet_client = load_or_issue(
+            &dir,
+            "kubelet-client",
+            &client_ca,
+            KUBELET_CLIENT_USER,
+            &[MASTERS_GROUP],
+            None,
+        )?;
         Ok(Pki {
             dir,
             server_ca,
             client_ca,
             serving,
             admin,
+            kubelet_client,
         })
     }
 }

@@ -1,6 +1,8 @@
 //! `Pods` (logs and exec) for clients: the API server finds the pod's node
-//! and relays the stream to that node's endpoint, presenting the cluster
-//! token. Clients never talk to nodes. The same logs are served over REST
+//! and relays the stream to that node's endpoint, over mutual TLS (its
+//! `kube-apiserver-kubelet-client` certificate; the node's serving
+//! certificate checked against the server CA), or with the cluster token
+//! on a plain development server. Clients never talk to nodes. The same logs are served over REST
 //! as `pods/{name}/log`, the path kubectl reads.
 
 use std::pin::Pin;
@@ -20,68 +22,125 @@ type Out<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 pub struct Service {
     pub registry: Arc<Registry>,
-    pub token: String,
+    pub nodes: Arc<Nodes>,
 }
 
-/// A client to the node running `ns/pod`.
-async fn node_for(registry: &Registry, ns: &str, pod: &str) -> Result<PodsClient<Channel>, Status> {
-    let p: Pod = registry
-        .get(ns, pod)
-        .await
-        .map_err(|_| Status::not_found(format!("pod {ns}/{pod} not found")))?;
-    node_of(registry, &p).await
+/// How the API server calls nodes.
+pub struct Nodes {
+    /// The cluster token (plain development servers).
+    token: String,
+    /// With TLS: the server CA (node serving certificates) and the API
+    /// server's client certificate.
+    tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
-/// A client to the node `p` is bound to.
-pub(crate) async fn node_of(registry: &Registry, p: &Pod) -> Result<PodsClient<Channel>, Status> {
-    use skiff_api::Resource;
-    let (ns, pod) = (&p.meta().namespace, &p.meta().name);
-    let node_name = p
-        .spec
-        .as_ref()
-        .map(|s| s.node_name.clone())
-        .unwrap_or_default();
-    if node_name.is_empty() {
-        return Err(Status::failed_precondition(format!(
-            "pod {ns}/{pod} is not scheduled to a node yet"
-        )));
+impl Nodes {
+    pub fn plain(token: String) -> Nodes {
+        Nodes { token, tls: None }
     }
-    let node: Node = registry.get("", &node_name).await.map_err(|_| {
-        Status::unavailable(format!(
-            "node {node_name} of pod {ns}/{pod} is not registered"
-        ))
-    })?;
-    let status = node.status.unwrap_or_default();
-    let ip = status
-        .addresses
-        .iter()
-        .find(|a| a.r#type == "InternalIP")
-        .map(|a| a.address.clone())
-        .ok_or_else(|| Status::unavailable(format!("node {node_name} has no InternalIP")))?;
-    let port = status
-        .daemon_endpoints
-        .and_then(|d| d.kubelet_endpoint)
-        .map(|e| e.port)
-        .filter(|p| *p > 0)
-        .ok_or_else(|| {
-            Status::unavailable(format!("node {node_name} has not published its endpoint"))
+
+    pub fn tls(token: String, server_ca_pem: &str, client: &crate::pki::Issued) -> Nodes {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(server_ca_pem))
+            .identity(Identity::from_pem(&client.cert_pem, &client.key_pem));
+        Nodes {
+            token,
+            tls: Some(tls),
+        }
+    }
+
+    /// A client to the node running `ns/pod`.
+    async fn for_pod(
+        &self,
+        registry: &Registry,
+        ns: &str,
+        pod: &str,
+    ) -> Result<PodsClient<Channel>, Status> {
+        let p: Pod = registry
+            .get(ns, pod)
+            .await
+            .map_err(|_| Status::not_found(format!("pod {ns}/{pod} not found")))?;
+        self.dial(registry, &p).await
+    }
+
+    /// A request to a node: with the cluster token when plain (over TLS
+    /// the certificate says who calls).
+    pub(crate) fn request<T>(&self, msg: T) -> Request<T> {
+        let mut r = Request::new(msg);
+        if self.tls.is_none()
+            && let Ok(v) = format!("Bearer {}", self.token).parse()
+        {
+            r.metadata_mut().insert("authorization", v);
+        }
+        r
+    }
+
+    /// A client to the node `p` is bound to.
+    pub(crate) async fn dial(
+        &self,
+        registry: &Registry,
+        p: &Pod,
+    ) -> Result<PodsClient<Channel>, Status> {
+        use skiff_api::Resource;
+        let (ns, pod) = (&p.meta().namespace, &p.meta().name);
+        let node_name = p
+            .spec
+            .as_ref()
+            .map(|s| s.node_name.clone())
+            .unwrap_or_default();
+        if node_name.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "pod {ns}/{pod} is not scheduled to a node yet"
+            )));
+        }
+        let node: Node = registry.get("", &node_name).await.map_err(|_| {
+            Status::unavailable(format!(
+                "node {node_name} of pod {ns}/{pod} is not registered"
+            ))
         })?;
-    let endpoint = Endpoint::from_shared(format!("http://{ip}:{port}"))
-        .map_err(|e| Status::internal(e.to_string()))?
-        .connect_timeout(Duration::from_secs(5));
-    let channel = endpoint.connect().await.map_err(|e| {
-        Status::unavailable(format!("cannot reach node {node_name} at {ip}:{port}: {e}"))
-    })?;
-    Ok(PodsClient::new(channel))
-}
-
-/// A request to a node, with the cluster token.
-pub(crate) fn authorized<T>(token: &str, msg: T) -> Request<T> {
-    let mut r = Request::new(msg);
-    if let Ok(v) = format!("Bearer {token}").parse() {
-        r.metadata_mut().insert("authorization", v);
+        let status = node.status.unwrap_or_default();
+        let ip = status
+            .addresses
+            .iter()
+            .find(|a| a.r#type == "InternalIP")
+            .map(|a| a.address.clone())
+            .ok_or_else(|| Status::unavailable(format!("node {node_name} has no InternalIP")))?;
+        let port = status
+            .daemon_endpoints
+            .and_then(|d| d.kubelet_endpoint)
+            .map(|e| e.port)
+            .filter(|p| *p > 0)
+            .ok_or_else(|| {
+                Status::unavailable(format!("node {node_name} has not published its endpoint"))
+            })?;
+        let host = match ip.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V6(v6)) => format!("[{v6}]"),
+            _ => ip.clone(),
+        };
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{host}:{port}"))
+            .map_err(|e| Status::internal(e.to_string()))?
+            .connect_timeout(Duration::from_secs(5));
+        if let Some(tls) = &self.tls {
+            // The node's serving certificate names its address.
+            endpoint = endpoint
+                .tls_config(tls.clone().domain_name(ip.clone()))
+                .map_err(|e| Status::internal(e.to_string()))?;
+        }
+        let channel = endpoint.connect().await.map_err(|e| {
+            let mut msg = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                msg = format!("{msg}: {s}");
+                src = s.source();
+            }
+            Status::unavailable(format!(
+                "cannot reach node {node_name} at {ip}:{port}: {msg}"
+            ))
+        })?;
+        Ok(PodsClient::new(channel))
     }
-    r
 }
 
 /// `GET .../pods/{name}/log`: kubectl's parameters (`container`, `follow`,
@@ -89,7 +148,7 @@ pub(crate) fn authorized<T>(token: &str, msg: T) -> Request<T> {
 /// output as `text/plain`, streamed while `follow` lasts.
 pub async fn rest_log(
     registry: &Registry,
-    token: &str,
+    nodes: &Nodes,
     ns: &str,
     pod: &str,
     query: &std::collections::HashMap<String, String>,
@@ -118,11 +177,12 @@ pub async fn rest_log(
         timestamps: flag("timestamps"),
         since_seconds: number("sinceSeconds")?,
     };
-    let mut node = node_for(registry, ns, pod)
+    let mut node = nodes
+        .for_pod(registry, ns, pod)
         .await
         .map_err(ApiError::from_grpc)?;
     let stream = node
-        .logs(authorized(token, req))
+        .logs(nodes.request(req))
         .await
         .map_err(ApiError::from_grpc)?
         .into_inner();
@@ -168,8 +228,11 @@ impl Pods for Service {
 
     async fn logs(&self, req: Request<LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
         let r = req.into_inner();
-        let mut node = node_for(&self.registry, &r.namespace, &r.pod).await?;
-        let stream = node.logs(authorized(&self.token, r)).await?.into_inner();
+        let mut node = self
+            .nodes
+            .for_pod(&self.registry, &r.namespace, &r.pod)
+            .await?;
+        let stream = node.logs(self.nodes.request(r)).await?.into_inner();
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -185,10 +248,13 @@ impl Pods for Service {
         let start = first.start.clone().ok_or_else(|| {
             Status::invalid_argument("the first exec message must say what to run")
         })?;
-        let mut node = node_for(&self.registry, &start.namespace, &start.pod).await?;
+        let mut node = self
+            .nodes
+            .for_pod(&self.registry, &start.namespace, &start.pod)
+            .await?;
         let rest = futures::stream::iter([first])
             .chain(input.filter_map(|m| futures::future::ready(m.ok())));
-        let stream = node.exec(authorized(&self.token, rest)).await?.into_inner();
+        let stream = node.exec(self.nodes.request(rest)).await?.into_inner();
         Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -483,7 +483,7 @@ pub async fn handle(
     };
     let result = match (sub, name.as_deref()) {
         (Sub::Log, Some(name)) if verb == "get" => {
-            crate::pods_proxy::rest_log(&state.registry, &state.token, &namespace, name, &query)
+            crate::pods_proxy::rest_log(&state.registry, &state.nodes, &namespace, name, &query)
                 .await
         }
         (Sub::Log, _) => Err(ApiError::method_not_allowed("pods/log is read-only")),

@@ -167,6 +167,29 @@ pub enum ClientCommand {
     /// Follow, list, undo and restart the rollouts of a Deployment
     #[command(subcommand)]
     Rollout(RolloutCommand),
+    /// Join tokens for nodes (`skiff node --token K10...`)
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a join token and print it (the only time its secret is shown)
+    Create {
+        /// How long it is good for, e.g. 30m, 24h, 7d; 0: forever
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+        /// What it is for
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List join tokens (ids, expiry, description: never their secrets)
+    List,
+    /// Delete a join token: nodes can no longer join with it
+    Delete {
+        /// The token's id (the part before the `:`)
+        id: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -695,10 +718,15 @@ pub struct NodeArgs {
     /// Run without the eBPF datapath
     #[arg(long)]
     pub no_datapath: bool,
-    /// Where the node serves logs and exec to the API server
-    #[arg(long, default_value = "0.0.0.0:10250")]
-    pub listen: std::net::SocketAddr,
-    /// The cluster token (the server's <data-dir>/token)
+    /// Where the node serves logs and exec to the API server [default:
+    /// the node's address, port 10250]
+    #[arg(long)]
+    pub listen: Option<std::net::SocketAddr>,
+    /// The join token (K10<CA hash>::<id>:<secret>: `skiff token create`,
+    /// or the server's <data-dir>/token); wins over --token-file
+    #[arg(long, env = "SKIFF_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// A file holding the token (the server's <data-dir>/token)
     #[arg(
         long,
         env = "SKIFF_TOKEN_FILE",
@@ -750,9 +778,10 @@ pub struct UpArgs {
     /// Where the DNS addon serves /metrics
     #[arg(long, default_value = "127.0.0.1:9153")]
     pub dns_metrics_listen: SocketAddr,
-    /// Where the node serves logs and exec to the API server
-    #[arg(long, default_value = "0.0.0.0:10250")]
-    pub node_listen: SocketAddr,
+    /// Where the node serves logs and exec to the API server [default:
+    /// the node's address, port 10250]
+    #[arg(long)]
+    pub node_listen: Option<SocketAddr>,
     /// Runtime state of the node (pod network namespaces)
     #[arg(long, default_value = "/run/skiff/node")]
     pub run_dir: PathBuf,

@@ -13,6 +13,7 @@ mod rollout;
 pub mod sim;
 pub mod stream;
 pub mod table;
+mod token;
 
 use anyhow::{Context, Result};
 use skiff_client::Client;
@@ -50,6 +51,7 @@ pub async fn run(global: &args::Global, command: ClientCommand) -> Result<()> {
         ClientCommand::Exec(e) => stream::exec(&client, namespace.as_deref(), e).await,
         ClientCommand::Scale(a) => rollout::scale(&client, namespace.as_deref(), &a).await,
         ClientCommand::Rollout(c) => rollout::rollout(&client, namespace.as_deref(), c).await,
+        ClientCommand::Token(c) => token::run(&client, c).await,
     }
 }
 

@@ -15,6 +15,7 @@ use thiserror::Error;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
+pub mod join;
 pub mod kubeconfig;
 
 /// Where the API server is and how to prove who we are: what a kubeconfig
@@ -236,6 +237,7 @@ pub type WatchStream<R> = Pin<Box<dyn Stream<Item = Result<WatchEvent<R>>> + Sen
 pub struct Client {
     rpc: ResourcesClient<Transport>,
     pods: skiff_api::v1::pods_client::PodsClient<Transport>,
+    bootstrap: skiff_api::v1::bootstrap_client::BootstrapClient<Transport>,
     server: String,
     /// Recorded in managedFields for this client's creates and updates.
     field_manager: Option<Arc<str>>,
@@ -320,7 +322,8 @@ impl Client {
         let channel = InterceptedService::new(channel, Auth(auth));
         Ok(Client {
             rpc: ResourcesClient::new(channel.clone()).max_decoding_message_size(256 * 1024 * 1024),
-            pods: skiff_api::v1::pods_client::PodsClient::new(channel),
+            pods: skiff_api::v1::pods_client::PodsClient::new(channel.clone()),
+            bootstrap: skiff_api::v1::bootstrap_client::BootstrapClient::new(channel),
             server: server.to_string(),
             field_manager: None,
         })
@@ -385,6 +388,11 @@ impl Client {
     /// Logs and exec of pods (relayed by the API server to their node).
     pub fn pods(&self) -> skiff_api::v1::pods_client::PodsClient<Transport> {
         self.pods.clone()
+    }
+
+    /// Joining nodes and join tokens.
+    pub fn bootstrap(&self) -> skiff_api::v1::bootstrap_client::BootstrapClient<Transport> {
+        self.bootstrap.clone()
     }
 
     pub fn server(&self) -> &str {

@@ -148,14 +148,14 @@ impl Cluster {
             Some(p) => p,
             None => free_port(),
         };
-        self.server_url = format!("http://127.0.0.1:{port}");
+        self.server_url = format!("https://127.0.0.1:{port}");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.path("server.log"))
             .expect("log file");
         let child = Command::new(&self.skiff)
-            .args(["server", "--no-client-config", "--listen"])
+            .args(["server", "--tls", "on", "--no-client-config", "--listen"])
             .arg(format!("127.0.0.1:{port}"))
             .arg("--data-dir")
             .arg(self.path("server"))
@@ -165,9 +165,9 @@ impl Cluster {
             .expect("start skiff server");
         self.server = Some(KillOnDrop(child));
         assert!(
-            crate::wait_http_ok(
-                &format!("127.0.0.1:{port}"),
-                "/healthz",
+            crate::wait_https_ready(
+                &self.server_url,
+                &self.path("server/tls/server-ca.crt"),
                 Duration::from_secs(20)
             ),
             "skiff server did not answer: {}",
@@ -246,15 +246,27 @@ impl Cluster {
         std::fs::read_to_string(self.path(&format!("{which}.log"))).unwrap_or_default()
     }
 
+    /// The admin's kubeconfig (the server's `admin.kubeconfig`), for
+    /// `skiff` and kubectl.
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.path("server/admin.kubeconfig")
+    }
+
+    /// `skiff ARGS` as the cluster's admin.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.skiff);
+        c.arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .args(args)
+            .env_remove("SKIFF_SERVER")
+            .env_remove("KUBECONFIG")
+            .env("SKIFF_CONTAINERD", &self.containerd_sock);
+        c
+    }
+
     /// Runs `skiff` against this cluster; (success, stdout, stderr).
     pub fn skiff(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(&self.skiff)
-            .arg("--server")
-            .arg(&self.server_url)
-            .args(args)
-            .env("SKIFF_CONTAINERD", &self.containerd_sock)
-            .output()
-            .expect("run skiff");
+        let out = self.cmd(args).output().expect("run skiff");
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).to_string(),

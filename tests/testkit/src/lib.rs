@@ -11,7 +11,7 @@ pub mod netlab;
 pub mod server;
 
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -187,6 +187,28 @@ pub fn wait_http_ok(addr: &str, path: &str, timeout: Duration) -> bool {
 }
 
 /// Whether the etcd member at `endpoint` (host:port) answers healthy.
+/// Waits until `<url>/readyz` answers 200 over TLS checked against `ca`
+/// (anonymous: health endpoints need no credentials); the CA file appears
+/// when the server made it.
+pub fn wait_https_ready(url: &str, ca: &Path, timeout: Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if ca.exists() {
+            let ok = Command::new("curl")
+                .args(["-sf", "-o", "/dev/null", "--cacert"])
+                .arg(ca)
+                .arg(format!("{url}/readyz"))
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                return true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
 pub fn etcd_healthy(endpoint: &str) -> bool {
     Command::new("etcdctl")
         .env("ETCDCTL_API", "3")

@@ -99,26 +99,9 @@ impl Server {
         );
     }
 
-    /// `/readyz` over TLS, checked against the server's CA (anonymous:
-    /// health endpoints need no credentials).
+    /// `/readyz` over TLS, checked against the server's CA.
     fn wait_https_ready(&self, timeout: Duration) -> bool {
-        let deadline = std::time::Instant::now() + timeout;
-        let ca = self.tls_file("server-ca.crt");
-        while std::time::Instant::now() < deadline {
-            if ca.exists() {
-                let ok = Command::new("curl")
-                    .args(["-sf", "-o", "/dev/null", "--cacert"])
-                    .arg(&ca)
-                    .arg(format!("{}/readyz", self.url()))
-                    .status()
-                    .is_ok_and(|s| s.success());
-                if ok {
-                    return true;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        false
+        crate::wait_https_ready(&self.url(), &self.tls_file("server-ca.crt"), timeout)
     }
 
     pub fn url(&self) -> String {

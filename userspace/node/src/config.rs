@@ -3,6 +3,9 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
+/// The node endpoint's port (the kubelet's).
+pub const ENDPOINT_PORT: u16 = 10250;
+
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     /// API server URL.
@@ -29,10 +32,14 @@ pub struct NodeConfig {
     pub cgroup_parent: String,
     /// The datapath: off, or its instance name.
     pub datapath: Option<DatapathConfig>,
-    /// Where the node serves logs and exec to the API server.
-    pub listen: SocketAddr,
-    /// The cluster token the API server presents when it calls the node
-    /// (`None`: the endpoint refuses every call).
+    /// Where the node serves logs and exec to the API server; `None`: the
+    /// node's address, port 10250.
+    pub listen: Option<SocketAddr>,
+    /// On a TLS server (`https://`), the join token
+    /// (`K10<CA hash>::<id>:<secret>`), needed until the node has its
+    /// certificates. On a plain development server, the cluster token the
+    /// API server presents when it calls the node (`None`: the endpoint
+    /// refuses every call).
     pub token: Option<String>,
     /// The binary containerd's shim runs as the container log writer.
     pub skiff_binary: PathBuf,
@@ -73,7 +80,7 @@ impl NodeConfig {
                 cgroup: None,
                 ifaces: Vec::new(),
             }),
-            listen: SocketAddr::from(([0, 0, 0, 0], 10250)),
+            listen: None,
             token: None,
             skiff_binary: std::env::current_exe()
                 .unwrap_or_else(|_| PathBuf::from("/usr/local/bin/skiff")),

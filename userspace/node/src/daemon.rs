@@ -11,6 +11,7 @@ use skiff_api::Node;
 use skiff_client::{Client, ListParams};
 use skiff_runtime::Event;
 
+use crate::bootstrap;
 use crate::config::NodeConfig;
 use crate::datapath::{self, Datapath};
 use crate::net::{Cidr, Ipam, podnet};
@@ -34,10 +35,14 @@ impl Running {
 }
 
 /// Waits until the API server answers (it may start after the node).
-async fn connect(server: &str) -> Client {
+async fn connect(server: &str, certs: Option<&bootstrap::Certs>) -> Client {
+    let creds = match certs {
+        Some(c) => c.credentials(server),
+        None => skiff_client::Credentials::plain(server),
+    };
     let mut delay = Duration::from_millis(200);
     loop {
-        match Client::connect(server).await {
+        match Client::connect_with(&creds).await {
             Ok(c) => match c.list::<Node>("", &ListParams::default()).await {
                 Ok(_) => return c,
                 Err(e) => tracing::warn!("API server not ready: {e}"),
@@ -64,8 +69,6 @@ async fn wait_for_containerd(cfg: &NodeConfig) -> Containerd {
 }
 
 pub async fn start(cfg: NodeConfig) -> Result<Running> {
-    let ctd = wait_for_containerd(&cfg).await;
-    let version = ctd.version().await?;
     let node_ip = match cfg.node_ip {
         Some(ip) => ip,
         None => crate::host::default_ipv4()
@@ -77,11 +80,33 @@ pub async fn start(cfg: NodeConfig) -> Result<Running> {
     if let Some(c) = &cfg.pod_cidr {
         Cidr::parse(c).context("--pod-cidr")?;
     }
-    let client = connect(&cfg.server).await;
+    // On a TLS server: this node's certificates, joining with the token
+    // the first time.
+    let certs = if cfg.server.starts_with("https://") {
+        Some(
+            bootstrap::certificates(
+                &cfg.server,
+                cfg.token.as_deref(),
+                &cfg.data_dir,
+                &cfg.name,
+                node_ip,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+    let client = connect(&cfg.server, certs.as_ref()).await;
+    let ctd = wait_for_containerd(&cfg).await;
+    let version = ctd.version().await?;
     // The logs/exec endpoint is bound first: its port goes in the status.
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
+    // It listens on the node's address unless told otherwise.
+    let listen = cfg
+        .listen
+        .unwrap_or_else(|| std::net::SocketAddr::from((node_ip, crate::config::ENDPOINT_PORT)));
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("binding the node endpoint on {}", cfg.listen))?;
+        .with_context(|| format!("binding the node endpoint on {listen}"))?;
     let identity = register::Identity {
         name: cfg.name.clone(),
         node_ip,
@@ -144,7 +169,11 @@ pub async fn start(cfg: NodeConfig) -> Result<Running> {
         }
     }));
     tasks.push(tokio::spawn(heartbeat(client.clone(), identity)));
-    tasks.push(tokio::spawn(crate::server::serve(listener, ctx.clone())));
+    tasks.push(tokio::spawn(crate::server::serve(
+        listener,
+        ctx.clone(),
+        certs,
+    )));
     tasks.push(tokio::spawn(routes(client, cfg.name.clone(), netlink)));
     tracing::info!(node = %cfg.name, %node_ip, %pod_cidr, "node ready");
     Ok(Running {

@@ -2,6 +2,7 @@
 //! through containerd, gives each a network namespace over netlink, keeps
 //! their status in the API, and keeps the node's eBPF datapath in sync.
 
+pub mod bootstrap;
 pub mod config;
 pub mod daemon;
 pub mod datapath;

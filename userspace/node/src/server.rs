@@ -1,6 +1,7 @@
 //! The node's endpoint for the API server: container logs (current or
 //! previous instance, tail, follow) and exec (stdin, stdout, stderr, a
-//! terminal and its size) over gRPC, behind the cluster token.
+//! terminal and its size) over gRPC: mutual TLS on a TLS cluster, the
+//! cluster token on a plain development one.
 
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -24,10 +25,34 @@ struct Service {
     ctx: Arc<Ctx>,
 }
 
-/// Serves until the task is dropped.
-pub async fn serve(listener: tokio::net::TcpListener, ctx: Arc<Ctx>) {
+/// The group whose certificates may call the node: the API server's
+/// `kube-apiserver-kubelet-client` (and cluster admins).
+const MASTERS: &str = "system:masters";
+
+/// Serves until the task is dropped: over mutual TLS with `certs` (callers
+/// need a `system:masters` certificate from the client CA), else plain
+/// behind the cluster token.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    ctx: Arc<Ctx>,
+    certs: Option<crate::bootstrap::Certs>,
+) {
     let token = ctx.cfg.token.clone();
+    let tls = certs.is_some();
     let check = move |req: Request<()>| -> Result<Request<()>, Status> {
+        if tls {
+            let allowed = req
+                .peer_certs()
+                .and_then(|chain| chain.first().map(|c| c.as_ref().to_vec()))
+                .is_some_and(|der| has_group(&der, MASTERS));
+            return if allowed {
+                Ok(req)
+            } else {
+                Err(Status::permission_denied(
+                    "only the API server may call the node (a system:masters client certificate)",
+                ))
+            };
+        }
         let Some(want) = &token else {
             return Err(Status::unauthenticated(
                 "this node has no cluster token: it accepts no calls",
@@ -48,13 +73,34 @@ pub async fn serve(listener: tokio::net::TcpListener, ctx: Arc<Ctx>) {
     };
     let svc = PodsServer::with_interceptor(Service { ctx }, check);
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    if let Err(e) = tonic::transport::Server::builder()
-        .add_service(svc)
-        .serve_with_incoming(incoming)
-        .await
-    {
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(c) = &certs {
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        let config = ServerTlsConfig::new()
+            .identity(Identity::from_pem(&c.serving_cert, &c.serving_key))
+            .client_ca_root(Certificate::from_pem(&c.client_ca));
+        builder = match builder.tls_config(config) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!("the node endpoint's TLS settings: {e}");
+                return;
+            }
+        };
+    }
+    if let Err(e) = builder.add_service(svc).serve_with_incoming(incoming).await {
         tracing::error!("the node endpoint stopped: {e}");
     }
+}
+
+/// Whether a DER certificate's subject has `group` as an O.
+fn has_group(der: &[u8], group: &str) -> bool {
+    use x509_parser::prelude::FromDer;
+    let Ok((_, cert)) = x509_parser::certificate::X509Certificate::from_der(der) else {
+        return false;
+    };
+    cert.subject()
+        .iter_organization()
+        .any(|o| o.as_str().is_ok_and(|o| o == group))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
