@@ -52,7 +52,7 @@ async fn dns(
     args: skiff_cli::args::DnsArgs,
 ) -> anyhow::Result<()> {
     let config = skiff_dns::Config {
-        server: skiff_cli::config::server_url(global.server.as_deref())?,
+        server: skiff_cli::config::credentials(global)?,
         listen: args.listen,
         domain: args.domain,
         upstreams: if args.no_forward {
@@ -125,8 +125,9 @@ async fn server(args: skiff_cli::ServerArgs) -> anyhow::Result<()> {
         };
         Some(start_controllers(&running, cfg).await?)
     };
-    if !args.no_client_config && running.kubeconfig.is_none() {
-        let written = skiff_cli::config::write_server_config(running.addr)?;
+    if !args.no_client_config {
+        let written =
+            skiff_cli::config::write_server_config(&running.url(), running.kubeconfig.as_deref())?;
         eprintln!("{written}");
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -145,16 +146,26 @@ async fn server(args: skiff_cli::ServerArgs) -> anyhow::Result<()> {
 
 /// The scheduler and controllers, talking to this server like any client,
 /// while this server holds their lease.
+/// The credentials of a component this process runs next to the server:
+/// a client certificate of its own (with TLS).
+pub fn component_credentials(
+    running: &skiff_apiserver::Running,
+    user: &str,
+) -> skiff_client::Credentials {
+    let mut creds = skiff_client::Credentials::plain(&running.url());
+    creds.ca_pem = running.ca_pem.clone();
+    if let Some(cert) = running.issue_client_certificate(user, &[]) {
+        creds.cert_pem = Some(cert.cert_pem);
+        creds.key_pem = Some(cert.key_pem);
+    }
+    creds
+}
+
 async fn start_controllers(
     running: &skiff_apiserver::Running,
     cfg: skiff_controllers::Config,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let mut creds = skiff_client::Credentials::plain(&running.url());
-    creds.ca_pem = running.ca_pem.clone();
-    if let Some(cert) = running.issue_client_certificate("system:kube-controller-manager", &[]) {
-        creds.cert_pem = Some(cert.cert_pem);
-        creds.key_pem = Some(cert.key_pem);
-    }
+    let creds = component_credentials(running, "system:kube-controller-manager");
     let client = skiff_client::Client::connect_with(&creds).await?;
     let identity = format!(
         "{}-{}",

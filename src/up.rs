@@ -3,7 +3,7 @@
 //! its datapath, and the DNS addon — each the same library the separate
 //! commands run.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 
 use anyhow::{Context, Result, bail};
 use skiff_cli::UpArgs;
@@ -28,11 +28,16 @@ pub async fn up(a: UpArgs) -> Result<()> {
         data_dir: a.data_dir.join("server"),
         service_cidr: a.service_cidr.clone(),
         cluster_cidr: Some(a.cluster_cidr.clone()),
+        tls: a.tls == "on",
         ..Default::default()
     })
     .await?;
-    let url = format!("http://{}", loopback_if_unspecified(server.addr));
-    let client = skiff_client::Client::connect(&url).await?;
+    let url = server.url();
+    let client = skiff_client::Client::connect_with(&crate::component_credentials(
+        &server,
+        "system:kube-controller-manager",
+    ))
+    .await?;
     let controllers = tokio::spawn(skiff_controllers::run_elected(
         client,
         format!("{}-up", skiff_node::host::hostname()),
@@ -67,7 +72,7 @@ pub async fn up(a: UpArgs) -> Result<()> {
         let mut started = None;
         for (i, listen) in tries.iter().enumerate() {
             let config = skiff_dns::Config {
-                server: url.clone(),
+                server: crate::component_credentials(&server, "system:kube-dns"),
                 listen: *listen,
                 domain: "cluster.local".into(),
                 upstreams: None,
@@ -95,8 +100,14 @@ pub async fn up(a: UpArgs) -> Result<()> {
         Some(r)
     };
     if !a.no_client_config {
-        let written = skiff_cli::config::write_server_config(server.addr)?;
+        let written = skiff_cli::config::write_server_config(&url, server.kubeconfig.as_deref())?;
         eprintln!("==> {written}");
+    }
+    if let Some(k) = &server.kubeconfig {
+        eprintln!(
+            "==> admin kubeconfig: {} (kubectl --kubeconfig)",
+            k.display()
+        );
     }
     eprintln!(
         "\nskiff is up: node {name}, podCIDR {}, API {url}\n\n  skiff get nodes\n  skiff apply -f deploy/examples/hello.yaml\n  skiff get pods -o wide\n  skiff get svc\n  curl http://<ClusterIP>/        (from this host or any pod)\n  skiff logs <pod>   skiff exec <pod> -- sh\n\nCtrl-C stops skiff; pods keep running and the next `skiff up` adopts them.",
@@ -115,14 +126,6 @@ pub async fn up(a: UpArgs) -> Result<()> {
     }
     server.shutdown().await?;
     Ok(())
-}
-
-fn loopback_if_unspecified(addr: SocketAddr) -> SocketAddr {
-    if addr.ip().is_unspecified() {
-        SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port()))
-    } else {
-        addr
-    }
 }
 
 fn is_root() -> bool {

@@ -329,7 +329,8 @@ fn apply_removes_what_the_manifest_no_longer_has() {
         "configmap/m created\n"
     );
     // Someone else adds a label: apply leaves it alone.
-    let out = Command::new("curl")
+    let out = c
+        .curl()
         .args([
             "-sf",
             "-X",
@@ -340,8 +341,8 @@ fn apply_removes_what_the_manifest_no_longer_has() {
             r#"{"metadata":{"labels":{"other":"x"}}}"#,
         ])
         .arg(format!(
-            "http://{}/api/v1/namespaces/default/configmaps/m",
-            c.addr
+            "{}/api/v1/namespaces/default/configmaps/m",
+            c.url()
         ))
         .output()
         .unwrap();

@@ -26,7 +26,8 @@ impl RecordPods for Server {
     /// Records the REST watch of pods with `selector` from now on.
     fn record_pods(&self, selector: &str) -> Recorder {
         let list: Value = rest(
-            &self.addr,
+            &self.curl_admin(),
+            &self.url(),
             &format!("/api/v1/namespaces/default/pods?labelSelector={selector}"),
         );
         let rv = list["metadata"]["resourceVersion"]
@@ -34,12 +35,13 @@ impl RecordPods for Server {
             .unwrap()
             .to_string();
         let file = tempfile::NamedTempFile::new().unwrap();
-        let proc = Command::new("curl")
+        let proc = self
+            .curl()
             .args([
                 "-sN",
                 &format!(
-                    "http://{}/api/v1/namespaces/default/pods?watch=true&labelSelector={selector}&resourceVersion={rv}",
-                    self.addr
+                    "{}/api/v1/namespaces/default/pods?watch=true&labelSelector={selector}&resourceVersion={rv}",
+                    self.url()
                 ),
             ])
             .stdout(file.reopen().unwrap())
@@ -49,15 +51,17 @@ impl RecordPods for Server {
             initial: list["items"].as_array().cloned().unwrap_or_default(),
             file,
             proc: KillOnDrop(proc),
-            addr: self.addr.clone(),
+            auth: self.curl_admin(),
+            url: self.url(),
             selector: selector.to_string(),
         }
     }
 }
 
-fn rest(addr: &str, path: &str) -> Value {
+fn rest(auth: &[String], url: &str, path: &str) -> Value {
     let out = Command::new("curl")
-        .args(["-sf", &format!("http://{addr}{path}")])
+        .args(auth)
+        .args(["-sf", &format!("{url}{path}")])
         .output()
         .unwrap();
     assert!(out.status.success(), "curl {path} failed");
@@ -68,7 +72,9 @@ struct Recorder {
     initial: Vec<Value>,
     file: tempfile::NamedTempFile,
     proc: KillOnDrop,
-    addr: String,
+    /// curl's credentials and the server's URL.
+    auth: Vec<String>,
+    url: String,
     selector: String,
 }
 
@@ -94,7 +100,8 @@ impl Recorder {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let now: Value = rest(
-                &self.addr,
+                &self.auth,
+                &self.url,
                 &format!(
                     "/api/v1/namespaces/default/pods?labelSelector={}",
                     self.selector
@@ -763,14 +770,15 @@ fn garbage_collection_background_foreground_and_orphan() {
     });
 
     // A bad propagation policy is refused by name.
-    let out = Command::new("curl")
+    let out = s
+        .curl()
         .args([
             "-s",
             "-X",
             "DELETE",
             &format!(
-                "http://{}/api/v1/namespaces/default/pods/x?propagationPolicy=Sideways",
-                s.addr
+                "{}/api/v1/namespaces/default/pods/x?propagationPolicy=Sideways",
+                s.url()
             ),
         ])
         .output()
@@ -907,7 +915,8 @@ fn deleting_a_namespace_removes_everything_in_it() {
 
     s.ok(&["delete", "namespace", "team"]);
     // Terminating: nothing new may be created in it meanwhile.
-    let out = Command::new("curl")
+    let out = s
+        .curl()
         .args([
             "-s",
             "-X",
@@ -916,7 +925,7 @@ fn deleting_a_namespace_removes_everything_in_it() {
             "Content-Type: application/json",
             "-d",
             r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"late"}}"#,
-            &format!("http://{}/api/v1/namespaces/team/configmaps", s.addr),
+            &format!("{}/api/v1/namespaces/team/configmaps", s.url()),
         ])
         .output()
         .unwrap();

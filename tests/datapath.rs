@@ -1218,7 +1218,7 @@ fn a_service_that_did_not_fit_is_programmed_once_room_is_freed() {
     let server = skiff_testkit::server::Server::start(Path::new(SKIFF), &[], &[]);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let client = rt
-        .block_on(skiff_client::Client::connect(&server.url()))
+        .block_on(skiff_client::Client::connect_with(&server.credentials()))
         .expect("connect");
     let (failing_tx, failing) = tokio::sync::watch::channel(Default::default());
     let sync = rt.spawn(skiff_node::datapath::sync_reporting(

@@ -69,8 +69,8 @@ impl Lab {
             None => "--no-forward".to_string(),
         };
         let dns = KillOnDrop(
-            Command::new(SKIFF)
-                .args(["--server", &server.url(), "dns", "--listen"])
+            server
+                .cmd(&["dns", "--listen"])
                 .arg(format!("127.0.0.1:{dns_port}"))
                 .args(["--metrics-listen", &metrics, &upstream_arg])
                 .stdout(Stdio::null())

@@ -10,7 +10,7 @@ use std::time::Duration;
 use skiff_api::v1::{ConfigMap, Service, ServicePort, ServiceSpec};
 use skiff_api::{ObjectMeta, Resource};
 use skiff_client::{Client, ListParams};
-use skiff_testkit::{EtcdServer, KillOnDrop, free_port, wait_http_ok};
+use skiff_testkit::{EtcdServer, KillOnDrop, admin_credentials, free_port, wait_server_ready};
 
 const SKIFF: &str = env!("CARGO_BIN_EXE_skiff");
 const WRITERS: usize = 8;
@@ -32,7 +32,7 @@ fn start_server(addr: &str, data: &Path, store: Option<&str>) -> KillOnDrop {
     }
     let child = KillOnDrop(cmd.spawn().unwrap());
     assert!(
-        wait_http_ok(addr, "/readyz", Duration::from_secs(30)),
+        wait_server_ready(addr, data, Duration::from_secs(30)),
         "server not ready"
     );
     child
@@ -111,7 +111,9 @@ async fn crash_and_check(store: Option<String>) {
     let data = tempfile::tempdir().unwrap();
     let addr = format!("127.0.0.1:{}", free_port());
     let mut server = start_server(&addr, data.path(), store.as_deref());
-    let client = Client::connect(&format!("http://{addr}")).await.unwrap();
+    let client = Client::connect_with(&admin_credentials(data.path()))
+        .await
+        .unwrap();
     let acked = Arc::new(Mutex::new(Acked::default()));
     let tasks: Vec<_> = (0..WRITERS)
         .map(|id| tokio::spawn(writer(client.clone(), id, acked.clone())))
@@ -134,7 +136,9 @@ async fn crash_and_check(store: Option<String>) {
     );
 
     let _server = start_server(&addr, data.path(), store.as_deref());
-    let client = Client::connect(&format!("http://{addr}")).await.unwrap();
+    let client = Client::connect_with(&admin_credentials(data.path()))
+        .await
+        .unwrap();
     let cms = client
         .list::<ConfigMap>("default", &ListParams::default())
         .await
@@ -222,12 +226,13 @@ async fn kill_9_loses_no_acknowledged_write_etcd() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_is_reported_and_survived() {
     use skiff_api::Lease;
-    use skiff_testkit::http_get;
-
     let disk = skiff_testkit::disk::SmallDisk::mount(32);
+    let http_get = |addr: &str, path: &str| skiff_testkit::admin_get(addr, disk.path(), path);
     let addr = format!("127.0.0.1:{}", free_port());
     let _server = start_server(&addr, disk.path(), None);
-    let client = Client::connect(&format!("http://{addr}")).await.unwrap();
+    let client = Client::connect_with(&admin_credentials(disk.path()))
+        .await
+        .unwrap();
     let lease = || async {
         client
             .get::<Lease>("kube-system", "skiff-controllers")
@@ -296,7 +301,7 @@ async fn a_full_disk_is_reported_and_survived() {
 
     std::fs::remove_file(&filler).unwrap();
     assert!(
-        wait_http_ok(&addr, "/readyz", Duration::from_secs(30)),
+        wait_server_ready(&addr, disk.path(), Duration::from_secs(30)),
         "ready again within 30 s of space coming back"
     );
     let cm = ConfigMap {

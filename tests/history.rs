@@ -20,7 +20,7 @@ use skiff_client::{Client, ClientError, DeleteParams, ListParams, WatchEvent, Wa
 use skiff_testkit::disk::SmallDisk;
 use skiff_testkit::etcd_cluster::{EtcdCluster, signal};
 use skiff_testkit::history::{Call, Change, Op, Outcome, Rev, WatchLog, check};
-use skiff_testkit::{KillOnDrop, free_port, wait_http_ok};
+use skiff_testkit::{KillOnDrop, admin_credentials, free_port, wait_server_ready};
 
 const SKIFF: &str = env!("CARGO_BIN_EXE_skiff");
 const NS: &str = "history";
@@ -65,7 +65,7 @@ impl Server {
         }
         self.child = Some(KillOnDrop(cmd.spawn().unwrap()));
         assert!(
-            wait_http_ok(&self.addr, "/readyz", Duration::from_secs(60)),
+            wait_server_ready(&self.addr, &self.data, Duration::from_secs(60)),
             "server ready within 60 s"
         );
     }
@@ -328,7 +328,7 @@ async fn run(
     faults: Vec<Fault>,
     label: &str,
 ) {
-    let client = Client::connect(&format!("http://{}", server.addr))
+    let client = Client::connect_with(&admin_credentials(&server.data))
         .await
         .unwrap();
     let ns = client

@@ -65,7 +65,7 @@ fn mib(b: u64) -> String {
 
 /// The bytes of JSON a list of `path` returns, and how many items.
 fn listed(server: &Server, path: &str) -> (u64, usize) {
-    let (status, body) = get(&server.addr, path);
+    let (status, body) = get(server, path);
     assert_eq!(status, 200, "{path}: {}", &body[..body.len().min(300)]);
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     let items = v["items"].as_array().unwrap();
@@ -76,41 +76,17 @@ fn listed(server: &Server, path: &str) -> (u64, usize) {
     (bytes, items.len())
 }
 
-/// GET over HTTP/1.1 on loopback, for as long as a big list takes.
-fn get(addr: &str, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let text = String::from_utf8_lossy(&raw);
-    let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = text.split_once("\r\n\r\n").unwrap().1;
-    // Chunked transfer: the server streams big lists.
-    let body = if text.contains("transfer-encoding: chunked") {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    (status, body)
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap();
-        if n == 0 {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = &rest[n + 2..];
-    }
-    out
+/// GET as the admin (curl), for as long as a big list takes.
+fn get(server: &Server, path: &str) -> (u16, String) {
+    let out = server
+        .curl()
+        .args(["-s", "-m", "120", "-w", "\n%{http_code}"])
+        .arg(format!("{}{path}", server.url()))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.trim().parse().unwrap(), body.to_string())
 }
 
 fn labelled(name: &str, labels: usize) -> ConfigMap {
@@ -131,7 +107,7 @@ fn labelled(name: &str, labels: usize) -> ConfigMap {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn labels_by_the_hundred_thousand_stay_bounded() {
     let server = Server::start(Path::new(SKIFF), &[], &[]);
-    let client = Client::connect(&server.url()).await.unwrap();
+    let client = Client::connect_with(&server.credentials()).await.unwrap();
     let pid = server.pid();
     let (base, _) = rss(pid);
 
@@ -179,7 +155,7 @@ async fn ten_thousand_pods_stay_bounded_without_controllers() {
 
 async fn pods(flags: &[&str]) {
     let server = Server::start(Path::new(SKIFF), flags, &[]);
-    let client = Client::connect(&server.url()).await.unwrap();
+    let client = Client::connect_with(&server.credentials()).await.unwrap();
     let pid = server.pid();
     let (base, _) = rss(pid);
     let started = Instant::now();

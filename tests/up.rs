@@ -125,10 +125,17 @@ impl Up {
         std::fs::read_to_string(self.dir.path().join("up.log")).unwrap_or_default()
     }
 
+    fn kubeconfig(&self) -> std::path::PathBuf {
+        self.dir.path().join("state/server/admin.kubeconfig")
+    }
+
     fn skiff(&self, args: &[&str]) -> String {
         let out = Command::new(SKIFF)
-            .args(["--server", &self.url])
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
             .args(args)
+            .env_remove("SKIFF_SERVER")
+            .env_remove("KUBECONFIG")
             .output()
             .unwrap();
         assert!(
@@ -208,7 +215,7 @@ fn skiff_up_serves_the_example_by_cluster_ip_and_name() {
     }
     let svc_net = format!("10.97.{n}");
     let mut up = Up {
-        url: format!("http://127.0.0.1:{}", free_port()),
+        url: format!("https://127.0.0.1:{}", free_port()),
         node_ip,
         dns_ip: format!("{svc_net}.10"),
         service_cidr: format!("{svc_net}.0/24"),
@@ -251,6 +258,26 @@ fn skiff_up_serves_the_example_by_cluster_ip_and_name() {
         assert!(ok.success(), "skiff {args:?}");
     }
     up.start_up();
+    // Only TLS, and nothing without credentials.
+    let anonymous = Command::new("curl")
+        .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("{}/api/v1/pods", up.url))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&anonymous.stdout), "401");
+    let plain = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!(
+            "{}/api/v1/pods",
+            up.url.replace("https://", "http://")
+        ))
+        .output()
+        .unwrap();
+    assert_ne!(
+        String::from_utf8_lossy(&plain.stdout),
+        "200",
+        "plain HTTP served"
+    );
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/examples/hello.yaml");
     up.skiff(&["apply", "-f", example.to_str().unwrap()]);
     let ready = |up: &Up| -> Vec<Value> {

@@ -31,8 +31,8 @@ pub use view::View;
 
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// API server URL.
-    pub server: String,
+    /// The API server and the credentials to show it.
+    pub server: skiff_client::Credentials,
     pub listen: SocketAddr,
     /// Cluster domain, e.g. `cluster.local`.
     pub domain: String,
@@ -120,9 +120,9 @@ impl Reconcile for Feed {
 }
 
 pub async fn start(config: Config) -> Result<Running> {
-    let client = Client::connect(&config.server)
+    let client = Client::connect_with(&config.server)
         .await
-        .with_context(|| format!("connect to the API server at {}", config.server))?;
+        .with_context(|| format!("connect to the API server at {}", config.server.server))?;
     let registrar = client.clone();
     let view = Arc::new(RwLock::new(View::new(&config.domain)));
     let synced = Arc::new(AtomicBool::new(false));

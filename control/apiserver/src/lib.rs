@@ -82,8 +82,9 @@ pub struct Config {
     /// `--event-ttl`, 1 h).
     pub event_ttl: std::time::Duration,
     /// TLS on the API port and authentication of every request (client
-    /// certificates from the data dir's client CA, bearer tokens); off is
-    /// plain HTTP with no authentication, for development only.
+    /// certificates from the data dir's client CA, bearer tokens), the
+    /// default; off is plain HTTP with no authentication, for development
+    /// only.
     pub tls: bool,
     /// kube-apiserver's `--token-auth-file`: `token,user,uid,"groups"`.
     pub token_auth_file: Option<PathBuf>,
@@ -101,7 +102,7 @@ impl Default for Config {
             node_cidr_mask: 24,
             token_file: None,
             event_ttl: std::time::Duration::from_secs(3600),
-            tls: false,
+            tls: true,
             token_auth_file: None,
         }
     }

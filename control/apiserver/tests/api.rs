@@ -13,10 +13,13 @@ use skiff_client::{Client, ListParams, WatchEvent};
 use skiff_runtime::Event as InformerEvent;
 use skiff_testkit::EtcdServer;
 
+/// A server on TLS (the default), and the admin's HTTP client and
+/// credentials for it.
 struct TestServer {
     running: Option<Running>,
     config: Config,
     url: String,
+    creds: skiff_client::Credentials,
     http: reqwest::Client,
     _dir: tempfile::TempDir,
     _etcd: Option<Arc<EtcdServer>>,
@@ -50,12 +53,34 @@ impl TestServer {
         etcd: Option<Arc<EtcdServer>>,
     ) -> TestServer {
         let running = skiff_apiserver::start(config.clone()).await.unwrap();
-        let url = format!("http://{}", running.addr);
+        let url = running.url();
+        let ca = running.ca_pem.clone().expect("a TLS server");
+        let admin = running
+            .issue_client_certificate("system:admin", &["system:masters"])
+            .expect("a client certificate");
+        let http = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap())
+            .identity(
+                reqwest::Identity::from_pem(
+                    format!("{}{}", admin.cert_pem, admin.key_pem).as_bytes(),
+                )
+                .unwrap(),
+            )
+            .build()
+            .unwrap();
+        let creds = skiff_client::Credentials {
+            server: url.clone(),
+            ca_pem: Some(ca),
+            cert_pem: Some(admin.cert_pem),
+            key_pem: Some(admin.key_pem),
+            ..Default::default()
+        };
         TestServer {
             running: Some(running),
             config,
             url,
-            http: reqwest::Client::new(),
+            creds,
+            http,
             _dir: dir,
             _etcd: etcd,
         }
@@ -87,8 +112,39 @@ impl TestServer {
         }
     }
 
+    /// A raw HTTP/1.1 connection as the admin, over TLS.
+    async fn raw(&self) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(
+                CertificateDer::from_pem_slice(self.creds.ca_pem.as_ref().unwrap().as_bytes())
+                    .unwrap(),
+            )
+            .unwrap();
+        let cert = CertificateDer::from_pem_slice(self.creds.cert_pem.as_ref().unwrap().as_bytes())
+            .unwrap();
+        let key =
+            PrivateKeyDer::from_pem_slice(self.creds.key_pem.as_ref().unwrap().as_bytes()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(vec![cert], key)
+            .unwrap();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let addr = self.running.as_ref().unwrap().addr;
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+            .await
+            .unwrap()
+    }
+
     async fn client(&self) -> Client {
-        Client::connect(&self.url).await.unwrap()
+        Client::connect_with(&self.creds).await.unwrap()
     }
 
     async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
@@ -2295,7 +2351,7 @@ async fn request_bodies_share_a_budget() {
     // Ten slow uploads of 3 MiB: 30 of the 32 MiB.
     let mut slow = Vec::new();
     for _ in 0..10 {
-        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut c = s.raw().await;
         c.write_all(post(big).as_bytes()).await.unwrap();
         c.write_all(b"{\"apiVersion\":").await.unwrap();
         slow.push(c);
@@ -2318,7 +2374,7 @@ async fn request_bodies_share_a_budget() {
         .await;
     assert_eq!(code, 201, "{body}");
     // Another large one is refused after a short wait, saying why.
-    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut c = s.raw().await;
     c.write_all(post(big).as_bytes()).await.unwrap();
     let mut answer = Vec::new();
     let mut buf = [0u8; 4096];

@@ -93,7 +93,7 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = 3600)]
     pub event_ttl: u64,
     /// TLS and authentication on the API port (on: certificates in <data-dir>/tls, the admin's in <data-dir>/admin.kubeconfig; off: plain HTTP, anyone may do anything, for development only)
-    #[arg(long, default_value = "off", value_parser = ["on", "off"])]
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
     pub tls: String,
     /// Bearer tokens, as kube-apiserver's --token-auth-file: lines of token,user,uid,"group1,group2" (with --tls on)
     #[arg(long)]
@@ -763,6 +763,9 @@ pub struct UpArgs {
     /// Do not write ~/.skiff/config for the CLI
     #[arg(long)]
     pub no_client_config: bool,
+    /// TLS and authentication on the API port (off: plain HTTP, for development only)
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    pub tls: String,
     /// Range ClusterIPs are allocated from
     #[arg(long, default_value = "10.96.0.0/16")]
     pub service_cidr: String,

@@ -186,7 +186,23 @@ pub fn wait_http_ok(addr: &str, path: &str, timeout: Duration) -> bool {
     false
 }
 
-/// Whether the etcd member at `endpoint` (host:port) answers healthy.
+/// The admin's credentials for the server whose data dir is `data_dir`
+/// (its `admin.kubeconfig`).
+pub fn admin_credentials(data_dir: &Path) -> skiff_client::Credentials {
+    skiff_client::kubeconfig::load(&[data_dir.join("admin.kubeconfig")], None)
+        .expect("the server's admin kubeconfig")
+        .credentials
+}
+
+/// Waits until the TLS server on `addr` with data dir `data_dir` is ready.
+pub fn wait_server_ready(addr: &str, data_dir: &Path, timeout: Duration) -> bool {
+    wait_https_ready(
+        &format!("https://{addr}"),
+        &data_dir.join("tls").join("server-ca.crt"),
+        timeout,
+    )
+}
+
 /// Waits until `<url>/readyz` answers 200 over TLS checked against `ca`
 /// (anonymous: health endpoints need no credentials); the CA file appears
 /// when the server made it.
@@ -209,6 +225,29 @@ pub fn wait_https_ready(url: &str, ca: &Path, timeout: Duration) -> bool {
     false
 }
 
+/// A GET as the admin (curl with the admin's certificate) of the TLS
+/// server on `addr` with data dir `data_dir`: the status and the body.
+pub fn admin_get(addr: &str, data_dir: &Path, path: &str) -> Option<(u16, String)> {
+    let tls = data_dir.join("tls");
+    let out = Command::new("curl")
+        .args(["-s", "-m", "10", "-w", "\n%{http_code}", "--cacert"])
+        .arg(tls.join("server-ca.crt"))
+        .arg("--cert")
+        .arg(tls.join("admin.crt"))
+        .arg("--key")
+        .arg(tls.join("admin.key"))
+        .arg(format!("https://{addr}{path}"))
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n')?;
+    Some((
+        code.trim().parse().ok().filter(|c| *c != 0)?,
+        body.to_string(),
+    ))
+}
+
+/// Whether the etcd member at `endpoint` (host:port) answers healthy.
 pub fn etcd_healthy(endpoint: &str) -> bool {
     Command::new("etcdctl")
         .env("ETCDCTL_API", "3")

@@ -41,7 +41,7 @@ impl Server {
         Server::launch(skiff, flags, &[], true)
     }
 
-    /// Like [`Server::start`], with TLS and authentication on (`--tls on`).
+    /// Like [`Server::start`], saying `--tls on` (the default) outright.
     pub fn start_secure(skiff: &Path, flags: &[&str]) -> Server {
         let mut flags = flags.to_vec();
         flags.extend(["--tls", "on"]);
@@ -49,7 +49,8 @@ impl Server {
     }
 
     fn launch(skiff: &Path, flags: &[&str], env: &[(&str, &str)], client_config: bool) -> Server {
-        let tls = flags.windows(2).any(|w| w == ["--tls", "on"]);
+        // TLS unless the test asks for a plain development server.
+        let tls = !flags.windows(2).any(|w| w == ["--tls", "off"]);
         let mut s = Server {
             tls,
             skiff: skiff.to_path_buf(),
@@ -134,6 +135,23 @@ impl Server {
         ]
     }
 
+    /// The admin's credentials (plain: just the URL), for in-process
+    /// clients.
+    pub fn credentials(&self) -> skiff_client::Credentials {
+        if self.tls {
+            crate::admin_credentials(self.data.path())
+        } else {
+            skiff_client::Credentials::plain(&self.url())
+        }
+    }
+
+    /// curl with the admin's flags; URLs from [`Server::url`].
+    pub fn curl(&self) -> Command {
+        let mut c = Command::new("curl");
+        c.args(self.curl_admin());
+        c
+    }
+
     pub fn data_dir(&self) -> &Path {
         self.data.path()
     }
@@ -155,11 +173,12 @@ impl Server {
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(&self.skiff);
         c.args(args).env("HOME", self.home.path());
-        if self.tls {
+        if self.client_config {
+            // What the server wrote in HOME is all the CLI has.
+            c.env_remove("SKIFF_SERVER").env_remove("KUBECONFIG");
+        } else if self.tls {
             c.env_remove("SKIFF_SERVER")
                 .env("KUBECONFIG", self.data.path().join("admin.kubeconfig"));
-        } else if self.client_config {
-            c.env_remove("SKIFF_SERVER");
         } else {
             c.env("SKIFF_SERVER", self.url());
         }

@@ -77,6 +77,9 @@ pub(crate) fn start_server_with(
     if let Some(s) = store {
         cmd.args(["--store", s]);
     }
+    // The benchmarks measure plain servers still: TLS against plain is
+    // a comparison of its own, not yet written.
+    cmd.args(["--tls", "off"]);
     cmd.args(flags);
     let child = KillOnDrop(cmd.spawn().context("start skiff server")?);
     if !wait_http_ok(&addr, "/readyz", Duration::from_secs(30)) {

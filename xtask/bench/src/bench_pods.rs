@@ -192,7 +192,10 @@ pub fn run(quick: bool) -> Result<()> {
     eprintln!("==> skiff: {count} pods and their Service");
     let rt = tokio::runtime::Runtime::new()?;
     let (running_ms, answer_ms) = rt.block_on(async {
-        let client = Client::connect(&c.server_url).await?;
+        let client = Client::connect_with(&skiff_testkit::admin_credentials(
+            &c.dir.path().join("server"),
+        ))
+        .await?;
         let svc = Service {
             api_version: "v1".into(),
             kind: "Service".into(),
