@@ -89,7 +89,7 @@ async fn dns(
 async fn server(args: skiff_cli::ServerArgs) -> anyhow::Result<()> {
     let config = skiff_apiserver::Config {
         listen: args.listen,
-        data_dir: args.data_dir,
+        data_dir: args.data_dir.clone(),
         store: args.store,
         service_cidr: args.service_cidr,
         node_port_range: skiff_cli::args::parse_port_range(&args.service_node_port_range)?,
@@ -99,6 +99,7 @@ async fn server(args: skiff_cli::ServerArgs) -> anyhow::Result<()> {
         event_ttl: std::time::Duration::from_secs(args.event_ttl.max(1)),
         tls: args.tls == "on",
         token_auth_file: args.token_auth_file,
+        audit: audit_settings(&args.audit, &args.data_dir),
     };
     let mut running = skiff_apiserver::start(config).await?;
     eprintln!(
@@ -146,6 +147,20 @@ async fn server(args: skiff_cli::ServerArgs) -> anyhow::Result<()> {
 
 /// The scheduler and controllers, talking to this server like any client,
 /// while this server holds their lease.
+/// The audit log's settings from the flags.
+pub fn audit_settings(
+    a: &skiff_cli::args::AuditArgs,
+    data_dir: &std::path::Path,
+) -> Option<skiff_apiserver::audit::Settings> {
+    a.settings(data_dir).map(
+        |(path, max_bytes, backups)| skiff_apiserver::audit::Settings {
+            path,
+            max_bytes,
+            backups,
+        },
+    )
+}
+
 /// The credentials of a component this process runs next to the server:
 /// a client certificate of its own (with TLS).
 pub fn component_credentials(

@@ -29,6 +29,7 @@ pub async fn up(a: UpArgs) -> Result<()> {
         service_cidr: a.service_cidr.clone(),
         cluster_cidr: Some(a.cluster_cidr.clone()),
         tls: a.tls == "on",
+        audit: crate::audit_settings(&a.audit, &a.data_dir.join("server")),
         ..Default::default()
     })
     .await?;

@@ -907,6 +907,20 @@ spec:
     )));
     assert!(ok && !headers.contains("grpc-status: 7"), "{headers}");
 
+    // Each exec is in the audit log, with who ran it.
+    let audit = std::fs::read_to_string(c.dir.path().join("server/audit.log")).unwrap();
+    let execs: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|l: &serde_json::Value| l["objectRef"]["subresource"] == "exec")
+        .collect();
+    assert!(
+        execs
+            .iter()
+            .any(|l| l["objectRef"]["name"] == "talker" && l["user"]["username"] == "system:admin"),
+        "{audit}"
+    );
+
     // Errors are named.
     let (ok, _, err) = c.skiff(&["logs", "nosuchpod"]);
     assert!(!ok && err.contains("nosuchpod"), "{err}");

@@ -124,7 +124,7 @@ fn the_api_port_serves_tls_and_authenticates_every_request() {
     // An anonymous write is refused and writes nothing.
     let cm =
         r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"anon"},"data":{"a":"b"}}"#;
-    let (code, _) = curl(&[
+    let (code, body) = curl(&[
         "--cacert",
         &ca(&s),
         "-X",
@@ -135,7 +135,7 @@ fn the_api_port_serves_tls_and_authenticates_every_request() {
         cm,
         &format!("{base}/api/v1/namespaces/default/configmaps"),
     ]);
-    assert_eq!(code, 401);
+    assert_eq!(code, 401, "an anonymous write: {body}");
 
     // The admin's certificate (curl), then the skiff CLI over tonic and rustls.
     let mut admin = s.curl_admin();
@@ -346,16 +346,16 @@ fn node(s: &Server, name: &str, token: &str, dir: &Path) -> Command {
     c
 }
 
-/// Starts a node and waits until it stored certificates it did not have
-/// (or had other ones); stopped after.
+/// Starts a node and waits until it says it stored new certificates;
+/// stopped after.
 fn join(s: &Server, name: &str, token: &str, dir: &Path) {
-    let crt = dir.join("data/pki/client.crt");
-    let before = std::fs::read_to_string(&crt).ok();
+    let log = || std::fs::read_to_string(dir.join("node.log")).unwrap_or_default();
+    let stored = |text: &str| text.matches("node certificates stored").count();
+    let before = stored(&log());
     let mut child = skiff_testkit::KillOnDrop(node(s, name, token, dir).spawn().unwrap());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        let now = std::fs::read_to_string(&crt).ok();
-        if now.is_some() && now != before {
+        if stored(&log()) > before {
             break;
         }
         if let Ok(Some(status)) = child.0.try_wait() {
@@ -530,4 +530,79 @@ fn nodes_join_with_a_k10_token_and_renew_their_certificates() {
     );
     let user = whoami(&s, &pki.join("client.crt"), &pki.join("client.key"));
     assert_eq!(user["username"], "system:node:n1", "{user}");
+}
+
+/// The audit lines written so far, once `want` of them are there (the
+/// writer runs behind the requests).
+fn audit_lines(s: &Server, want: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let lines: Vec<Value> = std::fs::read_to_string(s.data_dir().join("audit.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if want(&lines) {
+            return lines;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "audit log: {lines:#?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn every_change_is_in_the_audit_log_with_its_user() {
+    if require_tool("curl").is_none() {
+        return;
+    }
+    let s = Server::start_secure(Path::new(SKIFF), &[]);
+    // gRPC (the CLI), REST (curl), and kubectl; a read and a refused
+    // anonymous write besides.
+    s.apply("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: audited}\ndata: {a: b}\n");
+    let cm = format!("{}/api/v1/namespaces/default/configmaps/audited", s.url());
+    let out = s
+        .curl()
+        .args([
+            "-sf",
+            "-X",
+            "PATCH",
+            "-H",
+            "Content-Type: application/merge-patch+json",
+        ])
+        .args(["-d", r#"{"data":{"a":"c"}}"#, &cm])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    s.ok(&["get", "cm", "audited"]);
+    let (code, _) = curl(&["--cacert", &ca(&s), "-X", "DELETE", &cm]);
+    assert_eq!(code, 401);
+    for kubectl_bin in kubectls().into_iter().take(1) {
+        ok(
+            kubectl(&kubectl_bin, &s, &["delete", "configmap", "audited"]),
+            "kubectl delete",
+        );
+    }
+    let named = |l: &Value| l["objectRef"]["name"] == "audited";
+    let lines = audit_lines(&s, |ls| ls.iter().filter(|l| named(l)).count() >= 3);
+    let ours: Vec<&Value> = lines.iter().filter(|l| named(l)).collect();
+    let verbs: Vec<&str> = ours.iter().map(|l| l["verb"].as_str().unwrap()).collect();
+    // skiff apply (gRPC create), curl (REST patch), kubectl (delete); the
+    // read and the refused anonymous delete are not there.
+    assert_eq!(verbs, ["create", "patch", "delete"]);
+    for l in &ours {
+        assert_eq!(l["apiVersion"], "audit.k8s.io/v1");
+        assert_eq!(l["user"]["username"], "system:admin", "{l}");
+        assert_eq!(l["objectRef"]["resource"], "configmaps");
+        assert_eq!(l["objectRef"]["namespace"], "default");
+        assert_eq!(l["sourceIPs"][0], "127.0.0.1");
+        assert!(l["responseStatus"]["code"].as_u64().unwrap() < 300, "{l}");
+    }
+    let mode = std::fs::metadata(s.data_dir().join("audit.log"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
 }

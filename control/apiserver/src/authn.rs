@@ -172,7 +172,28 @@ pub(crate) fn is_grpc(req: &Request) -> bool {
         .is_some_and(|c| c.starts_with("application/grpc"))
 }
 
-fn refuse(req: &Request) -> Response {
+/// A refused request's body is read first when it is small: closing a
+/// connection with unread bytes makes the kernel reset it, and the client
+/// may lose the 401 on its way. A large body is not worth reading for
+/// someone who proved nothing; its connection just closes.
+const DRAINED: usize = 64 << 10;
+
+async fn refuse(req: Request) -> Response {
+    let response = refusal(&req);
+    let small = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .is_some_and(|n| n <= DRAINED);
+    if small && !is_grpc(&req) {
+        let drain = axum::body::to_bytes(req.into_body(), DRAINED);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drain).await;
+    }
+    response
+}
+
+fn refusal(req: &Request) -> Response {
     let err = ApiError::unauthorized();
     if is_grpc(req) {
         err.to_grpc().into_http::<axum::body::Body>()
@@ -201,7 +222,7 @@ pub async fn authenticate(
         .and_then(|v| v.to_str().ok());
     let user = match auth.user(peer.as_ref(), authorization).await {
         Ok(u) => u,
-        Err(Ok(Unauthorized)) => return refuse(&req),
+        Err(Ok(Unauthorized)) => return refuse(req).await,
         Err(Err(e)) => {
             return if is_grpc(&req) {
                 e.to_grpc().into_http::<axum::body::Body>()
@@ -211,7 +232,7 @@ pub async fn authenticate(
         }
     };
     if user.is_anonymous() && !public(req.uri().path()) {
-        return refuse(&req);
+        return refuse(req).await;
     }
     req.extensions_mut().insert(user);
     next.run(req).await
@@ -220,7 +241,12 @@ pub async fn authenticate(
 /// `POST /apis/authentication.k8s.io/v1/selfsubjectreviews` (`kubectl
 /// auth whoami`): who the server takes the caller for. Without
 /// authentication (plain development mode) nobody is known.
-pub async fn self_subject_review(user: Option<axum::Extension<Arc<UserInfo>>>) -> Response {
+pub async fn self_subject_review(
+    user: Option<axum::Extension<Arc<UserInfo>>>,
+    // Read whole (bounded by the body limit) though it says nothing: a
+    // connection closed with unread bytes is reset, answer and all.
+    _body: axum::body::Bytes,
+) -> Response {
     let Some(axum::Extension(user)) = user else {
         return (
             axum::http::StatusCode::NOT_FOUND,

@@ -26,7 +26,14 @@ use crate::watch_cache::Filter;
 pub struct Service {
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
+    pub audit: crate::audit::Audit,
 }
+
+/// Who called, for the audit log.
+type Caller = (
+    Option<Arc<crate::authn::UserInfo>>,
+    Option<std::net::IpAddr>,
+);
 
 fn kind(name: &str) -> Result<Kind, Status> {
     Kind::from_name(name).ok_or_else(|| Status::invalid_argument(format!("unknown kind {name:?}")))
@@ -76,8 +83,14 @@ enum Write {
 
 impl Service {
     /// Create, update and status update share everything but the call.
-    async fn write(&self, op: Write, r: RawObject) -> Result<Response<RawObject>, Status> {
+    async fn write(
+        &self,
+        op: Write,
+        caller: Caller,
+        r: RawObject,
+    ) -> Result<Response<RawObject>, Status> {
         let k = kind(&r.kind)?;
+        let target: (String, String);
         if op == Write::UpdateStatus && !k.has_status() {
             return Err(Status::unimplemented(format!(
                 "{k} has no status subresource"
@@ -86,6 +99,7 @@ impl Service {
         let out = with_resource!(k, R => {
             let mut obj: R = decode(&r)?;
             default_namespace(&mut obj);
+            target = (obj.meta().namespace.clone(), obj.meta().name.clone());
             let opts = WriteOptions {
                 dry_run: r.dry_run,
                 field_manager: (!r.field_manager.is_empty()).then(|| r.field_manager.clone()),
@@ -103,7 +117,44 @@ impl Service {
             Write::UpdateStatus => "update_status",
         };
         self.observe(verb, k, &out);
+        let (audit_verb, sub) = match op {
+            Write::Create => ("create", ""),
+            Write::Update => ("update", ""),
+            Write::UpdateStatus => ("update", "status"),
+        };
+        self.audit(caller, audit_verb, k, sub, target, &out).await;
         out.map(Response::new).map_err(|e| e.to_grpc())
+    }
+
+    /// The audit line of a gRPC write.
+    async fn audit<T>(
+        &self,
+        (user, source): Caller,
+        verb: &str,
+        k: Kind,
+        subresource: &str,
+        (namespace, name): (String, String),
+        out: &Result<T, ApiError>,
+    ) {
+        let Some(user) = user else { return };
+        let code = out.as_ref().map_or_else(|e| e.code, |_| 200);
+        let uri = format!("/skiff.v1.Resources/{verb} {}", k.name());
+        self.audit
+            .record(crate::audit::Entry {
+                user: &user,
+                source,
+                uri: &uri,
+                info: crate::audit::RequestInfo {
+                    verb: verb.into(),
+                    api_group: k.group().into(),
+                    resource: k.plural().into(),
+                    subresource: subresource.into(),
+                    namespace,
+                    name,
+                },
+                code,
+            })
+            .await;
     }
 
     fn observe<T>(&self, verb: &'static str, kind: Kind, r: &Result<T, ApiError>) {
@@ -152,18 +203,23 @@ impl Resources for Service {
     }
 
     async fn create(&self, req: Request<RawObject>) -> Result<Response<RawObject>, Status> {
-        self.write(Write::Create, req.into_inner()).await
+        let caller = crate::audit::caller(&req);
+        self.write(Write::Create, caller, req.into_inner()).await
     }
 
     async fn update(&self, req: Request<RawObject>) -> Result<Response<RawObject>, Status> {
-        self.write(Write::Update, req.into_inner()).await
+        let caller = crate::audit::caller(&req);
+        self.write(Write::Update, caller, req.into_inner()).await
     }
 
     async fn update_status(&self, req: Request<RawObject>) -> Result<Response<RawObject>, Status> {
-        self.write(Write::UpdateStatus, req.into_inner()).await
+        let caller = crate::audit::caller(&req);
+        self.write(Write::UpdateStatus, caller, req.into_inner())
+            .await
     }
 
     async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<RawObject>, Status> {
+        let caller = crate::audit::caller(&req);
         let r = req.into_inner();
         let k = kind(&r.kind)?;
         let resource_version = resource_version(&r.resource_version)?;
@@ -175,10 +231,20 @@ impl Resources for Service {
         };
         let out = with_resource!(k, R => self.registry.delete::<R>(&r.namespace, &r.name, &opts).await.map(|(o, _)| raw(&o)));
         self.observe("delete", k, &out);
+        self.audit(
+            caller,
+            "delete",
+            k,
+            "",
+            (r.namespace.clone(), r.name.clone()),
+            &out,
+        )
+        .await;
         out.map(Response::new).map_err(|e| e.to_grpc())
     }
 
     async fn apply(&self, req: Request<ApplyRequest>) -> Result<Response<ApplyResponse>, Status> {
+        let caller = crate::audit::caller(&req);
         let r = req.into_inner();
         let k = kind(&r.kind)?;
         let config: serde_json::Value = serde_json::from_slice(&r.config)
@@ -204,6 +270,15 @@ impl Resources for Service {
             .map(|(o, created)| ApplyResponse { object: Some(raw(&o)), created })
         });
         self.observe("apply", k, &out);
+        self.audit(
+            caller,
+            "patch",
+            k,
+            "",
+            (namespace.clone(), r.name.clone()),
+            &out,
+        )
+        .await;
         out.map(Response::new).map_err(|e| e.to_grpc())
     }
 

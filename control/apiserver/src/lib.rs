@@ -7,6 +7,7 @@
 
 mod alloc;
 mod apply;
+pub mod audit;
 pub mod authn;
 mod budget;
 mod codec;
@@ -88,6 +89,8 @@ pub struct Config {
     pub tls: bool,
     /// kube-apiserver's `--token-auth-file`: `token,user,uid,"groups"`.
     pub token_auth_file: Option<PathBuf>,
+    /// The audit log of authenticated requests (with TLS); `None`: none.
+    pub audit: Option<audit::Settings>,
 }
 
 impl Default for Config {
@@ -104,6 +107,7 @@ impl Default for Config {
             event_ttl: std::time::Duration::from_secs(3600),
             tls: true,
             token_auth_file: None,
+            audit: None,
         }
     }
 }
@@ -329,6 +333,15 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         state.feeding.clone(),
         start_rev,
     ))];
+    let audit = match &config.audit {
+        Some(s) => {
+            let (audit, task) = audit::Audit::open(s.clone())
+                .map_err(|e| ServerError::Config(format!("audit log {}: {e}", s.path.display())))?;
+            background.push(task);
+            audit
+        }
+        None => audit::Audit::default(),
+    };
     registry.load_allocations().await?;
     registry.load_namespaces().await?;
     registry.ensure_system_namespaces().await?;
@@ -343,6 +356,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         skiff_api::v1::resources_server::ResourcesServer::new(grpc::Service {
             registry: registry.clone(),
             metrics: state.metrics.clone(),
+            audit: audit.clone(),
         })
         .max_decoding_message_size(MAX_BODY)
         .max_encoding_message_size(registry::CHUNK_BYTES * 2),
@@ -351,6 +365,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         pods_proxy::Service {
             registry: registry.clone(),
             nodes: nodes.clone(),
+            audit: audit.clone(),
         },
     ));
     let grpc = match &pki {
@@ -413,10 +428,16 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         }
         .with_join_tokens(tokens.clone());
         let kubeconfig = write_admin_kubeconfig(&config.data_dir, addr, pki)?;
-        let app = app.layer(axum::middleware::from_fn_with_state(
-            Arc::new(auth),
-            authn::authenticate,
-        ));
+        // Audit inside authentication: it records who.
+        let app = app
+            .layer(axum::middleware::from_fn_with_state(
+                audit.clone(),
+                audit::audit_rest,
+            ))
+            .layer(axum::middleware::from_fn_with_state(
+                Arc::new(auth),
+                authn::authenticate,
+            ));
         (app, Some(tls), Some(kubeconfig))
     } else {
         tracing::warn!(

@@ -23,6 +23,7 @@ type Out<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 pub struct Service {
     pub registry: Arc<Registry>,
     pub nodes: Arc<Nodes>,
+    pub audit: crate::audit::Audit,
 }
 
 /// How the API server calls nodes.
@@ -240,6 +241,7 @@ impl Pods for Service {
         &self,
         req: Request<Streaming<ExecInput>>,
     ) -> Result<Response<Self::ExecStream>, Status> {
+        let (user, source) = crate::audit::caller(&req);
         let mut input = req.into_inner();
         let first = input
             .message()
@@ -254,7 +256,30 @@ impl Pods for Service {
             .await?;
         let rest = futures::stream::iter([first])
             .chain(input.filter_map(|m| futures::future::ready(m.ok())));
-        let stream = node.exec(self.nodes.request(rest)).await?.into_inner();
+        let started = node.exec(self.nodes.request(rest)).await;
+        if let Some(user) = user {
+            let code = match &started {
+                Ok(_) => 200,
+                Err(s) => crate::error::ApiError::from_grpc(s.clone()).code,
+            };
+            self.audit
+                .record(crate::audit::Entry {
+                    user: &user,
+                    source,
+                    uri: "/skiff.v1.Pods/Exec",
+                    info: crate::audit::RequestInfo {
+                        verb: "create".into(),
+                        resource: "pods".into(),
+                        subresource: "exec".into(),
+                        namespace: start.namespace.clone(),
+                        name: start.pod.clone(),
+                        ..Default::default()
+                    },
+                    code,
+                })
+                .await;
+        }
+        let stream = started?.into_inner();
         Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -98,6 +98,8 @@ pub struct ServerArgs {
     /// Bearer tokens, as kube-apiserver's --token-auth-file: lines of token,user,uid,"group1,group2" (with --tls on)
     #[arg(long)]
     pub token_auth_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub audit: AuditArgs,
     /// Do not run the scheduler and controllers in this server
     #[arg(long)]
     pub no_controllers: bool,
@@ -170,6 +172,38 @@ pub enum ClientCommand {
     /// Join tokens for nodes (`skiff node --token K10...`)
     #[command(subcommand)]
     Token(TokenCommand),
+}
+
+/// The audit log (kube-apiserver's flags).
+#[derive(Debug, Args, Clone)]
+pub struct AuditArgs {
+    /// The audit log: a JSON line (audit.k8s.io/v1 Event) for every change and exec [default: <data-dir>/audit.log]
+    #[arg(long)]
+    pub audit_log_path: Option<PathBuf>,
+    /// Megabytes an audit log file reaches before it is rotated
+    #[arg(long, default_value_t = 100)]
+    pub audit_log_maxsize: u64,
+    /// Rotated audit log files kept
+    #[arg(long, default_value_t = 3)]
+    pub audit_log_maxbackup: usize,
+    /// Write no audit log
+    #[arg(long)]
+    pub no_audit_log: bool,
+}
+
+impl AuditArgs {
+    /// The settings for a server whose data is in `data_dir`.
+    pub fn settings(&self, data_dir: &std::path::Path) -> Option<(PathBuf, u64, usize)> {
+        (!self.no_audit_log).then(|| {
+            (
+                self.audit_log_path
+                    .clone()
+                    .unwrap_or_else(|| data_dir.join("audit.log")),
+                self.audit_log_maxsize.max(1) << 20,
+                self.audit_log_maxbackup,
+            )
+        })
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -766,6 +800,8 @@ pub struct UpArgs {
     /// TLS and authentication on the API port (off: plain HTTP, for development only)
     #[arg(long, default_value = "on", value_parser = ["on", "off"])]
     pub tls: String,
+    #[command(flatten)]
+    pub audit: AuditArgs,
     /// Range ClusterIPs are allocated from
     #[arg(long, default_value = "10.96.0.0/16")]
     pub service_cidr: String,

@@ -32,13 +32,16 @@ pub struct Certs {
     pub serving_key: String,
 }
 
+/// The files, `client.crt` last: every file is written aside first, then
+/// renamed into place in this order, so a `client.crt` of the new set
+/// means the others are there.
 const FILES: [&str; 6] = [
     "server-ca.crt",
     "client-ca.crt",
-    "client.crt",
-    "client.key",
     "serving.crt",
     "serving.key",
+    "client.key",
+    "client.crt",
 ];
 
 impl Certs {
@@ -56,10 +59,10 @@ impl Certs {
         let [
             server_ca,
             client_ca,
-            client_cert,
-            client_key,
             serving_cert,
             serving_key,
+            client_key,
+            client_cert,
         ] = <[String; 6]>::try_from(texts).expect("six files");
         Ok(Some(Certs {
             server_ca,
@@ -80,13 +83,18 @@ impl Certs {
         let texts = [
             &self.server_ca,
             &self.client_ca,
-            &self.client_cert,
-            &self.client_key,
             &self.serving_cert,
             &self.serving_key,
+            &self.client_key,
+            &self.client_cert,
         ];
         for (f, text) in FILES.iter().zip(texts) {
-            write_private(&dir.join(f), text)?;
+            write_aside(&dir.join(f), text)?;
+        }
+        for f in FILES {
+            let path = dir.join(f);
+            std::fs::rename(aside(&path), &path)
+                .with_context(|| format!("writing {}", path.display()))?;
         }
         Ok(())
     }
@@ -103,10 +111,11 @@ impl Certs {
     }
 }
 
-fn write_private(path: &Path, text: &str) -> Result<()> {
+/// Writes `text` (0600, synced) next to `path`, as `<path>.new`.
+fn write_aside(path: &Path, text: &str) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
+    let tmp = aside(path);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -116,7 +125,12 @@ fn write_private(path: &Path, text: &str) -> Result<()> {
         .with_context(|| format!("writing {}", tmp.display()))?;
     f.write_all(text.as_bytes())?;
     f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+    Ok(())
+}
+
+/// `<path>.new`
+fn aside(path: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.new", path.display()))
 }
 
 /// What a certificate says of itself.
