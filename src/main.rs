@@ -64,6 +64,7 @@ async fn dns(
         metrics_listen: args.metrics_listen,
         cache_size: args.cache_size,
         register: (!args.no_register).then_some(args.cluster_ip),
+        recursion_from: args.recursion_from,
     };
     let mut running = skiff_dns::start(config).await?;
     let upstreams: Vec<String> = running.upstreams.iter().map(|u| u.to_string()).collect();

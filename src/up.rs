@@ -81,6 +81,13 @@ pub async fn up(a: UpArgs) -> Result<()> {
                 metrics_listen: a.dns_metrics_listen,
                 cache_size: 10_000,
                 register: Some(a.cluster_dns.to_string()),
+                // The pods and this node: no open resolver on its address.
+                recursion_from: vec![
+                    "127.0.0.0/8".into(),
+                    "::1/128".into(),
+                    a.cluster_cidr.clone(),
+                    node_ip.to_string(),
+                ],
             };
             match skiff_dns::start(config).await {
                 Ok(r) => {

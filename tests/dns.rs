@@ -60,6 +60,11 @@ fn dig_at(port: u16, args: &[&str]) -> String {
 impl Lab {
     /// `upstream`: Some(port) forwards there; None forwards nothing.
     fn start(upstream: Option<u16>) -> Option<Lab> {
+        Lab::start_with(upstream, &[])
+    }
+
+    /// Like [`Lab::start`], with more `skiff dns` flags.
+    fn start_with(upstream: Option<u16>, flags: &[&str]) -> Option<Lab> {
         require_tool("dig")?;
         let server = Server::start(std::path::Path::new(SKIFF), &[], &[]);
         let dns_port = free_port();
@@ -73,6 +78,7 @@ impl Lab {
                 .cmd(&["dns", "--listen"])
                 .arg(format!("127.0.0.1:{dns_port}"))
                 .args(["--metrics-listen", &metrics, &upstream_arg])
+                .args(flags)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -381,6 +387,29 @@ fn other_names_are_forwarded_and_cached() {
     );
     let own = lab.dig(&["nope.svc.cluster.local"]);
     assert!(own.contains("status: NXDOMAIN"), "{own}");
+}
+
+#[test]
+fn only_pods_and_nodes_get_other_names_resolved() {
+    let Some((_dnsmasq, port)) = dnsmasq() else {
+        return;
+    };
+    // Loopback is not among the sources that may recurse here.
+    let Some(lab) = Lab::start_with(Some(port), &["--recursion-from", "10.244.0.0/16"]) else {
+        return;
+    };
+    lab.apply("apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec:\n  clusterIP: 10.96.7.7\n  ports: [{port: 80}]\n");
+    lab.until("the service answers", || {
+        lab.short(&["web.default.svc.cluster.local"]) == ["10.96.7.7"]
+    });
+    let other = lab.dig(&["www.example.test"]);
+    assert!(other.contains("status: REFUSED"), "{other}");
+    // The default networks include loopback: the same name resolves.
+    drop(lab);
+    let Some(lab) = Lab::start(Some(port)) else {
+        return;
+    };
+    assert_eq!(lab.short(&["www.example.test"]), ["192.0.2.7"]);
 }
 
 #[test]

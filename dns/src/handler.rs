@@ -23,6 +23,8 @@ pub struct Handler {
     pub forwarder: Arc<Forwarder>,
     pub metrics: Arc<Metrics>,
     pub ttl: u32,
+    /// Who may have other names forwarded.
+    pub recursion: Arc<crate::recursion::Recursion>,
 }
 
 fn qtype_of(t: RecordType) -> QType {
@@ -126,6 +128,9 @@ impl Handler {
         }
         if let Some(reply) = self.answer_from_view(&query.name().to_ascii(), query.query_type()) {
             return (label, Ok(reply));
+        }
+        if !self.recursion.allows(request.src().ip()) {
+            return (label, Err(ResponseCode::Refused));
         }
         let forwarded = |c: Cached| Reply {
             code: c.code,

@@ -13,6 +13,7 @@ mod handler;
 mod metrics;
 pub mod offline;
 mod records;
+pub mod recursion;
 pub mod register;
 mod udp;
 pub mod view;
@@ -44,6 +45,9 @@ pub struct Config {
     /// Register `kube-system/kube-dns` with this ClusterIP and an
     /// EndpointSlice naming this server (None: do not).
     pub register: Option<String>,
+    /// The sources (`address/prefix`) whose other names are forwarded:
+    /// the pod network and the nodes; anyone else gets REFUSED for them.
+    pub recursion_from: Vec<String>,
 }
 
 pub struct Running {
@@ -159,6 +163,10 @@ pub async fn start(config: Config) -> Result<Running> {
             config.cache_size,
         )),
         metrics: metrics.clone(),
+        recursion: Arc::new(
+            recursion::Recursion::parse(&config.recursion_from)
+                .map_err(|e| anyhow::anyhow!("--recursion-from {e}"))?,
+        ),
         ttl: config.ttl,
     };
     let udp = tokio::net::UdpSocket::bind(config.listen)

@@ -69,6 +69,7 @@ pub async fn answer_datagram(view: Arc<RwLock<View>>, datagram: &[u8]) -> Option
         forwarder: Arc::new(Forwarder::new(Vec::new(), 1)),
         metrics: Arc::new(Metrics::new()),
         ttl: 5,
+        recursion: Arc::new(crate::recursion::Recursion::anyone()),
     };
     let capture = Capture::default();
     handler

@@ -143,6 +143,13 @@ pub struct DnsArgs {
     /// Do not create the kube-system/kube-dns Service and EndpointSlice
     #[arg(long)]
     pub no_register: bool,
+    /// Sources whose names outside the cluster zone are forwarded (pods and nodes; others get REFUSED)
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "127.0.0.0/8,::1/128,10.244.0.0/16"
+    )]
+    pub recursion_from: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
