@@ -3,6 +3,10 @@
 //! store and on etcd, with raw etcd puts (same client concurrency, no API
 //! server) measured in the same run as the baseline. Rounds interleave the
 //! three (A B C A B C ...); ratios are medians of the per-round ratios.
+//! The two servers above are plain (`--tls off`, comparable with earlier
+//! runs); a third, embedded and with TLS and client certificates (the
+//! default), measures what TLS and authentication cost against the plain
+//! embedded one in the same rounds.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -77,21 +81,42 @@ pub(crate) fn start_server_with(
     if let Some(s) = store {
         cmd.args(["--store", s]);
     }
-    // The benchmarks measure plain servers still: TLS against plain is
-    // a comparison of its own, not yet written.
-    cmd.args(["--tls", "off"]);
+    // Plain unless the flags say otherwise: these figures compare with
+    // the earlier runs'; `bench api` measures TLS against them.
+    if !flags.contains(&"--tls") {
+        cmd.args(["--tls", "off"]);
+    }
     cmd.args(flags);
     let child = KillOnDrop(cmd.spawn().context("start skiff server")?);
-    if !wait_http_ok(&addr, "/readyz", Duration::from_secs(30)) {
+    let ready = if flags.windows(2).any(|w| w == ["--tls", "on"]) {
+        skiff_testkit::wait_server_ready(&addr, data, Duration::from_secs(30))
+    } else {
+        wait_http_ok(&addr, "/readyz", Duration::from_secs(30))
+    };
+    if !ready {
         bail!("skiff server on {addr} did not become ready");
     }
     Ok((child, format!("http://{addr}")))
 }
 
+/// A server with TLS and authentication (the default) and the admin's
+/// credentials for it.
+fn start_tls_server(
+    bin: &std::path::Path,
+    data: &std::path::Path,
+) -> Result<(KillOnDrop, skiff_client::Credentials)> {
+    let (child, _) = start_server_with(bin, data, None, &["--tls", "on"])?;
+    Ok((child, skiff_testkit::admin_credentials(data)))
+}
+
 async fn clients(url: &str) -> Result<Vec<Client>> {
+    clients_with(&skiff_client::Credentials::plain(url)).await
+}
+
+async fn clients_with(creds: &skiff_client::Credentials) -> Result<Vec<Client>> {
     let mut out = Vec::new();
     for _ in 0..CONNECTIONS {
-        out.push(Client::connect(url).await?);
+        out.push(Client::connect_with(creds).await?);
     }
     Ok(out)
 }
@@ -362,6 +387,7 @@ pub fn run(quick: bool) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let (_embedded, embedded_url) = start_server(&bin, dir.path(), None)?;
     let (_on_etcd, etcd_url) = start_server(&bin, &dir.path().join("unused"), Some(&etcd.url()))?;
+    let (_secure, secure) = start_tls_server(&bin, &dir.path().join("tls"))?;
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -369,9 +395,10 @@ pub fn run(quick: bool) -> Result<()> {
     rt.block_on(async {
         let emb = clients(&embedded_url).await?;
         let etc = clients(&etcd_url).await?;
+        let tls = clients_with(&secure).await?;
         // Per round: embedded creates, etcd creates, raw puts, embedded CAS,
-        // etcd CAS, raw create-if-absent txns.
-        let mut rows: Vec<[f64; 6]> = Vec::new();
+        // etcd CAS, raw create-if-absent txns, embedded creates over TLS.
+        let mut rows: Vec<[f64; 7]> = Vec::new();
         for round in 0..settings.rounds {
             eprintln!("==> round {} of {}", round + 1, settings.rounds);
             let e_create = create_rate(&emb, &format!("bench-{round}"), settings.phase).await?;
@@ -380,7 +407,8 @@ pub fn run(quick: bool) -> Result<()> {
             let e_cas = cas_rate(&emb, &format!("cas-{round}"), settings.phase).await?;
             let k_cas = cas_rate(&etc, &format!("cas-{round}"), settings.phase).await?;
             let raw_txn = raw_rate(&etcd.endpoint, round, settings.phase, true).await?;
-            rows.push([e_create, k_create, raw, e_cas, k_cas, raw_txn]);
+            let t_create = create_rate(&tls, &format!("bench-{round}"), settings.phase).await?;
+            rows.push([e_create, k_create, raw, e_cas, k_cas, raw_txn, t_create]);
         }
         eprintln!("==> watch delivery with {} watchers", settings.watchers);
         let (e_p50, e_p99, e_n) = watch_latency(&embedded_url, settings.watchers, settings.watch_writes).await?;
@@ -396,6 +424,7 @@ pub fn run(quick: bool) -> Result<()> {
         println!("{:<44} {:>12.0} {:>10.2} {:>10.2}", "creates/s, etcd store", col(1), ratio(1, 2), ratio(1, 5));
         println!("{:<44} {:>12.0} {:>10.2} {:>10.2}", "CAS updates/s, embedded store", col(3), ratio(3, 2), ratio(3, 5));
         println!("{:<44} {:>12.0} {:>10.2} {:>10.2}", "CAS updates/s, etcd store", col(4), ratio(4, 2), ratio(4, 5));
+        println!("{:<44} {:>12.0}   {:.2} × plain embedded", "creates/s, embedded store, TLS + client certs", col(6), ratio(6, 0));
         println!("{:<44} {:>9.2} ms", format!("watch delivery p50, embedded ({} watchers)", settings.watchers), e_p50);
         println!("{:<44} {:>9.2} ms", format!("watch delivery p99, embedded ({} watchers)", settings.watchers), e_p99);
         println!("{:<44} {:>9.2} ms", format!("watch delivery p50, etcd ({} watchers)", settings.watchers), k_p50);
@@ -410,6 +439,7 @@ pub fn run(quick: bool) -> Result<()> {
             "rounds": rows.iter().map(|r| json!({
                 "embedded_creates_per_s": r[0], "etcd_creates_per_s": r[1], "raw_etcd_puts_per_s": r[2],
                 "embedded_cas_per_s": r[3], "etcd_cas_per_s": r[4], "raw_etcd_txns_per_s": r[5],
+                "tls_embedded_creates_per_s": r[6],
             })).collect::<Vec<_>>(),
             "median": {
                 "embedded_creates_per_s": col(0), "etcd_creates_per_s": col(1), "raw_etcd_puts_per_s": col(2),
@@ -417,6 +447,7 @@ pub fn run(quick: bool) -> Result<()> {
                 "ratio_embedded_creates_to_raw_put": ratio(0, 2), "ratio_etcd_creates_to_raw_put": ratio(1, 2),
                 "ratio_embedded_cas_to_raw_put": ratio(3, 2), "ratio_etcd_cas_to_raw_put": ratio(4, 2),
                 "ratio_etcd_creates_to_raw_txn": ratio(1, 5), "ratio_etcd_cas_to_raw_txn": ratio(4, 5),
+                "tls_embedded_creates_per_s": col(6), "ratio_tls_to_plain_embedded_creates": ratio(6, 0),
             },
             "watch": {
                 "watchers": settings.watchers, "writes": settings.watch_writes,
