@@ -814,7 +814,11 @@ fn leader_killed_another_server_takes_over_and_nothing_is_scheduled_twice() {
         return;
     };
     let url = etcd.url();
-    let mut servers = [start(&["--store", &url]), start(&["--store", &url])];
+    // The second server joins the first's cluster with its token (they
+    // share the CAs through etcd).
+    let first = start(&["--store", &url]);
+    let token = first.data_dir().join("token").display().to_string();
+    let mut servers = [first, start(&["--store", &url, "--token-file", &token])];
     let holder = wait("a leader", Duration::from_secs(30), || leader(&servers[0]));
     let li = servers
         .iter()

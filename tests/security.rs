@@ -606,3 +606,116 @@ fn every_change_is_in_the_audit_log_with_its_user() {
         .mode();
     assert_eq!(mode & 0o777, 0o600);
 }
+
+#[test]
+fn servers_on_one_etcd_share_the_ca_and_each_others_tokens() {
+    if require_tool("curl").is_none() || require_tool("etcdctl").is_none() {
+        return;
+    }
+    let Some(etcd) = skiff_testkit::EtcdServer::start() else {
+        return;
+    };
+    let store = etcd.url();
+    let a = Server::start(
+        Path::new(SKIFF),
+        &["--store", &store, "--no-controllers"],
+        &[],
+    );
+    // The second server is given the first's token: it joins that cluster.
+    let joined = tempfile::tempdir().unwrap();
+    let token_file = joined.path().join("token");
+    std::fs::copy(a.data_dir().join("token"), &token_file).unwrap();
+    let b = Server::start(
+        Path::new(SKIFF),
+        &[
+            "--store",
+            &store,
+            "--no-controllers",
+            "--token-file",
+            token_file.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let ca_of = |s: &Server| std::fs::read_to_string(s.tls_file("server-ca.crt")).unwrap();
+    assert_eq!(ca_of(&a), ca_of(&b), "one cluster CA");
+    assert_eq!(
+        std::fs::read_to_string(s_client_ca(&a)).unwrap(),
+        std::fs::read_to_string(s_client_ca(&b)).unwrap()
+    );
+    // A's admin is B's admin: the same client CA, and B's serving
+    // certificate checks against the one CA.
+    let out = Command::new(SKIFF)
+        .arg("--kubeconfig")
+        .arg(a.kubeconfig())
+        .args(["--server", &b.url(), "get", "ns", "default"])
+        .env("HOME", a.home.path())
+        .output()
+        .unwrap();
+    ok(out, "A's admin against B");
+    // A token made on A joins a node through B.
+    let made = a.ok(&["token", "create", "--ttl", "10m"]);
+    let dir = tempfile::tempdir().unwrap();
+    join(&b, "n9", made.trim(), dir.path());
+    let pki = dir.path().join("data/pki");
+    let user = whoami(&a, &pki.join("client.crt"), &pki.join("client.key"));
+    assert_eq!(user["username"], "system:node:n9", "{user}");
+    // etcd holds the CAs encrypted: no key in plain text.
+    let dump = Command::new("etcdctl")
+        .args(["--endpoints", &etcd.endpoint, "get", "--prefix", "/skiff/"])
+        .output()
+        .unwrap();
+    assert!(dump.status.success());
+    let dump = String::from_utf8_lossy(&dump.stdout);
+    assert!(
+        dump.contains("registry/skiff/bootstrap/ca"),
+        "the CAs are stored"
+    );
+    assert!(
+        !dump.contains("PRIVATE KEY"),
+        "a private key in etcd in plain text"
+    );
+    assert!(!dump.contains(&made.trim().rsplit(':').next().unwrap().to_string()));
+    // A server with another token cannot read them and refuses to start.
+    let other = tempfile::tempdir().unwrap();
+    let mut child = Command::new(SKIFF)
+        .args([
+            "server",
+            "--store",
+            &store,
+            "--no-controllers",
+            "--no-client-config",
+        ])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{}", skiff_testkit::free_port()),
+        ])
+        .arg("--data-dir")
+        .arg(other.path())
+        .env("HOME", other.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("a server with another token started on the cluster's store");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success());
+    assert!(
+        err.contains("do not decrypt with this server's token"),
+        "{err}"
+    );
+}
+
+fn s_client_ca(s: &Server) -> PathBuf {
+    s.tls_file("client-ca.crt")
+}

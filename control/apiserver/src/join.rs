@@ -200,22 +200,36 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The server's token in `path`: the secret kept across starts, the CA
-/// hash that of the current bundle; written (0600) when new or changed.
-pub fn server_token(path: &std::path::Path, ca_pem: &str) -> Result<(JoinToken, String), String> {
+/// The server's token as `path` holds it (the secret kept across starts;
+/// a server joining others is given theirs), or a new one.
+pub fn server_secret(path: &std::path::Path) -> Result<JoinToken, String> {
     let existing = match std::fs::read_to_string(path) {
         Ok(t) => JoinToken::parse(&t).ok(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(format!("{}: {e}", path.display())),
     };
-    let token = match existing {
+    Ok(match existing {
         Some(t) if t.id == SERVER_TOKEN_ID => t,
         _ => JoinToken {
             ca_hash: None,
             id: SERVER_TOKEN_ID.into(),
             secret: random_text(32),
         },
-    };
+    })
+}
+
+/// The server's token in `path`: its secret, the CA hash that of the
+/// current bundle; written (0600) when new or changed.
+pub fn server_token(path: &std::path::Path, ca_pem: &str) -> Result<(JoinToken, String), String> {
+    let token = server_secret(path)?;
+    write_server_token(path, token, ca_pem)
+}
+
+pub fn write_server_token(
+    path: &std::path::Path,
+    token: JoinToken,
+    ca_pem: &str,
+) -> Result<(JoinToken, String), String> {
     let full = token.format(ca_pem);
     if std::fs::read_to_string(path).ok().as_deref().map(str::trim) != Some(full.as_str()) {
         if let Some(dir) = path.parent() {

@@ -30,6 +30,7 @@ mod registry;
 mod rest;
 mod scale;
 mod service_claims;
+mod shared_ca;
 mod strategy;
 mod table;
 pub mod tls;
@@ -263,6 +264,23 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         .clone()
         .unwrap_or_else(|| config.data_dir.join("token"));
     let kubernetes_ip = std::net::IpAddr::V4(cidr.nth(1));
+    let store = skiff_store::open(config.store.as_deref(), &config.data_dir).await?;
+    let server_token = if config.tls {
+        let token = join::server_secret(&token_file)
+            .map_err(|e| ServerError::Config(format!("join token: {e}")))?;
+        // Servers on one etcd share the CAs, encrypted with the token.
+        if config.store.is_some() {
+            let data_dir = config.data_dir.clone();
+            shared_ca::sync(store.as_ref(), &config.data_dir, &token.secret, move || {
+                pki::ensure_cas(&data_dir)
+            })
+            .await
+            .map_err(ServerError::Config)?;
+        }
+        Some(token)
+    } else {
+        None
+    };
     let pki = if config.tls {
         // The `kubernetes` Service's ClusterIP, the range's first address
         // (kube-apiserver's choice), so in-cluster clients can verify.
@@ -273,20 +291,20 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     } else {
         None
     };
-    let store = skiff_store::open(config.store.as_deref(), &config.data_dir).await?;
     let tokens = Arc::new(join::Tokens::new(store.clone()));
     // With TLS the token is a join token (`K10<CA hash>::server:<secret>`);
     // plain, a shared secret the server presents to nodes.
-    let (token, nodes) = match &pki {
-        Some(pki) => {
-            let (join_token, full) = join::server_token(&token_file, &pki.server_ca.cert_pem)
-                .map_err(|e| ServerError::Config(format!("join token: {e}")))?;
+    let (token, nodes) = match (&pki, server_token) {
+        (Some(pki), Some(server_token)) => {
+            let (join_token, full) =
+                join::write_server_token(&token_file, server_token, &pki.server_ca.cert_pem)
+                    .map_err(|e| ServerError::Config(format!("join token: {e}")))?;
             tokens.ensure(&join_token, "the server's own token").await?;
             let nodes =
                 pods_proxy::Nodes::tls(full.clone(), &pki.server_ca.cert_pem, &pki.kubelet_client);
             (full, nodes)
         }
-        None => {
+        _ => {
             let token = pods_proxy::load_or_create_token(&token_file).map_err(|e| {
                 ServerError::Config(format!("cluster token {}: {e}", token_file.display()))
             })?;

@@ -313,16 +313,31 @@ fn load_or_issue(
     Ok(issued)
 }
 
+/// Makes the two CAs of `<data_dir>/tls` when they are missing.
+pub fn ensure_cas(data_dir: &Path) -> Result<(), String> {
+    let dir = tls_dir(data_dir)?;
+    Authority::load_or_create(&dir, "server-ca")?;
+    Authority::load_or_create(&dir, "client-ca")?;
+    Ok(())
+}
+
+/// `<data_dir>/tls`, made (0700) when missing.
+fn tls_dir(data_dir: &Path) -> Result<PathBuf, String> {
+    let dir = data_dir.join("tls");
+    std::fs::create_dir_all(&dir).map_err(|e| err(&format!("create {}", dir.display()), e))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| err(&format!("chmod {}", dir.display()), e))?;
+    Ok(dir)
+}
+
+/// The leaves a CA signed, to issue again when the CAs change.
+pub const LEAVES: [&str; 3] = ["serving", "admin", "kubelet-client"];
+
 impl Pki {
     /// Loads `<data_dir>/tls`, making what is missing.
     pub fn load_or_create(data_dir: &Path, names: &Names) -> Result<Pki, String> {
-        let dir = data_dir.join("tls");
-        std::fs::create_dir_all(&dir).map_err(|e| err(&format!("create {}", dir.display()), e))?;
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-                .map_err(|e| err(&format!("chmod {}", dir.display()), e))?;
-        }
+        let dir = tls_dir(data_dir)?;
         let server_ca = Authority::load_or_create(&dir, "server-ca")?;
         let client_ca = Authority::load_or_create(&dir, "client-ca")?;
         let serving = load_or_issue(

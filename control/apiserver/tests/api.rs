@@ -47,6 +47,20 @@ impl TestServer {
         Self::start(config, dir, Some(etcd)).await
     }
 
+    /// Another server on `first`'s etcd, in its cluster: with its token,
+    /// so it shares the CAs.
+    async fn joining(etcd: Arc<EtcdServer>, first: &TestServer) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.path().to_path_buf(),
+            store: Some(etcd.url()),
+            token_file: Some(first.config.data_dir.join("token")),
+            ..Config::default()
+        };
+        Self::start(config, dir, Some(etcd)).await
+    }
+
     async fn start(
         config: Config,
         dir: tempfile::TempDir,
@@ -1627,7 +1641,7 @@ async fn next(
 async fn two_servers_on_one_etcd_share_allocations() {
     let Some(etcd) = etcd().await else { return };
     let a = TestServer::on_etcd(etcd.clone()).await;
-    let b = TestServer::on_etcd(etcd).await;
+    let b = TestServer::joining(etcd, &a).await;
     let mut tasks = Vec::new();
     for i in 0..30 {
         let (url, http) = if i % 2 == 0 {
@@ -1671,7 +1685,7 @@ async fn two_servers_on_one_etcd_share_allocations() {
 async fn updates_from_the_watch_cache_keep_compare_and_set() {
     let Some(etcd) = etcd().await else { return };
     let a = TestServer::on_etcd(etcd.clone()).await;
-    let b = TestServer::on_etcd(etcd).await;
+    let b = TestServer::joining(etcd, &a).await;
     let cms = "/api/v1/namespaces/default/configmaps";
     let rv_of = |v: &Value| {
         v["metadata"]["resourceVersion"]
@@ -1780,7 +1794,7 @@ async fn watch_from_compacted_history_is_gone() {
 async fn informer_resumes_and_relists_across_restarts() {
     let Some(etcd) = etcd().await else { return };
     let mut a = TestServer::on_etcd(etcd.clone()).await;
-    let b = TestServer::on_etcd(etcd.clone()).await;
+    let b = TestServer::joining(etcd.clone(), &a).await;
     let via_b = b.client().await;
     let cm = |name: &str, v: &str| ConfigMap {
         metadata: Some(skiff_api::ObjectMeta {
