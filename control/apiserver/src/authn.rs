@@ -79,7 +79,7 @@ impl Authenticator {
         Self::parse_tokens(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 
-    fn parse_tokens(text: &str) -> Result<Authenticator, String> {
+    pub(crate) fn parse_tokens(text: &str) -> Result<Authenticator, String> {
         let mut tokens = HashMap::new();
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();

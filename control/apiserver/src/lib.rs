@@ -699,3 +699,20 @@ async fn compact_periodically(store: Arc<dyn Store>) {
         previous = store.revision().await.ok();
     }
 }
+
+/// Entry points for the fuzz targets (`control/fuzz`): the pure parts of
+/// reading a request, which must never panic whatever they are given.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// A REST request's path and query, as the router and the audit log
+    /// read them.
+    pub fn request_path(method: &str, path: &str, query: &str) {
+        let _ = crate::rest::parse_path(path);
+        let _ = crate::audit::request_info(method, path, query);
+    }
+
+    /// A `--token-auth-file`.
+    pub fn token_file(text: &str) -> bool {
+        crate::authn::Authenticator::parse_tokens(text).is_ok()
+    }
+}

@@ -116,16 +116,26 @@ fn read_rel(base: &Path, what: &str, path: &str) -> Result<String, String> {
 
 /// Resolves `context` (empty: the current one) across `files`.
 pub fn load(files: &[PathBuf], context: Option<&str>) -> Result<Resolved, String> {
+    let mut texts = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(f).map_err(|e| format!("read {}: {e}", f.display()))?;
+        texts.push((f.clone(), text));
+    }
+    resolve(&texts, context)
+}
+
+/// Resolves `context` across kubeconfigs already read: (the file's path,
+/// for relative paths in it and for messages; its text).
+pub fn resolve(texts: &[(PathBuf, String)], context: Option<&str>) -> Result<Resolved, String> {
     let mut clusters: Vec<(String, Cluster, PathBuf)> = Vec::new();
     let mut users: Vec<(String, User, PathBuf)> = Vec::new();
     let mut contexts: Vec<(String, Context)> = Vec::new();
     let mut current = String::new();
-    for f in files {
-        let text = std::fs::read_to_string(f).map_err(|e| format!("read {}: {e}", f.display()))?;
+    for (f, text) in texts {
         let file: File = if text.trim().is_empty() {
             File::default()
         } else {
-            serde_yaml_ng::from_str(&text).map_err(|e| format!("parse {}: {e}", f.display()))?
+            serde_yaml_ng::from_str(text).map_err(|e| format!("parse {}: {e}", f.display()))?
         };
         let dir = f.parent().map(Path::to_path_buf).unwrap_or_default();
         for c in file.clusters {
