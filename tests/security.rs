@@ -719,3 +719,53 @@ fn servers_on_one_etcd_share_the_ca_and_each_others_tokens() {
 fn s_client_ca(s: &Server) -> PathBuf {
     s.tls_file("client-ca.crt")
 }
+
+#[test]
+fn the_kubeconfig_context_namespace_is_the_default_namespace() {
+    let s = Server::start_secure(Path::new(SKIFF), &[]);
+    s.ok(&["create", "namespace", "team-ctx"]);
+    let mut doc: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(s.kubeconfig()).unwrap()).unwrap();
+    doc["contexts"][0]["context"]["namespace"] = "team-ctx".into();
+    let dir = tempfile::tempdir().unwrap();
+    let k = dir.path().join("config");
+    std::fs::write(&k, serde_yaml_ng::to_string(&doc).unwrap()).unwrap();
+    let skiff = |args: &[&str]| {
+        Command::new(SKIFF)
+            .arg("--kubeconfig")
+            .arg(&k)
+            .args(args)
+            .env("HOME", dir.path())
+            .env_remove("KUBECONFIG")
+            .env_remove("SKIFF_SERVER")
+            .output()
+            .unwrap()
+    };
+    let mut apply = Command::new(SKIFF)
+        .arg("--kubeconfig")
+        .arg(&k)
+        .args(["apply", "-f", "-"])
+        .env("HOME", dir.path())
+        .env_remove("KUBECONFIG")
+        .env_remove("SKIFF_SERVER")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        &mut apply.stdin.take().unwrap(),
+        b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: here}\n",
+    )
+    .unwrap();
+    ok(
+        apply.wait_with_output().unwrap(),
+        "apply in the context's namespace",
+    );
+    let got = ok(skiff(&["get", "cm", "here", "-o", "json"]), "get");
+    let cm: Value = serde_json::from_str(&got).unwrap();
+    assert_eq!(cm["metadata"]["namespace"], "team-ctx");
+    // -n wins over the context.
+    let out = skiff(&["get", "cm", "here", "-n", "default"]);
+    assert!(!out.status.success());
+}

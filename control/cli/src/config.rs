@@ -42,11 +42,18 @@ pub fn config_path() -> Option<PathBuf> {
 
 /// The server and credentials for the global flags.
 pub fn credentials(global: &crate::args::Global) -> Result<skiff_client::Credentials> {
+    target(global).map(|(creds, _)| creds)
+}
+
+/// The server, the credentials and the kubeconfig context's namespace
+/// (kubectl's default when `-n` is not given), for the global flags.
+pub fn target(global: &crate::args::Global) -> Result<(skiff_client::Credentials, Option<String>)> {
     let explicit = global.kubeconfig.is_some() || global.context.is_some();
     if global.server.is_some() && !explicit {
-        return Ok(skiff_client::Credentials::plain(&server_url(
-            global.server.as_deref(),
-        )?));
+        return Ok((
+            skiff_client::Credentials::plain(&server_url(global.server.as_deref())?),
+            None,
+        ));
     }
     let mut files = skiff_client::kubeconfig::files(global.kubeconfig.as_deref());
     if files.is_empty() {
@@ -59,7 +66,7 @@ pub fn credentials(global: &crate::args::Global) -> Result<skiff_client::Credent
             _ if explicit => {
                 anyhow::bail!("--context needs a kubeconfig: none in $KUBECONFIG or ~/.kube/config")
             }
-            _ => return Ok(skiff_client::Credentials::plain(&server_url(None)?)),
+            _ => return Ok((skiff_client::Credentials::plain(&server_url(None)?), None)),
         }
     }
     let resolved = skiff_client::kubeconfig::load(&files, global.context.as_deref())
@@ -68,7 +75,8 @@ pub fn credentials(global: &crate::args::Global) -> Result<skiff_client::Credent
     if let Some(s) = &global.server {
         creds.server = normalize(s);
     }
-    Ok(creds)
+    let namespace = (!resolved.namespace.is_empty()).then_some(resolved.namespace);
+    Ok((creds, namespace))
 }
 
 pub fn server_url(flag: Option<&str>) -> Result<String> {

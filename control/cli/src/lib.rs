@@ -24,12 +24,13 @@ pub use args::{
 
 /// Runs one client verb. Errors carry the reason for stderr.
 pub async fn run(global: &args::Global, command: ClientCommand) -> Result<()> {
-    let creds = config::credentials(global)?;
+    let (creds, context_namespace) = config::target(global)?;
     let client = Client::connect_with(&creds)
         .await
         .with_context(|| format!("connect to {}", creds.server))?
         .with_field_manager("skiff");
-    let namespace = global.namespace.clone();
+    // `-n`, else the kubeconfig context's namespace.
+    let namespace = global.namespace.clone().or(context_namespace);
     match command {
         ClientCommand::Apply(a) => apply::apply(&client, namespace.as_deref(), &a).await,
         ClientCommand::Diff(d) => {
