@@ -1,9 +1,10 @@
 //! TLS and authentication on the API port, against a real `skiff server
 //! --tls on`: curl checking the server's CA, kubectl (1.32 and Debian's
 //! 1.20) and the skiff CLI (tonic over rustls) with the admin kubeconfig,
-//! bearer tokens from a token file, anonymous callers, a client
-//! certificate from a CA the server does not trust, plain HTTP to the TLS
-//! port.
+//! bearer tokens from a token file, anonymous callers, client
+//! certificates of a CA the server does not trust or expired (401), plain
+//! HTTP to the TLS port; nodes joining with join tokens, the audit log,
+//! servers sharing their CAs through etcd.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -260,8 +261,8 @@ fn the_api_port_serves_tls_and_authenticates_every_request() {
         .unwrap();
     ok(out, "skiff get with alice's token");
 
-    // A client certificate from a CA the server does not trust: the
-    // handshake fails, nothing is served.
+    // A client certificate from a CA the server does not trust: 401 with
+    // a Status, as kube-apiserver answers.
     let foreign = tempfile::tempdir().unwrap();
     let (fc, fk) = (foreign.path().join("c.crt"), foreign.path().join("c.key"));
     let made = Command::new("openssl")
@@ -298,10 +299,44 @@ fn the_api_port_serves_tls_and_authenticates_every_request() {
         fk.to_str().unwrap(),
         &format!("{base}/api/v1/pods"),
     ]);
-    assert_eq!(
-        code, 0,
-        "a foreign certificate got an answer: {code} {body}"
-    );
+    assert_eq!(code, 401, "a foreign certificate: {body}");
+    let status: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["reason"], "Unauthorized");
+    // An expired certificate of the server's own client CA: 401 too.
+    let ca_key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(s.tls_file("client-ca.key")).unwrap())
+            .unwrap();
+    let issuer = rcgen::CertificateParams::from_ca_cert_pem(
+        &std::fs::read_to_string(s.tls_file("client-ca.crt")).unwrap(),
+    )
+    .unwrap()
+    .self_signed(&ca_key)
+    .unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "system:admin");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "system:masters");
+    params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(10);
+    params.not_after = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let expired = params.signed_by(&key, &issuer, &ca_key).unwrap().pem();
+    let (ec, ek) = (foreign.path().join("e.crt"), foreign.path().join("e.key"));
+    std::fs::write(&ec, expired).unwrap();
+    std::fs::write(&ek, key.serialize_pem()).unwrap();
+    let (code, body) = curl(&[
+        "--cacert",
+        &ca(&s),
+        "--cert",
+        ec.to_str().unwrap(),
+        "--key",
+        ek.to_str().unwrap(),
+        &format!("{base}/api/v1/pods"),
+    ]);
+    assert_eq!(code, 401, "an expired certificate: {body}");
 
     // Plain HTTP to the TLS port gets no API answer.
     let (code, _) = curl(&[&format!("http://{}/api/v1/pods", s.addr)]);

@@ -130,6 +130,10 @@ impl Authenticator {
         if let Some(user) = peer.and_then(|p| p.certificate.clone()) {
             return Ok(user);
         }
+        // A certificate that proves nothing is a 401, whatever else comes.
+        if peer.is_some_and(|p| p.rejected.is_some()) {
+            return Err(Ok(Unauthorized));
+        }
         let Some(token) = authorization.and_then(|a| a.strip_prefix("Bearer ")) else {
             return Ok(Arc::new(UserInfo::anonymous()));
         };
@@ -300,6 +304,7 @@ mod tests {
         let peer = Peer {
             addr: "127.0.0.1:1".parse().unwrap(),
             certificate: Some(Arc::new(UserInfo::authenticated("carol".into(), vec![]))),
+            rejected: None,
         };
         assert_eq!(
             auth.user(Some(&peer), Some("Bearer nope"))
@@ -308,6 +313,16 @@ mod tests {
                 .name,
             "carol"
         );
+        // A certificate that proved nothing is a 401, even with a good token.
+        let refused = Peer {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            certificate: None,
+            rejected: Some("expired".into()),
+        };
+        assert!(matches!(
+            auth.user(Some(&refused), Some("Bearer t1")).await,
+            Err(Ok(Unauthorized))
+        ));
         for bad in ["t1,alice", ",alice,1", "t1,a,1\nt1,b,2"] {
             assert!(Authenticator::parse_tokens(bad).is_err(), "{bad}");
         }

@@ -12,9 +12,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use rustls::pki_types::UnixTime;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -34,12 +36,76 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// The user a verified client certificate names (CN, groups from O).
     pub certificate: Option<Arc<UserInfo>>,
+    /// Why the client certificate it sent proves nothing (expired, of
+    /// another CA, not for client use): its requests get a 401.
+    pub rejected: Option<Arc<str>>,
+}
+
+/// The TLS settings of the API port, and the verifier that checks client
+/// certificates once the handshake is done.
+#[derive(Clone)]
+pub struct Tls {
+    pub config: Arc<rustls::ServerConfig>,
+    verifier: Arc<dyn ClientCertVerifier>,
+}
+
+/// Takes any client certificate during the handshake (its signature over
+/// the handshake is still checked: the client holds its key), so that a
+/// bad one is answered with a 401 Status, as kube-apiserver does, instead
+/// of a TLS alert; the listener verifies it against the client CA after.
+#[derive(Debug)]
+struct AfterHandshake(Arc<dyn ClientCertVerifier>);
+
+impl ClientCertVerifier for AfterHandshake {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
 }
 
 /// The rustls server configuration: the serving certificate; client
-/// certificates are asked for, verified when sent, and optional (bearer
-/// tokens and anonymous health checks come without one).
-pub fn server_config(pki: &Pki) -> Result<Arc<rustls::ServerConfig>, String> {
+/// certificates are asked for and optional (bearer tokens and anonymous
+/// health checks come without one); one that is sent is verified against
+/// the client CA once the handshake is done, so a bad one gets a 401.
+pub fn server_config(pki: &Pki) -> Result<Tls, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(pki.client_ca.cert_pem.as_bytes()) {
@@ -60,11 +126,26 @@ pub fn server_config(pki: &Pki) -> Result<Arc<rustls::ServerConfig>, String> {
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS versions: {e}"))?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(Arc::new(AfterHandshake(verifier.clone())))
         .with_single_cert(chain, key)
         .map_err(|e| format!("serving certificate: {e}"))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Ok(Tls {
+        config: Arc::new(config),
+        verifier,
+    })
+}
+
+/// The user of a client certificate chain, or why it proves nothing.
+fn check_client(
+    verifier: &dyn ClientCertVerifier,
+    chain: &[CertificateDer<'static>],
+) -> Result<UserInfo, String> {
+    let (leaf, intermediates) = chain.split_first().ok_or("no certificate")?;
+    verifier
+        .verify_client_cert(leaf, intermediates, UnixTime::now())
+        .map_err(|e| e.to_string())?;
+    certificate_user(leaf).ok_or_else(|| "a certificate without a common name".to_string())
 }
 
 /// The user a client certificate names: CN is the user, each O a group.
@@ -159,10 +240,10 @@ impl Drop for Listener {
 
 impl Listener {
     /// Accepts on `tcp`; with `tls`, every connection is a TLS one.
-    pub fn new(tcp: TcpListener, tls: Option<Arc<rustls::ServerConfig>>) -> io::Result<Listener> {
+    pub fn new(tcp: TcpListener, tls: Option<Tls>) -> io::Result<Listener> {
         let local = tcp.local_addr()?;
         let (tx, ready) = mpsc::channel(READY);
-        let acceptor = tls.map(TlsAcceptor::from);
+        let acceptor = tls.map(|t| (TlsAcceptor::from(t.config), t.verifier));
         let accept = tokio::spawn(async move {
             loop {
                 let (stream, addr) = match tcp.accept().await {
@@ -186,13 +267,14 @@ impl Listener {
                         let peer = Peer {
                             addr,
                             certificate: None,
+                            rejected: None,
                         };
                         if tx.send((Conn::Plain(stream), peer)).await.is_err() {
                             return;
                         }
                     }
-                    Some(acceptor) => {
-                        let acceptor = acceptor.clone();
+                    Some((acceptor, verifier)) => {
+                        let (acceptor, verifier) = (acceptor.clone(), verifier.clone());
                         tokio::spawn(async move {
                             let tls = match tokio::time::timeout(
                                 HANDSHAKE_TIMEOUT,
@@ -210,14 +292,24 @@ impl Listener {
                                     return;
                                 }
                             };
-                            let certificate = tls
+                            let checked = tls
                                 .get_ref()
                                 .1
                                 .peer_certificates()
-                                .and_then(|c| c.first())
-                                .and_then(|c| certificate_user(c))
-                                .map(Arc::new);
-                            let peer = Peer { addr, certificate };
+                                .map(|chain| check_client(verifier.as_ref(), chain));
+                            let (certificate, rejected) = match checked {
+                                None => (None, None),
+                                Some(Ok(user)) => (Some(Arc::new(user)), None),
+                                Some(Err(why)) => {
+                                    tracing::debug!(%addr, "client certificate refused: {why}");
+                                    (None, Some(Arc::from(why)))
+                                }
+                            };
+                            let peer = Peer {
+                                addr,
+                                certificate,
+                                rejected,
+                            };
                             let _ = tx.send((Conn::Tls(Box::new(tls)), peer)).await;
                         });
                     }
@@ -248,6 +340,7 @@ impl axum::serve::Listener for Listener {
         Ok(Peer {
             addr: self.local,
             certificate: None,
+            rejected: None,
         })
     }
 }
