@@ -516,6 +516,17 @@ fn nodes_join_with_a_k10_token_and_renew_their_certificates() {
         "a join token's secret in the store file"
     );
 
+    // A join token is good for joining only.
+    let (code, body) = curl(&[
+        "--cacert",
+        &ca(&s),
+        "-H",
+        &format!("Authorization: Bearer {}", joined.bearer()),
+        &format!("{}/api/v1/namespaces/default/configmaps", s.url()),
+    ]);
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("may only join nodes"), "{body}");
+
     // A deleted token joins nothing more.
     s.ok(&["token", "delete", &joined.id]);
     assert!(!s.ok(&["token", "list"]).contains(&joined.id));

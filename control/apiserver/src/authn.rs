@@ -238,9 +238,27 @@ pub async fn authenticate(
     if user.is_anonymous() && !public(req.uri().path()) {
         return refuse(req).await;
     }
+    // A join token is good for joining and nothing else.
+    if user.groups.iter().any(|g| g == crate::join::BOOTSTRAPPERS)
+        && req.uri().path() != JOIN_PATH
+        && !public(req.uri().path())
+    {
+        let e = ApiError::forbidden_request(format!(
+            "User {:?} may only join nodes ({JOIN_PATH})",
+            user.name
+        ));
+        return if is_grpc(&req) {
+            e.to_grpc().into_http::<axum::body::Body>()
+        } else {
+            crate::rest::error_response(&e)
+        };
+    }
     req.extensions_mut().insert(user);
     next.run(req).await
 }
+
+/// The one call a join token may make.
+const JOIN_PATH: &str = "/skiff.v1.Bootstrap/Join";
 
 /// `POST /apis/authentication.k8s.io/v1/selfsubjectreviews` (`kubectl
 /// auth whoami`): who the server takes the caller for. Without

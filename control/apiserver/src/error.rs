@@ -129,6 +129,11 @@ impl ApiError {
         Self::new(403, "Forbidden", message).about(kind, name)
     }
 
+    /// 403 for a request as a whole (no object named).
+    pub fn forbidden_request(message: impl Into<String>) -> ApiError {
+        Self::new(403, "Forbidden", message)
+    }
+
     pub fn too_large(message: impl Into<String>) -> ApiError {
         Self::new(413, "RequestEntityTooLarge", message)
     }
