@@ -146,8 +146,6 @@ async fn server(args: skiff_cli::ServerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The scheduler and controllers, talking to this server like any client,
-/// while this server holds their lease.
 /// The audit log's settings from the flags.
 pub fn audit_settings(
     a: &skiff_cli::args::AuditArgs,
@@ -177,6 +175,8 @@ pub fn component_credentials(
     creds
 }
 
+/// The scheduler and controllers, talking to this server like any client,
+/// while this server holds their lease.
 async fn start_controllers(
     running: &skiff_apiserver::Running,
     cfg: skiff_controllers::Config,

@@ -136,7 +136,8 @@ fn aside(path: &Path) -> PathBuf {
 /// What a certificate says of itself.
 #[derive(Debug, PartialEq, Eq)]
 pub struct CertFacts {
-    pub subject: String,
+    /// The subject's common name (the user).
+    pub common_name: String,
     /// Seconds left until it expires (negative: expired).
     pub seconds_left: i64,
     pub ips: Vec<std::net::IpAddr>,
@@ -161,8 +162,15 @@ pub fn facts(cert_pem: &str) -> Result<CertFacts> {
             }
         }
     }
+    let common_name = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|c| c.as_str().ok())
+        .unwrap_or_default()
+        .to_string();
     Ok(CertFacts {
-        subject: cert.subject().to_string(),
+        common_name,
         seconds_left: cert.validity().not_after.timestamp() - now,
         ips,
     })
@@ -182,7 +190,7 @@ fn judge(certs: &Certs, name: &str, node_ip: Ipv4Addr) -> Verdict {
     let (Ok(client), Ok(serving)) = (facts(&certs.client_cert), facts(&certs.serving_cert)) else {
         return Verdict::Join("unreadable certificates");
     };
-    if !client.subject.contains(&format!("CN=system:node:{name}")) {
+    if client.common_name != format!("system:node:{name}") {
         return Verdict::Join("certificates of another node name");
     }
     if client.seconds_left <= 0 {
@@ -390,6 +398,10 @@ mod tests {
         ));
         assert!(matches!(
             judge(&certs(365, ip, "system:node:n2"), "n1", ip),
+            Verdict::Join(_)
+        ));
+        assert!(matches!(
+            judge(&certs(365, ip, "system:node:n10"), "n1", ip),
             Verdict::Join(_)
         ));
         let mut broken = certs(365, ip, me);
