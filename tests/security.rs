@@ -576,6 +576,14 @@ fn nodes_join_with_a_k10_token_and_renew_their_certificates() {
     );
     let user = whoami(&s, &pki.join("client.crt"), &pki.join("client.key"));
     assert_eq!(user["username"], "system:node:n1", "{user}");
+
+    // The node moves to another cluster: its token names another CA, so
+    // it joins afresh instead of showing certificates nobody there knows.
+    let other = Server::start_secure(Path::new(SKIFF), &[]);
+    let other_token = std::fs::read_to_string(other.data_dir().join("token")).unwrap();
+    join(&other, "n1", other_token.trim(), dir.path());
+    let user = whoami(&other, &pki.join("client.crt"), &pki.join("client.key"));
+    assert_eq!(user["username"], "system:node:n1", "{user}");
 }
 
 /// The audit lines written so far, once `want` of them are there (the

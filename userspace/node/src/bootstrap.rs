@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use skiff_api::v1::JoinRequest;
-use skiff_client::join::{JoinToken, fetch_ca};
+use skiff_client::join::{JoinToken, ca_hash, fetch_ca};
 use skiff_client::{Client, Credentials};
 
 /// A certificate this close to its expiry is renewed (k3s: 90 days).
@@ -237,10 +237,22 @@ pub async fn certificates(
 ) -> Result<Certs> {
     let dir = pki_dir(data_dir);
     let stored = Certs::load(&dir)?;
-    let verdict = stored
-        .as_ref()
-        .map(|c| judge(c, name, node_ip))
-        .unwrap_or(Verdict::Join("no certificates yet"));
+    // A token naming another CA than the stored certificates' means the
+    // node is joining another cluster: those certificates are of no use.
+    let token_ca = token
+        .and_then(|t| JoinToken::parse(t).ok())
+        .and_then(|t| t.ca_hash);
+    let verdict = match &stored {
+        None => Verdict::Join("no certificates yet"),
+        Some(c)
+            if token_ca
+                .as_ref()
+                .is_some_and(|h| *h != ca_hash(&c.server_ca)) =>
+        {
+            Verdict::Join("certificates of another cluster than the token's")
+        }
+        Some(c) => judge(c, name, node_ip),
+    };
     let (creds, why) = match (stored, verdict) {
         (Some(c), Verdict::Good) => return Ok(c),
         (Some(c), Verdict::Renew(why)) => (c.credentials(server), why),
