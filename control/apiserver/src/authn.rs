@@ -198,15 +198,16 @@ async fn refuse(req: Request) -> Response {
 }
 
 fn refusal(req: &Request) -> Response {
-    let err = ApiError::unauthorized();
+    error_for(req, &ApiError::unauthorized())
+}
+
+/// An error as the request's protocol carries it: a gRPC status, or a
+/// Status object.
+fn error_for(req: &Request, e: &ApiError) -> Response {
     if is_grpc(req) {
-        err.to_grpc().into_http::<axum::body::Body>()
+        e.to_grpc().into_http::<axum::body::Body>()
     } else {
-        (
-            axum::http::StatusCode::UNAUTHORIZED,
-            axum::Json(err.to_status()),
-        )
-            .into_response()
+        crate::rest::error_response(e)
     }
 }
 
@@ -228,11 +229,7 @@ pub async fn authenticate(
         Ok(u) => u,
         Err(Ok(Unauthorized)) => return refuse(req).await,
         Err(Err(e)) => {
-            return if is_grpc(&req) {
-                e.to_grpc().into_http::<axum::body::Body>()
-            } else {
-                crate::rest::error_response(&e)
-            };
+            return error_for(&req, &e);
         }
     };
     if user.is_anonymous() && !public(req.uri().path()) {
@@ -247,11 +244,7 @@ pub async fn authenticate(
             "User {:?} may only join nodes ({JOIN_PATH})",
             user.name
         ));
-        return if is_grpc(&req) {
-            e.to_grpc().into_http::<axum::body::Body>()
-        } else {
-            crate::rest::error_response(&e)
-        };
+        return error_for(&req, &e);
     }
     req.extensions_mut().insert(user);
     next.run(req).await

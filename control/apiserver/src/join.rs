@@ -252,6 +252,16 @@ fn caller<T>(req: &Request<T>) -> Result<Arc<UserInfo>, Status> {
         .ok_or_else(|| Status::unauthenticated("Unauthorized"))
 }
 
+/// The caller, when it may `what` (admins only).
+fn master<T>(req: &Request<T>, what: &str) -> Result<Arc<UserInfo>, Status> {
+    let user = caller(req)?;
+    if is_master(&user) {
+        Ok(user)
+    } else {
+        Err(forbidden(&user, what))
+    }
+}
+
 fn is_master(user: &UserInfo) -> bool {
     user.groups.iter().any(|g| g == MASTERS_GROUP)
 }
@@ -335,10 +345,7 @@ impl Bootstrap for Service {
         &self,
         req: Request<CreateTokenRequest>,
     ) -> Result<Response<WireToken>, Status> {
-        let user = caller(&req)?;
-        if !is_master(&user) {
-            return Err(forbidden(&user, "create join tokens"));
-        }
+        master(&req, "create join tokens")?;
         let r = req.into_inner();
         if r.ttl_seconds < 0 {
             return Err(Status::invalid_argument("ttl: must not be negative"));
@@ -362,10 +369,7 @@ impl Bootstrap for Service {
         &self,
         req: Request<ListTokensRequest>,
     ) -> Result<Response<JoinTokens>, Status> {
-        let user = caller(&req)?;
-        if !is_master(&user) {
-            return Err(forbidden(&user, "list join tokens"));
-        }
+        master(&req, "list join tokens")?;
         let tokens = self.tokens.list().await.map_err(|e| e.to_grpc())?;
         Ok(Response::new(JoinTokens {
             tokens: tokens.iter().map(Record::wire).collect(),
@@ -376,10 +380,7 @@ impl Bootstrap for Service {
         &self,
         req: Request<DeleteTokenRequest>,
     ) -> Result<Response<WireToken>, Status> {
-        let user = caller(&req)?;
-        if !is_master(&user) {
-            return Err(forbidden(&user, "delete join tokens"));
-        }
+        master(&req, "delete join tokens")?;
         let id = req.into_inner().id;
         match self.tokens.remove(&id).await.map_err(|e| e.to_grpc())? {
             Some(r) => Ok(Response::new(r.wire())),

@@ -14,13 +14,31 @@ pub use skiff_api::join::{JoinToken, ca_hash, hex, valid_id};
 /// The largest CA bundle taken from a server.
 const MAX_BUNDLE: usize = 1 << 20;
 
+/// Why no CA bundle came.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FetchError {
+    /// Trying again cannot help: not an https server, or a bundle of another
+    /// cluster than the token's.
+    Refused(String),
+    /// The server could not be reached or answered badly: worth a retry.
+    Failed(String),
+}
+
+impl std::fmt::Display for FetchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FetchError::Refused(m) | FetchError::Failed(m) => f.write_str(m),
+        }
+    }
+}
+
 /// Fetches `https://host:port/cacerts` without verifying the server (there
 /// is nothing to verify it with yet) and checks the bundle against the
 /// token's hash; a mismatch is an error naming both hashes.
-pub async fn fetch_ca(server: &str, token: &JoinToken) -> Result<String, String> {
+pub async fn fetch_ca(server: &str, token: &JoinToken) -> Result<String, FetchError> {
     let authority = server
         .strip_prefix("https://")
-        .ok_or_else(|| format!("{server}: joining needs an https:// server"))?
+        .ok_or_else(|| FetchError::Refused(format!("{server}: joining needs an https:// server")))?
         .trim_end_matches('/');
     let host = match authority.rsplit_once(':') {
         Some((h, _)) => h.trim_start_matches('[').trim_end_matches(']'),
@@ -63,13 +81,15 @@ pub async fn fetch_ca(server: &str, token: &JoinToken) -> Result<String, String>
     };
     let bundle = tokio::time::timeout(Duration::from_secs(10), fetch)
         .await
-        .map_err(|_| format!("{server}/cacerts: no answer in 10 s"))??;
+        .map_err(|_| format!("{server}/cacerts: no answer in 10 s"))
+        .and_then(|r| r)
+        .map_err(FetchError::Failed)?;
     if let Some(want) = &token.ca_hash {
         let got = ca_hash(&bundle);
         if &got != want {
-            return Err(format!(
+            return Err(FetchError::Refused(format!(
                 "the server's CA bundle has hash {got}, the join token says {want}: refusing to join (wrong server, or a token from another cluster)"
-            ));
+            )));
         }
     }
     Ok(bundle)

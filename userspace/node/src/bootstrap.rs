@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use skiff_api::v1::JoinRequest;
-use skiff_client::join::{JoinToken, ca_hash, fetch_ca};
+use skiff_client::join::{FetchError, JoinToken, ca_hash, fetch_ca};
 use skiff_client::{Client, Credentials};
 
 /// A certificate this close to its expiry is renewed (k3s: 90 days).
@@ -332,13 +332,11 @@ enum Failure {
     Fatal(String),
 }
 
-impl From<String> for Failure {
-    /// A failed CA fetch: a hash mismatch is final, the rest is retried.
-    fn from(e: String) -> Failure {
-        if e.contains("refusing to join") {
-            Failure::Fatal(e)
-        } else {
-            Failure::Retry(e)
+impl From<FetchError> for Failure {
+    fn from(e: FetchError) -> Failure {
+        match e {
+            FetchError::Refused(m) => Failure::Fatal(m),
+            FetchError::Failed(m) => Failure::Retry(m),
         }
     }
 }
