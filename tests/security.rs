@@ -18,6 +18,22 @@ const SKIFF: &str = env!("CARGO_BIN_EXE_skiff");
 const KUBECTL_1_20: &str = "/opt/kubernetes-client-1.20/usr/bin/kubectl";
 
 /// curl's status code and body for `args`.
+/// Polls `f` until it answers (the policy follows the store's feed), for
+/// at most 20 s.
+fn until<T>(mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no answer within 20 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 fn curl(args: &[&str]) -> (u16, String) {
     let out = Command::new("curl")
         .args(["-s", "-w", "\n%{http_code}"])
@@ -158,7 +174,25 @@ fn the_api_port_serves_tls_and_authenticates_every_request() {
             &format!("{base}{path}"),
         ])
     };
+    // Known, but granted nothing yet: 403, worded as Kubernetes words it.
     let (code, body) = bearer("alice-token", "/api/v1/namespaces/default/configmaps/app");
+    assert_eq!(code, 403, "{body}");
+    let status: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        status["message"],
+        "configmaps \"app\" is forbidden: User \"alice\" cannot get resource \"configmaps\" in API group \"\" in the namespace \"default\""
+    );
+    assert_eq!(status["reason"], "Forbidden");
+    // `view` in default for her group, then she reads.
+    s.apply(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: dev-view, namespace: default}\n\
+         roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: view}\n\
+         subjects: [{apiGroup: rbac.authorization.k8s.io, kind: Group, name: dev}]\n",
+    );
+    let (code, body) = until(|| {
+        let r = bearer("alice-token", "/api/v1/namespaces/default/configmaps/app");
+        (r.0 != 403).then_some(r)
+    });
     assert_eq!(code, 200, "{body}");
     assert_eq!(bearer("wrong", "/api/v1/namespaces").0, 401);
     assert_eq!(bearer("wrong", "/readyz").0, 401);
@@ -822,4 +856,587 @@ fn the_kubeconfig_context_namespace_is_the_default_namespace() {
     // -n wins over the context.
     let out = skiff(&["get", "cm", "here", "-n", "default"]);
     assert!(!out.status.success());
+}
+
+/// One request with curl as `who` (curl flags naming a token or a
+/// certificate): its status code and body.
+fn call(s: &Server, who: &[String], method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    let mut args: Vec<String> = vec!["--cacert".into(), ca(s), "-X".into(), method.into()];
+    args.extend(who.iter().cloned());
+    if let Some(b) = body {
+        let ct = if method == "PATCH" {
+            "application/merge-patch+json"
+        } else {
+            "application/json"
+        };
+        args.extend([
+            "-H".into(),
+            format!("Content-Type: {ct}"),
+            "-d".into(),
+            b.into(),
+        ]);
+    }
+    args.push(format!("{}{path}", s.url()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    curl(&args)
+}
+
+fn bearer_flags(token: &str) -> Vec<String> {
+    vec!["-H".into(), format!("Authorization: Bearer {token}")]
+}
+
+fn message(body: &str) -> String {
+    serde_json::from_str::<Value>(body).map_or_else(
+        |_| body.to_string(),
+        |v| v["message"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+/// A kubeconfig for the admin's cluster with a token user instead.
+fn token_kubeconfig(s: &Server, token: &str, at: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(s.kubeconfig()).unwrap();
+    let mut doc: Value = serde_yaml_ng::from_str(&text).unwrap();
+    doc["users"][0]["user"] = serde_json::json!({ "token": token });
+    std::fs::write(at, serde_yaml_ng::to_string(&doc).unwrap()).unwrap();
+    at.to_path_buf()
+}
+
+#[test]
+fn rbac_grants_what_bindings_say_and_nothing_more() {
+    if require_tool("curl").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.csv");
+    std::fs::write(
+        &tokens,
+        "viewer-token,viewer,1\neditor-token,editor,2\nnsadmin-token,nsadmin,3\n",
+    )
+    .unwrap();
+    let s = Server::start_secure(
+        Path::new(SKIFF),
+        &["--token-auth-file", tokens.to_str().unwrap()],
+    );
+    let binding = |name: &str, role: &str, user: &str| {
+        format!(
+            "---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: {name}, namespace: team}}\n\
+             roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {role}}}\n\
+             subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: {user}}}]\n"
+        )
+    };
+    s.apply(&format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: team}}\n\
+         ---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: c, namespace: team}}\ndata: {{k: v}}\n\
+         ---\napiVersion: v1\nkind: Pod\nmetadata: {{name: web, namespace: team}}\nspec: {{containers: [{{name: c, image: demo}}]}}\n\
+         {}{}{}",
+        binding("viewers", "view", "viewer"),
+        binding("editors", "edit", "editor"),
+        binding("admins", "admin", "nsadmin"),
+    ));
+    let (viewer, editor, nsadmin) = (
+        bearer_flags("viewer-token"),
+        bearer_flags("editor-token"),
+        bearer_flags("nsadmin-token"),
+    );
+    let admin = s.curl_admin()[2..].to_vec();
+    // The bindings reach the policy through the store's feed.
+    for who in [&viewer, &editor, &nsadmin] {
+        until(|| {
+            (call(&s, who, "GET", "/api/v1/namespaces/team/pods", None).0 == 200).then_some(())
+        });
+    }
+
+    // view: reads, and nothing else.
+    let (code, body) = call(
+        &s,
+        &viewer,
+        "DELETE",
+        "/api/v1/namespaces/team/configmaps/c",
+        None,
+    );
+    assert_eq!(code, 403, "{body}");
+    assert_eq!(
+        message(&body),
+        "configmaps \"c\" is forbidden: User \"viewer\" cannot delete resource \"configmaps\" in API group \"\" in the namespace \"team\""
+    );
+    assert_eq!(
+        call(
+            &s,
+            &admin,
+            "GET",
+            "/api/v1/namespaces/team/configmaps/c",
+            None
+        )
+        .0,
+        200
+    );
+    let cm = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"by-viewer"}}"#;
+    assert_eq!(
+        call(
+            &s,
+            &viewer,
+            "POST",
+            "/api/v1/namespaces/team/configmaps",
+            Some(cm)
+        )
+        .0,
+        403
+    );
+    assert_eq!(
+        call(
+            &s,
+            &admin,
+            "GET",
+            "/api/v1/namespaces/team/configmaps/by-viewer",
+            None
+        )
+        .0,
+        404,
+        "a refused write stores nothing"
+    );
+    let (code, body) = call(
+        &s,
+        &viewer,
+        "GET",
+        "/api/v1/namespaces/team/pods/web/exec?command=ls&stdout=true",
+        None,
+    );
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        message(&body).contains("cannot create resource \"pods/exec\""),
+        "{body}"
+    );
+    let (code, body) = call(
+        &s,
+        &viewer,
+        "GET",
+        "/api/v1/namespaces/team/pods/web/log",
+        None,
+    );
+    assert_ne!(code, 403, "view reads logs: {body}");
+    let (code, body) = call(&s, &viewer, "GET", "/api/v1/namespaces/default/pods", None);
+    assert_eq!(
+        code, 403,
+        "a RoleBinding grants in its namespace only: {body}"
+    );
+    let (code, body) = call(&s, &viewer, "GET", "/api/v1/pods", None);
+    assert_eq!(code, 403);
+    assert!(message(&body).ends_with("at the cluster scope"), "{body}");
+    // gRPC says the same (the CLI with the viewer's token).
+    let kc = token_kubeconfig(&s, "viewer-token", &dir.path().join("viewer.kubeconfig"));
+    let cli = |args: &[&str]| {
+        Command::new(SKIFF)
+            .arg("--kubeconfig")
+            .arg(&kc)
+            .args(args)
+            .env("HOME", s.home.path())
+            .env_remove("SKIFF_SERVER")
+            .env_remove("KUBECONFIG")
+            .output()
+            .unwrap()
+    };
+    let out = cli(&["delete", "configmap", "c", "-n", "team"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("User \"viewer\" cannot delete resource \"configmaps\""),
+        "{err}"
+    );
+    ok(cli(&["get", "pods", "-n", "team"]), "skiff get as viewer");
+    // can-i, both CLIs.
+    let out = cli(&["auth", "can-i", "delete", "configmaps", "-n", "team"]);
+    assert_eq!(
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).trim()
+        ),
+        (Some(1), "no")
+    );
+    let out = cli(&["auth", "can-i", "list", "pods", "-n", "team"]);
+    assert_eq!(
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).trim()
+        ),
+        (Some(0), "yes")
+    );
+    let out = cli(&[
+        "auth",
+        "can-i",
+        "create",
+        "pods",
+        "--subresource",
+        "exec",
+        "-n",
+        "team",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "no");
+    let out = cli(&["auth", "can-i", "--list", "-n", "team"]);
+    let listed = ok(out, "can-i --list");
+    assert!(
+        listed.contains("deployments.apps") && listed.contains("/api/*"),
+        "{listed}"
+    );
+    if let Some(bin) = require_tool("kubectl") {
+        let kubectl_as = |args: &[&str]| {
+            Command::new(&bin)
+                .arg("--kubeconfig")
+                .arg(&kc)
+                .args(args)
+                .output()
+                .unwrap()
+        };
+        let out = kubectl_as(&["auth", "can-i", "delete", "pods", "-n", "team"]);
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "no", "{out:?}");
+        assert_eq!(out.status.code(), Some(1));
+        let out = kubectl_as(&["auth", "can-i", "get", "pods", "-n", "team"]);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "yes",
+            "{out:?}"
+        );
+        let out = kubectl_as(&["auth", "can-i", "--list", "-n", "team"]);
+        let listed = String::from_utf8_lossy(&out.stdout);
+        assert!(listed.contains("pods/log"), "{listed}");
+        // The viewer may not act as anyone else.
+        let out = kubectl_as(&["get", "pods", "-n", "team", "--as", "system:admin"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success()
+                && err.contains("User \"viewer\" cannot impersonate resource \"users\""),
+            "{err}"
+        );
+        // The admin may (`--as`), and kubectl's protobuf RBAC bodies are read.
+        let admin_kubectl = |args: &[&str]| kubectl(&bin, &s, args);
+        let out = admin_kubectl(&[
+            "auth",
+            "can-i",
+            "delete",
+            "configmaps",
+            "-n",
+            "team",
+            "--as",
+            "viewer",
+        ]);
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "no", "{out:?}");
+        let out = admin_kubectl(&[
+            "auth", "can-i", "list", "pods", "-n", "team", "--as", "viewer",
+        ]);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "yes",
+            "{out:?}"
+        );
+        ok(
+            admin_kubectl(&[
+                "create",
+                "role",
+                "cm-deleter",
+                "--verb=delete",
+                "--resource=configmaps",
+                "-n",
+                "team",
+            ]),
+            "kubectl create role",
+        );
+        ok(
+            admin_kubectl(&[
+                "create",
+                "rolebinding",
+                "viewer-deletes",
+                "--role=cm-deleter",
+                "--user=viewer",
+                "-n",
+                "team",
+            ]),
+            "kubectl create rolebinding",
+        );
+        until(|| {
+            let out = kubectl_as(&["auth", "can-i", "delete", "configmaps", "-n", "team"]);
+            (String::from_utf8_lossy(&out.stdout).trim() == "yes").then_some(())
+        });
+        ok(
+            admin_kubectl(&["delete", "rolebinding", "viewer-deletes", "-n", "team"]),
+            "kubectl delete rolebinding",
+        );
+        until(|| {
+            let out = kubectl_as(&["auth", "can-i", "delete", "configmaps", "-n", "team"]);
+            (String::from_utf8_lossy(&out.stdout).trim() == "no").then_some(())
+        });
+    }
+
+    // edit: changes workloads, not who may.
+    let cm = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"by-editor"}}"#;
+    assert_eq!(
+        call(
+            &s,
+            &editor,
+            "POST",
+            "/api/v1/namespaces/team/configmaps",
+            Some(cm)
+        )
+        .0,
+        201
+    );
+    let rb = |name: &str, role: &str| {
+        format!(
+            r#"{{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"RoleBinding","metadata":{{"name":"{name}"}},"roleRef":{{"apiGroup":"rbac.authorization.k8s.io","kind":"ClusterRole","name":"{role}"}},"subjects":[{{"apiGroup":"rbac.authorization.k8s.io","kind":"User","name":"someone"}}]}}"#
+        )
+    };
+    let rbs = "/apis/rbac.authorization.k8s.io/v1/namespaces/team/rolebindings";
+    let (code, body) = call(&s, &editor, "POST", rbs, Some(&rb("e", "edit")));
+    assert_eq!(code, 403, "{body}");
+
+    // admin: roles and bindings in the namespace, but no more than it holds.
+    let role = |name: &str, resource: &str, verb: &str| {
+        format!(
+            r#"{{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"Role","metadata":{{"name":"{name}"}},"rules":[{{"apiGroups":[""],"resources":["{resource}"],"verbs":["{verb}"]}}]}}"#
+        )
+    };
+    let roles = "/apis/rbac.authorization.k8s.io/v1/namespaces/team/roles";
+    let (code, body) = call(
+        &s,
+        &nsadmin,
+        "POST",
+        roles,
+        Some(&role("pod-reader", "pods", "get")),
+    );
+    assert_eq!(code, 201, "{body}");
+    let (code, body) = call(
+        &s,
+        &nsadmin,
+        "POST",
+        roles,
+        Some(&role("node-lister", "nodes", "list")),
+    );
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        message(&body).contains("is attempting to grant RBAC permissions not currently held")
+            && message(&body).contains("Resources:[\"nodes\"]"),
+        "{body}"
+    );
+    let (code, body) = call(
+        &s,
+        &nsadmin,
+        "POST",
+        rbs,
+        Some(&rb("too-much", "cluster-admin")),
+    );
+    assert_eq!(code, 403, "{body}");
+    let (code, body) = call(
+        &s,
+        &nsadmin,
+        "POST",
+        rbs,
+        Some(&rb("someone-edits", "edit")),
+    );
+    assert_eq!(code, 201, "admin holds all of edit: {body}");
+    assert_eq!(
+        call(&s, &admin, "GET", &format!("{rbs}/too-much"), None).0,
+        404,
+        "the refused binding is not stored"
+    );
+    // A binding's role cannot change.
+    let (code, body) = call(
+        &s,
+        &admin,
+        "PATCH",
+        &format!("{rbs}/someone-edits"),
+        Some(
+            r#"{"roleRef":{"apiGroup":"rbac.authorization.k8s.io","kind":"ClusterRole","name":"view"}}"#,
+        ),
+    );
+    assert_eq!(code, 422, "{body}");
+    assert!(message(&body).contains("cannot change roleRef"), "{body}");
+    // Cluster-wide, the namespace admin is nobody.
+    assert_eq!(
+        call(
+            &s,
+            &nsadmin,
+            "GET",
+            "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+            None
+        )
+        .0,
+        403
+    );
+    // The defaults are there, and the admin sees them.
+    let (code, body) = call(
+        &s,
+        &admin,
+        "GET",
+        "/apis/rbac.authorization.k8s.io/v1/clusterroles/system:node",
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+}
+
+/// A client certificate for `cn`/`o`, signed by the server's client CA.
+fn client_cert(s: &Server, dir: &Path, cn: &str, o: &str) -> Vec<String> {
+    // No colons in the file names: curl reads `--cert FILE:PASSWORD`.
+    let stem = cn.replace(':', "-");
+    let (key, csr, crt) = (
+        dir.join(format!("{stem}.key")),
+        dir.join(format!("{stem}.csr")),
+        dir.join(format!("{stem}.crt")),
+    );
+    let run = |args: &[&std::ffi::OsStr]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let subj = format!("/CN={cn}/O={o}");
+    run(&[
+        "req".as_ref(),
+        "-newkey".as_ref(),
+        "ec".as_ref(),
+        "-pkeyopt".as_ref(),
+        "ec_paramgen_curve:P-256".as_ref(),
+        "-nodes".as_ref(),
+        "-subj".as_ref(),
+        subj.as_ref(),
+        "-keyout".as_ref(),
+        key.as_os_str(),
+        "-out".as_ref(),
+        csr.as_os_str(),
+    ]);
+    let (ca_crt, ca_key) = (s.tls_file("client-ca.crt"), s.tls_file("client-ca.key"));
+    // An X.509 v3 client certificate (webpki takes no v1).
+    let ext = dir.join("client.ext");
+    std::fs::write(
+        &ext,
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509".as_ref(),
+        "-req".as_ref(),
+        "-in".as_ref(),
+        csr.as_os_str(),
+        "-CA".as_ref(),
+        ca_crt.as_os_str(),
+        "-CAkey".as_ref(),
+        ca_key.as_os_str(),
+        "-CAcreateserial".as_ref(),
+        "-days".as_ref(),
+        "1".as_ref(),
+        "-extfile".as_ref(),
+        ext.as_os_str(),
+        "-out".as_ref(),
+        crt.as_os_str(),
+    ]);
+    vec![
+        "--cert".into(),
+        crt.display().to_string(),
+        "--key".into(),
+        key.display().to_string(),
+    ]
+}
+
+#[test]
+fn node_restriction_confines_a_node_to_its_own_objects() {
+    if require_tool("curl").is_none() || require_tool("openssl").is_none() {
+        return;
+    }
+    let s = Server::start_secure(Path::new(SKIFF), &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let n1 = client_cert(&s, dir.path(), "system:node:n1", "system:nodes");
+    let pod = |name: &str, node: &str, cm: &str| {
+        format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default}}\n\
+             spec: {{nodeName: {node}, containers: [{{name: c, image: demo}}], volumes: [{{name: v, configMap: {{name: {cm}}}}}]}}\n"
+        )
+    };
+    // Both nodes exist (a pod bound to a missing node is collected).
+    s.apply(&format!(
+        "apiVersion: v1\nkind: Node\nmetadata: {{name: n1}}\n\
+         ---\napiVersion: v1\nkind: Node\nmetadata: {{name: n2}}\n\
+         ---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: c1, namespace: default}}\n\
+         ---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: c2, namespace: default}}\n\
+         ---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: c3, namespace: default}}\n{}{}",
+        pod("p1", "n1", "c1"),
+        pod("p2", "n2", "c2"),
+    ));
+    // The graph of pods by node follows the feed.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (code, body) = call(
+            &s,
+            &n1,
+            "GET",
+            "/api/v1/namespaces/default/configmaps/c1",
+            None,
+        );
+        if code == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node never read c1: {code} {body}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+
+    let node = |name: &str, labels: &str| {
+        format!(
+            r#"{{"apiVersion":"v1","kind":"Node","metadata":{{"name":"{name}","labels":{{{labels}}}}}}}"#
+        )
+    };
+    let lease = |name: &str| {
+        format!(
+            r#"{{"apiVersion":"coordination.k8s.io/v1","kind":"Lease","metadata":{{"name":"{name}"}},"spec":{{"holderIdentity":"{name}"}}}}"#
+        )
+    };
+    let cm = "/api/v1/namespaces/default/configmaps";
+    let pods = "/api/v1/namespaces/default/pods";
+    let leases = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases";
+    let running = r#"{"status":{"phase":"Running"}}"#;
+    let taint = r#"{"spec":{"taints":[{"key":"k","effect":"NoSchedule"}]}}"#;
+    // (what, method, path, body, the codes it may get, what the refusal says)
+    type Case<'a> = (&'a str, &'a str, String, Option<String>, &'a [u16], &'a str);
+    let cases: Vec<Case> = vec![
+        ("a ConfigMap its pod uses", "GET", format!("{cm}/c1"), None, &[200], ""),
+        ("a ConfigMap of another node's pod", "GET", format!("{cm}/c2"), None, &[403], "no relationship found between node 'n1' and this object"),
+        ("a ConfigMap no pod uses", "GET", format!("{cm}/c3"), None, &[403], "no relationship found"),
+        ("every ConfigMap", "GET", cm.to_string(), None, &[403], "can only get individual resources"),
+        ("a restricted label on its Node", "PATCH", "/api/v1/nodes/n1".into(), Some(r#"{"metadata":{"labels":{"node-role.kubernetes.io/control-plane":""}}}"#.into()), &[403], "is not allowed to modify labels: node-role.kubernetes.io/control-plane"),
+        ("a label on its Node", "PATCH", "/api/v1/nodes/n1".into(), Some(r#"{"metadata":{"labels":{"kubernetes.io/hostname":"n1"}}}"#.into()), &[200], ""),
+        ("another Node, created", "POST", "/api/v1/nodes".into(), Some(node("n3", "")), &[403], "node \"n1\" is not allowed to modify node \"n3\""),
+        ("another Node", "PUT", "/api/v1/nodes/n2".into(), Some(node("n2", "")), &[403], "node \"n1\" is not allowed to modify node \"n2\""),
+        ("taints on its Node", "PATCH", "/api/v1/nodes/n1".into(), Some(taint.into()), &[403], "is not allowed to modify taints"),
+        ("the status of another node's pod", "PATCH", format!("{pods}/p2/status"), Some(running.into()), &[403], "can only update pod status for pods with spec.nodeName set to itself"),
+        ("the status of its pod", "PATCH", format!("{pods}/p1/status"), Some(running.into()), &[200], ""),
+        ("its pod's spec", "PATCH", format!("{pods}/p1"), Some(r#"{"metadata":{"labels":{"a":"b"}}}"#.into()), &[403], "cannot patch resource \"pods\""),
+        ("another node's pod, deleted", "DELETE", format!("{pods}/p2"), None, &[403], "can only delete pods with spec.nodeName set to itself"),
+        ("a pod, created", "POST", pods.to_string(), Some(r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p3"},"spec":{"containers":[{"name":"c","image":"demo"}]}}"#.into()), &[403], "cannot create resource \"pods\""),
+        ("another node's Lease", "POST", leases.to_string(), Some(lease("n2")), &[403], "can only access its own node lease"),
+        ("its Lease", "POST", leases.to_string(), Some(lease("n1")), &[201], ""),
+        ("a namespace, deleted", "DELETE", "/api/v1/namespaces/default".into(), None, &[403], "cannot delete resource \"namespaces\""),
+        ("its pod, deleted", "DELETE", format!("{pods}/p1"), None, &[200, 202], ""),
+    ];
+    let mut failures = Vec::new();
+    for (what, method, path, body, codes, says) in &cases {
+        let (code, out) = call(&s, &n1, method, path, body.as_deref());
+        if !codes.contains(&code) || !message(&out).contains(says) {
+            failures.push(format!("{what}: {method} {path}: {code} {out}"));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+    // What was refused left everything as it was.
+    let admin = s.curl_admin()[2..].to_vec();
+    let (_, p2) = call(&s, &admin, "GET", &format!("{pods}/p2"), None);
+    let p2: Value = serde_json::from_str(&p2).unwrap();
+    assert!(
+        p2["metadata"]["deletionTimestamp"].is_null() && p2["status"]["phase"] == "Pending",
+        "{p2}"
+    );
+    let (_, n1_node) = call(&s, &admin, "GET", "/api/v1/nodes/n1", None);
+    let n1_node: Value = serde_json::from_str(&n1_node).unwrap();
+    assert!(n1_node["spec"]["taints"].is_null(), "{n1_node}");
 }

@@ -22,6 +22,7 @@ fn main() -> anyhow::Result<()> {
         "proto/skiff/v1/api.proto",
         "proto/skiff/v1/pods.proto",
         "proto/skiff/v1/bootstrap.proto",
+        "proto/skiff/v1/auth.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

@@ -40,10 +40,16 @@ pub async fn ensure(
         metadata: meta(NAMESPACE, "", &[]),
         ..Default::default()
     };
-    match client.create(&ns).await {
+    // kube-system is there on any skiff server; create it only when an
+    // older one lacks it (the addon's role may read it, not make it).
+    match client.get::<Namespace>("", NAMESPACE).await {
         Ok(_) => {}
-        Err(e) if e.is_already_exists() => {}
-        Err(e) => return Err(anyhow::anyhow!("create namespace {NAMESPACE}: {e}")),
+        Err(e) if e.is_not_found() => match client.create(&ns).await {
+            Ok(_) => {}
+            Err(e) if e.is_already_exists() => {}
+            Err(e) => return Err(anyhow::anyhow!("create namespace {NAMESPACE}: {e}")),
+        },
+        Err(e) => return Err(anyhow::anyhow!("read namespace {NAMESPACE}: {e}")),
     }
     let port = |name: &str, protocol: &str| ServicePort {
         name: name.to_string(),

@@ -141,6 +141,29 @@ pub fn of(kind: Kind) -> &'static [Column] {
             }
         }
         Kind::ConfigMap => const { &[NAME, col("Data", "Number of data keys."), AGE] },
+        Kind::Role | Kind::ClusterRole => {
+            const {
+                &[
+                    NAME,
+                    col("Created At", "When the role was created (RFC 3339)."),
+                ]
+            }
+        }
+        Kind::RoleBinding | Kind::ClusterRoleBinding => {
+            const {
+                &[
+                    NAME,
+                    col("Role", "The role the binding grants: kind/name."),
+                    AGE,
+                    wide("Users", "The users the binding names."),
+                    wide("Groups", "The groups the binding names."),
+                    wide(
+                        "ServiceAccounts",
+                        "The service accounts the binding names, as namespace/name.",
+                    ),
+                ]
+            }
+        }
         Kind::ServiceAccount => {
             const {
                 &[
@@ -234,6 +257,39 @@ fn images(spec: Option<&PodSpec>) -> (String, String) {
 fn label_selector_text(sel: Option<&LabelSelector>) -> String {
     sel.map(|s| selector_text(&s.match_labels))
         .unwrap_or_else(|| "<none>".into())
+}
+
+fn created_at(meta: &ObjectMeta) -> String {
+    meta.creation_timestamp
+        .as_ref()
+        .map(|t| t.to_rfc3339())
+        .unwrap_or_else(|| "<unknown>".into())
+}
+
+fn binding_cells(
+    name: String,
+    created: String,
+    role: Option<&RoleRef>,
+    subjects: &[Subject],
+) -> (Vec<String>, Vec<String>) {
+    let of = |kind: &str| {
+        let names: Vec<String> = subjects
+            .iter()
+            .filter(|s| s.kind == kind)
+            .map(|s| match kind {
+                "ServiceAccount" => format!("{}/{}", s.namespace, s.name),
+                _ => s.name.clone(),
+            })
+            .collect();
+        names.join(", ")
+    };
+    let role = role
+        .map(|r| format!("{}/{}", r.kind, r.name))
+        .unwrap_or_default();
+    (
+        vec![name, role, created],
+        vec![of("User"), of("Group"), of("ServiceAccount")],
+    )
 }
 
 /// The cells of one object's row: one per column of [`of`] its kind, the
@@ -426,6 +482,11 @@ pub fn cells(obj: &Object) -> Vec<String> {
             vec![],
         ),
         Object::ServiceAccount(s) => (vec![name, s.secrets.len().to_string(), created], vec![]),
+        Object::Role(_) | Object::ClusterRole(_) => (vec![name, created_at(meta)], vec![]),
+        Object::RoleBinding(b) => binding_cells(name, created, b.role_ref.as_ref(), &b.subjects),
+        Object::ClusterRoleBinding(b) => {
+            binding_cells(name, created, b.role_ref.as_ref(), &b.subjects)
+        }
         Object::Endpoints(e) => (vec![name, endpoints_cell(e), created], vec![]),
         Object::EndpointSlice(e) => {
             let ports: Vec<String> = e

@@ -17,7 +17,14 @@ pub enum Kind {
     Event,
     ServiceAccount,
     Endpoints,
+    Role,
+    ClusterRole,
+    RoleBinding,
+    ClusterRoleBinding,
 }
+
+/// The RBAC group.
+pub const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 
 struct Info {
     name: &'static str,
@@ -57,6 +64,17 @@ const fn info(kind: Kind) -> Info {
             &["sa"],
         ),
         Kind::Endpoints => ("Endpoints", "", "endpoints", true, false, &["ep"]),
+        Kind::Role => ("Role", RBAC_GROUP, "roles", true, false, &[]),
+        Kind::ClusterRole => ("ClusterRole", RBAC_GROUP, "clusterroles", false, false, &[]),
+        Kind::RoleBinding => ("RoleBinding", RBAC_GROUP, "rolebindings", true, false, &[]),
+        Kind::ClusterRoleBinding => (
+            "ClusterRoleBinding",
+            RBAC_GROUP,
+            "clusterrolebindings",
+            false,
+            false,
+            &[],
+        ),
     };
     Info {
         name,
@@ -69,7 +87,7 @@ const fn info(kind: Kind) -> Info {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 16] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Pod,
@@ -82,6 +100,10 @@ impl Kind {
         Kind::Event,
         Kind::ServiceAccount,
         Kind::Endpoints,
+        Kind::Role,
+        Kind::ClusterRole,
+        Kind::RoleBinding,
+        Kind::ClusterRoleBinding,
     ];
 
     /// The kind's name as in a manifest's `kind:` field.
@@ -166,6 +188,10 @@ impl Kind {
             Kind::Event => "core/events/",
             Kind::ServiceAccount => "core/serviceaccounts/",
             Kind::Endpoints => "core/endpoints/",
+            Kind::Role => "rbac.authorization.k8s.io/roles/",
+            Kind::ClusterRole => "rbac.authorization.k8s.io/clusterroles/",
+            Kind::RoleBinding => "rbac.authorization.k8s.io/rolebindings/",
+            Kind::ClusterRoleBinding => "rbac.authorization.k8s.io/clusterrolebindings/",
         }
     }
 

@@ -35,7 +35,7 @@ pub mod v1 {
     tonic::include_proto!("skiff.v1");
 }
 
-pub use kind::Kind;
+pub use kind::{Kind, RBAC_GROUP};
 pub use object::Object;
 pub use quantity::Quantity as ParsedQuantity;
 pub use resource::Resource;

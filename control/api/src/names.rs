@@ -33,6 +33,18 @@ pub fn dns_subdomain_error(s: &str) -> Option<String> {
     })
 }
 
+/// A path segment: what RBAC objects are called (`system:node` has a
+/// colon); anything but `.`, `..`, and names with `/` or `%`.
+pub fn path_segment_error(s: &str) -> Option<String> {
+    if s == "." || s == ".." {
+        return Some(format!("may not be '{s}'"));
+    }
+    ["/", "%"]
+        .into_iter()
+        .find(|c| s.contains(c))
+        .map(|c| format!("may not contain '{c}'"))
+}
+
 /// RFC 1035 label: what a Service is called (it must start with a letter,
 /// since it becomes a DNS name).
 pub fn dns1035_label_error(s: &str) -> Option<String> {

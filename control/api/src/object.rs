@@ -62,6 +62,22 @@ macro_rules! with_resource {
                 type $R = $crate::v1::Endpoints;
                 $body
             }
+            $crate::Kind::Role => {
+                type $R = $crate::v1::Role;
+                $body
+            }
+            $crate::Kind::ClusterRole => {
+                type $R = $crate::v1::ClusterRole;
+                $body
+            }
+            $crate::Kind::RoleBinding => {
+                type $R = $crate::v1::RoleBinding;
+                $body
+            }
+            $crate::Kind::ClusterRoleBinding => {
+                type $R = $crate::v1::ClusterRoleBinding;
+                $body
+            }
         }
     };
 }
@@ -81,6 +97,10 @@ pub enum Object {
     Event(Event),
     ServiceAccount(ServiceAccount),
     Endpoints(Endpoints),
+    Role(Role),
+    ClusterRole(ClusterRole),
+    RoleBinding(RoleBinding),
+    ClusterRoleBinding(ClusterRoleBinding),
 }
 
 macro_rules! each {
@@ -98,6 +118,10 @@ macro_rules! each {
             Object::Event($o) => $body,
             Object::ServiceAccount($o) => $body,
             Object::Endpoints($o) => $body,
+            Object::Role($o) => $body,
+            Object::ClusterRole($o) => $body,
+            Object::RoleBinding($o) => $body,
+            Object::ClusterRoleBinding($o) => $body,
         }
     };
 }

@@ -346,7 +346,13 @@ fn field_schema(
 pub fn strict_capable(kind: Kind) -> bool {
     matches!(
         kind,
-        Kind::ConfigMap | Kind::Namespace | Kind::ServiceAccount | Kind::Endpoints
+        Kind::ConfigMap
+            | Kind::Namespace
+            | Kind::ServiceAccount
+            | Kind::Endpoints
+            | Kind::Role
+            | Kind::RoleBinding
+            | Kind::ClusterRoleBinding
     )
 }
 

@@ -147,6 +147,10 @@ resource!(Lease, Lease, status:, validate: validation::lease);
 resource!(Event, Event, status:, validate: validation::event);
 resource!(ServiceAccount, ServiceAccount, status:, validate: validation::service_account);
 resource!(Endpoints, Endpoints, status:, validate: validation::endpoints);
+resource!(Role, Role, status:, validate: validation::role);
+resource!(ClusterRole, ClusterRole, status:, validate: validation::cluster_role);
+resource!(RoleBinding, RoleBinding, status:, validate: validation::role_binding);
+resource!(ClusterRoleBinding, ClusterRoleBinding, status:, validate: validation::cluster_role_binding);
 
 /// Field selector values beyond `metadata.name` and `metadata.namespace`,
 /// the ones Kubernetes supports and components use.
@@ -251,6 +255,18 @@ mod extra_field {
         None
     }
     pub fn Endpoints(_: &Endpoints, _: &str) -> Option<String> {
+        None
+    }
+    pub fn Role(_: &Role, _: &str) -> Option<String> {
+        None
+    }
+    pub fn ClusterRole(_: &ClusterRole, _: &str) -> Option<String> {
+        None
+    }
+    pub fn RoleBinding(_: &RoleBinding, _: &str) -> Option<String> {
+        None
+    }
+    pub fn ClusterRoleBinding(_: &ClusterRoleBinding, _: &str) -> Option<String> {
         None
     }
 }

@@ -19,6 +19,7 @@ pub struct Apply<'a> {
     pub manager: &'a str,
     pub force: bool,
     pub dry_run: bool,
+    pub user: Option<std::sync::Arc<crate::authn::UserInfo>>,
 }
 
 /// Reads an apply body: YAML (JSON is YAML too), one object.
@@ -97,6 +98,7 @@ pub async fn apply<R: Strategy>(registry: &Registry, a: Apply<'_>) -> ApiResult<
     let opts = WriteOptions {
         dry_run: a.dry_run,
         field_manager: None,
+        user: a.user.clone(),
     };
     for _ in 0..8 {
         let live = match registry.get::<R>(a.namespace, a.name).await {

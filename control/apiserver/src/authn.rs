@@ -52,7 +52,7 @@ impl UserInfo {
 }
 
 /// Paths anyone may read (kube-apiserver's `system:public-info-viewer`).
-fn public(path: &str) -> bool {
+pub(crate) fn public(path: &str) -> bool {
     ["/healthz", "/livez", "/readyz", "/version", "/cacerts"]
         .iter()
         .any(|p| {
@@ -68,6 +68,8 @@ pub struct Authenticator {
     tokens: HashMap<String, Arc<UserInfo>>,
     /// Join tokens (`<id>:<secret>`), looked up in the store.
     join: Option<Arc<crate::join::Tokens>>,
+    /// Judges impersonation (`Impersonate-User`, `kubectl --as`).
+    authz: Option<Arc<crate::authz::Authorizer>>,
 }
 
 impl Authenticator {
@@ -111,7 +113,74 @@ impl Authenticator {
                 return Err(format!("line {}: the token is listed twice", i + 1));
             }
         }
-        Ok(Authenticator { tokens, join: None })
+        Ok(Authenticator {
+            tokens,
+            join: None,
+            authz: None,
+        })
+    }
+
+    /// Lets users the authorizer allows act as others.
+    pub fn with_impersonation(mut self, authz: Arc<crate::authz::Authorizer>) -> Authenticator {
+        self.authz = Some(authz);
+        self
+    }
+
+    /// Who the request acts as: `Impersonate-User` (and its
+    /// `Impersonate-Group`s), when the caller may `impersonate` them, as
+    /// kube-apiserver allows; the caller itself otherwise.
+    pub fn impersonated(
+        &self,
+        user: Arc<UserInfo>,
+        headers: &axum::http::HeaderMap,
+    ) -> Result<Arc<UserInfo>, ApiError> {
+        let values = |name: &str| -> Vec<String> {
+            headers
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .map(|v| v.trim().to_string())
+                .collect()
+        };
+        let names = values("impersonate-user");
+        let groups = values("impersonate-group");
+        if names.is_empty() {
+            if !groups.is_empty() {
+                return Err(ApiError::bad_request(
+                    "requested impersonation of groups without impersonating a user",
+                ));
+            }
+            return Ok(user);
+        }
+        let [name] = names.as_slice() else {
+            return Err(ApiError::bad_request("one Impersonate-User at most"));
+        };
+        let Some(authz) = &self.authz else {
+            return Err(ApiError::forbidden_request("impersonation is off"));
+        };
+        let ask = |resource: &str, namespace: &str, what: &str| {
+            crate::authz::Request::Resource(crate::authz::Resource {
+                verb: "impersonate".into(),
+                resource: resource.into(),
+                namespace: namespace.into(),
+                name: what.into(),
+                ..Default::default()
+            })
+        };
+        let mut asks = vec![match crate::authz::index::service_account(name) {
+            Some((ns, sa)) => ask("serviceaccounts", ns, sa),
+            None => ask("users", "", name),
+        }];
+        asks.extend(groups.iter().map(|g| ask("groups", "", g)));
+        for a in &asks {
+            authz.authorize(&user, a)?;
+        }
+        let mut groups = groups;
+        if let Some((ns, _)) = crate::authz::index::service_account(name) {
+            groups.push("system:serviceaccounts".into());
+            groups.push(format!("system:serviceaccounts:{ns}"));
+        }
+        Ok(Arc::new(UserInfo::authenticated(name.clone(), groups)))
     }
 
     /// Also accepts the join tokens of the store.
@@ -246,6 +315,10 @@ pub async fn authenticate(
         ));
         return error_for(&req, &e);
     }
+    let user = match auth.impersonated(user, req.headers()) {
+        Ok(u) => u,
+        Err(e) => return error_for(&req, &e),
+    };
     req.extensions_mut().insert(user);
     next.run(req).await
 }
@@ -272,22 +345,23 @@ pub async fn self_subject_review(
         )
             .into_response();
     };
+    // A create, answered as kube-apiserver answers creates: 201.
+    (axum::http::StatusCode::CREATED, axum::Json(who(&user))).into_response()
+}
+
+/// The SelfSubjectReview of a user.
+pub fn who(user: &UserInfo) -> serde_json::Value {
     let now = time::OffsetDateTime::now_utc()
         .replace_nanosecond(0)
         .unwrap_or_else(|_| time::OffsetDateTime::now_utc())
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
-    // A create, answered as kube-apiserver answers creates: 201.
-    (
-        axum::http::StatusCode::CREATED,
-        axum::Json(serde_json::json!({
-            "kind": "SelfSubjectReview",
-            "apiVersion": "authentication.k8s.io/v1",
-            "metadata": {"creationTimestamp": now},
-            "status": {"userInfo": {"username": user.name, "groups": user.groups}},
-        })),
-    )
-        .into_response()
+    serde_json::json!({
+        "kind": "SelfSubjectReview",
+        "apiVersion": "authentication.k8s.io/v1",
+        "metadata": {"creationTimestamp": now},
+        "status": {"userInfo": {"username": user.name, "groups": user.groups}},
+    })
 }
 
 #[cfg(test)]

@@ -95,6 +95,9 @@ pub(crate) async fn feed_cache(
                     (after, last_rev, taken_of_last) = (rev, rev, 0);
                     let _ = registry.load_allocations().await;
                     let _ = registry.load_namespaces().await;
+                    if let Err(e) = registry.authz.load(registry.store.as_ref()).await {
+                        tracing::warn!("reloading the authorization policy: {e}");
+                    }
                     continue;
                 }
                 Err(e) => tracing::warn!("store: {e}"),

@@ -27,6 +27,8 @@ pub struct Service {
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
     pub audit: crate::audit::Audit,
+    /// Set when requests are authenticated: every call is authorized.
+    pub authz: Option<Arc<crate::authz::Authorizer>>,
 }
 
 /// Who called, for the audit log.
@@ -82,6 +84,16 @@ enum Write {
 }
 
 impl Service {
+    /// The caller may make this request.
+    fn check<T>(&self, req: &Request<T>, ask: crate::authz::Request) -> Result<(), Status> {
+        let user = req.extensions().get::<Arc<crate::authn::UserInfo>>();
+        crate::authz::check_grpc(self.authz.as_deref(), user.map(|u| u.as_ref()), ask)
+    }
+
+    fn check_caller(&self, caller: &Caller, ask: crate::authz::Request) -> Result<(), Status> {
+        crate::authz::check_grpc(self.authz.as_deref(), caller.0.as_deref(), ask)
+    }
+
     /// Create, update and status update share everything but the call.
     async fn write(
         &self,
@@ -100,9 +112,16 @@ impl Service {
             let mut obj: R = decode(&r)?;
             default_namespace(&mut obj);
             target = (obj.meta().namespace.clone(), obj.meta().name.clone());
+            let ask = match op {
+                Write::Create => crate::authz::on(k, "create", "", &target.0, ""),
+                Write::Update => crate::authz::on(k, "update", "", &target.0, &target.1),
+                Write::UpdateStatus => crate::authz::on(k, "update", "status", &target.0, &target.1),
+            };
+            self.check_caller(&caller, ask)?;
             let opts = WriteOptions {
                 dry_run: r.dry_run,
                 field_manager: (!r.field_manager.is_empty()).then(|| r.field_manager.clone()),
+                user: caller.0.clone(),
             };
             match op {
                 Write::Create => self.registry.create(obj, opts).await,
@@ -168,16 +187,22 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send>
 #[tonic::async_trait]
 impl Resources for Service {
     async fn get(&self, req: Request<GetRequest>) -> Result<Response<RawObject>, Status> {
+        let k = kind(&req.get_ref().kind)?;
+        let ask = crate::authz::on(k, "get", "", &req.get_ref().namespace, &req.get_ref().name);
+        self.check(&req, ask)?;
         let r = req.into_inner();
-        let k = kind(&r.kind)?;
         let out = with_resource!(k, R => self.registry.get::<R>(&r.namespace, &r.name).await.map(|o| raw(&o)));
         self.observe("get", k, &out);
         out.map(Response::new).map_err(|e| e.to_grpc())
     }
 
     async fn list(&self, req: Request<ListRequest>) -> Result<Response<RawList>, Status> {
+        let k = kind(&req.get_ref().kind)?;
+        self.check(
+            &req,
+            crate::authz::on(k, "list", "", &req.get_ref().namespace, ""),
+        )?;
         let r = req.into_inner();
-        let k = kind(&r.kind)?;
         let (labels, fields) = selectors(&r.label_selector, &r.field_selector)?;
         let opts = ListOptions {
             namespace: r.namespace,
@@ -222,8 +247,13 @@ impl Resources for Service {
         let caller = crate::audit::caller(&req);
         let r = req.into_inner();
         let k = kind(&r.kind)?;
+        self.check_caller(
+            &caller,
+            crate::authz::on(k, "delete", "", &r.namespace, &r.name),
+        )?;
         let resource_version = resource_version(&r.resource_version)?;
         let opts = DeleteOptions {
+            user: caller.0.clone(),
             resource_version,
             grace_period_seconds: r.grace_period_seconds,
             propagation: Propagation::parse(&r.propagation_policy).map_err(|e| e.to_grpc())?,
@@ -254,6 +284,10 @@ impl Resources for Service {
         } else {
             r.namespace.clone()
         };
+        self.check_caller(
+            &caller,
+            crate::authz::on(k, "patch", "", &namespace, &r.name),
+        )?;
         let out = with_resource!(k, R => {
             crate::apply::apply::<R>(
                 &self.registry,
@@ -264,6 +298,7 @@ impl Resources for Service {
                     manager: &r.field_manager,
                     force: r.force,
                     dry_run: r.dry_run,
+                    user: caller.0.clone(),
                 },
             )
             .await
@@ -288,8 +323,12 @@ impl Resources for Service {
         &self,
         req: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let k = kind(&req.get_ref().kind)?;
+        self.check(
+            &req,
+            crate::authz::on(k, "watch", "", &req.get_ref().namespace, ""),
+        )?;
         let r = req.into_inner();
-        let k = kind(&r.kind)?;
         let (labels, fields) = selectors(&r.label_selector, &r.field_selector)?;
         let rv = resource_version(&r.resource_version)?;
         let filter = Filter {

@@ -233,6 +233,37 @@ const REPLICA_SET: &[F] = &[
     ),
 ];
 
+const POLICY_RULE: &[F] = &[
+    many(1, "verbs", STR),
+    many(2, "apiGroups", STR),
+    many(3, "resources", STR),
+    many(4, "resourceNames", STR),
+    many(5, "nonResourceURLs", STR),
+];
+const ROLE: &[F] = &[
+    one(1, "metadata", Ty::Msg(META)),
+    many(2, "rules", Ty::Msg(POLICY_RULE)),
+];
+const SUBJECT: &[F] = &[
+    one(1, "kind", STR),
+    one(2, "apiGroup", STR),
+    one(3, "name", STR),
+    one(4, "namespace", STR),
+];
+const BINDING: &[F] = &[
+    one(1, "metadata", Ty::Msg(META)),
+    many(2, "subjects", Ty::Msg(SUBJECT)),
+    one(
+        3,
+        "roleRef",
+        Ty::Msg(&[
+            one(1, "apiGroup", STR),
+            one(2, "kind", STR),
+            one(3, "name", STR),
+        ]),
+    ),
+];
+
 fn schema(kind: Kind) -> Option<&'static [F]> {
     match kind {
         Kind::Namespace => Some(NAMESPACE),
@@ -241,6 +272,8 @@ fn schema(kind: Kind) -> Option<&'static [F]> {
         Kind::Pod => Some(POD),
         Kind::Deployment => Some(DEPLOYMENT),
         Kind::ReplicaSet => Some(REPLICA_SET),
+        Kind::Role | Kind::ClusterRole => Some(ROLE),
+        Kind::RoleBinding | Kind::ClusterRoleBinding => Some(BINDING),
         _ => None,
     }
 }
@@ -490,8 +523,8 @@ fn message(b: &[u8], schema: &[F], path: &str) -> ApiResult<Value> {
     Ok(Value::Object(out))
 }
 
-/// The JSON form of a protobuf request body for `kind`.
-pub fn decode(kind: Kind, body: &[u8]) -> ApiResult<Value> {
+/// The `runtime.Unknown` inside the envelope: apiVersion, kind and raw.
+fn envelope(body: &[u8]) -> ApiResult<(String, String, &[u8])> {
     let unknown = body
         .strip_prefix(MAGIC)
         .ok_or_else(|| bad("it does not start with the k8s\\0 envelope"))?;
@@ -518,22 +551,92 @@ pub fn decode(kind: Kind, body: &[u8]) -> ApiResult<Value> {
             "protobuf content encoding {encoding:?} is not supported"
         )));
     }
-    if api_version != kind.api_version() || type_kind != kind.name() {
+    Ok((api_version, type_kind, raw.unwrap_or_default()))
+}
+
+fn typed(
+    body: &[u8],
+    want_version: &str,
+    want_kind: &str,
+    schema: impl FnOnce() -> ApiResult<&'static [F]>,
+) -> ApiResult<Value> {
+    let (api_version, type_kind, raw) = envelope(body)?;
+    if api_version != want_version || type_kind != want_kind {
         return Err(ApiError::bad_request(format!(
-            "the body is a {api_version} {type_kind}, but the path is for {} {}",
-            kind.api_version(),
-            kind.name()
+            "the body is a {api_version} {type_kind}, but the path is for {want_version} {want_kind}"
         )));
     }
-    let schema = schema(kind).ok_or_else(|| {
-        ApiError::unsupported_media(format!(
-            "protobuf bodies are accepted for Namespace, ConfigMap, Service, Pod, Deployment and ReplicaSet; send the {kind} as JSON"
-        ))
-    })?;
-    let mut v = message(raw.unwrap_or_default(), schema, "")?;
+    let mut v = message(raw, schema()?, "")?;
     v["apiVersion"] = Value::String(api_version);
     v["kind"] = Value::String(type_kind);
     Ok(v)
+}
+
+/// The JSON form of a protobuf request body for `kind`.
+pub fn decode(kind: Kind, body: &[u8]) -> ApiResult<Value> {
+    typed(body, &kind.api_version(), kind.name(), || {
+        schema(kind).ok_or_else(|| {
+            ApiError::unsupported_media(format!(
+                "protobuf bodies are accepted for Namespace, ConfigMap, Service, Pod, Deployment, ReplicaSet and the RBAC kinds; send the {kind} as JSON"
+            ))
+        })
+    })
+}
+
+const RESOURCE_ATTRIBUTES: &[F] = &[
+    one(1, "namespace", STR),
+    one(2, "verb", STR),
+    one(3, "group", STR),
+    one(4, "version", STR),
+    one(5, "resource", STR),
+    one(6, "subresource", STR),
+    one(7, "name", STR),
+];
+const NON_RESOURCE_ATTRIBUTES: &[F] = &[one(1, "path", STR), one(2, "verb", STR)];
+/// A review's status as a client sends it: empty (only zero values).
+const REVIEW_STATUS: &[F] = &[];
+const SELF_ACCESS_REVIEW: &[F] = &[
+    one(1, "metadata", Ty::Msg(META)),
+    one(
+        2,
+        "spec",
+        Ty::Msg(&[
+            one(1, "resourceAttributes", Ty::Msg(RESOURCE_ATTRIBUTES)),
+            one(2, "nonResourceAttributes", Ty::Msg(NON_RESOURCE_ATTRIBUTES)),
+        ]),
+    ),
+    one(3, "status", Ty::Msg(REVIEW_STATUS)),
+];
+const ACCESS_REVIEW: &[F] = &[
+    one(1, "metadata", Ty::Msg(META)),
+    one(
+        2,
+        "spec",
+        Ty::Msg(&[
+            one(1, "resourceAttributes", Ty::Msg(RESOURCE_ATTRIBUTES)),
+            one(2, "nonResourceAttributes", Ty::Msg(NON_RESOURCE_ATTRIBUTES)),
+            one(3, "user", STR),
+            many(4, "groups", STR),
+            one(6, "uid", STR),
+        ]),
+    ),
+    one(3, "status", Ty::Msg(REVIEW_STATUS)),
+];
+const SELF_RULES_REVIEW: &[F] = &[
+    one(1, "metadata", Ty::Msg(META)),
+    one(2, "spec", Ty::Msg(&[one(1, "namespace", STR)])),
+    one(3, "status", Ty::Msg(REVIEW_STATUS)),
+];
+
+/// The JSON form of a protobuf authorization.k8s.io/v1 review
+/// (`kubectl auth can-i` sends them so).
+pub fn decode_review(kind: &str, body: &[u8]) -> ApiResult<Value> {
+    typed(body, "authorization.k8s.io/v1", kind, || match kind {
+        "SelfSubjectAccessReview" => Ok(SELF_ACCESS_REVIEW),
+        "SubjectAccessReview" => Ok(ACCESS_REVIEW),
+        "SelfSubjectRulesReview" => Ok(SELF_RULES_REVIEW),
+        other => Err(ApiError::bad_request(format!("no review {other:?}"))),
+    })
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ mod alloc;
 mod apply;
 pub mod audit;
 pub mod authn;
+pub mod authz;
 mod budget;
 mod codec;
 mod defaults;
@@ -140,6 +141,8 @@ pub(crate) struct AppState {
     ca_pem: Option<String>,
     /// Request bodies held at once.
     bodies: Arc<budget::Budget>,
+    /// Requests are authenticated and authorized (TLS on).
+    authorizing: bool,
 }
 
 /// A running server; dropping it (or calling [`Running::shutdown`]) stops it.
@@ -344,8 +347,13 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         nodes: nodes.clone(),
         ca_pem: pki.as_ref().map(|p| p.server_ca.cert_pem.clone()),
         bodies: budget::Budget::new(BODY_BUDGET, MAX_BODY),
+        authorizing: pki.is_some(),
     });
     let bodies = state.bodies.clone();
+    // The policy is loaded before the feed starts from `start_rev`: the
+    // feed's replay of what the load already saw converges on the same.
+    registry.authz.load(store.as_ref()).await?;
+    let authz = pki.as_ref().map(|_| registry.authz.clone());
     let mut background = vec![tokio::spawn(feed::feed_cache(
         state.registry.clone(),
         state.feeding.clone(),
@@ -363,6 +371,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     registry.load_allocations().await?;
     registry.load_namespaces().await?;
     registry.ensure_system_namespaces().await?;
+    authz::defaults::ensure(&registry).await?;
     background.push(tokio::spawn(compact_periodically(store.clone())));
     background.push(tokio::spawn(namespaces::finalize_terminating(
         registry.clone(),
@@ -375,6 +384,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
             registry: registry.clone(),
             metrics: state.metrics.clone(),
             audit: audit.clone(),
+            authz: authz.clone(),
         })
         .max_decoding_message_size(MAX_BODY)
         .max_encoding_message_size(registry::CHUNK_BYTES * 2),
@@ -384,6 +394,12 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
             registry: registry.clone(),
             nodes: nodes.clone(),
             audit: audit.clone(),
+            authz: authz.clone(),
+        },
+    ))
+    .add_service(skiff_api::v1::auth_server::AuthServer::new(
+        authz::reviews::Service {
+            authz: authz.clone(),
         },
     ));
     let grpc = match &pki {
@@ -413,6 +429,10 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         .route(
             "/apis/authentication.k8s.io/v1/selfsubjectreviews",
             axum::routing::post(authn::self_subject_review),
+        )
+        .route(
+            "/apis/authorization.k8s.io/v1/{review}",
+            axum::routing::post(authz::reviews::handle),
         )
         .route("/api", any(rest::handle))
         .route("/api/{*rest}", any(rest::handle))
@@ -444,10 +464,16 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
             Some(f) => authn::Authenticator::with_token_file(f).map_err(ServerError::Config)?,
             None => authn::Authenticator::default(),
         }
-        .with_join_tokens(tokens.clone());
+        .with_join_tokens(tokens.clone())
+        .with_impersonation(registry.authz.clone());
         let kubeconfig = write_admin_kubeconfig(&config.data_dir, addr, pki)?;
-        // Audit inside authentication: it records who.
+        // Authorization inside the audit (refusals are recorded), the
+        // audit inside authentication: it records who.
         let app = app
+            .layer(axum::middleware::from_fn_with_state(
+                registry.authz.clone(),
+                authz::authorize_rest,
+            ))
             .layer(axum::middleware::from_fn_with_state(
                 audit.clone(),
                 audit::audit_rest,

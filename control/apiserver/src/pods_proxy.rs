@@ -24,6 +24,8 @@ pub struct Service {
     pub registry: Arc<Registry>,
     pub nodes: Arc<Nodes>,
     pub audit: crate::audit::Audit,
+    /// Set when requests are authenticated: every call is authorized.
+    pub authz: Option<Arc<crate::authz::Authorizer>>,
 }
 
 /// How the API server calls nodes.
@@ -228,7 +230,13 @@ impl Pods for Service {
     type ExecStream = Out<ExecOutput>;
 
     async fn logs(&self, req: Request<LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
+        let user = req
+            .extensions()
+            .get::<Arc<crate::authn::UserInfo>>()
+            .cloned();
         let r = req.into_inner();
+        let ask = crate::authz::on(skiff_api::Kind::Pod, "get", "log", &r.namespace, &r.pod);
+        crate::authz::check_grpc(self.authz.as_deref(), user.as_deref(), ask)?;
         let mut node = self
             .nodes
             .for_pod(&self.registry, &r.namespace, &r.pod)
@@ -250,6 +258,14 @@ impl Pods for Service {
         let start = first.start.clone().ok_or_else(|| {
             Status::invalid_argument("the first exec message must say what to run")
         })?;
+        let ask = crate::authz::on(
+            skiff_api::Kind::Pod,
+            "create",
+            "exec",
+            &start.namespace,
+            &start.pod,
+        );
+        crate::authz::check_grpc(self.authz.as_deref(), user.as_deref(), ask)?;
         let mut node = self
             .nodes
             .for_pod(&self.registry, &start.namespace, &start.pod)

@@ -17,6 +17,7 @@ use skiff_api::{Kind, Resource, with_resource};
 use skiff_store::{Compare, KeyValue, Op, Revision, Store, StoreError, Txn};
 
 use crate::alloc::{Allocation, Allocators, Avoid, Claim};
+use crate::authz::admission::Op as AdmitOp;
 use crate::codec::{decode, decode_at, encode};
 use crate::error::{ApiError, ApiResult};
 pub use crate::strategy::SYSTEM_NAMESPACES;
@@ -54,6 +55,9 @@ pub struct WriteOptions {
     /// of its own). Components writing over gRPC name none and are not
     /// recorded.
     pub field_manager: Option<String>,
+    /// Who writes: admission (NodeRestriction, RBAC's escalation check)
+    /// judges them. `None` for the server's own writes.
+    pub user: Option<Arc<crate::authn::UserInfo>>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -66,6 +70,8 @@ pub struct DeleteOptions {
     pub propagation: Propagation,
     /// Check everything, delete nothing.
     pub dry_run: bool,
+    /// Who deletes (see [`WriteOptions::user`]).
+    pub user: Option<Arc<crate::authn::UserInfo>>,
 }
 
 /// Kubernetes' propagationPolicy: `Background` deletes the object now and
@@ -293,6 +299,8 @@ pub struct Registry {
     ttl_lease: tokio::sync::Mutex<Option<(skiff_store::LeaseId, std::time::Instant)>>,
     /// How long objects of kinds that expire (Events) live.
     pub ttl: std::time::Duration,
+    /// The authorization policy, following the same feed as the cache.
+    pub authz: Arc<crate::authz::Authorizer>,
 }
 
 /// How long one TTL lease is handed out to new writes.
@@ -343,7 +351,27 @@ impl Registry {
             closing: tokio::sync::watch::channel(false).0,
             ttl_lease: tokio::sync::Mutex::new(None),
             ttl: std::time::Duration::from_secs(3600),
+            authz: Arc::new(crate::authz::Authorizer::new()),
         }
+    }
+
+    /// Admission of one write by its writer, if the request has one.
+    fn admit<R: Strategy>(
+        &self,
+        obj: &R,
+        old: Option<&R>,
+        op: AdmitOp,
+        user: Option<&Arc<crate::authn::UserInfo>>,
+    ) -> ApiResult<()> {
+        let Some(user) = user else { return Ok(()) };
+        obj.admit(
+            old,
+            op,
+            &crate::authz::admission::Admission {
+                user,
+                authz: &self.authz,
+            },
+        )
     }
 
     /// The lease a write of `R` attaches its object to (0: none): it
@@ -397,6 +425,7 @@ impl Registry {
 
     /// Follows namespace changes (called for every event the cache takes).
     pub fn observe(&self, ev: &CachedEvent) {
+        self.authz.observe(ev);
         if ev.kind != Kind::Namespace {
             return;
         }
@@ -611,6 +640,7 @@ impl Registry {
         if !errors.is_empty() {
             return Err(ApiError::invalid(kind, &name, errors));
         }
+        self.admit(&obj, None, AdmitOp::Create, opts.user.as_ref())?;
         let mut ns_rev = if kind.namespaced() {
             Some(
                 self.namespace_revision(kind, &name, obj.namespace())
@@ -802,10 +832,17 @@ impl Registry {
             let claims = new
                 .claims(Some(&cur), &self.alloc, &avoid)
                 .map_err(|errors| ApiError::invalid(kind, &name, errors))?;
-            let errors = new.validate();
+            let mut errors = new.validate();
+            errors.extend(new.validate_update(&cur));
             if !errors.is_empty() {
                 return Err(ApiError::invalid(kind, &name, errors));
             }
+            let op = if status_only {
+                AdmitOp::UpdateStatus
+            } else {
+                AdmitOp::Update
+            };
+            self.admit(&new, Some(&cur), op, opts.user.as_ref())?;
             if new.spec_fingerprint() != cur.spec_fingerprint() {
                 new.meta_mut().generation = cur.meta().generation + 1;
             }
@@ -902,6 +939,7 @@ impl Registry {
             let cur: R = decode(&kv)?;
             cur.check_delete()
                 .map_err(|why| ApiError::forbidden(kind, name, why))?;
+            self.admit(&cur, None, AdmitOp::Delete, opts.user.as_ref())?;
             let grace = cur.delete_grace(opts.grace_period_seconds);
             // Kinds the garbage collector does not follow (nothing is
             // owned by them) go as in the background.

@@ -18,6 +18,7 @@ use skiff_api::selector::{FieldSelector, Selector};
 use skiff_api::{Kind, Object, Resource, with_resource};
 
 use crate::AppState;
+use crate::authn::UserInfo;
 use crate::error::{ApiError, ApiResult};
 use crate::patch::Patch;
 use crate::registry::{
@@ -296,6 +297,7 @@ fn dry_run(values: &[&str]) -> ApiResult<bool> {
 pub(crate) fn write_options(
     query: &HashMap<String, String>,
     headers: &HeaderMap,
+    user: Option<&Arc<UserInfo>>,
 ) -> ApiResult<WriteOptions> {
     let given: Vec<&str> = query
         .get("dryRun")
@@ -305,6 +307,7 @@ pub(crate) fn write_options(
     Ok(WriteOptions {
         dry_run: dry_run(&given)?,
         field_manager: Some(field_manager(query, headers)?),
+        user: user.cloned(),
     })
 }
 
@@ -421,12 +424,15 @@ pub(crate) fn check_name<R: Resource>(obj: &mut R, name: &str) -> ApiResult<()> 
 
 pub async fn handle(
     State(state): State<Arc<AppState>>,
+    user: Option<axum::Extension<Arc<UserInfo>>>,
     method: Method,
     uri: Uri,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let user = user.map(|axum::Extension(u)| u);
+    let user = user.as_ref();
     let path = uri.path().trim_end_matches('/');
     if method == Method::GET
         && (path == "/api" || path == "/apis")
@@ -487,7 +493,7 @@ pub async fn handle(
                 .await
         }
         (Sub::Log, _) => Err(ApiError::method_not_allowed("pods/log is read-only")),
-        (Sub::Eviction, Some(name)) => evict(&state.registry, &namespace, name, &body).await,
+        (Sub::Eviction, Some(name)) => evict(&state.registry, &namespace, name, &body, user).await,
         (Sub::Eviction, None) => Err(ApiError::method_not_allowed("an eviction names its pod")),
         (Sub::Scale, Some(name)) => {
             crate::scale::handle(
@@ -496,14 +502,13 @@ pub async fn handle(
                 verb,
                 &namespace,
                 name,
-                &query,
-                &headers,
+                (&query, &headers, user),
                 &body,
             )
             .await
         }
         _ => with_resource!(kind, R => {
-            dispatch::<R>(&state, verb, &namespace, name.as_deref(), sub == Sub::Status, &query, &headers, &body).await
+            dispatch::<R>(&state, verb, &namespace, name.as_deref(), sub == Sub::Status, (&query, &headers, user), &body).await
         }),
     };
     let code = match &result {
@@ -522,6 +527,7 @@ async fn evict(
     namespace: &str,
     name: &str,
     body: &[u8],
+    user: Option<&Arc<UserInfo>>,
 ) -> ApiResult<Response> {
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("malformed Eviction: {e}")))?;
@@ -563,6 +569,7 @@ async fn evict(
                 .unwrap_or(""),
         )?,
         dry_run: dry_run(&dry)?,
+        user: user.cloned(),
     };
     registry
         .delete::<skiff_api::v1::Pod>(namespace, name, &opts)
@@ -574,15 +581,20 @@ async fn evict(
     ))
 }
 
-#[expect(clippy::too_many_arguments, reason = "one request's parts")]
+/// A request's query, headers and caller.
+pub(crate) type Parts<'a> = (
+    &'a HashMap<String, String>,
+    &'a HeaderMap,
+    Option<&'a Arc<UserInfo>>,
+);
+
 async fn dispatch<R: Strategy>(
     state: &Arc<AppState>,
     verb: &str,
     namespace: &str,
     name: Option<&str>,
     status: bool,
-    query: &HashMap<String, String>,
-    headers: &HeaderMap,
+    (query, headers, user): Parts<'_>,
     body: &[u8],
 ) -> ApiResult<Response> {
     let registry = &state.registry;
@@ -653,7 +665,9 @@ async fn dispatch<R: Strategy>(
             let (mut obj, warnings) = read_body::<R>(headers, body)?;
             let warnings = settle_unknown(R::KIND, field_validation(query)?, warnings)?;
             settle_namespace(&mut obj, namespace)?;
-            let created = registry.create(obj, write_options(query, headers)?).await?;
+            let created = registry
+                .create(obj, write_options(query, headers, user)?)
+                .await?;
             Ok(json_response(
                 StatusCode::CREATED,
                 &object_json(created),
@@ -666,7 +680,7 @@ async fn dispatch<R: Strategy>(
             settle_namespace(&mut obj, namespace)?;
             check_name(&mut obj, name)?;
             let updated = registry
-                .update(obj, status, write_options(query, headers)?)
+                .update(obj, status, write_options(query, headers, user)?)
                 .await?;
             Ok(json_response(
                 StatusCode::OK,
@@ -681,7 +695,7 @@ async fn dispatch<R: Strategy>(
                 .unwrap_or("");
             let patch = Patch::parse(content_type, body)?;
             let schema = skiff_api::patch::schema::of(R::KIND);
-            let opts = write_options(query, headers)?;
+            let opts = write_options(query, headers, user)?;
             let validation = field_validation(query)?;
             if let Patch::Apply(config) = patch {
                 // What the configuration names that no field is.
@@ -704,6 +718,7 @@ async fn dispatch<R: Strategy>(
                         manager: query.get("fieldManager").map(String::as_str).unwrap_or(""),
                         force: query_flag(query, "force"),
                         dry_run: opts.dry_run,
+                        user: user.cloned(),
                     },
                 )
                 .await?;
@@ -745,7 +760,8 @@ async fn dispatch<R: Strategy>(
                         .map(String::as_str)
                         .unwrap_or(""),
                 )?,
-                dry_run: write_options(query, headers)?.dry_run,
+                dry_run: write_options(query, headers, user)?.dry_run,
+                user: user.cloned(),
             };
             if !body.is_empty()
                 && let Ok(v) = serde_json::from_slice::<Value>(body)

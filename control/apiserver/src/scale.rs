@@ -3,10 +3,8 @@
 //! and write). A write changes `spec.replicas` and nothing else, through
 //! the registry's compare-and-set like any update.
 
-use std::collections::HashMap;
-
 use axum::body::Bytes;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::Response;
 use serde_json::{Value, json};
 use skiff_api::Kind;
@@ -130,24 +128,18 @@ fn read_scale(v: &Value, name: &str) -> ApiResult<(i32, String)> {
     Ok((replicas, rv))
 }
 
-#[expect(clippy::too_many_arguments, reason = "one request's parts")]
 pub async fn handle(
     registry: &Registry,
     kind: Kind,
     verb: &str,
     namespace: &str,
     name: &str,
-    query: &HashMap<String, String>,
-    headers: &HeaderMap,
+    parts: crate::rest::Parts<'_>,
     body: &Bytes,
 ) -> ApiResult<Response> {
     match kind {
-        Kind::Deployment => {
-            scale::<Deployment>(registry, verb, namespace, name, query, headers, body).await
-        }
-        Kind::ReplicaSet => {
-            scale::<ReplicaSet>(registry, verb, namespace, name, query, headers, body).await
-        }
+        Kind::Deployment => scale::<Deployment>(registry, verb, namespace, name, parts, body).await,
+        Kind::ReplicaSet => scale::<ReplicaSet>(registry, verb, namespace, name, parts, body).await,
         other => Err(ApiError::bad_request(format!(
             "{other} has no scale subresource"
         ))),
@@ -159,11 +151,10 @@ async fn scale<R: Scalable>(
     verb: &str,
     namespace: &str,
     name: &str,
-    query: &HashMap<String, String>,
-    headers: &HeaderMap,
+    (query, headers, user): crate::rest::Parts<'_>,
     body: &Bytes,
 ) -> ApiResult<Response> {
-    let opts = write_options(query, headers)?;
+    let opts = write_options(query, headers, user)?;
     let opts = &opts;
     let write = |mut cur: R, replicas: i32, rv: String| async move {
         cur.set_replicas(replicas);

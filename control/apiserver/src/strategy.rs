@@ -11,6 +11,8 @@ use skiff_api::v1::*;
 use skiff_api::validation::FieldError;
 
 use crate::alloc::{Allocation, Allocators, Avoid, Claim};
+use crate::authz::admission::{self, Admission, Op};
+use crate::error::ApiResult;
 
 /// Namespaces that exist from the start and cannot be deleted.
 pub const SYSTEM_NAMESPACES: [&str; 4] =
@@ -64,6 +66,18 @@ pub trait Strategy: Resource {
     /// What marks it as being deleted, besides its deletionTimestamp.
     fn mark_terminating(&mut self) {}
 
+    /// What an update may not change (beyond what every object keeps).
+    fn validate_update(&self, _old: &Self) -> Vec<FieldError> {
+        Vec::new()
+    }
+
+    /// Admission that depends on the object and its writer (the server's
+    /// own writes skip it): `self` is the object as it would be stored (for
+    /// a delete, as it is), `old` what an update replaces.
+    fn admit(&self, _old: Option<&Self>, _op: Op, _a: &Admission) -> ApiResult<()> {
+        Ok(())
+    }
+
     /// A deleted object whose last finalizer went is removed by that update.
     fn finished(&self) -> bool {
         let meta = self.meta();
@@ -72,6 +86,10 @@ pub trait Strategy: Resource {
 }
 
 impl Strategy for Pod {
+    fn admit(&self, old: Option<&Self>, op: Op, a: &Admission) -> ApiResult<()> {
+        admission::pod(self, old, op, a)
+    }
+
     fn initial_status(&mut self) {
         self.status = Some(PodStatus {
             phase: "Pending".into(),
@@ -142,6 +160,10 @@ impl Strategy for Namespace {
 }
 
 impl Strategy for Node {
+    fn admit(&self, old: Option<&Self>, op: Op, a: &Admission) -> ApiResult<()> {
+        admission::node(self, old, op, a)
+    }
+
     const OWNS_DEPENDENTS: bool = false;
 
     /// A node registers with its status (capacity, addresses).
@@ -210,7 +232,60 @@ impl Strategy for EndpointSlice {
 
 impl Strategy for ConfigMap {}
 
-impl Strategy for Lease {}
+impl Strategy for Lease {
+    fn admit(&self, old: Option<&Self>, op: Op, a: &Admission) -> ApiResult<()> {
+        admission::lease(self, old, op, a)
+    }
+}
+
+impl Strategy for Role {
+    const OWNS_DEPENDENTS: bool = false;
+
+    fn admit(&self, _old: Option<&Self>, op: Op, a: &Admission) -> ApiResult<()> {
+        admission::role(
+            Self::KIND,
+            self.namespace(),
+            self.name(),
+            &self.rules,
+            op,
+            a,
+        )
+    }
+}
+
+impl Strategy for ClusterRole {
+    const OWNS_DEPENDENTS: bool = false;
+
+    fn admit(&self, _old: Option<&Self>, op: Op, a: &Admission) -> ApiResult<()> {
+        admission::role(Self::KIND, "", self.name(), &self.rules, op, a)
+    }
+}
+
+impl Strategy for RoleBinding {
+    const OWNS_DEPENDENTS: bool = false;
+
+    fn validate_update(&self, old: &Self) -> Vec<FieldError> {
+        skiff_api::validation::role_ref_change(old.role_ref.as_ref(), self.role_ref.as_ref())
+    }
+
+    fn admit(&self, _old: Option<&Self>, op: Op, a: &Admission) -> ApiResult<()> {
+        let r = self.role_ref.as_ref();
+        admission::binding(Self::KIND, self.namespace(), self.name(), r, op, a)
+    }
+}
+
+impl Strategy for ClusterRoleBinding {
+    const OWNS_DEPENDENTS: bool = false;
+
+    fn validate_update(&self, old: &Self) -> Vec<FieldError> {
+        skiff_api::validation::role_ref_change(old.role_ref.as_ref(), self.role_ref.as_ref())
+    }
+
+    fn admit(&self, _old: Option<&Self>, op: Op, a: &Admission) -> ApiResult<()> {
+        let r = self.role_ref.as_ref();
+        admission::binding(Self::KIND, "", self.name(), r, op, a)
+    }
+}
 
 impl Strategy for Event {
     const OWNS_DEPENDENTS: bool = false;

@@ -117,6 +117,17 @@ impl CachedEvent {
             .as_ref()
     }
 
+    /// The object without keeping it decoded (a follower that reads every
+    /// event must not make the window hold them all decoded): the decoded
+    /// one if a watcher already made it, else a fresh decode.
+    pub fn peek(&self) -> Option<std::borrow::Cow<'_, Object>> {
+        if let Some(done) = self.object.get() {
+            return done.as_ref().map(|o| std::borrow::Cow::Borrowed(&o.object));
+        }
+        crate::codec::decode_object(self.kind, &self.raw, self.revision, &self.key)
+            .map(std::borrow::Cow::Owned)
+    }
+
     pub fn prev(&self) -> Option<&Object> {
         self.prev
             .get_or_init(|| {

@@ -179,6 +179,9 @@ pub enum ClientCommand {
     /// Join tokens for nodes (`skiff node --token K10...`)
     #[command(subcommand)]
     Token(TokenCommand),
+    /// What you may do: `auth can-i`, `auth whoami`
+    #[command(subcommand)]
+    Auth(AuthCommand),
 }
 
 /// The audit log (kube-apiserver's flags).
@@ -214,6 +217,33 @@ impl AuditArgs {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum AuthCommand {
+    /// Whether you may do something: `can-i VERB TYPE[/NAME] [NAME]`, `can-i VERB /PATH`, or `can-i --list`; prints yes or no (exit 0 or 1)
+    CanI {
+        /// VERB, then TYPE, TYPE/NAME or a non-resource URL (/metrics), then maybe NAME
+        args: Vec<String>,
+        /// The subresource (exec, log, status, scale, ...)
+        #[arg(long, default_value = "")]
+        subresource: String,
+        /// In every namespace (cluster-wide)
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        /// Every rule you hold in the namespace
+        #[arg(long)]
+        list: bool,
+        /// Print nothing: the exit code answers
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Who the server takes you for
+    Whoami {
+        /// Output format: json, yaml
+        #[arg(short, long)]
+        output: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand, Clone)]
 pub enum TokenCommand {
     /// Make a join token and print it (the only time its secret is shown)
     Create {

@@ -6,6 +6,7 @@
 
 mod apply;
 pub mod args;
+mod auth;
 pub mod config;
 mod describe;
 mod get;
@@ -53,6 +54,7 @@ pub async fn run(global: &args::Global, command: ClientCommand) -> Result<()> {
         ClientCommand::Scale(a) => rollout::scale(&client, namespace.as_deref(), &a).await,
         ClientCommand::Rollout(c) => rollout::rollout(&client, namespace.as_deref(), c).await,
         ClientCommand::Token(c) => token::run(&client, c).await,
+        ClientCommand::Auth(c) => auth::run(&client, namespace.as_deref(), c).await,
     }
 }
 

@@ -238,6 +238,7 @@ pub struct Client {
     rpc: ResourcesClient<Transport>,
     pods: skiff_api::v1::pods_client::PodsClient<Transport>,
     bootstrap: skiff_api::v1::bootstrap_client::BootstrapClient<Transport>,
+    auth: skiff_api::v1::auth_client::AuthClient<Transport>,
     server: String,
     /// Recorded in managedFields for this client's creates and updates.
     field_manager: Option<Arc<str>>,
@@ -323,7 +324,8 @@ impl Client {
         Ok(Client {
             rpc: ResourcesClient::new(channel.clone()).max_decoding_message_size(256 * 1024 * 1024),
             pods: skiff_api::v1::pods_client::PodsClient::new(channel.clone()),
-            bootstrap: skiff_api::v1::bootstrap_client::BootstrapClient::new(channel),
+            bootstrap: skiff_api::v1::bootstrap_client::BootstrapClient::new(channel.clone()),
+            auth: skiff_api::v1::auth_client::AuthClient::new(channel),
             server: server.to_string(),
             field_manager: None,
         })
@@ -393,6 +395,27 @@ impl Client {
     /// Joining nodes and join tokens.
     pub fn bootstrap(&self) -> skiff_api::v1::bootstrap_client::BootstrapClient<Transport> {
         self.bootstrap.clone()
+    }
+
+    /// Answers a Kubernetes review (`selfsubjectaccessreviews`,
+    /// `selfsubjectrulesreviews`, `subjectaccessreviews`,
+    /// `selfsubjectreviews`) given as JSON.
+    pub async fn review(
+        &self,
+        review: &str,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value> {
+        let out = self
+            .auth
+            .clone()
+            .review(skiff_api::v1::ReviewRequest {
+                review: review.to_string(),
+                body: body.to_string().into_bytes(),
+            })
+            .await
+            .map_err(ClientError::from_status)?
+            .into_inner();
+        serde_json::from_slice(&out.body).map_err(|e| ClientError::Decode(format!("{review}: {e}")))
     }
 
     pub fn server(&self) -> &str {

@@ -189,8 +189,15 @@ pub fn of(kind: Kind) -> &'static Schema {
         Kind::Node => &NODE,
         Kind::Namespace => &WITH_CONDITIONS,
         Kind::ServiceAccount => &SERVICE_ACCOUNT,
-        Kind::EndpointSlice | Kind::ConfigMap | Kind::Lease | Kind::Event | Kind::Endpoints => {
-            &META_ONLY
-        }
+        // Rules and subjects are atomic lists in Kubernetes too.
+        Kind::EndpointSlice
+        | Kind::ConfigMap
+        | Kind::Lease
+        | Kind::Event
+        | Kind::Endpoints
+        | Kind::Role
+        | Kind::ClusterRole
+        | Kind::RoleBinding
+        | Kind::ClusterRoleBinding => &META_ONLY,
     }
 }

@@ -235,6 +235,9 @@ pub fn validate_meta(meta: &ObjectMeta, kind: Kind) -> Errors {
         let problem = match kind {
             Kind::Namespace => dns_label_error(&meta.name),
             Kind::Service => dns1035_label_error(&meta.name),
+            Kind::Role | Kind::ClusterRole | Kind::RoleBinding | Kind::ClusterRoleBinding => {
+                path_segment_error(&meta.name)
+            }
             _ => dns_subdomain_error(&meta.name),
         };
         if let Some(d) = problem {

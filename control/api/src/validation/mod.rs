@@ -2,7 +2,7 @@
 //! (`spec.ports[0].port: Invalid value: 70000: must be between 1 and 65535,
 //! inclusive`). Pure functions over the typed objects: cluster-dependent
 //! checks (CIDRs, the NodePort range) are the API server's. One module per
-//! API group (`core`, `apps`, `discovery`, `coordination`); what they
+//! API group (`core`, `apps`, `discovery`, `coordination`, `rbac`); what they
 //! share (field checks, metadata) is in `common`.
 
 mod apps;
@@ -10,6 +10,7 @@ mod common;
 mod coordination;
 mod core;
 mod discovery;
+mod rbac;
 #[cfg(test)]
 mod tests;
 
@@ -22,3 +23,4 @@ pub use common::{ErrorType, FieldError, validate_meta};
 pub use coordination::lease;
 pub use core::{config_map, endpoints, event, namespace, node, pod, service, service_account};
 pub use discovery::endpoint_slice;
+pub use rbac::{cluster_role, cluster_role_binding, role, role_binding, role_ref_change};
