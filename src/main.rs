@@ -101,6 +101,7 @@ async fn server(args: skiff_cli::ServerArgs) -> anyhow::Result<()> {
         tls: args.tls == "on",
         token_auth_file: args.token_auth_file,
         audit: audit_settings(&args.audit, &args.data_dir),
+        advertise_address: args.advertise_address,
     };
     let mut running = skiff_apiserver::start(config).await?;
     eprintln!(

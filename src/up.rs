@@ -30,6 +30,8 @@ pub async fn up(a: UpArgs) -> Result<()> {
         cluster_cidr: Some(a.cluster_cidr.clone()),
         tls: a.tls == "on",
         audit: crate::audit_settings(&a.audit, &a.data_dir.join("server")),
+        // Pods reach the API (the `kubernetes` Service) at the node's address.
+        advertise_address: Some(node_ip.into()),
         ..Default::default()
     })
     .await?;

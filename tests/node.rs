@@ -1583,3 +1583,196 @@ spec:
     let body = http_get(&pod_ip(&p), 8080).unwrap();
     assert!(body.ends_with("one\ntwo\n"), "{body}");
 }
+
+/// An interface with one address of 198.18.0.0/15 (the benchmarking
+/// range) in the host's namespace: where pods reach the API server in the
+/// test; removed when dropped.
+struct HostAddress {
+    link: String,
+    ip: String,
+}
+
+impl HostAddress {
+    fn new() -> HostAddress {
+        let n = std::process::id();
+        let link = format!("skd{:x}", n & 0xff_ffff);
+        let ip = format!("198.18.{}.{}", (n >> 8) & 0xff, (n & 0xff).max(1));
+        let ip_cmd = |args: &[&str]| {
+            let out = std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &link])
+            .output();
+        // A veth pair (this kernel may have no dummy devices); the address
+        // on one end is the host's own, as any local address.
+        let peer = format!("{link}p");
+        ip_cmd(&["link", "add", &link, "type", "veth", "peer", "name", &peer]);
+        let a = HostAddress { link, ip };
+        ip_cmd(&["addr", "add", &format!("{}/32", a.ip), "dev", &a.link]);
+        ip_cmd(&["link", "set", &a.link, "up"]);
+        ip_cmd(&["link", "set", &peer, "up"]);
+        a
+    }
+}
+
+impl Drop for HostAddress {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.link])
+            .output();
+    }
+}
+
+#[test]
+fn a_pod_calls_the_kubernetes_service_with_its_service_account_token() {
+    if require_tool("curl").is_none() || require_tool("nsenter").is_none() {
+        return;
+    }
+    let host = HostAddress::new();
+    let Some(c) = Cluster::start_full(Path::new(SKIFF), &[], &["--advertise-address", &host.ip])
+    else {
+        return;
+    };
+    let out = c.skiff_ok(&["image", "import", image_tar().to_str().unwrap()]);
+    assert_eq!(out.trim(), BUSYBOX);
+    // The server keeps the `kubernetes` Service at the range's first address.
+    let svc: Value =
+        serde_json::from_str(&c.skiff_ok(&["get", "svc", "kubernetes", "-o", "json"])).unwrap();
+    assert_eq!(svc["spec"]["clusterIP"], "10.96.0.1");
+    assert_eq!(svc["spec"]["ports"][0]["port"], 443);
+    c.apply(&format!(
+        r#"apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: reader}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: reader-views}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: view}}
+subjects: [{{kind: ServiceAccount, name: reader}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: client}}
+spec:
+  nodeName: {}
+  serviceAccountName: reader
+  containers:
+  - name: c
+    image: busybox
+    command: ["sleep", "3600"]
+"#,
+        c.name
+    ));
+    let p = wait_pod(
+        &c,
+        "client",
+        "Running",
+        Duration::from_secs(60),
+        running_ready,
+    );
+    let uid = p["metadata"]["uid"].as_str().unwrap().to_string();
+    // The three files, in the container.
+    let sa = "/var/run/secrets/kubernetes.io/serviceaccount";
+    assert_eq!(
+        c.skiff_ok(&["exec", "client", "--", "cat", &format!("{sa}/namespace")]),
+        "default"
+    );
+    let token = c.skiff_ok(&["exec", "client", "--", "cat", &format!("{sa}/token")]);
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+    let ca = c.skiff_ok(&["exec", "client", "--", "cat", &format!("{sa}/ca.crt")]);
+    assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"), "{ca}");
+    let (ok, _, err) = c.skiff(&[
+        "exec",
+        "client",
+        "--",
+        "sh",
+        "-c",
+        &format!("echo x > {sa}/token"),
+    ]);
+    assert!(!ok, "the token's directory is read-only: {err}");
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.crt");
+    std::fs::write(&ca_file, &ca).unwrap();
+
+    // curl in the pod's network namespace and under its cgroup parent (where
+    // the datapath's socket programs are), as a process of the pod.
+    let probe_cg = skiff_testkit::cluster::cgroup_roots()[0]
+        .join(&c.cgroup_parent)
+        .join("probe");
+    std::fs::create_dir_all(&probe_cg).unwrap();
+    let netns = c.run_dir().join("netns").join(&uid);
+    let in_pod = |path: &str| -> (u16, String) {
+        let script = format!(
+            "echo $$ > {}/cgroup.procs && exec nsenter --net={} curl -s -m 10 -w '\\n%{{http_code}}' --cacert {} -H 'Authorization: Bearer {}' --resolve kubernetes.default.svc:443:10.96.0.1 https://kubernetes.default.svc{path}",
+            probe_cg.display(),
+            netns.display(),
+            ca_file.display(),
+            token.trim(),
+        );
+        let out = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    };
+    // The datapath follows the Service's EndpointSlice: wait for it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (code, body) = loop {
+        let r = in_pod("/api/v1/namespaces/default/pods");
+        if r.0 != 0 || Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(code, 200, "{body}\n--- node log ---\n{}", c.log("node"));
+    assert!(body.contains("\"name\":\"client\""), "{body}");
+    // What the RoleBinding allows, and nothing more.
+    let (code, body) = in_pod("/api/v1/namespaces/kube-system/pods");
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body.contains(
+            "User \\\"system:serviceaccount:default:reader\\\" cannot list resource \\\"pods\\\""
+        ),
+        "{body}"
+    );
+    let (code, _) = in_pod("/api/v1/namespaces/default/secrets");
+    assert_eq!(code, 403, "view reads no secrets");
+    let _ = std::fs::remove_dir(&probe_cg);
+
+    // The token is bound to the pod: once the pod goes, it proves nothing.
+    c.skiff_ok(&["delete", "pod", "client", "--grace-period", "0"]);
+    let ca_server = c
+        .run_dir()
+        .parent()
+        .unwrap()
+        .join("server/tls/server-ca.crt");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+            .arg(&ca_server)
+            .args(["-H", &format!("Authorization: Bearer {}", token.trim())])
+            .arg(format!("{}/api/v1/namespaces/default/pods", c.server_url))
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&out.stdout) == "401" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pod's token still works after the pod went"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -70,6 +70,8 @@ pub struct Authenticator {
     join: Option<Arc<crate::join::Tokens>>,
     /// Judges impersonation (`Impersonate-User`, `kubectl --as`).
     authz: Option<Arc<crate::authz::Authorizer>>,
+    /// ServiceAccount tokens (JWTs this cluster signed).
+    service_accounts: Option<crate::serviceaccount::Tokens>,
 }
 
 impl Authenticator {
@@ -117,7 +119,14 @@ impl Authenticator {
             tokens,
             join: None,
             authz: None,
+            service_accounts: None,
         })
+    }
+
+    /// Also accepts ServiceAccount tokens.
+    pub fn with_service_accounts(mut self, tokens: crate::serviceaccount::Tokens) -> Authenticator {
+        self.service_accounts = Some(tokens);
+        self
     }
 
     /// Lets users the authorizer allows act as others.
@@ -209,6 +218,15 @@ impl Authenticator {
         let token = token.trim();
         if let Some(user) = self.tokens.get(token) {
             return Ok(user.clone());
+        }
+        if let Some(sa) = &self.service_accounts
+            && token.split('.').count() == 3
+        {
+            match sa.authenticate(token).await {
+                Ok(Some(user)) => return Ok(Arc::new(user)),
+                Ok(None) => {}
+                Err(e) => return Err(Err(e)),
+            }
         }
         if let Some(join) = &self.join {
             match join.authenticate(token).await {

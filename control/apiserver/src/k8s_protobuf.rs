@@ -178,6 +178,7 @@ const POD_SPEC: &[F] = &[
     one(17, "subdomain", STR),
     one(19, "schedulerName", STR),
     many(20, "initContainers", Ty::Msg(CONTAINER)),
+    one(21, "automountServiceAccountToken", PTR_BOOL),
     one(24, "priorityClassName", STR),
 ];
 const TEMPLATE: &[F] = &[
@@ -628,14 +629,46 @@ const SELF_RULES_REVIEW: &[F] = &[
     one(3, "status", Ty::Msg(REVIEW_STATUS)),
 ];
 
-/// The JSON form of a protobuf authorization.k8s.io/v1 review
-/// (`kubectl auth can-i` sends them so).
-pub fn decode_review(kind: &str, body: &[u8]) -> ApiResult<Value> {
-    typed(body, "authorization.k8s.io/v1", kind, || match kind {
-        "SelfSubjectAccessReview" => Ok(SELF_ACCESS_REVIEW),
-        "SubjectAccessReview" => Ok(ACCESS_REVIEW),
-        "SelfSubjectRulesReview" => Ok(SELF_RULES_REVIEW),
-        other => Err(ApiError::bad_request(format!("no review {other:?}"))),
+const TOKEN_REQUEST: &[F] = &[
+    one(1, "metadata", Ty::Msg(META)),
+    one(
+        2,
+        "spec",
+        Ty::Msg(&[
+            many(1, "audiences", STR),
+            one(
+                3,
+                "boundObjectRef",
+                Ty::Msg(&[
+                    one(1, "kind", STR),
+                    one(2, "apiVersion", STR),
+                    one(3, "name", STR),
+                    one(4, "uid", STR),
+                ]),
+            ),
+            one(4, "expirationSeconds", PTR_INT),
+        ]),
+    ),
+    one(
+        3,
+        "status",
+        Ty::Msg(&[
+            one(1, "token", STR),
+            one(2, "expirationTimestamp", Ty::Time),
+        ]),
+    ),
+];
+
+/// The JSON form of a protobuf body of a kind that is not stored: the
+/// authorization.k8s.io/v1 reviews (`kubectl auth can-i` sends them so)
+/// and authentication.k8s.io/v1 TokenRequest (`kubectl create token`).
+pub fn decode_request(api_version: &str, kind: &str, body: &[u8]) -> ApiResult<Value> {
+    typed(body, api_version, kind, || match (api_version, kind) {
+        ("authorization.k8s.io/v1", "SelfSubjectAccessReview") => Ok(SELF_ACCESS_REVIEW),
+        ("authorization.k8s.io/v1", "SubjectAccessReview") => Ok(ACCESS_REVIEW),
+        ("authorization.k8s.io/v1", "SelfSubjectRulesReview") => Ok(SELF_RULES_REVIEW),
+        ("authentication.k8s.io/v1", "TokenRequest") => Ok(TOKEN_REQUEST),
+        (v, k) => Err(ApiError::bad_request(format!("no {v} {k} here"))),
     })
 }
 

@@ -20,6 +20,7 @@ mod feed;
 mod grpc;
 pub mod join;
 mod k8s_protobuf;
+mod kubernetes_service;
 mod managed;
 mod metrics;
 mod namespaces;
@@ -31,6 +32,7 @@ mod registry;
 mod rest;
 mod scale;
 mod service_claims;
+pub mod serviceaccount;
 mod shared_ca;
 mod strategy;
 mod table;
@@ -93,6 +95,12 @@ pub struct Config {
     pub token_auth_file: Option<PathBuf>,
     /// The audit log of authenticated requests (with TLS); `None`: none.
     pub audit: Option<audit::Settings>,
+    /// The address pods and other hosts reach this server at
+    /// (kube-apiserver's `--advertise-address`): the `kubernetes` Service
+    /// points there, and the server listens there too (at the listen
+    /// port). Default: the listen address, unless it is a loopback or
+    /// unspecified one.
+    pub advertise_address: Option<std::net::IpAddr>,
 }
 
 impl Default for Config {
@@ -110,6 +118,7 @@ impl Default for Config {
             tls: true,
             token_auth_file: None,
             audit: None,
+            advertise_address: None,
         }
     }
 }
@@ -143,6 +152,8 @@ pub(crate) struct AppState {
     bodies: Arc<budget::Budget>,
     /// Requests are authenticated and authorized (TLS on).
     authorizing: bool,
+    /// Signs ServiceAccount tokens (TLS on).
+    signer: Option<Arc<serviceaccount::Signer>>,
 }
 
 /// A running server; dropping it (or calling [`Running::shutdown`]) stops it.
@@ -267,6 +278,15 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         .clone()
         .unwrap_or_else(|| config.data_dir.join("token"));
     let kubernetes_ip = std::net::IpAddr::V4(cidr.nth(1));
+    // Where pods reach this server: as asked, else the listen address when
+    // it is one another host can reach.
+    let advertised = config
+        .advertise_address
+        .or_else(|| {
+            let ip = config.listen.ip();
+            (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+        })
+        .map(|ip| SocketAddr::new(ip, config.listen.port()));
     let store = skiff_store::open(config.store.as_deref(), &config.data_dir).await?;
     let server_token = if config.tls {
         let token = join::server_secret(&token_file)
@@ -287,7 +307,12 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let pki = if config.tls {
         // The `kubernetes` Service's ClusterIP, the range's first address
         // (kube-apiserver's choice), so in-cluster clients can verify.
-        let names = pki::Names::for_server(config.listen.ip(), Some(kubernetes_ip));
+        let mut names = pki::Names::for_server(config.listen.ip(), Some(kubernetes_ip));
+        if let Some(ip) = advertised.map(|a| a.ip())
+            && !names.ips.contains(&ip)
+        {
+            names.ips.push(ip);
+        }
         Some(Arc::new(
             pki::Pki::load_or_create(&config.data_dir, &names).map_err(ServerError::Config)?,
         ))
@@ -315,6 +340,12 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         }
     };
     let nodes = Arc::new(nodes);
+    let signer = match &pki {
+        Some(p) => Some(Arc::new(
+            serviceaccount::Signer::load_or_create(&p.dir).map_err(ServerError::Config)?,
+        )),
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServerError::Listen {
@@ -348,6 +379,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         ca_pem: pki.as_ref().map(|p| p.server_ca.cert_pem.clone()),
         bodies: budget::Budget::new(BODY_BUDGET, MAX_BODY),
         authorizing: pki.is_some(),
+        signer: signer.clone(),
     });
     let bodies = state.bodies.clone();
     // The policy is loaded before the feed starts from `start_rev`: the
@@ -372,6 +404,13 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     registry.load_namespaces().await?;
     registry.ensure_system_namespaces().await?;
     authz::defaults::ensure(&registry).await?;
+    kubernetes_service::ensure(
+        &registry,
+        &kubernetes_ip.to_string(),
+        advertised.map(|a| SocketAddr::new(a.ip(), addr.port())),
+        addr.port(),
+    )
+    .await?;
     background.push(tokio::spawn(compact_periodically(store.clone())));
     background.push(tokio::spawn(namespaces::finalize_terminating(
         registry.clone(),
@@ -400,6 +439,8 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     .add_service(skiff_api::v1::auth_server::AuthServer::new(
         authz::reviews::Service {
             authz: authz.clone(),
+            registry: registry.clone(),
+            signer: signer.clone(),
         },
     ));
     let grpc = match &pki {
@@ -425,6 +466,10 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         .route(
             "/api/v1/namespaces/{ns}/pods/{name}/exec",
             any(exec::handle),
+        )
+        .route(
+            "/api/v1/namespaces/{ns}/serviceaccounts/{name}/token",
+            axum::routing::post(token_request),
         )
         .route(
             "/apis/authentication.k8s.io/v1/selfsubjectreviews",
@@ -465,6 +510,10 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
             None => authn::Authenticator::default(),
         }
         .with_join_tokens(tokens.clone())
+        .with_service_accounts(serviceaccount::Tokens {
+            signer: signer.clone().expect("a signer with TLS"),
+            registry: registry.clone(),
+        })
         .with_impersonation(registry.authz.clone());
         let kubeconfig = write_admin_kubeconfig(&config.data_dir, addr, pki)?;
         // Authorization inside the audit (refusals are recorded), the
@@ -490,11 +539,36 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         (app, None, None)
     };
     let (stop, stopped) = oneshot::channel::<()>();
+    // The advertised address is served too when the listen address does
+    // not cover it (a loopback listen, with pods reaching the node's).
+    let also = advertised
+        .map(|a| SocketAddr::new(a.ip(), addr.port()))
+        .filter(|a| !config.listen.ip().is_unspecified() && a.ip() != config.listen.ip());
+    let extra = match also {
+        Some(a) => {
+            let tcp = tokio::net::TcpListener::bind(a)
+                .await
+                .map_err(|source| ServerError::Listen { addr: a, source })?;
+            Some(
+                tls::Listener::new(tcp, tls.clone())
+                    .map_err(|source| ServerError::Listen { addr: a, source })?,
+            )
+        }
+        None => None,
+    };
     let listener = tls::Listener::new(listener, tls).map_err(|source| ServerError::Listen {
         addr: config.listen,
         source,
     })?;
     let app = app.into_make_service_with_connect_info::<tls::Peer>();
+    if let Some(extra) = extra {
+        let app = app.clone();
+        background.push(tokio::spawn(async move {
+            if let Err(e) = axum::serve(extra, app).await {
+                tracing::warn!("serving the advertised address: {e}");
+            }
+        }));
+    }
     let done = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
@@ -517,6 +591,27 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         done,
         background,
     })
+}
+
+/// `POST .../serviceaccounts/{name}/token` (`kubectl create token`).
+async fn token_request(
+    State(state): State<Arc<AppState>>,
+    user: Option<axum::Extension<Arc<authn::UserInfo>>>,
+    axum::extract::Path((ns, name)): axum::extract::Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    let Some(signer) = &state.signer else {
+        return rest::error_response(&error::ApiError::bad_request(
+            "ServiceAccount tokens need TLS (the server runs with --tls off)",
+        ));
+    };
+    let user = user.map(|axum::Extension(u)| u);
+    match serviceaccount::token_request(&state.registry, signer, user.as_deref(), &ns, &name, &body)
+        .await
+    {
+        Ok(v) => rest::json_response(axum::http::StatusCode::CREATED, &v, &[]),
+        Err(e) => rest::error_response(&e),
+    }
 }
 
 /// `<data-dir>/admin.kubeconfig` (0600): the `system:masters` admin, for

@@ -318,6 +318,7 @@ pub fn ensure_cas(data_dir: &Path) -> Result<(), String> {
     let dir = tls_dir(data_dir)?;
     Authority::load_or_create(&dir, "server-ca")?;
     Authority::load_or_create(&dir, "client-ca")?;
+    crate::serviceaccount::ensure_key(&dir)?;
     Ok(())
 }
 

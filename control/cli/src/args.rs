@@ -95,6 +95,9 @@ pub struct ServerArgs {
     /// TLS and authentication on the API port (on: certificates in <data-dir>/tls, the admin's in <data-dir>/admin.kubeconfig; off: plain HTTP, anyone may do anything, for development only)
     #[arg(long, default_value = "on", value_parser = ["on", "off"])]
     pub tls: String,
+    /// The address pods and other hosts reach this server at: the `kubernetes` Service points there, and the server listens there too (default: the --listen address unless it is loopback or unspecified)
+    #[arg(long)]
+    pub advertise_address: Option<std::net::IpAddr>,
     /// Bearer tokens, as kube-apiserver's --token-auth-file: lines of token,user,uid,"group1,group2" (with --tls on)
     #[arg(long)]
     pub token_auth_file: Option<PathBuf>,

@@ -418,6 +418,30 @@ impl Client {
         serde_json::from_slice(&out.body).map_err(|e| ClientError::Decode(format!("{review}: {e}")))
     }
 
+    /// A token of ServiceAccount `namespace/name`: `request` is a
+    /// TokenRequest (authentication.k8s.io/v1); the answer carries
+    /// `status.token` and `status.expirationTimestamp`.
+    pub async fn service_account_token(
+        &self,
+        namespace: &str,
+        name: &str,
+        request: &serde_json::Value,
+    ) -> Result<serde_json::Value> {
+        let out = self
+            .auth
+            .clone()
+            .token(skiff_api::v1::TokenCall {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                body: request.to_string().into_bytes(),
+            })
+            .await
+            .map_err(ClientError::from_status)?
+            .into_inner();
+        serde_json::from_slice(&out.body)
+            .map_err(|e| ClientError::Decode(format!("TokenRequest: {e}")))
+    }
+
     pub fn server(&self) -> &str {
         &self.server
     }

@@ -21,6 +21,8 @@ pub struct Cluster {
     pub instance: String,
     /// Extra `skiff node` flags.
     pub node_flags: Vec<String>,
+    /// Extra `skiff server` flags.
+    pub server_flags: Vec<String>,
     node_starts: usize,
     containerd: Option<KillOnDrop>,
     server: Option<KillOnDrop>,
@@ -74,6 +76,11 @@ impl Cluster {
 
     /// Like [`Cluster::start`], with extra `skiff node` flags.
     pub fn start_with(skiff: &Path, node_flags: &[&str]) -> Option<Cluster> {
+        Cluster::start_full(skiff, node_flags, &[])
+    }
+
+    /// Like [`Cluster::start_with`], with extra `skiff server` flags too.
+    pub fn start_full(skiff: &Path, node_flags: &[&str], server_flags: &[&str]) -> Option<Cluster> {
         require_tool("containerd")?;
         require_tool("runc")?;
         require_tool("ip")?;
@@ -91,6 +98,7 @@ impl Cluster {
             cgroup_parent: format!("skiff-test-{id}"),
             instance: format!("test-{id}"),
             node_flags: node_flags.iter().map(|f| f.to_string()).collect(),
+            server_flags: server_flags.iter().map(|f| f.to_string()).collect(),
             node_starts: 0,
             dir,
             containerd: None,
@@ -159,6 +167,7 @@ impl Cluster {
             .arg(format!("127.0.0.1:{port}"))
             .arg("--data-dir")
             .arg(self.path("server"))
+            .args(&self.server_flags)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -159,6 +159,7 @@ pub async fn start(cfg: NodeConfig) -> Result<Running> {
         node_ip,
         datapath: dp,
         execs: Default::default(),
+        server_ca: certs.as_ref().map(|c| c.server_ca.clone()),
     });
     tasks.push(tokio::spawn({
         let ctx = ctx.clone();

@@ -26,6 +26,8 @@ pub fn node_name(user: &UserInfo) -> Option<&str> {
 pub enum Uses {
     ConfigMap,
     Secret,
+    /// The account a pod runs as: the node asks for its tokens.
+    ServiceAccount,
 }
 
 impl Uses {
@@ -44,6 +46,9 @@ pub fn references(pod: &Pod) -> Vec<(Uses, String)> {
         return Vec::new();
     };
     let mut out = Vec::new();
+    if !spec.service_account_name.is_empty() {
+        out.push((Uses::ServiceAccount, spec.service_account_name.clone()));
+    }
     for v in &spec.volumes {
         if let Some(cm) = &v.config_map {
             out.push((Uses::ConfigMap, cm.name.clone()));
@@ -215,6 +220,21 @@ pub fn decide(node: &str, req: &Request, graph: &Graph, rules: &[PolicyRule]) ->
             "no relationship found between node '{node}' and this object"
         )));
     }
+    // A token of the account one of its pods runs as (the request's
+    // object, bound to that pod, is checked when it is made).
+    if let Request::Resource(res) = req
+        && res.api_group.is_empty()
+        && res.resource == "serviceaccounts"
+        && res.subresource == "token"
+    {
+        if res.verb == "create" && graph.used(node, &res.namespace, Uses::ServiceAccount, &res.name)
+        {
+            return Decision::Allow(format!("node '{node}' runs a pod as this service account"));
+        }
+        return Decision::NoOpinion(Some(format!(
+            "no relationship found between node '{node}' and this object"
+        )));
+    }
     if rules.iter().any(|r| rules::allows(r, req)) {
         Decision::Allow(format!("node '{node}' may do what nodes do"))
     } else {
@@ -300,6 +320,26 @@ mod tests {
             Decision::Allow(_)
         ));
         // The rest follows the node rules.
+        let token = |sa: &str| {
+            Request::Resource(Resource {
+                verb: "create".into(),
+                resource: "serviceaccounts".into(),
+                subresource: "token".into(),
+                namespace: "a".into(),
+                name: sa.into(),
+                ..Default::default()
+            })
+        };
+        assert!(
+            !allowed(&g, "n1", &token("default")),
+            "no pod of n1 runs as it"
+        );
+        let mut runner = pod("a", "p9", "n1", "conf");
+        runner.spec.as_mut().unwrap().service_account_name = "bot".into();
+        g.set_pod(&runner);
+        assert!(allowed(&g, "n1", &token("bot")));
+        assert!(!allowed(&g, "n2", &token("bot")));
+        g.remove_pod("a", "p9");
         assert!(allowed(&g, "n1", &get("pods", "a", "p3")));
         assert!(allowed(&g, "n1", &get("services", "a", "s")));
         assert!(!allowed(&g, "n1", &get("serviceaccounts", "a", "s")));

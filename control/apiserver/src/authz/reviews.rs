@@ -51,7 +51,7 @@ pub fn asked(spec: &Value) -> ApiResult<Request> {
 fn parse(body: &[u8], kind: &str) -> ApiResult<Value> {
     // kubectl sends its reviews in Kubernetes' protobuf encoding.
     if body.starts_with(b"k8s\0") {
-        return crate::k8s_protobuf::decode_review(kind, body);
+        return crate::k8s_protobuf::decode_request(API_VERSION, kind, body);
     }
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("malformed {kind}: {e}")))?;
@@ -219,6 +219,8 @@ pub(crate) async fn handle(
 /// The gRPC front end of the reviews (`skiff auth ...`).
 pub struct Service {
     pub authz: Option<Arc<Authorizer>>,
+    pub registry: Arc<crate::registry::Registry>,
+    pub signer: Option<Arc<crate::serviceaccount::Signer>>,
 }
 
 #[tonic::async_trait]
@@ -243,6 +245,41 @@ impl skiff_api::v1::auth_server::Auth for Service {
         super::check_grpc(self.authz.as_deref(), user.as_deref(), ask)?;
         let v = review(&r.review, self.authz.as_deref(), user.as_deref(), &r.body)
             .map_err(|e| e.to_grpc())?;
+        Ok(tonic::Response::new(skiff_api::v1::ReviewResponse {
+            body: v.to_string().into_bytes(),
+        }))
+    }
+
+    async fn token(
+        &self,
+        req: tonic::Request<skiff_api::v1::TokenCall>,
+    ) -> Result<tonic::Response<skiff_api::v1::ReviewResponse>, tonic::Status> {
+        let user = req.extensions().get::<Arc<UserInfo>>().cloned();
+        let r = req.into_inner();
+        let ask = super::on(
+            skiff_api::Kind::ServiceAccount,
+            "create",
+            "token",
+            &r.namespace,
+            &r.name,
+        );
+        super::check_grpc(self.authz.as_deref(), user.as_deref(), ask)?;
+        let Some(signer) = &self.signer else {
+            return Err(ApiError::bad_request(
+                "ServiceAccount tokens need TLS (the server runs with --tls off)",
+            )
+            .to_grpc());
+        };
+        let v = crate::serviceaccount::token_request(
+            &self.registry,
+            signer,
+            user.as_deref(),
+            &r.namespace,
+            &r.name,
+            &r.body,
+        )
+        .await
+        .map_err(|e| e.to_grpc())?;
         Ok(tonic::Response::new(skiff_api::v1::ReviewResponse {
             body: v.to_string().into_bytes(),
         }))

@@ -8,6 +8,7 @@ pub mod probe;
 pub mod resolve;
 pub mod restart;
 pub mod sandbox;
+pub mod satoken;
 pub mod status;
 pub mod worker;
 
@@ -49,6 +50,9 @@ pub struct Ctx {
     pub datapath: Option<Arc<Datapath>>,
     /// The exec'd processes in flight, which a container's exit waits for.
     pub execs: Arc<execs::Execs>,
+    /// The CA that checks the API server (with TLS): pods get it with
+    /// their ServiceAccount token. `None`: a plain server, no tokens.
+    pub server_ca: Option<String>,
 }
 
 impl Ctx {

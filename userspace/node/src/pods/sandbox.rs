@@ -21,6 +21,9 @@ pub struct Sandbox {
     pub mounts: Vec<(PathBuf, String, bool)>,
     /// Volume name → host directory.
     pub volumes: Vec<(String, PathBuf)>,
+    /// When the ServiceAccount token is due for renewal (none mounted:
+    /// `None`).
+    pub token_renew: Option<std::time::Instant>,
 }
 
 pub fn uid_of(pod: &Pod) -> &str {
@@ -68,7 +71,7 @@ pub fn resolv_conf(dns: Ipv4Addr, namespace: &str, domain: &str) -> String {
     )
 }
 
-fn pod_dir(ctx: &Ctx, uid: &str) -> PathBuf {
+pub(super) fn pod_dir(ctx: &Ctx, uid: &str) -> PathBuf {
     ctx.cfg.data_dir.join("pods").join(uid)
 }
 
@@ -143,6 +146,18 @@ pub async fn ensure(ctx: &Ctx, pod: &Pod) -> Result<Sandbox> {
         ),
     ];
     mounts.retain(|m| m.0.exists());
+    let token_renew = match &ctx.server_ca {
+        Some(ca) if super::satoken::wanted(pod) => {
+            let renew = super::satoken::refresh(ctx, pod, &dir, ca).await?;
+            mounts.push((
+                super::satoken::dir(&dir),
+                super::satoken::MOUNT.to_string(),
+                true,
+            ));
+            Some(renew)
+        }
+        _ => None,
+    };
 
     let mut volumes = Vec::new();
     for (i, v) in spec.volumes.iter().enumerate() {
@@ -202,6 +217,7 @@ pub async fn ensure(ctx: &Ctx, pod: &Pod) -> Result<Sandbox> {
         host_veth,
         mounts,
         volumes,
+        token_renew,
     })
 }
 

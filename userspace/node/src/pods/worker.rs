@@ -327,6 +327,7 @@ impl Worker {
                 .filter_map(|c| c.retry_at)
                 .chain(self.sandbox_retry)
                 .chain(self.push_retry)
+                .chain(self.sandbox.as_ref().and_then(|s| s.token_renew))
                 .min();
             let msg = match deadline {
                 Some(d) => tokio::select! {
@@ -531,6 +532,28 @@ impl Worker {
         }
     }
 
+    /// Renews the ServiceAccount token when it is due; a failure is tried
+    /// again in 10 s (the old token keeps working until it expires).
+    async fn renew_token(&mut self) {
+        let Some(ca) = self.ctx.server_ca.clone() else {
+            return;
+        };
+        let Some(sb) = &mut self.sandbox else { return };
+        if sb.token_renew.is_none_or(|t| t > Instant::now()) {
+            return;
+        }
+        let dir = sandbox::pod_dir(&self.ctx, &self.uid);
+        sb.token_renew = Some(
+            match super::satoken::refresh(&self.ctx, &self.pod, &dir, &ca).await {
+                Ok(next) => next,
+                Err(e) => {
+                    tracing::warn!(pod = %self.uid, "renewing the service account token: {e:#}");
+                    Instant::now() + Duration::from_secs(10)
+                }
+            },
+        );
+    }
+
     /// Converges: sandbox, containers that are due to (re)start, status.
     async fn sync(&mut self) {
         if self.sandbox.is_none() && self.sandbox_retry.is_none_or(|t| t <= Instant::now()) {
@@ -552,6 +575,7 @@ impl Worker {
                 }
             }
         }
+        self.renew_token().await;
         if self.start_time.is_none() {
             self.start_time = Some(Time::now_seconds());
         }
