@@ -1383,6 +1383,19 @@ fn node_restriction_confines_a_node_to_its_own_objects() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 
+    // The ServiceAccount controller makes `default` in every namespace.
+    let admin = s.curl_admin()[2..].to_vec();
+    until(|| {
+        (call(
+            &s,
+            &admin,
+            "GET",
+            "/api/v1/namespaces/default/serviceaccounts/default",
+            None,
+        )
+        .0 == 200)
+            .then_some(())
+    });
     let node = |name: &str, labels: &str| {
         format!(
             r#"{{"apiVersion":"v1","kind":"Node","metadata":{{"name":"{name}","labels":{{{labels}}}}}}}"#
@@ -1397,6 +1410,11 @@ fn node_restriction_confines_a_node_to_its_own_objects() {
     let pods = "/api/v1/namespaces/default/pods";
     let leases = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases";
     let running = r#"{"status":{"phase":"Running"}}"#;
+    let token_for = |pod: &str| {
+        format!(
+            r#"{{"apiVersion":"authentication.k8s.io/v1","kind":"TokenRequest","spec":{{"boundObjectRef":{{"kind":"Pod","apiVersion":"v1","name":"{pod}"}}}}}}"#
+        )
+    };
     let taint = r#"{"spec":{"taints":[{"key":"k","effect":"NoSchedule"}]}}"#;
     // (what, method, path, body, the codes it may get, what the refusal says)
     type Case<'a> = (&'a str, &'a str, String, Option<String>, &'a [u16], &'a str);
@@ -1418,6 +1436,10 @@ fn node_restriction_confines_a_node_to_its_own_objects() {
         ("another node's Lease", "POST", leases.to_string(), Some(lease("n2")), &[403], "can only access its own node lease"),
         ("its Lease", "POST", leases.to_string(), Some(lease("n1")), &[201], ""),
         ("a namespace, deleted", "DELETE", "/api/v1/namespaces/default".into(), None, &[403], "cannot delete resource \"namespaces\""),
+        ("a token for another node's pod", "POST", "/api/v1/namespaces/default/serviceaccounts/default/token".into(), Some(token_for("p2")), &[403], "may only request tokens for pods bound to it"),
+        ("a token bound to nothing", "POST", "/api/v1/namespaces/default/serviceaccounts/default/token".into(), Some("{}".into()), &[403], "may only request tokens bound to its pods"),
+        ("a token for its pod", "POST", "/api/v1/namespaces/default/serviceaccounts/default/token".into(), Some(token_for("p1")), &[201], ""),
+        ("a token of an account no pod of its runs as", "POST", "/api/v1/namespaces/default/serviceaccounts/other/token".into(), Some(token_for("p1")), &[403], "no relationship found"),
         ("its pod, deleted", "DELETE", format!("{pods}/p1"), None, &[200, 202], ""),
     ];
     let mut failures = Vec::new();
@@ -1429,7 +1451,6 @@ fn node_restriction_confines_a_node_to_its_own_objects() {
     }
     assert!(failures.is_empty(), "{failures:#?}");
     // What was refused left everything as it was.
-    let admin = s.curl_admin()[2..].to_vec();
     let (_, p2) = call(&s, &admin, "GET", &format!("{pods}/p2"), None);
     let p2: Value = serde_json::from_str(&p2).unwrap();
     assert!(
@@ -1439,4 +1460,73 @@ fn node_restriction_confines_a_node_to_its_own_objects() {
     let (_, n1_node) = call(&s, &admin, "GET", "/api/v1/nodes/n1", None);
     let n1_node: Value = serde_json::from_str(&n1_node).unwrap();
     assert!(n1_node["spec"]["taints"].is_null(), "{n1_node}");
+}
+
+#[test]
+fn service_account_tokens_stand_for_their_account_while_it_lasts() {
+    let Some(bin) = require_tool("kubectl") else {
+        return;
+    };
+    let s = Server::start_secure(Path::new(SKIFF), &[]);
+    s.apply(
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: bot, namespace: default}\n\
+         ---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: bot-views, namespace: default}\n\
+         roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: view}\n\
+         subjects: [{kind: ServiceAccount, name: bot}]\n",
+    );
+    let token = ok(
+        kubectl(&bin, &s, &["create", "token", "bot"]),
+        "kubectl create token",
+    );
+    let token = token.trim().to_string();
+    assert_eq!(token.split('.').count(), 3, "{token}");
+    let as_bot = |path: &str| call(&s, &bearer_flags(&token), "GET", path, None);
+    let (code, body) = until(|| {
+        let r = as_bot("/api/v1/namespaces/default/pods");
+        (r.0 != 403).then_some(r)
+    });
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = as_bot("/api/v1/namespaces/kube-system/pods");
+    assert_eq!(code, 403);
+    assert!(
+        message(&body).contains("User \"system:serviceaccount:default:bot\" cannot list"),
+        "{body}"
+    );
+    // Too short a life is refused; an audience elsewhere does not log in here.
+    let out = kubectl(&bin, &s, &["create", "token", "bot", "--duration", "5m"]);
+    assert!(!out.status.success());
+    let other = ok(
+        kubectl(
+            &bin,
+            &s,
+            &["create", "token", "bot", "--audience", "https://elsewhere"],
+        ),
+        "kubectl create token --audience",
+    );
+    assert_eq!(
+        call(
+            &s,
+            &bearer_flags(other.trim()),
+            "GET",
+            "/api/v1/namespaces/default/pods",
+            None
+        )
+        .0,
+        401
+    );
+    // A token for a missing account: 404, nothing made.
+    let out = kubectl(&bin, &s, &["create", "token", "nobody"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not found"),
+        "{out:?}"
+    );
+    // Once the account goes (even if one of its name comes back), its
+    // tokens prove nothing.
+    ok(
+        kubectl(&bin, &s, &["delete", "serviceaccount", "bot"]),
+        "kubectl delete sa",
+    );
+    s.apply("apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: bot, namespace: default}\n");
+    assert_eq!(as_bot("/api/v1/namespaces/default/pods").0, 401);
 }
