@@ -1530,3 +1530,170 @@ fn service_account_tokens_stand_for_their_account_while_it_lasts() {
     s.apply("apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: bot, namespace: default}\n");
     assert_eq!(as_bot("/api/v1/namespaces/default/pods").0, 401);
 }
+
+#[test]
+fn secrets_are_encrypted_at_rest_in_both_stores() {
+    if require_tool("curl").is_none() || require_tool("etcdctl").is_none() {
+        return;
+    }
+    let admin = |s: &Server| s.curl_admin()[2..].to_vec();
+    let secret = r#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"db"},"stringData":{"password":"hunter2-plain"},"data":{"user":"YWRtaW4tYmFzZTY0"}}"#;
+    let secrets = "/api/v1/namespaces/default/secrets";
+
+    // The embedded store: the value comes back, the file never holds it.
+    let s = Server::start_secure(Path::new(SKIFF), &[]);
+    let (code, body) = call(&s, &admin(&s), "POST", secrets, Some(secret));
+    assert_eq!(code, 201, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    // stringData is merged into data and not kept; the type defaults.
+    assert_eq!(v["data"]["password"], "aHVudGVyMi1wbGFpbg==");
+    assert!(v.get("stringData").is_none(), "{v}");
+    assert_eq!(v["type"], "Opaque");
+    let (_, got) = call(&s, &admin(&s), "GET", &format!("{secrets}/db"), None);
+    let got: Value = serde_json::from_str(&got).unwrap();
+    assert_eq!(got["data"]["user"], "YWRtaW4tYmFzZTY0");
+    let file = std::fs::read(s.data_dir().join("skiff.redb")).unwrap();
+    for plain in [
+        &b"hunter2-plain"[..],
+        b"aHVudGVyMi1wbGFpbg==",
+        b"YWRtaW4tYmFzZTY0",
+    ] {
+        assert!(
+            !file.windows(plain.len()).any(|w| w == plain),
+            "the store file holds {:?} in plain text",
+            String::from_utf8_lossy(plain)
+        );
+    }
+    assert!(
+        file.windows(18).any(|w| w == b"k8s:enc:aesgcm:v1:"),
+        "a sealed value is stored"
+    );
+    // Bad input: data that is not base64, a tls Secret without its key.
+    let bad = r#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"bad"},"data":{"k":"not base64!"}}"#;
+    let (code, body) = call(&s, &admin(&s), "POST", secrets, Some(bad));
+    assert_eq!(code, 422, "{body}");
+    let tls = r#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"t"},"type":"kubernetes.io/tls","stringData":{"tls.crt":"x"}}"#;
+    let (code, body) = call(&s, &admin(&s), "POST", secrets, Some(tls));
+    assert_eq!(code, 422, "{body}");
+    assert!(message(&body).contains("data[tls.key]"), "{body}");
+    // kubectl's protobuf body.
+    if let Some(bin) = require_tool("kubectl") {
+        ok(
+            kubectl(
+                &bin,
+                &s,
+                &[
+                    "create",
+                    "secret",
+                    "generic",
+                    "k",
+                    "--from-literal=token=s3cr3t-kubectl",
+                ],
+            ),
+            "kubectl create secret",
+        );
+        let out = ok(
+            kubectl(
+                &bin,
+                &s,
+                &["get", "secret", "k", "-o", "jsonpath={.data.token}"],
+            ),
+            "kubectl get secret",
+        );
+        assert_eq!(out, "czNjcjN0LWt1YmVjdGw=");
+    }
+    drop(s);
+
+    // etcd: sealed values only; another server of the cluster opens them;
+    // a tampered value is an error, never garbage.
+    let Some(etcd) = skiff_testkit::EtcdServer::start() else {
+        return;
+    };
+    let store = etcd.url();
+    let endpoint = store.trim_start_matches("etcd://").to_string();
+    let a = Server::start(
+        Path::new(SKIFF),
+        &["--store", &store, "--no-controllers"],
+        &[],
+    );
+    let joined = tempfile::tempdir().unwrap();
+    let token_file = joined.path().join("token");
+    std::fs::copy(a.data_dir().join("token"), &token_file).unwrap();
+    let b = Server::start(
+        Path::new(SKIFF),
+        &[
+            "--store",
+            &store,
+            "--no-controllers",
+            "--token-file",
+            token_file.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let (code, body) = call(&a, &admin(&a), "POST", secrets, Some(secret));
+    assert_eq!(code, 201, "{body}");
+    let (code, body) = call(&b, &admin(&b), "GET", &format!("{secrets}/db"), None);
+    assert_eq!(code, 200, "the other server opens it: {body}");
+    let etcdctl = |args: &[&str]| {
+        let out = Command::new("etcdctl")
+            .args(["--endpoints", &endpoint])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let raw = etcdctl(&["get", "--prefix", "/skiff/"]);
+    for plain in [&b"hunter2-plain"[..], b"aHVudGVyMi1wbGFpbg=="] {
+        assert!(
+            !raw.windows(plain.len()).any(|w| w == plain),
+            "etcd holds a Secret in plain text"
+        );
+    }
+    let stored = etcdctl(&[
+        "get",
+        "/skiff/core/secrets/default/db",
+        "--print-value-only",
+    ]);
+    assert!(
+        stored.starts_with(b"k8s:enc:aesgcm:v1:"),
+        "{}",
+        String::from_utf8_lossy(&stored)
+    );
+    let mut tampered = stored.clone();
+    while tampered.last() == Some(&b'\n') {
+        tampered.pop();
+    }
+    let n = tampered.len();
+    tampered[n - 5] ^= 0x01;
+    // The value through stdin: it is binary.
+    let mut put = Command::new("etcdctl")
+        .args([
+            "--endpoints",
+            &endpoint,
+            "put",
+            "/skiff/core/secrets/default/db",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        put.stdin.take().unwrap().write_all(&tampered).unwrap();
+    }
+    let out = put.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (code, body) = call(&a, &admin(&a), "GET", &format!("{secrets}/db"), None);
+    assert_eq!(code, 500, "{body}");
+    assert!(message(&body).contains("cannot be decrypted"), "{body}");
+}

@@ -141,6 +141,16 @@ pub fn of(kind: Kind) -> &'static [Column] {
             }
         }
         Kind::ConfigMap => const { &[NAME, col("Data", "Number of data keys."), AGE] },
+        Kind::Secret => {
+            const {
+                &[
+                    NAME,
+                    col("Type", "The type of secret."),
+                    col("Data", "Number of data keys."),
+                    AGE,
+                ]
+            }
+        }
         Kind::Role | Kind::ClusterRole => {
             const {
                 &[
@@ -482,6 +492,10 @@ pub fn cells(obj: &Object) -> Vec<String> {
             vec![],
         ),
         Object::ServiceAccount(s) => (vec![name, s.secrets.len().to_string(), created], vec![]),
+        Object::Secret(x) => (
+            vec![name, x.r#type.clone(), x.data.len().to_string(), created],
+            vec![],
+        ),
         Object::Role(_) | Object::ClusterRole(_) => (vec![name, created_at(meta)], vec![]),
         Object::RoleBinding(b) => binding_cells(name, created, b.role_ref.as_ref(), &b.subjects),
         Object::ClusterRoleBinding(b) => {

@@ -21,6 +21,7 @@ pub enum Kind {
     ClusterRole,
     RoleBinding,
     ClusterRoleBinding,
+    Secret,
 }
 
 /// The RBAC group.
@@ -75,6 +76,7 @@ const fn info(kind: Kind) -> Info {
             false,
             &[],
         ),
+        Kind::Secret => ("Secret", "", "secrets", true, false, &[]),
     };
     Info {
         name,
@@ -87,7 +89,7 @@ const fn info(kind: Kind) -> Info {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 16] = [
+    pub const ALL: [Kind; 17] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Pod,
@@ -104,6 +106,7 @@ impl Kind {
         Kind::ClusterRole,
         Kind::RoleBinding,
         Kind::ClusterRoleBinding,
+        Kind::Secret,
     ];
 
     /// The kind's name as in a manifest's `kind:` field.
@@ -192,6 +195,7 @@ impl Kind {
             Kind::ClusterRole => "rbac.authorization.k8s.io/clusterroles/",
             Kind::RoleBinding => "rbac.authorization.k8s.io/rolebindings/",
             Kind::ClusterRoleBinding => "rbac.authorization.k8s.io/clusterrolebindings/",
+            Kind::Secret => "core/secrets/",
         }
     }
 

@@ -78,6 +78,10 @@ macro_rules! with_resource {
                 type $R = $crate::v1::ClusterRoleBinding;
                 $body
             }
+            $crate::Kind::Secret => {
+                type $R = $crate::v1::Secret;
+                $body
+            }
         }
     };
 }
@@ -101,6 +105,7 @@ pub enum Object {
     ClusterRole(ClusterRole),
     RoleBinding(RoleBinding),
     ClusterRoleBinding(ClusterRoleBinding),
+    Secret(Secret),
 }
 
 macro_rules! each {
@@ -122,6 +127,7 @@ macro_rules! each {
             Object::ClusterRole($o) => $body,
             Object::RoleBinding($o) => $body,
             Object::ClusterRoleBinding($o) => $body,
+            Object::Secret($o) => $body,
         }
     };
 }

@@ -353,6 +353,7 @@ pub fn strict_capable(kind: Kind) -> bool {
             | Kind::Role
             | Kind::RoleBinding
             | Kind::ClusterRoleBinding
+            | Kind::Secret
     )
 }
 

@@ -151,6 +151,7 @@ resource!(Role, Role, status:, validate: validation::role);
 resource!(ClusterRole, ClusterRole, status:, validate: validation::cluster_role);
 resource!(RoleBinding, RoleBinding, status:, validate: validation::role_binding);
 resource!(ClusterRoleBinding, ClusterRoleBinding, status:, validate: validation::cluster_role_binding);
+resource!(Secret, Secret, status:, validate: validation::secret);
 
 /// Field selector values beyond `metadata.name` and `metadata.namespace`,
 /// the ones Kubernetes supports and components use.
@@ -268,5 +269,8 @@ mod extra_field {
     }
     pub fn ClusterRoleBinding(_: &ClusterRoleBinding, _: &str) -> Option<String> {
         None
+    }
+    pub fn Secret(s: &Secret, path: &str) -> Option<String> {
+        (path == "type").then(|| s.r#type.clone())
     }
 }

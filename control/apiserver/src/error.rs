@@ -280,6 +280,7 @@ impl From<StoreError> for ApiError {
             StoreError::FutureRevision(r) => {
                 ApiError::new(504, "Timeout", format!("too large resource version: {r}"))
             }
+            StoreError::Corrupt(why) => ApiError::internal(why),
             other => ApiError::unavailable(format!("store: {other}")),
         }
     }

@@ -265,6 +265,14 @@ const BINDING: &[F] = &[
     ),
 ];
 
+const SECRET: &[F] = &[
+    one(1, "metadata", Ty::Msg(META)),
+    one(2, "data", Ty::BytesMap),
+    one(3, "type", STR),
+    one(4, "stringData", Ty::StrMap),
+    one(5, "immutable", PTR_BOOL),
+];
+
 fn schema(kind: Kind) -> Option<&'static [F]> {
     match kind {
         Kind::Namespace => Some(NAMESPACE),
@@ -275,6 +283,7 @@ fn schema(kind: Kind) -> Option<&'static [F]> {
         Kind::ReplicaSet => Some(REPLICA_SET),
         Kind::Role | Kind::ClusterRole => Some(ROLE),
         Kind::RoleBinding | Kind::ClusterRoleBinding => Some(BINDING),
+        Kind::Secret => Some(SECRET),
         _ => None,
     }
 }
@@ -578,7 +587,7 @@ pub fn decode(kind: Kind, body: &[u8]) -> ApiResult<Value> {
     typed(body, &kind.api_version(), kind.name(), || {
         schema(kind).ok_or_else(|| {
             ApiError::unsupported_media(format!(
-                "protobuf bodies are accepted for Namespace, ConfigMap, Service, Pod, Deployment, ReplicaSet and the RBAC kinds; send the {kind} as JSON"
+                "protobuf bodies are accepted for Namespace, ConfigMap, Secret, Service, Pod, Deployment, ReplicaSet and the RBAC kinds; send the {kind} as JSON"
             ))
         })
     })

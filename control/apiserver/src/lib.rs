@@ -14,6 +14,7 @@ mod budget;
 mod codec;
 mod defaults;
 mod discovery;
+pub mod encryption;
 mod error;
 mod exec;
 mod feed;
@@ -287,7 +288,8 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
             (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
         })
         .map(|ip| SocketAddr::new(ip, config.listen.port()));
-    let store = skiff_store::open(config.store.as_deref(), &config.data_dir).await?;
+    let raw_store = skiff_store::open(config.store.as_deref(), &config.data_dir).await?;
+    let store = raw_store.clone();
     let server_token = if config.tls {
         let token = join::server_secret(&token_file)
             .map_err(|e| ServerError::Config(format!("join token: {e}")))?;
@@ -319,6 +321,12 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     } else {
         None
     };
+    // Secrets are sealed at rest (the keys come with the shared CAs).
+    let keys = pki::tls_dir(&config.data_dir)
+        .and_then(|dir| encryption::Keys::load_or_create(&dir))
+        .map_err(ServerError::Config)?;
+    let store: Arc<dyn skiff_store::Store> =
+        Arc::new(encryption::EncryptedStore::new(raw_store, keys));
     let tokens = Arc::new(join::Tokens::new(store.clone()));
     // With TLS the token is a join token (`K10<CA hash>::server:<secret>`);
     // plain, a shared secret the server presents to nodes.

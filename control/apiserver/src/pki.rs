@@ -319,11 +319,12 @@ pub fn ensure_cas(data_dir: &Path) -> Result<(), String> {
     Authority::load_or_create(&dir, "server-ca")?;
     Authority::load_or_create(&dir, "client-ca")?;
     crate::serviceaccount::ensure_key(&dir)?;
+    crate::encryption::ensure_file(&dir)?;
     Ok(())
 }
 
 /// `<data_dir>/tls`, made (0700) when missing.
-fn tls_dir(data_dir: &Path) -> Result<PathBuf, String> {
+pub(crate) fn tls_dir(data_dir: &Path) -> Result<PathBuf, String> {
     let dir = data_dir.join("tls");
     std::fs::create_dir_all(&dir).map_err(|e| err(&format!("create {}", dir.display()), e))?;
     use std::os::unix::fs::PermissionsExt;

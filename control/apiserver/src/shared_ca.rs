@@ -18,14 +18,16 @@ use skiff_store::{Compare, Op, Store, Txn};
 
 const KEY: &str = "registry/skiff/bootstrap/ca";
 const ITERATIONS: u32 = 100_000;
-/// The CA files of `<data-dir>/tls` that are shared, and the key that
-/// signs ServiceAccount tokens (any server must verify any server's).
-const FILES: [&str; 5] = [
+/// The CA files of `<data-dir>/tls` that are shared, the key that signs
+/// ServiceAccount tokens (any server must verify any server's) and the
+/// keys Secrets are sealed with.
+const FILES: [&str; 6] = [
     "server-ca.crt",
     "server-ca.key",
     "client-ca.crt",
     "client-ca.key",
     crate::serviceaccount::KEY_FILE,
+    crate::encryption::FILE,
 ];
 
 #[derive(Serialize, Deserialize)]

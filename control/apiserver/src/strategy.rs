@@ -238,6 +238,46 @@ impl Strategy for Lease {
     }
 }
 
+impl Strategy for Secret {
+    /// `stringData` is write-only: merged into `data` (base64), then gone.
+    fn defaults(&mut self) {
+        use base64::Engine;
+        for (k, v) in std::mem::take(&mut self.string_data) {
+            self.data
+                .insert(k, base64::engine::general_purpose::STANDARD.encode(v));
+        }
+        if self.r#type.is_empty() {
+            self.r#type = "Opaque".into();
+        }
+    }
+
+    fn validate_update(&self, old: &Self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        if self.r#type != old.r#type {
+            errors.push(FieldError::invalid(
+                "type",
+                &self.r#type,
+                "field is immutable",
+            ));
+        }
+        if old.immutable == Some(true) {
+            if self.data != old.data {
+                errors.push(FieldError::forbidden(
+                    "data",
+                    "field is immutable when `immutable` is set",
+                ));
+            }
+            if self.immutable != Some(true) {
+                errors.push(FieldError::forbidden(
+                    "immutable",
+                    "field is immutable when `immutable` is set",
+                ));
+            }
+        }
+        errors
+    }
+}
+
 impl Strategy for Role {
     const OWNS_DEPENDENTS: bool = false;
 

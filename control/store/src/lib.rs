@@ -174,6 +174,10 @@ pub enum StoreError {
     Unavailable(String),
     #[error("the store is shutting down")]
     Closed,
+    /// A stored value is not what was written (it does not decrypt): no
+    /// retry helps.
+    #[error("{0}")]
+    Corrupt(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -198,6 +198,7 @@ pub fn of(kind: Kind) -> &'static Schema {
         | Kind::Role
         | Kind::ClusterRole
         | Kind::RoleBinding
-        | Kind::ClusterRoleBinding => &META_ONLY,
+        | Kind::ClusterRoleBinding
+        | Kind::Secret => &META_ONLY,
     }
 }

@@ -501,6 +501,74 @@ pub fn config_map(cm: &ConfigMap) -> Errors {
     errors
 }
 
+/// Kubernetes' limit on a Secret's data.
+pub const MAX_SECRET_BYTES: usize = 1024 * 1024;
+
+pub fn secret(s: &Secret) -> Errors {
+    use base64::Engine;
+    let mut errors = Vec::new();
+    let mut total = 0usize;
+    for (k, v) in &s.data {
+        if let Some(d) = config_key_error(k) {
+            errors.push(FieldError::invalid(format!("data[{k}]"), k, d));
+        }
+        match base64::engine::general_purpose::STANDARD.decode(v) {
+            Ok(bytes) => total += bytes.len(),
+            Err(_) => errors.push(FieldError::invalid(
+                format!("data[{k}]"),
+                "<value>",
+                "must be base64 (the plain text goes in stringData)",
+            )),
+        }
+    }
+    for k in s.string_data.keys() {
+        if let Some(d) = config_key_error(k) {
+            errors.push(FieldError::invalid(format!("stringData[{k}]"), k, d));
+        }
+    }
+    if total > MAX_SECRET_BYTES {
+        errors.push(FieldError::too_long("data", MAX_SECRET_BYTES));
+    }
+    let need = |errors: &mut Errors, key: &str| {
+        if !s.data.contains_key(key) && !s.string_data.contains_key(key) {
+            errors.push(FieldError::required(format!("data[{key}]"), ""));
+        }
+    };
+    match s.r#type.as_str() {
+        "kubernetes.io/dockerconfigjson" => need(&mut errors, ".dockerconfigjson"),
+        "kubernetes.io/dockercfg" => need(&mut errors, ".dockercfg"),
+        "kubernetes.io/tls" => {
+            need(&mut errors, "tls.crt");
+            need(&mut errors, "tls.key");
+        }
+        "kubernetes.io/basic-auth"
+            if !["username", "password"]
+                .iter()
+                .any(|k| s.data.contains_key(*k) || s.string_data.contains_key(*k)) =>
+        {
+            errors.push(FieldError::required(
+                "data[username]",
+                "username or password",
+            ));
+        }
+        "kubernetes.io/ssh-auth" => need(&mut errors, "ssh-privatekey"),
+        "kubernetes.io/service-account-token" => {
+            let named = s.metadata.as_ref().is_some_and(|m| {
+                m.annotations
+                    .contains_key("kubernetes.io/service-account.name")
+            });
+            if !named {
+                errors.push(FieldError::required(
+                    "metadata.annotations[kubernetes.io/service-account.name]",
+                    "",
+                ));
+            }
+        }
+        _ => {}
+    }
+    errors
+}
+
 pub fn event(ev: &Event) -> Errors {
     let mut errors = Vec::new();
     if ev.involved_object.is_none() {

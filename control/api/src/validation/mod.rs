@@ -21,6 +21,8 @@ pub use crate::names::{
 pub use apps::{deployment, replica_set};
 pub use common::{ErrorType, FieldError, validate_meta};
 pub use coordination::lease;
-pub use core::{config_map, endpoints, event, namespace, node, pod, service, service_account};
+pub use core::{
+    config_map, endpoints, event, namespace, node, pod, secret, service, service_account,
+};
 pub use discovery::endpoint_slice;
 pub use rbac::{cluster_role, cluster_role_binding, role, role_binding, role_ref_change};
