@@ -1776,3 +1776,62 @@ spec:
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[test]
+fn secrets_reach_pods_on_tmpfs_and_in_env() {
+    let Some(c) = cluster(&[]) else {
+        return;
+    };
+    c.apply(&format!(
+        r#"apiVersion: v1
+kind: Secret
+metadata: {{name: db}}
+stringData: {{password: hunter2, user: admin}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: app}}
+spec:
+  nodeName: {}
+  containers:
+  - name: c
+    image: busybox
+    command: ["sleep", "3600"]
+    env:
+    - name: DB_PASSWORD
+      valueFrom: {{secretKeyRef: {{name: db, key: password}}}}
+    volumeMounts: [{{name: creds, mountPath: /etc/db}}]
+  volumes:
+  - name: creds
+    secret:
+      secretName: db
+      defaultMode: 256
+      items: [{{key: password, path: pw}}, {{key: user, path: sub/user, mode: 288}}]
+"#,
+        c.name
+    ));
+    wait_pod(&c, "app", "Running", Duration::from_secs(60), running_ready);
+    let sh = |cmd: &str| c.skiff_ok(&["exec", "app", "--", "sh", "-c", cmd]);
+    assert_eq!(sh("cat /etc/db/pw"), "hunter2");
+    assert_eq!(sh("cat /etc/db/sub/user"), "admin");
+    assert_eq!(sh("stat -c %a /etc/db/pw /etc/db/sub/user"), "400\n440\n");
+    assert_eq!(sh("echo $DB_PASSWORD"), "hunter2\n");
+    // On a tmpfs, never the node's disk.
+    let mounts = sh("grep ' /etc/db ' /proc/mounts");
+    assert!(mounts.starts_with("tmpfs "), "{mounts}");
+    let host_mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let node_dir = c.node_dir().display().to_string();
+    assert!(
+        host_mounts.contains(&node_dir),
+        "the node's tmpfs is mounted"
+    );
+    // The pod goes, its tmpfs with it.
+    c.skiff_ok(&["delete", "pod", "app", "--grace-period", "1"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while pod(&c, "app").is_some() {
+        assert!(Instant::now() < deadline, "the pod was never removed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let host_mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!host_mounts.contains(&node_dir), "{host_mounts}");
+}

@@ -232,6 +232,7 @@ pub(super) fn pod_spec(errors: &mut Errors, p: &str, spec: &PodSpec) {
             v.config_map.is_some(),
             v.empty_dir.is_some(),
             v.host_path.is_some(),
+            v.secret.is_some(),
         ]
         .iter()
         .filter(|s| **s)
@@ -239,7 +240,7 @@ pub(super) fn pod_spec(errors: &mut Errors, p: &str, spec: &PodSpec) {
         if sources == 0 {
             errors.push(FieldError::required(
                 vp.clone(),
-                "must specify a volume type (configMap, emptyDir or hostPath)",
+                "must specify a volume type (configMap, secret, emptyDir or hostPath)",
             ));
         } else if sources > 1 {
             errors.push(FieldError::forbidden(
@@ -251,6 +252,29 @@ pub(super) fn pod_spec(errors: &mut Errors, p: &str, spec: &PodSpec) {
             && cm.name.is_empty()
         {
             errors.push(FieldError::required(format!("{vp}.configMap.name"), ""));
+        }
+        if let Some(sv) = &v.secret {
+            if sv.secret_name.is_empty() {
+                errors.push(FieldError::required(format!("{vp}.secret.secretName"), ""));
+            }
+            for (field, mode) in std::iter::once(("defaultMode".to_string(), sv.default_mode))
+                .chain(
+                    sv.items
+                        .iter()
+                        .enumerate()
+                        .map(|(j, it)| (format!("items[{j}].mode"), it.mode)),
+                )
+            {
+                if let Some(m) = mode
+                    && !(0..=0o777).contains(&m)
+                {
+                    errors.push(FieldError::invalid(
+                        format!("{vp}.secret.{field}"),
+                        m,
+                        "must be a number between 0 and 0777 (octal), both inclusive",
+                    ));
+                }
+            }
         }
     }
     if spec.containers.is_empty() {

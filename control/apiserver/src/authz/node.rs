@@ -22,7 +22,7 @@ pub fn node_name(user: &UserInfo) -> Option<&str> {
 }
 
 /// What a pod makes its node read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Uses {
     ConfigMap,
     Secret,
@@ -53,19 +53,22 @@ pub fn references(pod: &Pod) -> Vec<(Uses, String)> {
         if let Some(cm) = &v.config_map {
             out.push((Uses::ConfigMap, cm.name.clone()));
         }
+        if let Some(s) = &v.secret {
+            out.push((Uses::Secret, s.secret_name.clone()));
+        }
     }
     for c in spec.init_containers.iter().chain(&spec.containers) {
         for e in &c.env {
-            if let Some(r) = e
-                .value_from
-                .as_ref()
-                .and_then(|f| f.config_map_key_ref.as_ref())
-            {
+            let Some(from) = &e.value_from else { continue };
+            if let Some(r) = &from.config_map_key_ref {
                 out.push((Uses::ConfigMap, r.name.clone()));
+            }
+            if let Some(r) = &from.secret_key_ref {
+                out.push((Uses::Secret, r.name.clone()));
             }
         }
     }
-    out.sort_by(|a, b| a.1.cmp(&b.1));
+    out.sort();
     out.dedup();
     out
 }

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use skiff_api::v1::{Container, PodSpec};
+use skiff_api::v1::{Container, PodSpec, Secret};
 use skiff_api::{ConfigMap, ObjectMeta};
 
 /// Why a container did not start: the waiting reason the status shows.
@@ -72,6 +72,37 @@ pub fn config_maps_needed(c: &Container) -> Vec<String> {
     names
 }
 
+/// The Secrets the container's env refers to (to fetch before [`env`]).
+pub fn secrets_needed(c: &Container) -> Vec<String> {
+    let mut names: Vec<String> = c
+        .env
+        .iter()
+        .filter_map(|e| e.value_from.as_ref()?.secret_key_ref.as_ref())
+        .map(|k| k.name.clone())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// A Secret's value: its base64 decoded, as text.
+pub fn secret_value(s: &Secret, key: &str) -> Option<anyhow::Result<String>> {
+    use base64::Engine;
+    let v = s.data.get(key)?;
+    Some(
+        base64::engine::general_purpose::STANDARD
+            .decode(v)
+            .map_err(|_| anyhow::anyhow!("secret key {key:?} is not base64"))
+            .and_then(|b| {
+                String::from_utf8(b).map_err(|_| {
+                    anyhow::anyhow!(
+                        "secret key {key:?} is not text: it cannot be an environment variable"
+                    )
+                })
+            }),
+    )
+}
+
 /// A downward-API field (`fieldRef.fieldPath`).
 pub fn field(path: &str, src: &EnvSource) -> Option<String> {
     Some(match path {
@@ -100,6 +131,7 @@ pub fn env(
     c: &Container,
     src: &EnvSource,
     maps: &HashMap<String, Option<ConfigMap>>,
+    secrets: &HashMap<String, Option<Secret>>,
 ) -> anyhow::Result<Vec<(String, String)>> {
     let mut out = Vec::new();
     for (i, e) in c.env.iter().enumerate() {
@@ -128,6 +160,24 @@ pub fn env(
                 None if optional => {}
                 None => anyhow::bail!(
                     "env[{i}] ({}): configmap {:?} has no key {:?}",
+                    e.name,
+                    k.name,
+                    k.key
+                ),
+            }
+        } else if let Some(k) = &from.secret_key_ref {
+            let optional = k.optional == Some(true);
+            let Some(secret) = secrets.get(&k.name).and_then(Option::as_ref) else {
+                if optional {
+                    continue;
+                }
+                anyhow::bail!("env[{i}] ({}): secret {:?} not found", e.name, k.name);
+            };
+            match secret_value(secret, &k.key) {
+                Some(v) => out.push((e.name.clone(), v?)),
+                None if optional => {}
+                None => anyhow::bail!(
+                    "env[{i}] ({}): secret {:?} has no key {:?}",
                     e.name,
                     k.name,
                     k.key
@@ -210,7 +260,7 @@ mod tests {
         let cfg: ConfigMap =
             serde_json::from_value(serde_json::json!({"data": {"mode": "fast"}})).unwrap();
         let maps = HashMap::from([("cfg".to_string(), Some(cfg)), ("gone".to_string(), None)]);
-        let got = env(&c, &source(&meta, &spec), &maps).unwrap();
+        let got = env(&c, &source(&meta, &spec), &maps, &HashMap::new()).unwrap();
         let got: Vec<String> = got.iter().map(|(k, v)| format!("{k}={v}")).collect();
         assert_eq!(
             got,
@@ -235,17 +285,37 @@ mod tests {
             {"name": "K", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "nope"}}}]}));
         let cfg: ConfigMap = serde_json::from_value(serde_json::json!({"data": {}})).unwrap();
         let maps = HashMap::from([("cfg".to_string(), Some(cfg))]);
-        let e = env(&key, &src, &maps).unwrap_err().to_string();
+        let e = env(&key, &src, &maps, &HashMap::new())
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("env[0] (K): configmap \"cfg\" has no key \"nope\""),
             "{e}"
         );
-        let e = env(&key, &src, &HashMap::new()).unwrap_err().to_string();
+        let e = env(&key, &src, &HashMap::new(), &HashMap::new())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("configmap \"cfg\" not found"), "{e}");
         let f = container(serde_json::json!({"name": "c", "env": [
             {"name": "F", "valueFrom": {"fieldRef": {"fieldPath": "status.phase"}}}]}));
-        let e = env(&f, &src, &HashMap::new()).unwrap_err().to_string();
+        let e = env(&f, &src, &HashMap::new(), &HashMap::new())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("\"status.phase\" is not supported"), "{e}");
+        // A Secret's key, decoded; a missing one is an error unless optional.
+        let s = container(serde_json::json!({"name": "c", "env": [
+            {"name": "P", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}},
+            {"name": "Q", "valueFrom": {"secretKeyRef": {"name": "gone", "key": "x", "optional": true}}}]}));
+        assert_eq!(secrets_needed(&s), ["db", "gone"]);
+        let mut db = Secret::default();
+        db.data.insert("password".into(), "aHVudGVyMg==".into());
+        let secrets = HashMap::from([("db".to_string(), Some(db)), ("gone".to_string(), None)]);
+        let got = env(&s, &src, &HashMap::new(), &secrets).unwrap();
+        assert_eq!(got, [("P".to_string(), "hunter2".to_string())]);
+        let e = env(&s, &src, &HashMap::new(), &HashMap::new())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("secret \"db\" not found"), "{e}");
     }
 
     #[test]

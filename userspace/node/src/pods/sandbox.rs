@@ -6,6 +6,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use skiff_api::v1::Secret;
 use skiff_api::{ConfigMap, Pod};
 
 use super::Ctx;
@@ -203,9 +204,25 @@ pub async fn ensure(ctx: &Ctx, pod: &Pod) -> Result<Sandbox> {
                 Err(e) => bail!("spec.volumes[{i}].configMap: ConfigMap {:?}: {e}", cm.name),
             }
             d
+        } else if let Some(sv) = &v.secret {
+            let d = dir.join("volumes").join(&v.name);
+            std::fs::create_dir_all(&d)?;
+            tmpfs(&d)
+                .with_context(|| format!("spec.volumes[{i}].secret: a tmpfs on {}", d.display()))?;
+            match ctx
+                .client
+                .get::<Secret>(&meta.namespace, &sv.secret_name)
+                .await
+            {
+                Ok(secret) => write_secret_volume(&d, &secret, sv)
+                    .with_context(|| format!("spec.volumes[{i}].secret ({})", sv.secret_name))?,
+                Err(e) if e.is_not_found() && sv.optional == Some(true) => {}
+                Err(e) => bail!("spec.volumes[{i}].secret: Secret {:?}: {e}", sv.secret_name),
+            }
+            d
         } else {
             bail!(
-                "spec.volumes[{i}] ({}): only emptyDir, configMap and hostPath volumes are supported",
+                "spec.volumes[{i}] ({}): only emptyDir, configMap, secret and hostPath volumes are supported",
                 v.name
             );
         };
@@ -221,6 +238,86 @@ pub async fn ensure(ctx: &Ctx, pod: &Pod) -> Result<Sandbox> {
     })
 }
 
+/// Mounts a tmpfs on `dir` unless one is there already (a restarted node
+/// making the sandbox again): Secrets never touch the node's disk.
+fn tmpfs(dir: &Path) -> Result<()> {
+    let parent = dir.parent().unwrap_or(dir);
+    let dev = |p: &Path| rustix::fs::stat(p).map(|s| s.st_dev);
+    if dev(dir)? != dev(parent)? {
+        return Ok(());
+    }
+    use rustix::mount::MountFlags;
+    rustix::mount::mount(
+        "tmpfs",
+        dir,
+        "tmpfs",
+        MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+        Some(c"mode=0755"),
+    )?;
+    Ok(())
+}
+
+/// A Secret's keys (or the items asked for) as files, with their modes.
+fn write_secret_volume(
+    dir: &Path,
+    secret: &Secret,
+    sv: &skiff_api::v1::SecretVolumeSource,
+) -> Result<()> {
+    use base64::Engine;
+    use std::os::unix::fs::PermissionsExt;
+    let default_mode = sv.default_mode.unwrap_or(0o644);
+    let items: Vec<(String, String, i32)> = if sv.items.is_empty() {
+        secret
+            .data
+            .keys()
+            .map(|k| (k.clone(), k.clone(), default_mode))
+            .collect()
+    } else {
+        sv.items
+            .iter()
+            .map(|i| {
+                (
+                    i.key.clone(),
+                    i.path.clone(),
+                    i.mode.unwrap_or(default_mode),
+                )
+            })
+            .collect()
+    };
+    for (key, rel, mode) in items {
+        if rel.split('/').any(|c| c == ".." || c.is_empty()) {
+            bail!("path {rel:?} is not a relative path inside the volume");
+        }
+        let Some(value) = secret.data.get(&key) else {
+            bail!("the Secret has no key {key:?}");
+        };
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(value)
+            .map_err(|_| anyhow::anyhow!("key {key:?} is not base64"))?;
+        let target = dir.join(&rel);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let tmp = target.with_extension("tmp");
+        std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
+        let mode = u32::try_from(mode).unwrap_or(0o644) & 0o777;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+        std::fs::rename(&tmp, &target)?;
+    }
+    Ok(())
+}
+
+/// Unmounts the pod's tmpfs volumes (the Secrets'): a detach, so a reader
+/// still inside does not keep the teardown waiting.
+fn unmount_volumes(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir.join("volumes")) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let _ = rustix::mount::unmount(e.path(), rustix::mount::UnmountFlags::DETACH);
+    }
+}
+
 /// Removes everything `ensure` made. Safe to repeat, and on a sandbox that
 /// was never finished.
 pub async fn teardown(ctx: &Ctx, uid: &str) -> Result<()> {
@@ -232,6 +329,7 @@ pub async fn teardown(ctx: &Ctx, uid: &str) -> Result<()> {
     netns::remove(&netns_path(ctx, uid))?;
     ctx.ipam.release(uid)?;
     let dir = pod_dir(ctx, uid);
+    unmount_volumes(&dir);
     match std::fs::remove_dir_all(&dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use skiff_api::v1::{Container, PodStatus, Time};
+use skiff_api::v1::{Container, PodStatus, Secret, Time};
 use skiff_api::{ConfigMap, Pod};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -857,13 +857,21 @@ impl Worker {
                 Err(e) => return Err(anyhow::anyhow!("configmap {name:?}: {e}")),
             };
         }
+        let mut secrets = HashMap::new();
+        for name in resolve::secrets_needed(c) {
+            match self.ctx.client.get::<Secret>(&meta.namespace, &name).await {
+                Ok(s) => secrets.insert(name, Some(s)),
+                Err(e) if e.is_not_found() => secrets.insert(name, None),
+                Err(e) => return Err(anyhow::anyhow!("secret {name:?}: {e}")),
+            };
+        }
         let src = resolve::EnvSource {
             meta: &meta,
             spec: &spec,
             pod_ip: sb.ip,
             host_ip: self.ctx.node_ip,
         };
-        resolve::env(c, &src, &maps)
+        resolve::env(c, &src, &maps, &secrets)
     }
 
     fn views(&self, names: &[String]) -> Vec<ContainerView> {
