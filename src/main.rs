@@ -184,6 +184,11 @@ async fn start_controllers(
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let creds = component_credentials(running, "system:kube-controller-manager");
     let client = skiff_client::Client::connect_with(&creds).await?;
+    let scheduler = skiff_client::Client::connect_with(&component_credentials(
+        running,
+        "system:kube-scheduler",
+    ))
+    .await?;
     let identity = format!(
         "{}-{}",
         std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -192,7 +197,7 @@ async fn start_controllers(
         std::process::id()
     );
     Ok(tokio::spawn(skiff_controllers::run_elected(
-        client, identity, cfg,
+        client, scheduler, identity, cfg,
     )))
 }
 

@@ -41,8 +41,14 @@ pub async fn up(a: UpArgs) -> Result<()> {
         "system:kube-controller-manager",
     ))
     .await?;
+    let scheduler = skiff_client::Client::connect_with(&crate::component_credentials(
+        &server,
+        "system:kube-scheduler",
+    ))
+    .await?;
     let controllers = tokio::spawn(skiff_controllers::run_elected(
         client,
+        scheduler,
         format!("{}-up", skiff_node::host::hostname()),
         skiff_controllers::Config::default(),
     ));

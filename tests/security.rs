@@ -1697,3 +1697,60 @@ fn secrets_are_encrypted_at_rest_in_both_stores() {
     assert_eq!(code, 500, "{body}");
     assert!(message(&body).contains("cannot be decrypted"), "{body}");
 }
+
+#[test]
+fn components_write_as_their_own_identities() {
+    let s = Server::start_secure(Path::new(SKIFF), &[]);
+    // A simulated Ready node (as the admin), for the scheduler to bind to.
+    let sim = Command::new(SKIFF)
+        .args([
+            "sim",
+            "nodes",
+            "--count",
+            "1",
+            "--pods-running",
+            "--kubeconfig",
+        ])
+        .arg(s.kubeconfig())
+        .env("HOME", s.home.path())
+        .env_remove("SKIFF_SERVER")
+        .env_remove("KUBECONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _sim = skiff_testkit::KillOnDrop(sim);
+    s.apply(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: ids}\n\
+         ---\napiVersion: v1\nkind: Pod\nmetadata: {name: placed, namespace: ids}\n\
+         spec: {containers: [{name: c, image: demo}]}\n",
+    );
+    // The scheduler binds it (an update of the pod); the ServiceAccount
+    // controller gives the namespace its `default` account.
+    let by = |l: &Value, resource: &str, name: &str| {
+        l["objectRef"]["resource"] == resource
+            && l["objectRef"]["namespace"] == "ids"
+            && l["objectRef"]["name"] == name
+            && l["responseStatus"]["code"]
+                .as_u64()
+                .is_some_and(|c| c < 300)
+    };
+    let lines = audit_lines(&s, |ls| {
+        ls.iter()
+            .any(|l| by(l, "pods", "placed") && l["verb"] == "update")
+            && ls.iter().any(|l| by(l, "serviceaccounts", "default"))
+    });
+    let bind = lines
+        .iter()
+        .find(|l| by(l, "pods", "placed") && l["verb"] == "update")
+        .unwrap();
+    assert_eq!(bind["user"]["username"], "system:kube-scheduler", "{bind}");
+    let sa = lines
+        .iter()
+        .find(|l| by(l, "serviceaccounts", "default"))
+        .unwrap();
+    assert_eq!(
+        sa["user"]["username"], "system:kube-controller-manager",
+        "{sa}"
+    );
+}

@@ -28,11 +28,12 @@ pub struct Config {
 
 /// Starts every loop on one set of shared informers (one reflector and
 /// store per kind for all of them); they run until the returned tasks are
-/// aborted.
-pub fn start(client: Client, cfg: Config) -> Vec<tokio::task::JoinHandle<()>> {
+/// aborted. The scheduler writes through `scheduler` (its own identity,
+/// `system:kube-scheduler`); the rest through `client`.
+pub fn start(client: Client, scheduler: Client, cfg: Config) -> Vec<tokio::task::JoinHandle<()>> {
     let mut inf = Informers::new(client.clone());
     let mut tasks = vec![
-        scheduler::start(client.clone(), &mut inf),
+        scheduler::start(scheduler, &mut inf),
         replicaset::start(client.clone(), &mut inf),
         deployment::start(client.clone(), &mut inf),
         endpointslice::start(client.clone(), &mut inf),
@@ -47,6 +48,6 @@ pub fn start(client: Client, cfg: Config) -> Vec<tokio::task::JoinHandle<()>> {
 
 /// Runs the loops in this process while it holds the controllers' lease
 /// (several servers on one etcd run them once).
-pub async fn run_elected(client: Client, identity: String, cfg: Config) {
-    leader::run_elected(client, identity, move |c| start(c, cfg)).await
+pub async fn run_elected(client: Client, scheduler: Client, identity: String, cfg: Config) {
+    leader::run_elected(client, identity, move |c| start(c, scheduler.clone(), cfg)).await
 }
