@@ -178,6 +178,7 @@ fn node_args(a: &skiff_cli::args::UpArgs, name: &str, node_ip: std::net::Ipv4Add
         iface: a.iface.clone(),
         no_datapath: false,
         listen: a.node_listen,
+        registry_ca: Vec::new(),
         token: None,
         token_file: a.data_dir.join("server").join("token"),
         restart_backoff: skiff_cli::args::RESTART_BACKOFF_SECONDS,

@@ -1835,3 +1835,224 @@ spec:
     let host_mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!host_mounts.contains(&node_dir), "{host_mounts}");
 }
+
+/// A CA and a serving certificate for 127.0.0.1 it signed, in `dir`:
+/// (ca.crt, server.crt, server.key).
+fn loopback_tls(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=skiff test registry CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(
+        dir.join("server.ext"),
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "server.crt",
+    ]);
+    (
+        dir.join("ca.crt"),
+        dir.join("server.crt"),
+        dir.join("server.key"),
+    )
+}
+
+#[test]
+fn images_come_over_https_with_the_pods_image_pull_secrets() {
+    for tool in ["docker-registry", "openssl", "python3", "curl"] {
+        if require_tool(tool).is_none() {
+            return;
+        }
+    }
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, crt, key) = loopback_tls(certs.path());
+    let Some(c) = cluster(&["--registry-ca", ca.to_str().unwrap()]) else {
+        return;
+    };
+    // One storage, two registries: a plain one to push to, and the one
+    // the node pulls from, over TLS with a password (htpasswd, bcrypt).
+    let root = c.dir.path().join("registry");
+    let hash = std::process::Command::new("python3")
+        .args([
+            "-W",
+            "ignore",
+            "-c",
+            "import crypt; print(crypt.crypt('s3cret', crypt.mksalt(crypt.METHOD_BLOWFISH)))",
+        ])
+        .output()
+        .unwrap();
+    let hash = String::from_utf8_lossy(&hash.stdout).trim().to_string();
+    assert!(hash.starts_with("$2"), "a bcrypt hash: {hash:?}");
+    let htpasswd = c.dir.path().join("htpasswd");
+    std::fs::write(&htpasswd, format!("puller:{hash}\n")).unwrap();
+    let (plain, secure) = (skiff_testkit::free_port(), skiff_testkit::free_port());
+    let serve = |name: &str, http: String| {
+        let config = c.dir.path().join(format!("{name}.yml"));
+        std::fs::write(
+            &config,
+            format!("version: 0.1\nlog: {{level: warn}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\n{http}", root.display()),
+        )
+        .unwrap();
+        skiff_testkit::KillOnDrop(
+            std::process::Command::new("docker-registry")
+                .arg("serve")
+                .arg(&config)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let _plain = serve("plain", format!("http: {{addr: 127.0.0.1:{plain}}}\n"));
+    let _secure = serve(
+        "secure",
+        format!(
+            "http: {{addr: 127.0.0.1:{secure}, tls: {{certificate: {}, key: {}}}}}\nauth: {{htpasswd: {{realm: skiff-test, path: {}}}}}\n",
+            crt.display(),
+            key.display(),
+            htpasswd.display()
+        ),
+    );
+    assert!(
+        skiff_testkit::wait_http_ok(
+            &format!("127.0.0.1:{plain}"),
+            "/v2/",
+            Duration::from_secs(20)
+        ),
+        "the registry did not start"
+    );
+    push(plain, "demo/private", "v1");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+            .arg(&ca)
+            .arg(format!("https://127.0.0.1:{secure}/v2/"))
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&out.stdout) == "401" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the TLS registry did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let image = format!("127.0.0.1:{secure}/demo/private:v1");
+    let pod = |name: &str, secret: Option<&str>| {
+        let pull = secret
+            .map(|s| format!("  imagePullSecrets: [{{name: {s}}}]\n"))
+            .unwrap_or_default();
+        format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {}\n{pull}  containers:\n  - {{name: c, image: '{image}', command: [sleep, '3600']}}\n",
+            c.name
+        )
+    };
+    let docker_config = |password: &str| {
+        let json = format!(
+            r#"{{"auths":{{"127.0.0.1:{secure}":{{"username":"puller","password":"{password}"}}}}}}"#
+        );
+        format!(
+            "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: creds-{password}}}\ntype: kubernetes.io/dockerconfigjson\nstringData: {{.dockerconfigjson: '{json}'}}\n"
+        )
+    };
+    c.apply(&format!(
+        "{}{}{}{}",
+        docker_config("s3cret"),
+        docker_config("wrong"),
+        pod("anonymous", None),
+        pod("mistaken", Some("creds-wrong")),
+    ));
+    let backoff = |p: &Value| {
+        p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "ImagePullBackOff"
+    };
+    let message =
+        |p: &Value| p["status"]["containerStatuses"][0]["state"]["waiting"]["message"].to_string();
+    let p = wait_pod(
+        &c,
+        "anonymous",
+        "ImagePullBackOff",
+        Duration::from_secs(60),
+        backoff,
+    );
+    assert!(
+        message(&p).contains("names no imagePullSecrets"),
+        "{}",
+        message(&p)
+    );
+    let p = wait_pod(
+        &c,
+        "mistaken",
+        "ImagePullBackOff",
+        Duration::from_secs(60),
+        backoff,
+    );
+    assert!(
+        message(&p).contains("refused the pod's imagePullSecrets"),
+        "{}",
+        message(&p)
+    );
+    // The right password: pulled over HTTPS, checked against --registry-ca.
+    c.apply(&pod("private", Some("creds-s3cret")));
+    wait_pod(
+        &c,
+        "private",
+        "Running",
+        Duration::from_secs(60),
+        running_ready,
+    );
+    let images = c.skiff_ok(&["image", "ls"]);
+    assert!(images.contains(&image), "{images}");
+}

@@ -23,6 +23,7 @@ pub fn config(server: &str, a: NodeArgs, token: Option<String>) -> Result<NodeCo
     cfg.cgroup_parent = a.cgroup_parent.clone();
     cfg.base_backoff = std::time::Duration::from_secs(a.restart_backoff.max(1));
     cfg.listen = a.listen;
+    cfg.registry_cas = a.registry_ca.clone();
     cfg.token = match token.or(a.token) {
         Some(t) => Some(t),
         None => read_token(&a.token_file),

@@ -174,6 +174,7 @@ const POD_SPEC: &[F] = &[
     one(8, "serviceAccountName", STR),
     one(10, "nodeName", STR),
     one(11, "hostNetwork", BOOL),
+    many(15, "imagePullSecrets", Ty::Msg(&[one(1, "name", STR)])),
     one(16, "hostname", STR),
     one(17, "subdomain", STR),
     one(19, "schedulerName", STR),

@@ -796,6 +796,9 @@ pub struct NodeArgs {
     /// the node's address, port 10250]
     #[arg(long)]
     pub listen: Option<std::net::SocketAddr>,
+    /// A CA bundle (PEM) image registries are checked against besides the system's (repeatable)
+    #[arg(long)]
+    pub registry_ca: Vec<std::path::PathBuf>,
     /// The join token (K10<CA hash>::<id>:<secret>: `skiff token create`,
     /// or the server's <data-dir>/token); wins over --token-file
     #[arg(long, env = "SKIFF_TOKEN", hide_env_values = true)]

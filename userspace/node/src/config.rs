@@ -46,6 +46,9 @@ pub struct NodeConfig {
     /// Shortest restart back-off (doubles to `max_backoff`).
     pub base_backoff: std::time::Duration,
     pub max_backoff: std::time::Duration,
+    /// CA bundles (PEM) registries are checked against besides the
+    /// system's.
+    pub registry_cas: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -86,6 +89,7 @@ impl NodeConfig {
                 .unwrap_or_else(|_| PathBuf::from("/usr/local/bin/skiff")),
             base_backoff: std::time::Duration::from_secs(10),
             max_backoff: std::time::Duration::from_secs(300),
+            registry_cas: Vec::new(),
         }
     }
 }

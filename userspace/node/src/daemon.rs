@@ -160,6 +160,8 @@ pub async fn start(cfg: NodeConfig) -> Result<Running> {
         datapath: dp,
         execs: Default::default(),
         server_ca: certs.as_ref().map(|c| c.server_ca.clone()),
+        registries: crate::image::registry::client(&cfg.registry_cas)
+            .context("the registries' CA bundles")?,
     });
     tasks.push(tokio::spawn({
         let ctx = ctx.clone();

@@ -49,6 +49,9 @@ pub fn references(pod: &Pod) -> Vec<(Uses, String)> {
     if !spec.service_account_name.is_empty() {
         out.push((Uses::ServiceAccount, spec.service_account_name.clone()));
     }
+    for s in &spec.image_pull_secrets {
+        out.push((Uses::Secret, s.name.clone()));
+    }
     for v in &spec.volumes {
         if let Some(cm) = &v.config_map {
             out.push((Uses::ConfigMap, cm.name.clone()));

@@ -50,6 +50,8 @@ pub struct Ctx {
     pub datapath: Option<Arc<Datapath>>,
     /// The exec'd processes in flight, which a container's exit waits for.
     pub execs: Arc<execs::Execs>,
+    /// Speaks to image registries (the system's CAs and `--registry-ca`).
+    pub registries: reqwest::Client,
     /// The CA that checks the API server (with TLS): pods get it with
     /// their ServiceAccount token. `None`: a plain server, no tokens.
     pub server_ca: Option<String>,
@@ -101,9 +103,14 @@ impl Ctx {
         });
     }
 
-    /// Fetches an image that is not on the node.
-    pub async fn pull(&self, reference: &Reference) -> Result<()> {
-        crate::image::registry::pull(&self.ctd, reference).await
+    /// Fetches an image that is not on the node, with the credentials the
+    /// pod's imagePullSecrets hold.
+    pub async fn pull(
+        &self,
+        reference: &Reference,
+        creds: &crate::image::registry::Credentials,
+    ) -> Result<()> {
+        crate::image::registry::pull(&self.ctd, reference, &self.registries, creds).await
     }
 }
 

@@ -675,7 +675,11 @@ impl Worker {
         let image_name = reference.to_string();
         let image = match self.ctx.ctd.resolve(&image_name).await {
             Ok(Some(i)) => i,
-            Ok(None) => match self.ctx.pull(&reference).await {
+            Ok(None) => match self
+                .ctx
+                .pull(&reference, &self.pull_credentials().await)
+                .await
+            {
                 Ok(()) => self
                     .ctx
                     .ctd
@@ -837,6 +841,46 @@ impl Worker {
                 }
             }));
         }
+    }
+
+    /// The registry credentials of the pod's imagePullSecrets (those that
+    /// are missing or of another type are skipped, as the kubelet does).
+    async fn pull_credentials(&self) -> crate::image::registry::Credentials {
+        use base64::Engine;
+        let mut creds = crate::image::registry::Credentials::default();
+        let meta = self.pod.metadata.clone().unwrap_or_default();
+        let names: Vec<String> = self
+            .pod
+            .spec
+            .as_ref()
+            .map(|s| {
+                s.image_pull_secrets
+                    .iter()
+                    .map(|r| r.name.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for name in names {
+            let secret = match self.ctx.client.get::<Secret>(&meta.namespace, &name).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(pod = %self.uid, "imagePullSecret {name:?}: {e}");
+                    continue;
+                }
+            };
+            let Some(doc) = secret.data.get(".dockerconfigjson") else {
+                tracing::warn!(pod = %self.uid, "imagePullSecret {name:?} has no .dockerconfigjson");
+                continue;
+            };
+            let added = base64::engine::general_purpose::STANDARD
+                .decode(doc)
+                .map_err(anyhow::Error::from)
+                .and_then(|json| creds.add_docker_config(&json));
+            if let Err(e) = added {
+                tracing::warn!(pod = %self.uid, "imagePullSecret {name:?}: {e:#}");
+            }
+        }
+        creds
     }
 
     /// The container's environment with every valueFrom resolved (the
