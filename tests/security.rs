@@ -1042,6 +1042,19 @@ fn rbac_grants_what_bindings_say_and_nothing_more() {
         err.contains("User \"viewer\" cannot delete resource \"configmaps\""),
         "{err}"
     );
+    // Refusals are audited, over gRPC as over REST.
+    let refused = |l: &Value, uri_start: &str| {
+        l["user"]["username"] == "viewer"
+            && l["verb"] == "delete"
+            && l["responseStatus"]["code"] == 403
+            && l["requestURI"]
+                .as_str()
+                .is_some_and(|u| u.starts_with(uri_start))
+    };
+    audit_lines(&s, |ls| {
+        ls.iter().any(|l| refused(l, "/skiff.v1.Resources/"))
+            && ls.iter().any(|l| refused(l, "/api/v1/"))
+    });
     ok(cli(&["get", "pods", "-n", "team"]), "skiff get as viewer");
     // can-i, both CLIs.
     let out = cli(&["auth", "can-i", "delete", "configmaps", "-n", "team"]);

@@ -272,7 +272,12 @@ pub async fn audit_rest(State(audit): State<Audit>, req: Request, next: Next) ->
         .extensions()
         .get::<ConnectInfo<Peer>>()
         .map(|c| c.0.addr.ip());
-    let uri = req.uri().to_string();
+    // Path and query, as kube-apiserver records it (an HTTP/2 request's
+    // URI carries the scheme and authority too).
+    let uri = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| req.uri().path().to_string(), |p| p.to_string());
     let resp = next.run(req).await;
     if let Some(user) = user {
         audit

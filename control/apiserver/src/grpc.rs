@@ -90,8 +90,23 @@ impl Service {
         crate::authz::check_grpc(self.authz.as_deref(), user.map(|u| u.as_ref()), ask)
     }
 
-    fn check_caller(&self, caller: &Caller, ask: crate::authz::Request) -> Result<(), Status> {
-        crate::authz::check_grpc(self.authz.as_deref(), caller.0.as_deref(), ask)
+    /// A write's check; a refusal goes in the audit log, as REST's do.
+    async fn check_write(
+        &self,
+        caller: &Caller,
+        k: Kind,
+        (verb, subresource): (&str, &str),
+        (namespace, name): (&str, &str),
+    ) -> Result<(), Status> {
+        let ask = crate::authz::on(k, verb, subresource, namespace, name);
+        let checked = crate::authz::check_grpc(self.authz.as_deref(), caller.0.as_deref(), ask);
+        if let Err(s) = &checked {
+            let refused: Result<(), ApiError> = Err(ApiError::from_grpc(s.clone()));
+            let target = (namespace.to_string(), name.to_string());
+            self.audit(caller.clone(), verb, k, subresource, target, &refused)
+                .await;
+        }
+        checked
     }
 
     /// Create, update and status update share everything but the call.
@@ -113,11 +128,12 @@ impl Service {
             default_namespace(&mut obj);
             target = (obj.meta().namespace.clone(), obj.meta().name.clone());
             let ask = match op {
-                Write::Create => crate::authz::on(k, "create", "", &target.0, ""),
-                Write::Update => crate::authz::on(k, "update", "", &target.0, &target.1),
-                Write::UpdateStatus => crate::authz::on(k, "update", "status", &target.0, &target.1),
+                Write::Create => ("create", ""),
+                Write::Update => ("update", ""),
+                Write::UpdateStatus => ("update", "status"),
             };
-            self.check_caller(&caller, ask)?;
+            let named = if op == Write::Create { "" } else { target.1.as_str() };
+            self.check_write(&caller, k, ask, (&target.0, named)).await?;
             let opts = WriteOptions {
                 dry_run: r.dry_run,
                 field_manager: (!r.field_manager.is_empty()).then(|| r.field_manager.clone()),
@@ -247,10 +263,8 @@ impl Resources for Service {
         let caller = crate::audit::caller(&req);
         let r = req.into_inner();
         let k = kind(&r.kind)?;
-        self.check_caller(
-            &caller,
-            crate::authz::on(k, "delete", "", &r.namespace, &r.name),
-        )?;
+        self.check_write(&caller, k, ("delete", ""), (&r.namespace, &r.name))
+            .await?;
         let resource_version = resource_version(&r.resource_version)?;
         let opts = DeleteOptions {
             user: caller.0.clone(),
@@ -284,10 +298,8 @@ impl Resources for Service {
         } else {
             r.namespace.clone()
         };
-        self.check_caller(
-            &caller,
-            crate::authz::on(k, "patch", "", &namespace, &r.name),
-        )?;
+        self.check_write(&caller, k, ("patch", ""), (&namespace, &r.name))
+            .await?;
         let out = with_resource!(k, R => {
             crate::apply::apply::<R>(
                 &self.registry,
