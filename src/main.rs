@@ -115,6 +115,13 @@ async fn server(args: skiff_cli::ServerArgs) -> anyhow::Result<()> {
             k.display()
         );
     }
+    // The CLI's config as soon as the server answers (before the
+    // controllers' connections): a client may come at once.
+    if !args.no_client_config {
+        let written =
+            skiff_cli::config::write_server_config(&running.url(), running.kubeconfig.as_deref())?;
+        eprintln!("{written}");
+    }
     let controllers = if args.no_controllers {
         None
     } else {
@@ -128,11 +135,6 @@ async fn server(args: skiff_cli::ServerArgs) -> anyhow::Result<()> {
         };
         Some(start_controllers(&running, cfg).await?)
     };
-    if !args.no_client_config {
-        let written =
-            skiff_cli::config::write_server_config(&running.url(), running.kubeconfig.as_deref())?;
-        eprintln!("{written}");
-    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         r = running.wait() => return Ok(r?),

@@ -18,6 +18,32 @@ const SKIFF: &str = env!("CARGO_BIN_EXE_skiff");
 const KUBECTL_1_20: &str = "/opt/kubernetes-client-1.20/usr/bin/kubectl";
 
 /// curl's status code and body for `args`.
+/// Two servers of one cluster on the etcd at `store`: the second is given
+/// the first's token, so it joins that cluster (the temp dir holds the
+/// copy of the token).
+fn one_cluster_on(store: &str) -> (Server, Server, tempfile::TempDir) {
+    let a = Server::start(
+        Path::new(SKIFF),
+        &["--store", store, "--no-controllers"],
+        &[],
+    );
+    let joined = tempfile::tempdir().unwrap();
+    let token_file = joined.path().join("token");
+    std::fs::copy(a.data_dir().join("token"), &token_file).unwrap();
+    let b = Server::start(
+        Path::new(SKIFF),
+        &[
+            "--store",
+            store,
+            "--no-controllers",
+            "--token-file",
+            token_file.to_str().unwrap(),
+        ],
+        &[],
+    );
+    (a, b, joined)
+}
+
 /// Polls `f` until it answers (the policy follows the store's feed), for
 /// at most 20 s.
 fn until<T>(mut f: impl FnMut() -> Option<T>) -> T {
@@ -704,26 +730,7 @@ fn servers_on_one_etcd_share_the_ca_and_each_others_tokens() {
         return;
     };
     let store = etcd.url();
-    let a = Server::start(
-        Path::new(SKIFF),
-        &["--store", &store, "--no-controllers"],
-        &[],
-    );
-    // The second server is given the first's token: it joins that cluster.
-    let joined = tempfile::tempdir().unwrap();
-    let token_file = joined.path().join("token");
-    std::fs::copy(a.data_dir().join("token"), &token_file).unwrap();
-    let b = Server::start(
-        Path::new(SKIFF),
-        &[
-            "--store",
-            &store,
-            "--no-controllers",
-            "--token-file",
-            token_file.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let (a, b, _joined) = one_cluster_on(&store);
     let ca_of = |s: &Server| std::fs::read_to_string(s.tls_file("server-ca.crt")).unwrap();
     assert_eq!(ca_of(&a), ca_of(&b), "one cluster CA");
     assert_eq!(
@@ -1624,25 +1631,7 @@ fn secrets_are_encrypted_at_rest_in_both_stores() {
     };
     let store = etcd.url();
     let endpoint = store.trim_start_matches("etcd://").to_string();
-    let a = Server::start(
-        Path::new(SKIFF),
-        &["--store", &store, "--no-controllers"],
-        &[],
-    );
-    let joined = tempfile::tempdir().unwrap();
-    let token_file = joined.path().join("token");
-    std::fs::copy(a.data_dir().join("token"), &token_file).unwrap();
-    let b = Server::start(
-        Path::new(SKIFF),
-        &[
-            "--store",
-            &store,
-            "--no-controllers",
-            "--token-file",
-            token_file.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let (a, b, _joined) = one_cluster_on(&store);
     let (code, body) = call(&a, &admin(&a), "POST", secrets, Some(secret));
     assert_eq!(code, 201, "{body}");
     let (code, body) = call(&b, &admin(&b), "GET", &format!("{secrets}/db"), None);

@@ -186,8 +186,7 @@ impl Authenticator {
         }
         let mut groups = groups;
         if let Some((ns, _)) = crate::authz::index::service_account(name) {
-            groups.push("system:serviceaccounts".into());
-            groups.push(format!("system:serviceaccounts:{ns}"));
+            groups.extend(crate::serviceaccount::groups(ns));
         }
         Ok(Arc::new(UserInfo::authenticated(name.clone(), groups)))
     }

@@ -191,11 +191,16 @@ pub async fn user(registry: &Registry, claims: &Value) -> ApiResult<Option<UserI
     }
     Ok(Some(UserInfo::authenticated(
         format!("system:serviceaccount:{ns}:{name}"),
-        vec![
-            "system:serviceaccounts".into(),
-            format!("system:serviceaccounts:{ns}"),
-        ],
+        groups(ns),
     )))
+}
+
+/// The groups every ServiceAccount of `namespace` is in.
+pub fn groups(namespace: &str) -> Vec<String> {
+    vec![
+        "system:serviceaccounts".into(),
+        format!("system:serviceaccounts:{namespace}"),
+    ]
 }
 
 /// Verifies tokens for the authenticator.

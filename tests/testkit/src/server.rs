@@ -98,6 +98,20 @@ impl Server {
             "skiff server did not become ready:\n{}",
             self.log_tail(40)
         );
+        // The server writes the CLI's config once it answers.
+        if self.client_config {
+            let config = self.home.path().join(".skiff").join("config");
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while !std::fs::read_to_string(&config).is_ok_and(|t| t.contains(&self.url())) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "skiff server wrote no {}:\n{}",
+                    config.display(),
+                    self.log_tail(40)
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
     }
 
     /// `/readyz` over TLS, checked against the server's CA.

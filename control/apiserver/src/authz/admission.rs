@@ -184,6 +184,30 @@ fn groups(user: &UserInfo) -> String {
     format!("[{}]", shown.join(" "))
 }
 
+/// Ok when the writer holds (in `namespace`) every grant of `wanted`, else
+/// Kubernetes' refusal naming the first it lacks.
+fn within_held(
+    kind: Kind,
+    namespace: &str,
+    name: &str,
+    wanted: &[PolicyRule],
+    a: &Admission,
+) -> ApiResult<()> {
+    let held = a.authz.rules_for(a.user, namespace);
+    match rules::uncovered(&held, wanted) {
+        None => Ok(()),
+        Some(missing) => Err(refuse(
+            kind,
+            name,
+            format!(
+                "user {:?} (groups={}) is attempting to grant RBAC permissions not currently held:\n{missing}",
+                a.user.name,
+                groups(a.user)
+            ),
+        )),
+    }
+}
+
 /// A Role or ClusterRole grants only what its writer holds (in its
 /// namespace), unless the writer may `escalate` it.
 pub fn role(
@@ -202,19 +226,7 @@ pub fn role(
     {
         return Ok(());
     }
-    let held = a.authz.rules_for(a.user, namespace);
-    match rules::uncovered(&held, rules) {
-        None => Ok(()),
-        Some(missing) => Err(refuse(
-            kind,
-            name,
-            format!(
-                "user {:?} (groups={}) is attempting to grant RBAC permissions not currently held:\n{missing}",
-                a.user.name,
-                groups(a.user)
-            ),
-        )),
-    }
+    within_held(kind, namespace, name, rules, a)
 }
 
 /// A binding hands out a role only to someone who holds what it grants, or
@@ -252,19 +264,7 @@ pub fn binding(
             ),
         ));
     };
-    let held = a.authz.rules_for(a.user, namespace);
-    match rules::uncovered(&held, &granted) {
-        None => Ok(()),
-        Some(missing) => Err(refuse(
-            kind,
-            name,
-            format!(
-                "user {:?} (groups={}) is attempting to grant RBAC permissions not currently held:\n{missing}",
-                a.user.name,
-                groups(a.user)
-            ),
-        )),
-    }
+    within_held(kind, namespace, name, &granted, a)
 }
 
 #[cfg(test)]

@@ -54,6 +54,11 @@ fn role(name: &str, rules: Vec<PolicyRule>) -> ClusterRole {
     }
 }
 
+/// `cluster-admin`'s rules: everything.
+pub fn cluster_admin_rules() -> Vec<PolicyRule> {
+    vec![r(&["*"], &["*"], &["*"]), urls(&["*"], &["*"])]
+}
+
 /// What `view` reads (Secrets excepted, as in Kubernetes).
 fn view_rules() -> Vec<PolicyRule> {
     vec![
@@ -159,10 +164,7 @@ fn admin_rules() -> Vec<PolicyRule> {
 
 pub fn cluster_roles() -> Vec<ClusterRole> {
     vec![
-        role(
-            "cluster-admin",
-            vec![r(&["*"], &["*"], &["*"]), urls(&["*"], &["*"])],
-        ),
+        role("cluster-admin", cluster_admin_rules()),
         role("admin", admin_rules()),
         role("edit", edit_rules()),
         role("view", view_rules()),
@@ -366,85 +368,61 @@ fn autoupdate(meta: &ObjectMeta) -> bool {
     meta.annotations.get(AUTOUPDATE).map(String::as_str) != Some("false")
 }
 
-/// Creates the defaults that are missing; gives back to those still
-/// marked for it what they lack. Another server doing the same at once
-/// costs a retry.
-pub async fn ensure(registry: &Registry) -> ApiResult<()> {
-    for want in cluster_roles() {
-        let name = want
-            .metadata
-            .as_ref()
-            .map(|m| m.name.clone())
-            .unwrap_or_default();
-        for _ in 0..3 {
-            let done = match registry.get::<ClusterRole>("", &name).await {
-                Err(e) if e.code == 404 => {
-                    match registry.create(want.clone(), WriteOptions::default()).await {
-                        Err(e) if e.code == 409 => false,
-                        r => r.map(|_| true)?,
-                    }
+/// Puts one default in place: creates it when missing; when present and
+/// still marked for autoupdate, `merge` gives it what it lacks (and says
+/// whether it changed). Another server doing the same at once costs a retry.
+async fn reconcile<R: crate::strategy::Strategy>(
+    registry: &Registry,
+    want: R,
+    merge: impl Fn(&mut R, &R) -> bool,
+) -> ApiResult<()> {
+    let name = want.meta().name.clone();
+    for _ in 0..3 {
+        let written = match registry.get::<R>("", &name).await {
+            Err(e) if e.code == 404 => registry
+                .create(want.clone(), WriteOptions::default())
+                .await
+                .map(|_| ()),
+            Err(e) => return Err(e),
+            Ok(mut cur) => {
+                if !autoupdate(cur.meta()) || !merge(&mut cur, &want) {
+                    return Ok(());
                 }
-                Err(e) => return Err(e),
-                Ok(mut cur) => {
-                    let missing: Vec<PolicyRule> = want
-                        .rules
-                        .iter()
-                        .filter(|r| !cur.rules.contains(r))
-                        .cloned()
-                        .collect();
-                    if missing.is_empty() || !cur.metadata.as_ref().is_some_and(autoupdate) {
-                        true
-                    } else {
-                        cur.rules.extend(missing);
-                        match registry.update(cur, false, WriteOptions::default()).await {
-                            Err(e) if e.code == 409 => false,
-                            r => r.map(|_| true)?,
-                        }
-                    }
-                }
-            };
-            if done {
-                break;
+                registry
+                    .update(cur, false, WriteOptions::default())
+                    .await
+                    .map(|_| ())
             }
+        };
+        match written {
+            Err(e) if e.code == 409 => continue,
+            r => return r,
         }
     }
+    Ok(())
+}
+
+/// Appends what `want` has and `cur` lacks; whether anything was.
+fn add_missing<T: Clone + PartialEq>(cur: &mut Vec<T>, want: &[T]) -> bool {
+    let missing: Vec<T> = want.iter().filter(|x| !cur.contains(x)).cloned().collect();
+    cur.extend_from_slice(&missing);
+    !missing.is_empty()
+}
+
+/// Creates the defaults that are missing; gives back to those still
+/// marked for it the rules (or subjects) they lack.
+pub async fn ensure(registry: &Registry) -> ApiResult<()> {
+    for want in cluster_roles() {
+        reconcile(registry, want, |cur, want| {
+            add_missing(&mut cur.rules, &want.rules)
+        })
+        .await?;
+    }
     for want in cluster_role_bindings() {
-        let name = want
-            .metadata
-            .as_ref()
-            .map(|m| m.name.clone())
-            .unwrap_or_default();
-        for _ in 0..3 {
-            let done = match registry.get::<ClusterRoleBinding>("", &name).await {
-                Err(e) if e.code == 404 => {
-                    match registry.create(want.clone(), WriteOptions::default()).await {
-                        Err(e) if e.code == 409 => false,
-                        r => r.map(|_| true)?,
-                    }
-                }
-                Err(e) => return Err(e),
-                Ok(mut cur) => {
-                    let missing: Vec<Subject> = want
-                        .subjects
-                        .iter()
-                        .filter(|s| !cur.subjects.contains(s))
-                        .cloned()
-                        .collect();
-                    if missing.is_empty() || !cur.metadata.as_ref().is_some_and(autoupdate) {
-                        true
-                    } else {
-                        cur.subjects.extend(missing);
-                        match registry.update(cur, false, WriteOptions::default()).await {
-                            Err(e) if e.code == 409 => false,
-                            r => r.map(|_| true)?,
-                        }
-                    }
-                }
-            };
-            if done {
-                break;
-            }
-        }
+        reconcile(registry, want, |cur, want| {
+            add_missing(&mut cur.subjects, &want.subjects)
+        })
+        .await?;
     }
     Ok(())
 }

@@ -159,15 +159,7 @@ impl Authorizer {
     /// escalation check and SelfSubjectRulesReview.
     pub fn rules_for(&self, user: &UserInfo, namespace: &str) -> Vec<PolicyRule> {
         if user.groups.iter().any(|g| g == MASTERS) {
-            return defaults::cluster_roles()
-                .into_iter()
-                .find(|r| {
-                    r.metadata
-                        .as_ref()
-                        .is_some_and(|m| m.name == "cluster-admin")
-                })
-                .map(|r| r.rules)
-                .unwrap_or_default();
+            return defaults::cluster_admin_rules();
         }
         let mut rules = self.read().rbac.rules_for(user, namespace);
         if node::node_name(user).is_some() {
